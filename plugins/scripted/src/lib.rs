@@ -1,0 +1,132 @@
+//! `scripted`: a test plugin whose behaviour comes from its input, so every failure mode can be
+//! provoked from a test without writing new code.
+//!
+//! The input's `script` object maps a phase (`execute`, `compensate`, `prepare`, `commit`,
+//! `abort`) to an instruction `{"do": …}`; a phase without one succeeds, echoing its call:
+//!
+//! | `do` | effect |
+//! |---|---|
+//! | `succeed` | success with `output` (default: the call echoed) |
+//! | `fail` | failure with `reason` |
+//! | `retry` | retry while `attempt <= times`, then succeed |
+//! | `vote_abort` | prepare votes abort with `reason` (other phases: failure) |
+//! | `trap` | panics with `message`: the call traps |
+//! | `spin` | loops forever (until the runtime's deadline) |
+//! | `sleep` | sleeps `ms` milliseconds on the host clock, then succeeds |
+//! | `alloc` | allocates and touches `mb` MiB, then succeeds |
+//! | `invalid_json` | success whose payload is not JSON |
+//! | `log` | writes `message` to the host log, stdout and stderr, then succeeds |
+//! | `read_file` | tries to read `path`; success only if the sandbox let it |
+//! | `env` | tries to read environment variable `name` |
+//! | `connect` | tries to open a TCP connection to `addr` |
+
+use serde_json::Value;
+use wasmtx_plugin_sdk::{Call, LogLevel, Outcome, Participant, Step, Vote, json, log};
+
+struct Scripted;
+
+fn instruction(call: &Call, phase: &str) -> Value {
+    call.input_json()
+        .get("script")
+        .and_then(|s| s.get(phase))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn echo(call: &Call, phase: &str) -> Value {
+    json!({
+        "phase": phase,
+        "step": call.step,
+        "action": call.action,
+        "attempt": call.attempt,
+        "idempotency_key": call.idempotency_key,
+    })
+}
+
+fn text(instr: &Value, key: &str, default: &str) -> String {
+    instr.get(key).and_then(|v| v.as_str()).unwrap_or(default).to_string()
+}
+
+fn run(call: &Call, phase: &str) -> Outcome {
+    let instr = instruction(call, phase);
+    let number = |key: &str| instr.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
+    match instr.get("do").and_then(|d| d.as_str()).unwrap_or("succeed") {
+        "succeed" => match instr.get("output") {
+            Some(output) => Outcome::success(output),
+            None => Outcome::success(&echo(call, phase)),
+        },
+        "fail" | "vote_abort" => Outcome::failure(text(&instr, "reason", "scripted failure")),
+        "retry" if u64::from(call.attempt) <= number("times") => {
+            Outcome::retry(format!("scripted retry on attempt {}", call.attempt))
+        }
+        "retry" => Outcome::success(&echo(call, phase)),
+        "trap" => panic!("{}", text(&instr, "message", "scripted trap")),
+        "spin" => {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        "sleep" => {
+            std::thread::sleep(std::time::Duration::from_millis(number("ms")));
+            Outcome::success(&echo(call, phase))
+        }
+        "alloc" => {
+            let mut chunks = Vec::new();
+            for _ in 0..number("mb") {
+                chunks.push(std::hint::black_box(vec![1u8; 1 << 20]));
+            }
+            Outcome::success(&json!({ "allocated_mb": chunks.len() }))
+        }
+        "invalid_json" => Outcome::Success("{not json".into()),
+        "log" => {
+            let message = text(&instr, "message", "hello from scripted");
+            log(LogLevel::Warn, &message);
+            println!("stdout: {message}");
+            eprintln!("stderr: {message}");
+            Outcome::success(&echo(call, phase))
+        }
+        "read_file" => match std::fs::read(text(&instr, "path", "/etc/passwd")) {
+            Ok(bytes) => Outcome::success(&json!({ "read_bytes": bytes.len() })),
+            Err(e) => Outcome::failure(format!("read_file denied: {e}")),
+        },
+        "env" => match std::env::var(text(&instr, "name", "HOME")) {
+            Ok(value) => Outcome::success(&json!({ "env": value })),
+            Err(e) => Outcome::failure(format!("env denied: {e}")),
+        },
+        "connect" => match std::net::TcpStream::connect(text(&instr, "addr", "127.0.0.1:5432")) {
+            Ok(_) => Outcome::success(&json!({ "connected": true })),
+            Err(e) => Outcome::failure(format!("connect denied: {e}")),
+        },
+        other => Outcome::failure(format!("unknown scripted instruction {other:?}")),
+    }
+}
+
+impl Step for Scripted {
+    fn execute(call: Call) -> Outcome {
+        run(&call, "execute")
+    }
+
+    fn compensate(call: Call) -> Outcome {
+        run(&call, "compensate")
+    }
+}
+
+impl Participant for Scripted {
+    fn prepare(call: Call) -> Vote {
+        match run(&call, "prepare") {
+            Outcome::Success(_) => Vote::Prepared,
+            Outcome::Failure(reason) | Outcome::Retry(reason) => Vote::Abort(reason),
+        }
+    }
+
+    fn commit(call: Call) -> Outcome {
+        run(&call, "commit")
+    }
+
+    fn abort(call: Call) -> Outcome {
+        run(&call, "abort")
+    }
+}
+
+wasmtx_plugin_sdk::service_plugin!(Scripted);

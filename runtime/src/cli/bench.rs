@@ -1,0 +1,148 @@
+//! `wasmtx bench …`: measurements that print their figures and the machine they ran on.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Subcommand;
+
+use crate::model::{CallContext, Outcome};
+use crate::plugin::{CallLimits, CallTags, HostConfig, PluginHost, Registry};
+
+/// Where `scripts/build-plugins` leaves the Rust example plugins.
+const DEFAULT_STEP_PLUGIN: &str = "target/plugins/wasm32-wasip2/plugin/payment.wasm";
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Per-call cost of a step plugin: instantiate + `execute` + teardown, on one core.
+    Plugin {
+        /// A component exporting `step` (default: the Rust `payment` plugin).
+        #[arg(long, default_value = DEFAULT_STEP_PLUGIN)]
+        component: PathBuf,
+        /// Measured calls.
+        #[arg(long, default_value_t = 100_000)]
+        calls: u32,
+        /// Unmeasured calls first, to warm caches.
+        #[arg(long, default_value_t = 2_000)]
+        warmup: u32,
+        /// JSON input of every call.
+        #[arg(long, default_value = r#"{"amount": 42, "order_id": "bench"}"#)]
+        input: String,
+    },
+}
+
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<std::process::ExitCode> {
+    match cmd {
+        BenchCommand::Plugin { component, calls, warmup, input } => {
+            bench_plugin(component, calls, warmup, input).await
+        }
+    }
+}
+
+async fn bench_plugin(
+    path: PathBuf,
+    calls: u32,
+    warmup: u32,
+    input: String,
+) -> anyhow::Result<std::process::ExitCode> {
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!("reading {} (build the example plugins first: scripts/build-plugins)", path.display())
+    })?;
+    print_machine();
+    eprintln!("loading {} ({} bytes)…", path.display(), bytes.len());
+    let host = PluginHost::new(HostConfig::default()).map_err(anyhow::Error::from)?;
+    let registry = Registry::new(host.clone());
+    let started = Instant::now();
+    let (plugin, _) = registry.add("bench", "bench", &bytes).await?;
+    println!("load (validate + compile): {:.1} ms", ms(started.elapsed()));
+
+    // One core: the calls run one after another on a current-thread runtime.
+    let component = plugin.component.clone();
+    let handle = std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async move {
+            let limits = CallLimits::default();
+            let mut latencies = Vec::with_capacity(calls as usize);
+            let total = warmup + calls;
+            let progress_every = (total / 10).max(1);
+            for i in 0..total {
+                let ctx = CallContext {
+                    tenant: "bench".into(),
+                    transaction_id: "bench-tx".into(),
+                    step: "charge".into(),
+                    action: "charge".into(),
+                    attempt: 1,
+                    idempotency_key: format!("bench-tx/charge/{i}"),
+                    input: input.clone(),
+                    deadline_ms: limits.timeout.as_millis() as u64,
+                };
+                let t = Instant::now();
+                let outcome = host.execute(&component, ctx, &limits, CallTags::default()).await?;
+                let elapsed = t.elapsed();
+                if !matches!(outcome, Outcome::Success(_)) {
+                    anyhow::bail!("call {i} did not succeed: {outcome:?}");
+                }
+                if i >= warmup {
+                    latencies.push(elapsed);
+                }
+                if (i + 1) % progress_every == 0 {
+                    eprintln!("  {}/{} calls", i + 1, total);
+                }
+            }
+            Ok(latencies)
+        })
+    });
+    let started = Instant::now();
+    let mut latencies = handle.join().map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
+    let wall = started.elapsed();
+    latencies.sort_unstable();
+    let measured: Duration = latencies.iter().sum();
+    println!("calls:        {}", latencies.len());
+    println!("calls/s:      {:.0} (one core)", latencies.len() as f64 / measured.as_secs_f64());
+    println!("p50:          {:.1} µs", us(percentile(&latencies, 0.50)));
+    println!("p99:          {:.1} µs", us(percentile(&latencies, 0.99)));
+    println!("max:          {:.1} µs", us(*latencies.last().unwrap_or(&Duration::ZERO)));
+    println!("wall:         {:.2} s (including warm-up)", wall.as_secs_f64());
+    println!("peak RSS:     {}", peak_rss().map_or("unknown".into(), |kb| format!("{:.1} MiB", kb as f64 / 1024.0)));
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+pub(crate) fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Peak resident set size in KiB, from /proc (Linux).
+pub(crate) fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+pub(crate) fn print_machine() {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string()))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or("unknown".to_string(), |kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0));
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "unknown".into());
+    println!("machine:      {cores} cores ({cpu}), {mem} memory");
+    println!("versions:     wasmtx {}, wasmtime 48", env!("CARGO_PKG_VERSION"));
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    println!("build:        {profile}");
+}

@@ -1,0 +1,85 @@
+//! The `wasmtx` command line: argument parsing and the glue from commands to the library.
+//! Commands print human-readable progress to stderr and results to stdout.
+
+mod bench;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::plugin::{HostConfig, PluginHost};
+
+#[derive(Parser)]
+#[command(name = "wasmtx", version, about = "Distributed-transaction coordinator with WebAssembly plugins")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Work with plugin components.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Measure wasmtx on this machine.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Validate a component and print its digest and the roles it exports.
+    Inspect {
+        /// The component file (.wasm).
+        file: PathBuf,
+    },
+}
+
+pub fn main() -> ExitCode {
+    init_tracing();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WASMTX_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Plugin(PluginCommand::Inspect { file }) => inspect(&file).await,
+        Command::Bench(cmd) => bench::run(cmd).await,
+    }
+}
+
+async fn inspect(file: &PathBuf) -> anyhow::Result<ExitCode> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let host = PluginHost::new(HostConfig::default()).map_err(anyhow::Error::from)?;
+    match crate::plugin::inspect(&host, &bytes).await {
+        Ok(report) => {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{}: not a valid wasmtx plugin: {e}", file.display());
+            Ok(ExitCode::from(2))
+        }
+    }
+}

@@ -1,0 +1,450 @@
+//! The Wasm host: one wasmtime `Engine` per process, components validated and compiled once
+//! (and cached on disk), one `InstancePre` per component version, a fresh `Store` per call.
+//!
+//! A plugin that traps, loops or allocates without bound costs its own call and nothing else:
+//! every call runs under a wall-clock deadline (epoch interruption plus an async timeout), a
+//! memory cap and optional fuel, and a store that trapped is dropped, never entered again.
+//! This module must never let a plugin reach files, environment, sockets or another call's state.
+//!
+//! ```no_run
+//! # async fn demo(bytes: Vec<u8>) -> anyhow::Result<()> {
+//! use wasmtx::plugin::{CallLimits, CallTags, HostConfig, PluginHost, Registry};
+//! use wasmtx::model::CallContext;
+//!
+//! let host = PluginHost::new(HostConfig::default())?;
+//! let registry = Registry::new(host.clone());
+//! let (added, _new) = registry.add("default", "payment", &bytes).await?;
+//! let plugin = registry.resolve("default", "payment")?;
+//! let ctx = CallContext {
+//!     tenant: "default".into(), transaction_id: "t1".into(), step: "charge".into(),
+//!     action: "charge".into(), attempt: 1, idempotency_key: "t1/charge/execute".into(),
+//!     input: r#"{"amount": 10}"#.into(), deadline_ms: 30_000,
+//! };
+//! let outcome = host.execute(&plugin.component, ctx, &CallLimits::default(), CallTags::default()).await?;
+//! # let _ = (added, outcome); Ok(()) }
+//! ```
+
+mod bindings;
+mod error;
+mod loader;
+mod registry;
+mod sandbox;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+
+use crate::model::{CallContext, Decision, Outcome, Pattern, Profile, Vote};
+use bindings::{wit_host, wit_policy, wit_types};
+use sandbox::CallState;
+
+pub use error::{CallError, LoadError, LookupError};
+pub use loader::{Component, Role, inspect};
+pub use registry::{PluginRef, PluginVersion, Registry};
+pub use sandbox::CallTags;
+
+/// How often the epoch advances; deadlines are enforced to this granularity.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Process-wide settings of the Wasm host.
+#[derive(Debug, Clone)]
+pub struct HostConfig {
+    /// Instances that may be live at once (the pooling allocator's slots).
+    pub max_concurrent_instances: u32,
+    /// The largest memory cap any call may be given; per-call caps are at most this.
+    pub max_memory_bytes: usize,
+    /// Enables fuel metering engine-wide (a few percent slower); per-call fuel then applies.
+    pub fuel_metering: bool,
+    /// Where compiled components are cached, keyed by digest and engine; `None` disables it.
+    pub cache_dir: Option<PathBuf>,
+    /// Largest component accepted, in bytes.
+    pub max_component_bytes: usize,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            max_concurrent_instances: 1000,
+            max_memory_bytes: 1 << 30,
+            fuel_metering: false,
+            cache_dir: None,
+            max_component_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Limits of one call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallLimits {
+    /// Wall-clock deadline (default 30 s).
+    pub timeout: Duration,
+    /// Linear-memory cap (default 64 MiB).
+    pub memory_bytes: usize,
+    /// Fuel for the call, when the host meters fuel (default: unmetered).
+    pub fuel: Option<u64>,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        CallLimits { timeout: Duration::from_secs(30), memory_bytes: 64 << 20, fuel: None }
+    }
+}
+
+/// The Wasm host. Cheap to clone; all clones share one engine.
+#[derive(Clone)]
+pub struct PluginHost {
+    inner: Arc<HostInner>,
+}
+
+struct HostInner {
+    engine: Engine,
+    linker: Linker<CallState>,
+    config: HostConfig,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Drop for HostInner {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What a call asks of a component.
+enum Invocation {
+    Execute(CallContext),
+    Compensate(CallContext),
+    Prepare(CallContext),
+    Commit(CallContext),
+    Abort(CallContext),
+    Select(Profile),
+}
+
+enum Reply {
+    Outcome(Outcome),
+    Vote(Vote),
+    Decision(Decision),
+}
+
+impl PluginHost {
+    pub fn new(config: HostConfig) -> wasmtime::Result<Self> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(config.max_concurrent_instances)
+            .total_core_instances(config.max_concurrent_instances.saturating_mul(8))
+            .total_memories(config.max_concurrent_instances.saturating_mul(2))
+            .total_tables(config.max_concurrent_instances.saturating_mul(4))
+            .total_stacks(config.max_concurrent_instances)
+            .max_memory_size(config.max_memory_bytes);
+
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .consume_fuel(config.fuel_metering)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm)?;
+
+        let mut linker = Linker::<CallState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wit_host::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_epoch_ticker(engine.weak(), ticker_stop.clone());
+
+        Ok(PluginHost { inner: Arc::new(HostInner { engine, linker, config, ticker_stop }) })
+    }
+
+    pub fn config(&self) -> &HostConfig {
+        &self.inner.config
+    }
+
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub(crate) fn linker(&self) -> &Linker<CallState> {
+        &self.inner.linker
+    }
+
+    /// Runs a saga step's action.
+    pub async fn execute(
+        &self,
+        component: &Component,
+        ctx: CallContext,
+        limits: &CallLimits,
+        tags: CallTags,
+    ) -> Result<Outcome, CallError> {
+        self.invoke(component, Invocation::Execute(ctx), limits, tags).await.map(Reply::into_outcome)
+    }
+
+    /// Runs a saga step's compensation.
+    pub async fn compensate(
+        &self,
+        component: &Component,
+        ctx: CallContext,
+        limits: &CallLimits,
+        tags: CallTags,
+    ) -> Result<Outcome, CallError> {
+        self.invoke(component, Invocation::Compensate(ctx), limits, tags).await.map(Reply::into_outcome)
+    }
+
+    /// Asks a 2PC participant to prepare.
+    pub async fn prepare(
+        &self,
+        component: &Component,
+        ctx: CallContext,
+        limits: &CallLimits,
+        tags: CallTags,
+    ) -> Result<Vote, CallError> {
+        match self.invoke(component, Invocation::Prepare(ctx), limits, tags).await? {
+            Reply::Vote(v) => Ok(v),
+            _ => unreachable!("prepare answers a vote"),
+        }
+    }
+
+    /// Tells a 2PC participant to commit.
+    pub async fn commit(
+        &self,
+        component: &Component,
+        ctx: CallContext,
+        limits: &CallLimits,
+        tags: CallTags,
+    ) -> Result<Outcome, CallError> {
+        self.invoke(component, Invocation::Commit(ctx), limits, tags).await.map(Reply::into_outcome)
+    }
+
+    /// Tells a 2PC participant to abort.
+    pub async fn abort(
+        &self,
+        component: &Component,
+        ctx: CallContext,
+        limits: &CallLimits,
+        tags: CallTags,
+    ) -> Result<Outcome, CallError> {
+        self.invoke(component, Invocation::Abort(ctx), limits, tags).await.map(Reply::into_outcome)
+    }
+
+    /// Asks a selection policy to choose a pattern.
+    pub async fn select(
+        &self,
+        component: &Component,
+        profile: Profile,
+        limits: &CallLimits,
+        tags: CallTags,
+    ) -> Result<Decision, CallError> {
+        match self.invoke(component, Invocation::Select(profile), limits, tags).await? {
+            Reply::Decision(d) => Ok(d),
+            _ => unreachable!("select answers a decision"),
+        }
+    }
+
+    async fn invoke(
+        &self,
+        component: &Component,
+        invocation: Invocation,
+        limits: &CallLimits,
+        tags: CallTags,
+    ) -> Result<Reply, CallError> {
+        let role = invocation.role();
+        if !component.exports(role) {
+            return Err(CallError::MissingRole { role: role.as_str() });
+        }
+        let memory_cap = limits.memory_bytes.min(self.inner.config.max_memory_bytes);
+        let mut store = Store::new(&self.inner.engine, CallState::new(tags, memory_cap));
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(deadline_ticks(limits.timeout));
+        if self.inner.config.fuel_metering {
+            store
+                .set_fuel(limits.fuel.unwrap_or(u64::MAX))
+                .map_err(|e| CallError::Instantiate(e.to_string()))?;
+        }
+
+        // The epoch deadline stops a plugin that computes; the async timeout also stops one
+        // that waits in the host (a WASI sleep, a blocked poll).
+        let result =
+            tokio::time::timeout(limits.timeout, call_in_store(component, &mut store, invocation)).await;
+        let state = store.data();
+        state.flush_output();
+        match result {
+            Err(_elapsed) => Err(CallError::Timeout { after: limits.timeout }),
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(CallFailure::Instantiate(e))) => {
+                Err(classify(e, state, limits).unwrap_or_else(CallError::Instantiate))
+            }
+            Ok(Err(CallFailure::Call(e))) => Err(classify(e, state, limits)
+                .unwrap_or_else(|message| CallError::Trap { message })),
+        }
+    }
+}
+
+enum CallFailure {
+    Instantiate(wasmtime::Error),
+    Call(wasmtime::Error),
+}
+
+/// Maps a wasmtime error to the limit that caused it, or returns its readable message.
+fn classify(e: wasmtime::Error, state: &CallState, limits: &CallLimits) -> Result<CallError, String> {
+    if state.limiter.hit {
+        return Ok(CallError::MemoryLimit { limit_bytes: limits.memory_bytes });
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => return Ok(CallError::Timeout { after: limits.timeout }),
+        Some(Trap::OutOfFuel) => return Ok(CallError::FuelExhausted),
+        _ => {}
+    }
+    let mut message = format!("{e}");
+    if let Some(trap) = e.downcast_ref::<Trap>() {
+        message = format!("{trap}");
+    }
+    if let Some(line) = state.last_stderr_message() {
+        message = format!("{message}; plugin stderr: {line}");
+    }
+    Err(message)
+}
+
+async fn call_in_store(
+    component: &Component,
+    store: &mut Store<CallState>,
+    invocation: Invocation,
+) -> Result<Reply, CallFailure> {
+    let instance =
+        component.pre.instantiate_async(&mut *store).await.map_err(CallFailure::Instantiate)?;
+    let indices = &component.indices;
+    // `invoke` checked the role is exported, so the matching indices are present.
+    let reply = async {
+        Ok(match invocation {
+            Invocation::Execute(ctx) => {
+                let step = role_indices(&indices.step)?.load(&mut *store, &instance)?;
+                Reply::Outcome(from_wit_outcome(step.call_execute(&mut *store, &to_wit_ctx(ctx)).await?))
+            }
+            Invocation::Compensate(ctx) => {
+                let step = role_indices(&indices.step)?.load(&mut *store, &instance)?;
+                Reply::Outcome(from_wit_outcome(
+                    step.call_compensate(&mut *store, &to_wit_ctx(ctx)).await?,
+                ))
+            }
+            Invocation::Prepare(ctx) => {
+                let p = role_indices(&indices.participant)?.load(&mut *store, &instance)?;
+                Reply::Vote(match p.call_prepare(&mut *store, &to_wit_ctx(ctx)).await? {
+                    wit_types::Vote::Prepared => Vote::Prepared,
+                    wit_types::Vote::Abort(reason) => Vote::Abort(reason),
+                })
+            }
+            Invocation::Commit(ctx) => {
+                let p = role_indices(&indices.participant)?.load(&mut *store, &instance)?;
+                Reply::Outcome(from_wit_outcome(p.call_commit(&mut *store, &to_wit_ctx(ctx)).await?))
+            }
+            Invocation::Abort(ctx) => {
+                let p = role_indices(&indices.participant)?.load(&mut *store, &instance)?;
+                Reply::Outcome(from_wit_outcome(p.call_abort(&mut *store, &to_wit_ctx(ctx)).await?))
+            }
+            Invocation::Select(profile) => {
+                let policy = role_indices(&indices.policy)?.load(&mut *store, &instance)?;
+                let decision = policy.call_select(&mut *store, &to_wit_profile(profile)).await?;
+                Reply::Decision(match decision {
+                    wit_policy::Decision::Choose(wit_policy::Pattern::Saga) => Decision::Choose(Pattern::Saga),
+                    wit_policy::Decision::Choose(wit_policy::Pattern::TwoPhaseCommit) => {
+                        Decision::Choose(Pattern::TwoPhaseCommit)
+                    }
+                    wit_policy::Decision::Reject(reason) => Decision::Reject(reason),
+                })
+            }
+        })
+    };
+    reply.await.map_err(CallFailure::Call)
+}
+
+fn role_indices<T>(indices: &Option<T>) -> wasmtime::Result<&T> {
+    indices.as_ref().ok_or_else(|| wasmtime::format_err!("role not exported"))
+}
+
+fn to_wit_profile(p: Profile) -> wit_policy::Profile {
+    use crate::model::{Availability, Consistency};
+    wit_policy::Profile {
+        tenant: p.tenant,
+        transaction_name: p.transaction_name,
+        consistency: match p.consistency {
+            Consistency::Eventual => wit_policy::Consistency::Eventual,
+            Consistency::Strong => wit_policy::Consistency::Strong,
+            Consistency::Immediate => wit_policy::Consistency::Immediate,
+        },
+        availability: match p.availability {
+            Availability::High => wit_policy::Availability::High,
+            Availability::Medium => wit_policy::Availability::Medium,
+            Availability::Low => wit_policy::Availability::Low,
+        },
+        timeout_ms: p.timeout_ms,
+        participants: p
+            .participants
+            .into_iter()
+            .map(|c| wit_policy::Candidate {
+                participant_id: c.participant_id,
+                supports_two_phase_commit: c.supports_two_phase_commit,
+                supports_saga: c.supports_saga,
+            })
+            .collect(),
+        context: p.context,
+    }
+}
+
+impl Invocation {
+    fn role(&self) -> Role {
+        match self {
+            Invocation::Execute(_) | Invocation::Compensate(_) => Role::Step,
+            Invocation::Prepare(_) | Invocation::Commit(_) | Invocation::Abort(_) => Role::Participant,
+            Invocation::Select(_) => Role::Policy,
+        }
+    }
+}
+
+impl Reply {
+    fn into_outcome(self) -> Outcome {
+        match self {
+            Reply::Outcome(o) => o,
+            _ => unreachable!("this phase answers an outcome"),
+        }
+    }
+}
+
+fn to_wit_ctx(c: CallContext) -> wit_types::CallContext {
+    wit_types::CallContext {
+        tenant: c.tenant,
+        transaction_id: c.transaction_id,
+        step: c.step,
+        action: c.action,
+        attempt: c.attempt,
+        idempotency_key: c.idempotency_key,
+        input: c.input,
+        deadline_ms: c.deadline_ms,
+    }
+}
+
+fn from_wit_outcome(o: wit_types::Outcome) -> Outcome {
+    match o {
+        wit_types::Outcome::Success(s) => Outcome::Success(s),
+        wit_types::Outcome::Failure(s) => Outcome::Failure(s),
+        wit_types::Outcome::Retry(s) => Outcome::Retry(s),
+    }
+}
+
+/// Epoch ticks that cover `timeout`, rounded up, plus one for the tick in progress.
+pub(crate) fn deadline_ticks(timeout: Duration) -> u64 {
+    (timeout.as_millis().div_ceil(EPOCH_TICK.as_millis()) as u64).saturating_add(1)
+}
+
+fn spawn_epoch_ticker(engine: wasmtime::EngineWeak, stop: Arc<AtomicBool>) {
+    std::thread::Builder::new()
+        .name("wasmtx-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                match engine.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })
+        .expect("spawning the epoch thread");
+}

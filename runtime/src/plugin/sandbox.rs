@@ -1,0 +1,150 @@
+//! The per-call sandbox: a fresh `Store` state with WASI granting nothing but clocks and
+//! randomness, a memory limiter, and the `host` import. Never reused across calls.
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::wit_host;
+
+/// How much of a call's stdout and stderr is kept for the log.
+const OUTPUT_CAPTURE_BYTES: usize = 64 * 1024;
+/// Table elements a call may grow to; far above what real components use.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+/// Who a call runs for; every log line of the call carries these.
+#[derive(Debug, Clone, Default)]
+pub struct CallTags {
+    pub tenant: String,
+    pub transaction_id: String,
+    pub step: String,
+}
+
+pub(crate) struct CallState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) stdout: MemoryOutputPipe,
+    pub(crate) stderr: MemoryOutputPipe,
+    pub(crate) tags: CallTags,
+}
+
+impl CallState {
+    pub(crate) fn new(tags: CallTags, memory_cap: usize) -> Self {
+        let stdout = MemoryOutputPipe::new(OUTPUT_CAPTURE_BYTES);
+        let stderr = MemoryOutputPipe::new(OUTPUT_CAPTURE_BYTES);
+        // Defaults already deny files (no preopens), env and args; sockets are turned off
+        // outright rather than merely having every address denied.
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        CallState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter { cap: memory_cap, hit: false },
+            stdout,
+            stderr,
+            tags,
+        }
+    }
+
+    /// Sends what the plugin printed to the log, one event per line.
+    pub(crate) fn flush_output(&self) {
+        for (stream, pipe) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            let bytes = pipe.contents();
+            for line in String::from_utf8_lossy(&bytes).lines().filter(|l| !l.trim().is_empty()) {
+                tracing::info!(
+                    target: "wasmtx::plugin::output",
+                    tenant = %self.tags.tenant,
+                    transaction_id = %self.tags.transaction_id,
+                    step = %self.tags.step,
+                    stream,
+                    "{line}"
+                );
+            }
+        }
+    }
+
+    /// What the plugin said last on stderr: a Rust panic's location and message, or else the
+    /// last line (what an uncaught exception of another language prints).
+    pub(crate) fn last_stderr_message(&self) -> Option<String> {
+        let bytes = self.stderr.contents();
+        let text = String::from_utf8_lossy(&bytes);
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
+            .collect();
+        let panic_at = lines.iter().rposition(|l| l.contains("panicked at"));
+        match panic_at {
+            Some(i) => Some(lines[i..].join(" ")),
+            None => lines.last().map(|l| l.to_string()),
+        }
+    }
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl wit_host::Host for CallState {
+    fn log(&mut self, level: wit_host::LogLevel, message: String) {
+        let tags = &self.tags;
+        macro_rules! emit {
+            ($lvl:expr) => {
+                tracing::event!(
+                    target: "wasmtx::plugin::log",
+                    $lvl,
+                    tenant = %tags.tenant,
+                    transaction_id = %tags.transaction_id,
+                    step = %tags.step,
+                    "{message}"
+                )
+            };
+        }
+        match level {
+            wit_host::LogLevel::Trace => emit!(tracing::Level::TRACE),
+            wit_host::LogLevel::Debug => emit!(tracing::Level::DEBUG),
+            wit_host::LogLevel::Info => emit!(tracing::Level::INFO),
+            wit_host::LogLevel::Warn => emit!(tracing::Level::WARN),
+            wit_host::LogLevel::Error => emit!(tracing::Level::ERROR),
+        }
+    }
+}
+
+/// Caps linear memory per call and remembers whether the cap was what stopped the plugin, so
+/// the resulting trap is reported as `MemoryLimit` rather than as the allocator's abort.
+pub(crate) struct MemoryLimiter {
+    cap: usize,
+    pub(crate) hit: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}

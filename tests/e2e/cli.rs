@@ -1,0 +1,43 @@
+//! The `wasmtx` binary as a user runs it.
+
+use std::process::Command;
+
+use wasmtx_testkit::plugins;
+
+fn wasmtx(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_wasmtx")).args(args).output().expect("running wasmtx")
+}
+
+#[test]
+fn plugin_inspect_prints_digest_and_exports() {
+    let out = wasmtx(&["plugin", "inspect", plugins::PAYMENT]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["exports"], serde_json::json!(["step", "participant"]));
+    assert!(report["digest"].as_str().unwrap().starts_with("sha256:"));
+}
+
+#[test]
+fn plugin_inspect_explains_why_a_file_is_not_a_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("module.wasm");
+    std::fs::write(&path, wat::parse_str("(module)").unwrap()).unwrap();
+    let out = wasmtx(&["plugin", "inspect", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("core WebAssembly module, not a component"), "{stderr}");
+
+    let out = wasmtx(&["plugin", "inspect", "/nonexistent/x.wasm"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reading /nonexistent/x.wasm"));
+}
+
+#[test]
+fn bench_plugin_prints_its_figures() {
+    let out = wasmtx(&["bench", "plugin", "--component", plugins::PAYMENT, "--calls", "300", "--warmup", "20"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for figure in ["machine:", "calls:        300", "calls/s:", "p50:", "p99:", "peak RSS:"] {
+        assert!(stdout.contains(figure), "missing {figure:?} in:\n{stdout}");
+    }
+}
