@@ -2,6 +2,8 @@
 //! Commands print human-readable progress to stderr and results to stdout.
 
 mod bench;
+mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +25,10 @@ enum Command {
     /// Work with plugin components.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Run the coordinator: HTTP API, engines, recovery loop.
+    Serve(serve::ServeArgs),
+    /// Run one transaction described in a JSON spec on the embedded store and print its document.
+    Run(run::RunArgs),
     /// Measure wasmtx on this machine.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -65,6 +71,8 @@ fn init_tracing() {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Plugin(PluginCommand::Inspect { file }) => inspect(&file).await,
+        Command::Serve(args) => serve::serve(args).await,
+        Command::Run(args) => run::run(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
     }
 }

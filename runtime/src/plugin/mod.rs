@@ -25,6 +25,7 @@
 //! ```
 
 mod bindings;
+mod catalog;
 mod error;
 mod loader;
 mod registry;
@@ -42,9 +43,10 @@ use crate::model::{CallContext, Decision, Outcome, Pattern, Profile, Vote};
 use bindings::{wit_host, wit_policy, wit_types};
 use sandbox::CallState;
 
+pub use catalog::{Catalog, CatalogError};
 pub use error::{CallError, LoadError, LookupError};
-pub use loader::{Component, Role, inspect};
-pub use registry::{PluginRef, PluginVersion, Registry};
+pub use loader::{Component, Role, digest_of, inspect};
+pub use registry::{ComponentCache, PluginRef, PluginVersion, Registry, valid_name};
 pub use sandbox::CallTags;
 
 /// How often the epoch advances; deadlines are enforced to this granularity.

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::loader::{self, Component, digest_of};
+
 use super::{LoadError, LookupError, PluginHost};
 
 /// One version of a named plugin.
@@ -59,23 +60,54 @@ type Key = (String, String);
 /// The in-process registry: what names and versions exist, and their compiled components.
 #[derive(Clone)]
 pub struct Registry {
-    host: PluginHost,
+    cache: ComponentCache,
     inner: Arc<RwLock<Inner>>,
 }
 
 #[derive(Default)]
 struct Inner {
     versions: HashMap<Key, Vec<Arc<PluginVersion>>>,
-    by_digest: HashMap<String, Arc<Component>>,
 }
 
-impl Registry {
+/// Compiled components by digest, shared by everything that resolves plugins in a process:
+/// identical bytes are compiled once however many names and tenants point at them.
+#[derive(Clone)]
+pub struct ComponentCache {
+    host: PluginHost,
+    by_digest: Arc<RwLock<HashMap<String, Arc<Component>>>>,
+}
+
+impl ComponentCache {
     pub fn new(host: PluginHost) -> Self {
-        Registry { host, inner: Arc::default() }
+        ComponentCache { host, by_digest: Arc::default() }
     }
 
     pub fn host(&self) -> &PluginHost {
         &self.host
+    }
+
+    pub fn get(&self, digest: &str) -> Option<Arc<Component>> {
+        self.by_digest.read().unwrap().get(digest).cloned()
+    }
+
+    /// The compiled component for `bytes`, validating and compiling them on first sight.
+    pub async fn load(&self, bytes: &[u8]) -> Result<Arc<Component>, LoadError> {
+        let digest = digest_of(bytes);
+        if let Some(c) = self.get(&digest) {
+            return Ok(c);
+        }
+        let component = loader::load(&self.host, bytes).await?;
+        Ok(self.by_digest.write().unwrap().entry(digest).or_insert(component).clone())
+    }
+}
+
+impl Registry {
+    pub fn new(host: PluginHost) -> Self {
+        Registry { cache: ComponentCache::new(host), inner: Arc::default() }
+    }
+
+    pub fn host(&self) -> &PluginHost {
+        self.cache.host()
     }
 
     /// Validates `bytes` and makes them the newest version of `name`. Identical bytes already
@@ -105,14 +137,9 @@ impl Registry {
         if let Some(existing) = self.find_digest(&key, &digest) {
             return Ok((existing, false));
         }
-        let cached = self.inner.read().unwrap().by_digest.get(&digest).cloned();
-        let component = match cached {
-            Some(c) => c,
-            None => loader::load(&self.host, bytes).await?,
-        };
+        let component = self.cache.load(bytes).await?;
 
         let mut inner = self.inner.write().unwrap();
-        inner.by_digest.entry(digest.clone()).or_insert_with(|| component.clone());
         let versions = inner.versions.entry(key).or_default();
         // Another caller may have added the same bytes while this one compiled.
         if let Some(existing) = versions.iter().find(|v| v.digest == digest) {

@@ -1,0 +1,286 @@
+//! The HTTP server: the JSON contract of API.md over the engines. Bodies are size-limited and
+//! parsed here; every error leaves as `{"error": {"code", "message"}}` with a 4xx status for
+//! the caller's mistakes and 5xx only for the server's own faults. Handlers never touch SQL.
+
+mod error;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+pub use error::ApiError;
+
+use crate::plugin::Catalog;
+use crate::saga::{CreateSaga, SagaEngine, SagaState, StepSpec, rfc3339};
+use crate::store::{IdempotentReply, Store, now_ms};
+
+/// Largest JSON body accepted.
+pub const MAX_JSON_BODY: usize = 1 << 20;
+/// Largest component upload accepted.
+pub const MAX_COMPONENT_BODY: usize = 64 << 20;
+const DEFAULT_TENANT: &str = "default";
+
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    store: Store,
+    catalog: Catalog,
+    sagas: SagaEngine,
+}
+
+impl AppState {
+    pub fn new(store: Store, catalog: Catalog, sagas: SagaEngine) -> Self {
+        AppState { inner: Arc::new(Shared { store, catalog, sagas }) }
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let json_routes = Router::new()
+        .route("/v1/plugins", get(list_plugins))
+        .route("/v1/plugins/{name}", get(get_plugin))
+        .route("/v1/sagas", post(create_saga).get(list_sagas))
+        .route("/v1/sagas/{id}", get(get_saga))
+        .route("/v1/sagas/{id}/steps", post(add_step))
+        .route("/v1/sagas/{id}/execute", post(execute_saga))
+        .route("/v1/sagas/{id}/resume", post(resume_saga))
+        .route("/v1/sagas/{id}/cancel", post(cancel_saga))
+        .route("/v1/sagas/{id}/history", get(saga_history))
+        .route("/healthz", get(healthz))
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
+    let upload = Router::new()
+        .route("/v1/plugins/{name}", put(put_plugin))
+        .layer(DefaultBodyLimit::max(MAX_COMPONENT_BODY));
+    json_routes.merge(upload).fallback(not_found).with_state(state)
+}
+
+/// The caller's tenant. Until tenancy lands every request is the implicit `default` tenant.
+fn tenant(_headers: &HeaderMap) -> &'static str {
+    DEFAULT_TENANT
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn healthz(State(s): State<AppState>) -> Response {
+    match s.inner.store.ping().await {
+        Ok(()) => Json(json!({"status": "ok"})).into_response(),
+        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()).into_response(),
+    }
+}
+
+/// Parses a JSON body: bad syntax → 400, wrong shape → 422, too large → 413.
+fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body.map_err(ApiError::from_body_rejection)?;
+    parse_bytes(&bytes)
+}
+
+fn parse_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.to_string()),
+        _ => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {e}")),
+    })
+}
+
+/// Parses an optional JSON body (empty means `default`).
+fn parse_optional<T: DeserializeOwned + Default>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+    let bytes = body.map_err(ApiError::from_body_rejection)?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    parse_bytes(&bytes)
+}
+
+// ---- plugins ----
+
+async fn put_plugin(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let bytes = body.map_err(ApiError::from_body_rejection)?;
+    let (row, created) = s.inner.catalog.publish(tenant(&headers), &name, &bytes).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let doc = json!({
+        "name": row.name,
+        "version": row.version,
+        "digest": row.digest,
+        "exports": row.exports,
+        "created_at": rfc3339(row.created_at_ms),
+    });
+    Ok((status, Json(doc)).into_response())
+}
+
+async fn list_plugins(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let rows = s.inner.store.latest_plugins(tenant(&headers)).await?;
+    let plugins: Vec<Value> =
+        rows.iter().map(|r| json!({"name": r.name, "latest_version": r.version, "exports": r.exports})).collect();
+    Ok(Json(json!({ "plugins": plugins })))
+}
+
+async fn get_plugin(State(s): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let rows = s.inner.store.plugin_versions(tenant(&headers), &name).await?;
+    if rows.is_empty() {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no plugin named {name:?}")));
+    }
+    let versions: Vec<Value> = rows
+        .iter()
+        .map(|r| json!({"version": r.version, "digest": r.digest, "exports": r.exports, "created_at": rfc3339(r.created_at_ms)}))
+        .collect();
+    Ok(Json(json!({ "name": name, "versions": versions })))
+}
+
+// ---- sagas ----
+
+async fn create_saga(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let bytes = body.map_err(ApiError::from_body_rejection)?;
+    let tenant = tenant(&headers);
+    let key = idempotency_key(&headers)?;
+    let request_hash = hex::encode(Sha256::digest(&bytes));
+    if let Some(key) = &key
+        && let Some(reply) = s.inner.store.idempotent_reply(tenant, key).await?
+    {
+        if reply.request_hash != request_hash {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different body",
+            ));
+        }
+        let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+        return Ok((status, Json(reply.body)).into_response());
+    }
+    let req: CreateSaga = parse_bytes(&bytes)?;
+    let saga = s.inner.sagas.create(tenant, req).await?;
+    let body = json!({"status": "success", "saga_id": saga.id(), "state": "pending"});
+    if let Some(key) = &key {
+        let reply = IdempotentReply { request_hash, status: 201, body: body.clone() };
+        s.inner.store.remember_reply(tenant, key, &reply, now_ms()).await?;
+        // A concurrent request with the same key may have won; answer what was stored.
+        if let Some(first) = s.inner.store.idempotent_reply(tenant, key).await? {
+            return Ok((StatusCode::CREATED, Json(first.body)).into_response());
+        }
+    }
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    match value.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= 255 => Ok(Some(k.to_string())),
+        _ => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_idempotency_key", "Idempotency-Key must be 1-255 visible ASCII characters")),
+    }
+}
+
+async fn add_step(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let spec: StepSpec = parse(body)?;
+    let (index, total) = s.inner.sagas.add_step(tenant(&headers), &id, spec).await?;
+    Ok(Json(json!({"status": "success", "step_index": index, "total_steps": total})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecuteBody {
+    #[serde(default = "yes")]
+    wait: bool,
+}
+
+impl Default for ExecuteBody {
+    fn default() -> Self {
+        ExecuteBody { wait: true }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+async fn execute_saga(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let req: ExecuteBody = parse_optional(body)?;
+    let saga = s.inner.sagas.execute(tenant(&headers), &id, req.wait).await?;
+    let status = if req.wait { StatusCode::OK } else { StatusCode::ACCEPTED };
+    Ok((status, Json(saga.document())).into_response())
+}
+
+async fn get_saga(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(s.inner.sagas.get(tenant(&headers), &id).await?.document()))
+}
+
+async fn resume_saga(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(s.inner.sagas.resume(tenant(&headers), &id).await?.document()))
+}
+
+async fn cancel_saga(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(s.inner.sagas.cancel(tenant(&headers), &id).await?.document()))
+}
+
+async fn saga_history(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let events = s.inner.sagas.history(tenant(&headers), &id).await?;
+    let events: Vec<Value> = events
+        .into_iter()
+        .map(|e| {
+            let mut v = json!({"seq": e.seq, "at": rfc3339(e.at_ms), "kind": e.kind, "detail": e.detail});
+            if let Some(step) = e.step {
+                v["step"] = json!(step);
+            }
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "events": events })))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    limit: Option<String>,
+}
+
+async fn list_sagas(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let state = match q.state.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(SagaState::parse(s).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("unknown state {s:?}"))
+        })?),
+    };
+    let limit = match q.limit.as_deref() {
+        None | Some("") => 50,
+        Some(l) => l.parse::<i64>().ok().filter(|l| (1..=1000).contains(l)).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "limit must be a number from 1 to 1000")
+        })?,
+    };
+    let sagas = s.inner.sagas.list(tenant(&headers), state, limit).await?;
+    Ok(Json(json!({ "sagas": sagas.iter().map(|s| s.document()).collect::<Vec<_>>() })))
+}

@@ -1,0 +1,166 @@
+//! One way to run a phase, whatever runs it: a Wasm plugin version or an HTTP endpoint
+//! (the HTTP-participant protocol of API.md). Everything that is not a clear answer is mapped
+//! here, once: a trap, timeout or transport error becomes `Retry` for an outcome and `Abort`
+//! for a vote, so the engines only ever see the contract's answers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::model::{CallContext, Outcome, Vote};
+use crate::plugin::{CallLimits, CallTags, Component, PluginHost};
+
+/// The phases a participant can be asked to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Execute,
+    Compensate,
+    Prepare,
+    Commit,
+    Abort,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Execute => "execute",
+            Phase::Compensate => "compensate",
+            Phase::Prepare => "prepare",
+            Phase::Commit => "commit",
+            Phase::Abort => "abort",
+        }
+    }
+}
+
+/// What runs a phase.
+#[derive(Debug, Clone)]
+pub enum Target {
+    Plugin(Arc<Component>),
+    Http { endpoint: String },
+}
+
+/// Calls participants. Cheap to clone.
+#[derive(Clone)]
+pub struct Invoker {
+    host: PluginHost,
+    http: reqwest::Client,
+    /// Memory cap and fuel of plugin calls; the deadline comes per call.
+    limits: CallLimits,
+}
+
+impl Invoker {
+    pub fn new(host: PluginHost, limits: CallLimits) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .expect("building the HTTP client");
+        Invoker { host, http, limits }
+    }
+
+    pub fn host(&self) -> &PluginHost {
+        &self.host
+    }
+
+    /// Runs execute, compensate, commit or abort. Never fails: anything that is not a clear
+    /// answer is a `Retry` naming what happened.
+    pub async fn outcome(&self, target: &Target, phase: Phase, ctx: CallContext, timeout: Duration) -> Outcome {
+        debug_assert!(phase != Phase::Prepare);
+        match target {
+            Target::Plugin(component) => {
+                let limits = CallLimits { timeout, ..self.limits.clone() };
+                let tags = tags_of(&ctx);
+                let result = match phase {
+                    Phase::Execute => self.host.execute(component, ctx, &limits, tags).await,
+                    Phase::Compensate => self.host.compensate(component, ctx, &limits, tags).await,
+                    Phase::Commit => self.host.commit(component, ctx, &limits, tags).await,
+                    Phase::Abort | Phase::Prepare => self.host.abort(component, ctx, &limits, tags).await,
+                };
+                result.unwrap_or_else(|e| Outcome::Retry(e.to_string()))
+            }
+            Target::Http { endpoint } => {
+                let path = match phase {
+                    Phase::Execute | Phase::Compensate => ctx.action.clone(),
+                    other => other.as_str().to_string(),
+                };
+                match self.post(endpoint, &path, phase, &ctx, timeout).await {
+                    Err(e) => Outcome::Retry(e),
+                    Ok((status, body)) if (200..300).contains(&status) => {
+                        Outcome::Success(if body.trim().is_empty() { "null".into() } else { body })
+                    }
+                    Ok((status @ (409 | 422), body)) if matches!(phase, Phase::Execute | Phase::Compensate) => {
+                        Outcome::Failure(format!("HTTP {status}: {}", truncate(&body)))
+                    }
+                    Ok((status, body)) => Outcome::Retry(format!("HTTP {status}: {}", truncate(&body))),
+                }
+            }
+        }
+    }
+
+    /// Asks for a vote. Only an explicit `prepared` is a yes.
+    pub async fn prepare(&self, target: &Target, ctx: CallContext, timeout: Duration) -> Vote {
+        match target {
+            Target::Plugin(component) => {
+                let limits = CallLimits { timeout, ..self.limits.clone() };
+                let tags = tags_of(&ctx);
+                self.host.prepare(component, ctx, &limits, tags).await.unwrap_or_else(|e| Vote::Abort(e.to_string()))
+            }
+            Target::Http { endpoint } => match self.post(endpoint, "prepare", Phase::Prepare, &ctx, timeout).await {
+                Err(e) => Vote::Abort(e),
+                Ok((status, body)) if (200..300).contains(&status) => {
+                    match serde_json::from_str::<Value>(&body).ok().as_ref().and_then(|v| v.get("vote")).and_then(Value::as_str) {
+                        Some("prepared") => Vote::Prepared,
+                        _ => Vote::Abort(format!("no prepared vote in answer: {}", truncate(&body))),
+                    }
+                }
+                Ok((status, body)) => Vote::Abort(format!("HTTP {status}: {}", truncate(&body))),
+            },
+        }
+    }
+
+    async fn post(
+        &self,
+        endpoint: &str,
+        path: &str,
+        phase: Phase,
+        ctx: &CallContext,
+        timeout: Duration,
+    ) -> Result<(u16, String), String> {
+        let url = format!("{}/{}", endpoint.trim_end_matches('/'), path.trim_start_matches('/'));
+        let input: Value = serde_json::from_str(&ctx.input).unwrap_or(Value::Null);
+        let body = json!({
+            "transaction_id": ctx.transaction_id,
+            "step": ctx.step,
+            "action": ctx.action,
+            "phase": phase.as_str(),
+            "attempt": ctx.attempt,
+            "idempotency_key": ctx.idempotency_key,
+            "input": input,
+        });
+        let response = self
+            .http
+            .post(&url)
+            .header("Idempotency-Key", &ctx.idempotency_key)
+            .timeout(timeout)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| if e.is_timeout() { format!("POST {url}: no answer within {timeout:?}") } else { format!("POST {url}: {e}") })?;
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(|e| format!("POST {url}: reading the answer: {e}"))?;
+        Ok((status, text))
+    }
+}
+
+fn tags_of(ctx: &CallContext) -> CallTags {
+    CallTags { tenant: ctx.tenant.clone(), transaction_id: ctx.transaction_id.clone(), step: ctx.step.clone() }
+}
+
+fn truncate(s: &str) -> String {
+    const MAX: usize = 500;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}

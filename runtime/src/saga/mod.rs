@@ -1,0 +1,656 @@
+//! The saga engine: forward steps in order, compensation of completed steps in reverse,
+//! retries with backoff, resume and recovery, on the durable store.
+//!
+//! Every call to a participant is preceded by a committed record that explains it
+//! (`step_started`, `compensation_started`), and its answer is committed before the next call.
+//! A saga is driven by exactly one coordinator: the one holding its lease; every write is
+//! conditional on the revision it read, so a coordinator that lost its lease stops at its next
+//! write. This module must never touch sqlx, wasmtime or reqwest directly.
+
+pub mod state;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use tokio::sync::broadcast;
+use tracing::Instrument;
+
+use crate::model::{CallContext, RetryPolicy};
+use crate::participant::{Invoker, Phase, Target};
+use crate::plugin::{Catalog, CatalogError};
+use crate::store::{EventRow, Lease, NewEvent, Store, StoreError, TxRow, now_ms};
+pub use state::{SagaDoc, SagaState, StepRecord, StepSpec, StepState};
+use state::{MAX_STEPS, Next, Verdict, judge};
+
+const KIND: &str = "saga";
+const MAX_CONTEXT_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SagaError {
+    #[error("no saga {0}")]
+    NotFound(String),
+    #[error("saga {id} is {state}: {action} is not possible")]
+    WrongState { id: String, state: &'static str, action: &'static str },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Plugin(#[from] CatalogError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("saga {0} is being driven by another coordinator")]
+    Busy(String),
+}
+
+/// The body of "create saga" (API.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSaga {
+    pub saga_name: String,
+    #[serde(default)]
+    pub context: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub retry_policy: Option<RetryPolicy>,
+}
+
+/// A saga as loaded from the store.
+#[derive(Debug, Clone)]
+pub struct Saga {
+    pub row: TxRow,
+    pub state: SagaState,
+    pub doc: SagaDoc,
+}
+
+impl Saga {
+    fn from_row(row: TxRow) -> Result<Saga, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt { id: row.id.clone(), reason };
+        let state = SagaState::parse(&row.state).ok_or_else(|| corrupt(format!("unknown state {}", row.state)))?;
+        let doc = serde_json::from_value(row.doc.clone()).map_err(|e| corrupt(e.to_string()))?;
+        Ok(Saga { row, state, doc })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.row.id
+    }
+
+    /// The saga document of API.md.
+    pub fn document(&self) -> Value {
+        let status = match self.state {
+            SagaState::Completed => "success",
+            SagaState::Compensated => "failed",
+            SagaState::Failed => "error",
+            _ => "success",
+        };
+        let steps: Vec<Value> = self
+            .doc
+            .steps
+            .iter()
+            .map(|s| {
+                let mut v = json!({ "name": s.spec.name, "state": s.state, "attempts": s.attempts });
+                let o = v.as_object_mut().unwrap();
+                if let Some(out) = &s.output {
+                    o.insert("output".into(), out.clone());
+                }
+                if let Some(e) = &s.error {
+                    o.insert("error".into(), json!(e));
+                }
+                if let Some(p) = &s.plugin_version {
+                    o.insert("plugin_version".into(), json!(p));
+                }
+                if s.compensation_attempts > 0 {
+                    o.insert("compensation_attempts".into(), json!(s.compensation_attempts));
+                }
+                v
+            })
+            .collect();
+        let mut doc = json!({
+            "status": status,
+            "saga_id": self.row.id,
+            "saga_name": self.row.name,
+            "state": self.state,
+            "context": self.doc.context,
+            "steps": steps,
+            "created_at": rfc3339(self.row.created_at_ms),
+            "updated_at": rfc3339(self.row.updated_at_ms),
+        });
+        if let Some(e) = &self.doc.error {
+            doc["error"] = json!(e);
+        }
+        doc
+    }
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// A durable change of a saga, as it is committed (for progress output and tests).
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub tenant: String,
+    pub saga_id: String,
+    pub state: SagaState,
+    pub event: NewEvent,
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// This coordinator's identity in leases.
+    pub node_id: String,
+    /// How long a lease lasts without renewal (default 10 s).
+    pub lease: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { node_id: uuid::Uuid::new_v4().to_string(), lease: Duration::from_secs(10) }
+    }
+}
+
+#[derive(Clone)]
+pub struct SagaEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    catalog: Catalog,
+    invoker: Invoker,
+    config: EngineConfig,
+    progress: broadcast::Sender<Progress>,
+    /// Sagas this process is driving, with their cancel flags.
+    driving: Mutex<HashMap<String, Arc<AtomicBool>>>,
+}
+
+impl SagaEngine {
+    pub fn new(store: Store, catalog: Catalog, invoker: Invoker, config: EngineConfig) -> Self {
+        let (progress, _) = broadcast::channel(4096);
+        SagaEngine { inner: Arc::new(Inner { store, catalog, invoker, config, progress, driving: Mutex::default() }) }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.inner.config.node_id
+    }
+
+    /// Every durable change this engine makes, as it is committed.
+    pub fn subscribe(&self) -> broadcast::Receiver<Progress> {
+        self.inner.progress.subscribe()
+    }
+
+    pub async fn create(&self, tenant: &str, req: CreateSaga) -> Result<Saga, SagaError> {
+        if req.saga_name.trim().is_empty() || req.saga_name.len() > 256 {
+            return Err(SagaError::Invalid("saga_name must be 1-256 characters".into()));
+        }
+        let context = req.context.unwrap_or_default();
+        if serde_json::to_vec(&context).map_or(0, |v| v.len()) > MAX_CONTEXT_BYTES {
+            return Err(SagaError::Invalid(format!("context is larger than {MAX_CONTEXT_BYTES} bytes")));
+        }
+        if req.timeout_ms.is_some_and(|t| t == 0) {
+            return Err(SagaError::Invalid("timeout_ms must be positive".into()));
+        }
+        let retry_policy = req.retry_policy.unwrap_or_default();
+        retry_policy.validate().map_err(SagaError::Invalid)?;
+        let now = now_ms();
+        let doc = SagaDoc { context, steps: vec![], error: None, timeout_ms: req.timeout_ms, retry_policy, started_at_ms: None };
+        let row = TxRow {
+            tenant: tenant.to_string(),
+            id: format!("saga-{}", uuid::Uuid::now_v7()),
+            kind: KIND.into(),
+            name: req.saga_name.clone(),
+            state: SagaState::Pending.as_str().into(),
+            doc: serde_json::to_value(&doc).expect("doc serialises"),
+            rev: 0,
+            owner: None,
+            lease_until_ms: 0,
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        let event = NewEvent::new("saga_created", None, json!({ "saga_name": req.saga_name }));
+        self.inner.store.insert_tx(&row, std::slice::from_ref(&event)).await?;
+        Ok(Saga { row, state: SagaState::Pending, doc })
+    }
+
+    pub async fn get(&self, tenant: &str, id: &str) -> Result<Saga, SagaError> {
+        let row = self.inner.store.get_tx(tenant, KIND, id).await?.ok_or_else(|| SagaError::NotFound(id.into()))?;
+        Ok(Saga::from_row(row)?)
+    }
+
+    pub async fn list(&self, tenant: &str, state: Option<SagaState>, limit: i64) -> Result<Vec<Saga>, SagaError> {
+        let rows = self.inner.store.list_tx(tenant, KIND, state.map(SagaState::as_str), limit).await?;
+        Ok(rows.into_iter().map(Saga::from_row).collect::<Result<_, _>>()?)
+    }
+
+    pub async fn history(&self, tenant: &str, id: &str) -> Result<Vec<EventRow>, SagaError> {
+        self.get(tenant, id).await?;
+        Ok(self.inner.store.events(id).await?)
+    }
+
+    /// Appends a step to a pending saga; returns (its index, the step count).
+    pub async fn add_step(&self, tenant: &str, id: &str, spec: StepSpec) -> Result<(usize, usize), SagaError> {
+        spec.validate().map_err(SagaError::Invalid)?;
+        let mut saga = self.get(tenant, id).await?;
+        if saga.state != SagaState::Pending {
+            return Err(SagaError::WrongState { id: id.into(), state: saga.state.as_str(), action: "adding a step" });
+        }
+        if saga.doc.steps.len() >= MAX_STEPS {
+            return Err(SagaError::Invalid(format!("a saga has at most {MAX_STEPS} steps")));
+        }
+        if saga.doc.steps.iter().any(|s| s.spec.name == spec.name) {
+            return Err(SagaError::Invalid(format!("saga {id} already has a step named {:?}", spec.name)));
+        }
+        if let Some(plugin) = &spec.plugin {
+            let (_, component) = self.inner.catalog.resolve(tenant, plugin).await?;
+            if !component.exports(crate::plugin::Role::Step) {
+                return Err(SagaError::Invalid(format!(
+                    "plugin {plugin} does not export `step` (it exports: {})",
+                    component.export_names().join(", ")
+                )));
+            }
+        }
+        let name = spec.name.clone();
+        saga.doc.steps.push(StepRecord::new(spec));
+        let index = saga.doc.steps.len() - 1;
+        let total = saga.doc.steps.len();
+        self.persist(&mut saga, vec![NewEvent::new("step_added", Some(&name), json!({ "index": index }))]).await.map_err(
+            |e| match e {
+                SagaError::Store(StoreError::Conflict { .. }) => SagaError::Busy(id.into()),
+                e => e,
+            },
+        )?;
+        Ok((index, total))
+    }
+
+    /// Starts a pending saga: pins plugin versions, takes the lease, drives it. With `wait`
+    /// the returned saga is at an end state; otherwise it is running in the background.
+    pub async fn execute(&self, tenant: &str, id: &str, wait: bool) -> Result<Saga, SagaError> {
+        let mut saga = self.get(tenant, id).await?;
+        if saga.state != SagaState::Pending {
+            return Err(SagaError::WrongState { id: id.into(), state: saga.state.as_str(), action: "execute" });
+        }
+        for step in saga.doc.steps.iter_mut() {
+            if let Some(plugin) = &step.spec.plugin {
+                let (row, _) = self.inner.catalog.resolve(tenant, plugin).await?;
+                step.plugin_version = Some(format!("{}@{}", row.name, row.version));
+            }
+        }
+        saga.state.become_(SagaState::Running).expect("pending -> running is legal");
+        saga.doc.started_at_ms = Some(now_ms());
+        saga.row.owner = Some(self.inner.config.node_id.clone());
+        let pins: Vec<Value> = saga.doc.steps.iter().filter_map(|s| s.plugin_version.clone().map(Value::String)).collect();
+        let events = vec![NewEvent::new("saga_started", None, json!({ "owner": self.node_id(), "plugins": pins }))];
+        self.persist(&mut saga, events).await.map_err(|e| match e {
+            SagaError::Store(StoreError::Conflict { .. }) => {
+                SagaError::WrongState { id: id.into(), state: "running", action: "execute" }
+            }
+            e => e,
+        })?;
+        self.spawn_drive(saga, wait).await
+    }
+
+    /// Continues a stopped saga where it stopped: one whose coordinator died (lease expired),
+    /// or one that ended `failed` because a compensation ran out of attempts (its
+    /// compensation gets a fresh budget). Completed steps are never re-run.
+    pub async fn resume(&self, tenant: &str, id: &str) -> Result<Saga, SagaError> {
+        let mut saga = self.get(tenant, id).await?;
+        match saga.state {
+            SagaState::Running | SagaState::Compensating => {
+                if self.is_driving(id) {
+                    return Err(SagaError::Busy(id.into()));
+                }
+                let mine = saga.row.owner.as_deref() == Some(self.node_id());
+                if !mine && saga.row.lease_until_ms > now_ms() {
+                    return Err(SagaError::Busy(id.into()));
+                }
+                saga.row.owner = Some(self.node_id().into());
+                self.persist(&mut saga, vec![NewEvent::new("saga_resumed", None, json!({ "owner": self.node_id() }))])
+                    .await
+                    .map_err(|_| SagaError::Busy(id.into()))?;
+            }
+            SagaState::Failed => {
+                for step in saga.doc.steps.iter_mut().filter(|s| s.state == StepState::CompensationFailed) {
+                    step.state.become_(StepState::Compensating).expect("legal");
+                    step.compensation_attempts = 0;
+                }
+                saga.state.become_(SagaState::Compensating).expect("failed -> compensating is legal");
+                saga.row.owner = Some(self.node_id().into());
+                self.persist(&mut saga, vec![NewEvent::new("saga_resumed", None, json!({ "owner": self.node_id() }))])
+                    .await
+                    .map_err(|_| SagaError::Busy(id.into()))?;
+            }
+            state => return Err(SagaError::WrongState { id: id.into(), state: state.as_str(), action: "resume" }),
+        }
+        self.spawn_drive(saga, true).await
+    }
+
+    /// Compensates the completed steps. A pending saga ends `compensated` at once; a running
+    /// one stops before its next step and compensates.
+    pub async fn cancel(&self, tenant: &str, id: &str) -> Result<Saga, SagaError> {
+        let mut saga = self.get(tenant, id).await?;
+        match saga.state {
+            SagaState::Pending => {
+                saga.state.become_(SagaState::Compensated).expect("legal");
+                saga.doc.error = Some("cancelled before it started".into());
+                self.persist(&mut saga, vec![NewEvent::new("saga_cancelled", None, json!({}))])
+                    .await
+                    .map_err(|_| SagaError::Busy(id.into()))?;
+                Ok(saga)
+            }
+            SagaState::Running => {
+                let flag = self.inner.driving.lock().unwrap().get(id).cloned();
+                if let Some(flag) = flag {
+                    let mut progress = self.subscribe();
+                    flag.store(true, Ordering::SeqCst);
+                    wait_for_end(&mut progress, id).await;
+                    return self.get(tenant, id).await;
+                }
+                if saga.row.lease_until_ms > now_ms() && saga.row.owner.as_deref() != Some(self.node_id()) {
+                    return Err(SagaError::Busy(id.into()));
+                }
+                saga.state.become_(SagaState::Compensating).expect("legal");
+                saga.doc.error = Some("cancelled".into());
+                saga.row.owner = Some(self.node_id().into());
+                self.persist(&mut saga, vec![NewEvent::new("saga_cancelled", None, json!({}))])
+                    .await
+                    .map_err(|_| SagaError::Busy(id.into()))?;
+                self.spawn_drive(saga, true).await
+            }
+            state => Err(SagaError::WrongState { id: id.into(), state: state.as_str(), action: "cancel" }),
+        }
+    }
+
+    /// Claims running or compensating sagas whose lease expired (and, with `own`, those this
+    /// node held before a restart) and drives them in the background. Returns how many.
+    pub async fn recover_expired(&self, own: bool) -> Result<usize, SagaError> {
+        let lease = Lease { owner: self.node_id().into(), until_ms: now_ms() + self.inner.config.lease.as_millis() as i64 };
+        let claimed = self
+            .inner
+            .store
+            .claim_expired(KIND, &["running", "compensating"], &lease, now_ms(), 64, own)
+            .await?;
+        let n = claimed.len();
+        for row in claimed {
+            if self.is_driving(&row.id) {
+                continue;
+            }
+            let mut saga = Saga::from_row(row)?;
+            tracing::info!(saga_id = %saga.id(), state = saga.state.as_str(), "recovering saga");
+            let event = NewEvent::new("saga_recovered", None, json!({ "owner": self.node_id() }));
+            if self.persist(&mut saga, vec![event]).await.is_ok() {
+                let _ = self.spawn_drive(saga, false).await;
+            }
+        }
+        Ok(n)
+    }
+
+    fn is_driving(&self, id: &str) -> bool {
+        self.inner.driving.lock().unwrap().contains_key(id)
+    }
+
+    /// Drives `saga` in its own task, so a caller that goes away (an HTTP client hanging up)
+    /// never stops a saga half-way.
+    async fn spawn_drive(&self, saga: Saga, wait: bool) -> Result<Saga, SagaError> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        {
+            let mut driving = self.inner.driving.lock().unwrap();
+            if driving.contains_key(saga.id()) {
+                return Err(SagaError::Busy(saga.id().into()));
+            }
+            driving.insert(saga.id().to_string(), cancel.clone());
+        }
+        let engine = self.clone();
+        let snapshot = saga.clone();
+        let span = tracing::info_span!("saga", tenant = %saga.row.tenant, transaction_id = %saga.row.id);
+        let task = tokio::spawn(
+            async move {
+                let id = saga.id().to_string();
+                let result = engine.drive(saga, cancel).await;
+                engine.inner.driving.lock().unwrap().remove(&id);
+                if let Err(e) = &result {
+                    tracing::warn!("saga driver stopped: {e}");
+                }
+                result
+            }
+            .instrument(span),
+        );
+        if !wait {
+            return Ok(snapshot);
+        }
+        match task.await {
+            Ok(result) => result,
+            Err(e) => Err(SagaError::Invalid(format!("saga driver failed: {e}"))),
+        }
+    }
+
+    async fn drive(&self, mut saga: Saga, cancel: Arc<AtomicBool>) -> Result<Saga, SagaError> {
+        let _renewal = self.keep_lease(saga.id().to_string());
+        loop {
+            match saga.doc.next(saga.state) {
+                Next::Execute(i) => {
+                    if let Some(reason) = self.should_stop(&saga, &cancel) {
+                        saga.state.become_(SagaState::Compensating).expect("legal");
+                        saga.doc.error = Some(reason.clone());
+                        self.persist(&mut saga, vec![NewEvent::new("saga_compensating", None, json!({ "reason": reason }))])
+                            .await?;
+                        continue;
+                    }
+                    self.execute_step(&mut saga, i).await?;
+                }
+                Next::Compensate(i) => self.compensate_step(&mut saga, i).await?,
+                Next::Complete => {
+                    saga.state.become_(SagaState::Completed).expect("legal");
+                    self.finish(&mut saga, "saga_completed").await?;
+                    break;
+                }
+                Next::Compensated => {
+                    saga.state.become_(SagaState::Compensated).expect("legal");
+                    self.finish(&mut saga, "saga_compensated").await?;
+                    break;
+                }
+                Next::Idle => break,
+            }
+        }
+        Ok(saga)
+    }
+
+    fn should_stop(&self, saga: &Saga, cancel: &AtomicBool) -> Option<String> {
+        if cancel.load(Ordering::SeqCst) {
+            return Some("cancelled".into());
+        }
+        let (Some(timeout), Some(started)) = (saga.doc.timeout_ms, saga.doc.started_at_ms) else { return None };
+        (now_ms() - started > timeout as i64).then(|| format!("saga timed out after {timeout} ms"))
+    }
+
+    async fn finish(&self, saga: &mut Saga, kind: &str) -> Result<(), SagaError> {
+        saga.row.owner = None;
+        saga.row.lease_until_ms = 0;
+        self.persist(saga, vec![NewEvent::new(kind, None, json!({}))]).await
+    }
+
+    async fn execute_step(&self, saga: &mut Saga, i: usize) -> Result<(), SagaError> {
+        let step = &mut saga.doc.steps[i];
+        step.state.become_(StepState::Running).map_err(|e| SagaError::Invalid(e.to_string()))?;
+        step.attempts += 1;
+        let (name, attempt) = (step.spec.name.clone(), step.attempts);
+        let allowed = step.spec.attempts_allowed(&saga.doc.retry_policy);
+        self.persist(saga, vec![NewEvent::new("step_started", Some(&name), json!({ "attempt": attempt }))]).await?;
+
+        let input = saga.doc.execute_input(i);
+        let outcome = self.call(saga, i, Phase::Execute, attempt, input).await;
+        let policy = saga.doc.retry_policy.clone();
+        let step = &mut saga.doc.steps[i];
+        match judge(outcome, attempt, allowed) {
+            Verdict::Completed(output) => {
+                step.state.become_(StepState::Completed).expect("legal");
+                step.error = None;
+                if let Some(key) = step.spec.output_key.clone() {
+                    saga.doc.context.insert(key, output.clone());
+                }
+                saga.doc.steps[i].output = Some(output);
+                self.persist(saga, vec![NewEvent::new("step_completed", Some(&name), json!({ "attempt": attempt }))]).await
+            }
+            Verdict::RetryLater(reason) => {
+                step.error = Some(reason.clone());
+                let delay = policy.delay(attempt, rand::random::<f64>());
+                let detail = json!({ "attempt": attempt, "reason": reason, "delay_ms": delay.as_millis() as u64 });
+                self.persist(saga, vec![NewEvent::new("step_retry", Some(&name), detail)]).await?;
+                tokio::time::sleep(delay).await;
+                Ok(())
+            }
+            Verdict::Failed(reason) => {
+                step.state.become_(StepState::Failed).expect("legal");
+                step.error = Some(reason.clone());
+                saga.state.become_(SagaState::Compensating).expect("legal");
+                saga.doc.error = Some(format!("step {name} failed: {reason}"));
+                let events = vec![
+                    NewEvent::new("step_failed", Some(&name), json!({ "attempt": attempt, "reason": reason })),
+                    NewEvent::new("saga_compensating", None, json!({ "failed_step": name })),
+                ];
+                self.persist(saga, events).await
+            }
+        }
+    }
+
+    async fn compensate_step(&self, saga: &mut Saga, i: usize) -> Result<(), SagaError> {
+        let step = &mut saga.doc.steps[i];
+        step.state.become_(StepState::Compensating).map_err(|e| SagaError::Invalid(e.to_string()))?;
+        step.compensation_attempts += 1;
+        let (name, attempt) = (step.spec.name.clone(), step.compensation_attempts);
+        let allowed = step.spec.attempts_allowed(&saga.doc.retry_policy);
+        self.persist(saga, vec![NewEvent::new("compensation_started", Some(&name), json!({ "attempt": attempt }))])
+            .await?;
+
+        let input = saga.doc.compensate_input(i);
+        let outcome = self.call(saga, i, Phase::Compensate, attempt, input).await;
+        let policy = saga.doc.retry_policy.clone();
+        let step = &mut saga.doc.steps[i];
+        match outcome {
+            crate::model::Outcome::Success(_) => {
+                step.state.become_(StepState::Compensated).expect("legal");
+                self.persist(saga, vec![NewEvent::new("step_compensated", Some(&name), json!({ "attempt": attempt }))])
+                    .await
+            }
+            crate::model::Outcome::Failure(reason) | crate::model::Outcome::Retry(reason) if attempt < allowed => {
+                let delay = policy.delay(attempt, rand::random::<f64>());
+                let detail = json!({ "attempt": attempt, "reason": reason, "delay_ms": delay.as_millis() as u64 });
+                self.persist(saga, vec![NewEvent::new("compensation_retry", Some(&name), detail)]).await?;
+                tokio::time::sleep(delay).await;
+                Ok(())
+            }
+            crate::model::Outcome::Failure(reason) | crate::model::Outcome::Retry(reason) => {
+                step.state.become_(StepState::CompensationFailed).expect("legal");
+                step.error = Some(reason.clone());
+                saga.state.become_(SagaState::Failed).expect("legal");
+                saga.doc.error = Some(format!(
+                    "compensation of step {name} failed after {attempt} attempts: {reason}; an operator must act (resume retries it)"
+                ));
+                saga.row.owner = None;
+                saga.row.lease_until_ms = 0;
+                let events = vec![
+                    NewEvent::new("compensation_failed", Some(&name), json!({ "attempt": attempt, "reason": reason })),
+                    NewEvent::new("saga_failed", None, json!({ "step": name })),
+                ];
+                self.persist(saga, events).await
+            }
+        }
+    }
+
+    async fn call(&self, saga: &Saga, i: usize, phase: Phase, attempt: u32, input: Value) -> crate::model::Outcome {
+        let step = &saga.doc.steps[i];
+        let target = match (&step.plugin_version, &step.spec.endpoint) {
+            (Some(pinned), _) => match self.inner.catalog.resolve(&saga.row.tenant, pinned).await {
+                Ok((_, component)) => Target::Plugin(component),
+                Err(e) => return crate::model::Outcome::Retry(format!("plugin {pinned} unavailable: {e}")),
+            },
+            (None, Some(endpoint)) => Target::Http { endpoint: endpoint.clone() },
+            (None, None) => return crate::model::Outcome::Failure("step has neither a plugin nor an endpoint".into()),
+        };
+        let action = match phase {
+            Phase::Compensate => step.spec.compensation(),
+            _ => step.spec.action().to_string(),
+        };
+        let timeout = step.spec.timeout();
+        let ctx = CallContext {
+            tenant: saga.row.tenant.clone(),
+            transaction_id: saga.row.id.clone(),
+            step: step.spec.name.clone(),
+            action,
+            attempt,
+            idempotency_key: format!("{}:{}:{}", saga.row.id, i, phase.as_str()),
+            input: input.to_string(),
+            deadline_ms: timeout.as_millis() as u64,
+        };
+        let span = tracing::info_span!("phase", tenant = %ctx.tenant, transaction_id = %ctx.transaction_id, step = %ctx.step, phase = phase.as_str());
+        self.inner.invoker.outcome(&target, phase, ctx, timeout).instrument(span).await
+    }
+
+    /// Commits the saga's new state with `events`, renewing the lease, then tells observers.
+    async fn persist(&self, saga: &mut Saga, events: Vec<NewEvent>) -> Result<(), SagaError> {
+        let now = now_ms();
+        saga.row.state = saga.state.as_str().into();
+        saga.row.doc = serde_json::to_value(&saga.doc).expect("doc serialises");
+        saga.row.updated_at_ms = now;
+        if saga.row.owner.is_some() {
+            saga.row.lease_until_ms = now + self.inner.config.lease.as_millis() as i64;
+        }
+        saga.row.rev = self.inner.store.save_tx(&saga.row, &events).await?;
+        for event in events {
+            let _ = self.inner.progress.send(Progress {
+                tenant: saga.row.tenant.clone(),
+                saga_id: saga.row.id.clone(),
+                state: saga.state,
+                event,
+            });
+        }
+        Ok(())
+    }
+
+    /// Renews the lease of `id` while the returned guard lives, so a long plugin call does
+    /// not let another coordinator take over a saga that is still being driven.
+    fn keep_lease(&self, id: String) -> AbortOnDrop {
+        let store = self.inner.store.clone();
+        let owner = self.node_id().to_string();
+        let lease = self.inner.config.lease;
+        AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(lease / 3).await;
+                let l = Lease { owner: owner.clone(), until_ms: now_ms() + lease.as_millis() as i64 };
+                match store.renew_lease(&id, &l).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => tracing::warn!(saga_id = %id, "lease renewal failed: {e}"),
+                }
+            }
+        }))
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn wait_for_end(progress: &mut broadcast::Receiver<Progress>, id: &str) {
+    let wait = async {
+        loop {
+            match progress.recv().await {
+                Ok(p) if p.saga_id == id && p.state.is_terminal() => return,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(60), wait).await;
+}

@@ -1,0 +1,396 @@
+//! The saga's document and its legal transitions, with no I/O: what the engine persists and
+//! the pure decisions it takes (which step next, what input a step sees, what an answer means).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::model::{Outcome, RetryPolicy};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SagaState {
+    Pending,
+    Running,
+    Completed,
+    Compensating,
+    Compensated,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepState {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Compensating,
+    Compensated,
+    CompensationFailed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("illegal transition {from} -> {to}")]
+pub struct IllegalTransition {
+    pub from: String,
+    pub to: String,
+}
+
+impl SagaState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SagaState::Pending => "pending",
+            SagaState::Running => "running",
+            SagaState::Completed => "completed",
+            SagaState::Compensating => "compensating",
+            SagaState::Compensated => "compensated",
+            SagaState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<SagaState> {
+        serde_json::from_value(Value::String(s.to_string())).ok()
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, SagaState::Completed | SagaState::Compensated | SagaState::Failed)
+    }
+
+    /// The transitions DESIGN.md allows, written once.
+    pub fn can_become(self, to: SagaState) -> bool {
+        use SagaState::*;
+        matches!(
+            (self, to),
+            (Pending, Running)
+                | (Pending, Compensated)
+                | (Running, Completed)
+                | (Running, Compensating)
+                | (Compensating, Compensated)
+                | (Compensating, Failed)
+                | (Failed, Compensating)
+        )
+    }
+
+    pub fn become_(&mut self, to: SagaState) -> Result<(), IllegalTransition> {
+        if !self.can_become(to) {
+            return Err(IllegalTransition { from: self.as_str().into(), to: to.as_str().into() });
+        }
+        *self = to;
+        Ok(())
+    }
+}
+
+impl StepState {
+    pub fn can_become(self, to: StepState) -> bool {
+        use StepState::*;
+        matches!(
+            (self, to),
+            (Pending, Running)
+                | (Running, Running)
+                | (Running, Completed)
+                | (Running, Failed)
+                | (Completed, Compensating)
+                | (Compensating, Compensating)
+                | (Compensating, Compensated)
+                | (Compensating, CompensationFailed)
+                | (CompensationFailed, Compensating)
+        )
+    }
+
+    pub fn become_(&mut self, to: StepState) -> Result<(), IllegalTransition> {
+        if !self.can_become(to) {
+            return Err(IllegalTransition { from: format!("{self:?}"), to: format!("{to:?}") });
+        }
+        *self = to;
+        Ok(())
+    }
+}
+
+/// A step as the caller described it (API.md "Step").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepSpec {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensation: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensation_parameters: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_count: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_key: Option<String>,
+}
+
+pub const DEFAULT_STEP_TIMEOUT_MS: u64 = 30_000;
+pub const MAX_STEP_TIMEOUT_MS: u64 = 3_600_000;
+pub const MAX_STEPS: usize = 100;
+pub const MAX_RETRY_COUNT: u32 = 100;
+
+impl StepSpec {
+    /// Checks what can be checked without the store; the plugin's existence is checked by
+    /// the engine.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() || self.name.len() > 128 {
+            return Err("step name must be 1-128 characters".into());
+        }
+        match (&self.plugin, &self.endpoint) {
+            (Some(_), Some(_)) => return Err(format!("step {:?}: give exactly one of plugin and endpoint, not both", self.name)),
+            (None, None) => return Err(format!("step {:?}: give exactly one of plugin and endpoint", self.name)),
+            (None, Some(url)) if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 => {
+                return Err(format!("step {:?}: endpoint must be an http:// or https:// URL", self.name));
+            }
+            _ => {}
+        }
+        if self.timeout_ms.is_some_and(|t| t == 0 || t > MAX_STEP_TIMEOUT_MS) {
+            return Err(format!("step {:?}: timeout_ms must be between 1 and {MAX_STEP_TIMEOUT_MS}", self.name));
+        }
+        if self.retry_count.is_some_and(|r| r > MAX_RETRY_COUNT) {
+            return Err(format!("step {:?}: retry_count must be at most {MAX_RETRY_COUNT}", self.name));
+        }
+        for (what, name) in [("action", &self.action), ("compensation", &self.compensation), ("output_key", &self.output_key)] {
+            if let Some(n) = name
+                && (n.is_empty() || n.len() > 128 || n.contains('/') || n.contains(char::is_whitespace))
+            {
+                return Err(format!("step {:?}: {what} must be 1-128 characters without '/' or spaces", self.name));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn action(&self) -> &str {
+        self.action.as_deref().unwrap_or(&self.name)
+    }
+
+    pub fn compensation(&self) -> String {
+        self.compensation.clone().unwrap_or_else(|| format!("compensate_{}", self.action()))
+    }
+
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.timeout_ms.unwrap_or(DEFAULT_STEP_TIMEOUT_MS))
+    }
+
+    /// Tries the step gets in all: its own `retry_count` + 1, or the saga's policy.
+    pub fn attempts_allowed(&self, policy: &RetryPolicy) -> u32 {
+        self.retry_count.map_or(policy.max_attempts, |r| r + 1)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub spec: StepSpec,
+    pub state: StepState,
+    pub attempts: u32,
+    pub compensation_attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// `name@version`, pinned when the saga starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_version: Option<String>,
+}
+
+impl StepRecord {
+    pub fn new(spec: StepSpec) -> Self {
+        StepRecord { spec, state: StepState::Pending, attempts: 0, compensation_attempts: 0, output: None, error: None, plugin_version: None }
+    }
+}
+
+/// Everything the engine persists about a saga beyond the row's columns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SagaDoc {
+    pub context: Map<String, Value>,
+    pub steps: Vec<StepRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub retry_policy: RetryPolicy,
+    /// When execution started (ms since epoch), for the saga-wide timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<i64>,
+}
+
+/// What the driver does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Run step `i` forward.
+    Execute(usize),
+    /// Compensate step `i`.
+    Compensate(usize),
+    /// Every step completed.
+    Complete,
+    /// Nothing left to compensate.
+    Compensated,
+    /// Nothing to do in this state.
+    Idle,
+}
+
+impl SagaDoc {
+    pub fn next(&self, state: SagaState) -> Next {
+        match state {
+            SagaState::Running => match self.steps.iter().position(|s| s.state != StepState::Completed) {
+                Some(i) => Next::Execute(i),
+                None => Next::Complete,
+            },
+            // Reverse order: the last step that completed (or whose compensation is under way)
+            // is undone first.
+            SagaState::Compensating => {
+                match self.steps.iter().rposition(|s| matches!(s.state, StepState::Completed | StepState::Compensating)) {
+                    Some(i) => Next::Compensate(i),
+                    None => Next::Compensated,
+                }
+            }
+            _ => Next::Idle,
+        }
+    }
+
+    /// Step input: the context (holding earlier outputs under their `output_key`) overlaid
+    /// by the step's own parameters.
+    pub fn execute_input(&self, i: usize) -> Value {
+        let mut input = self.context.clone();
+        if let Some(params) = &self.steps[i].spec.parameters {
+            input.extend(params.clone());
+        }
+        Value::Object(input)
+    }
+
+    /// Compensation input: the execute input, overlaid by `compensation_parameters`, with the
+    /// step's own output under `step_output`.
+    pub fn compensate_input(&self, i: usize) -> Value {
+        let Value::Object(mut input) = self.execute_input(i) else { unreachable!() };
+        if let Some(params) = &self.steps[i].spec.compensation_parameters {
+            input.extend(params.clone());
+        }
+        input.insert("step_output".into(), self.steps[i].output.clone().unwrap_or(Value::Null));
+        Value::Object(input)
+    }
+}
+
+/// What a forward answer means once the retry budget is taken into account.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Completed(Value),
+    RetryLater(String),
+    Failed(String),
+}
+
+/// Judges an answer of try `attempt` out of `allowed`. A success whose payload is not JSON
+/// is a broken plugin, not a transient fault: it fails.
+pub fn judge(outcome: Outcome, attempt: u32, allowed: u32) -> Verdict {
+    match outcome {
+        Outcome::Success(payload) => match serde_json::from_str::<Value>(&payload) {
+            Ok(v) => Verdict::Completed(v),
+            Err(e) => Verdict::Failed(format!("the output is not valid JSON ({e}): {}", preview(&payload))),
+        },
+        Outcome::Failure(reason) => Verdict::Failed(reason),
+        Outcome::Retry(reason) if attempt < allowed => Verdict::RetryLater(reason),
+        Outcome::Retry(reason) => Verdict::Failed(format!("gave up after {attempt} attempts: {reason}")),
+    }
+}
+
+fn preview(s: &str) -> String {
+    s.chars().take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(name: &str) -> StepSpec {
+        serde_json::from_value(json!({"name": name, "plugin": "p"})).unwrap()
+    }
+
+    fn doc(states: &[StepState]) -> SagaDoc {
+        SagaDoc {
+            context: Map::new(),
+            steps: states
+                .iter()
+                .enumerate()
+                .map(|(i, s)| StepRecord { state: *s, ..StepRecord::new(spec(&format!("s{i}"))) })
+                .collect(),
+            error: None,
+            timeout_ms: None,
+            retry_policy: RetryPolicy::default(),
+            started_at_ms: None,
+        }
+    }
+
+    #[test]
+    fn runs_the_first_step_that_is_not_completed() {
+        use StepState::*;
+        assert_eq!(doc(&[Completed, Running, Pending]).next(SagaState::Running), Next::Execute(1));
+        assert_eq!(doc(&[Completed, Completed]).next(SagaState::Running), Next::Complete);
+        assert_eq!(doc(&[]).next(SagaState::Running), Next::Complete);
+    }
+
+    #[test]
+    fn compensates_completed_steps_in_reverse_order() {
+        use StepState::*;
+        let mut d = doc(&[Completed, Completed, Failed]);
+        assert_eq!(d.next(SagaState::Compensating), Next::Compensate(1));
+        d.steps[1].state = Compensated;
+        assert_eq!(d.next(SagaState::Compensating), Next::Compensate(0));
+        d.steps[0].state = Compensated;
+        assert_eq!(d.next(SagaState::Compensating), Next::Compensated);
+    }
+
+    #[test]
+    fn illegal_transitions_are_errors() {
+        let mut s = SagaState::Completed;
+        assert!(s.become_(SagaState::Running).is_err());
+        assert_eq!(s, SagaState::Completed);
+        let mut s = SagaState::Pending;
+        s.become_(SagaState::Running).unwrap();
+        assert!(StepState::Completed.can_become(StepState::Compensating));
+        assert!(!StepState::Compensated.can_become(StepState::Running));
+        assert!(!StepState::Pending.can_become(StepState::Compensating));
+    }
+
+    #[test]
+    fn parameters_overlay_the_context_and_outputs() {
+        let mut d = doc(&[StepState::Completed, StepState::Pending]);
+        d.context.insert("order".into(), json!("o-1"));
+        d.context.insert("amount".into(), json!(5));
+        d.context.insert("payment".into(), json!({"charge_id": "c"}));
+        d.steps[1].spec.parameters = Some(json!({"amount": 7}).as_object().unwrap().clone());
+        assert_eq!(d.execute_input(1), json!({"order": "o-1", "amount": 7, "payment": {"charge_id": "c"}}));
+        d.steps[1].output = Some(json!({"x": 1}));
+        d.steps[1].spec.compensation_parameters = Some(json!({"reason": "undo"}).as_object().unwrap().clone());
+        assert_eq!(d.compensate_input(1)["reason"], "undo");
+        assert_eq!(d.compensate_input(1)["step_output"], json!({"x": 1}));
+    }
+
+    #[test]
+    fn judges_answers_against_the_budget() {
+        assert_eq!(judge(Outcome::Success("{\"a\":1}".into()), 1, 3), Verdict::Completed(json!({"a": 1})));
+        assert!(matches!(judge(Outcome::Success("{nope".into()), 1, 3), Verdict::Failed(m) if m.contains("not valid JSON")));
+        assert_eq!(judge(Outcome::Retry("busy".into()), 2, 3), Verdict::RetryLater("busy".into()));
+        assert!(matches!(judge(Outcome::Retry("busy".into()), 3, 3), Verdict::Failed(m) if m.contains("after 3 attempts")));
+        assert_eq!(judge(Outcome::Failure("no".into()), 1, 3), Verdict::Failed("no".into()));
+    }
+
+    #[test]
+    fn step_specs_need_exactly_one_target() {
+        let both: StepSpec = serde_json::from_value(json!({"name": "a", "plugin": "p", "endpoint": "http://x"})).unwrap();
+        assert!(both.validate().unwrap_err().contains("not both"));
+        let neither: StepSpec = serde_json::from_value(json!({"name": "a"})).unwrap();
+        assert!(neither.validate().is_err());
+        let ftp: StepSpec = serde_json::from_value(json!({"name": "a", "endpoint": "ftp://x"})).unwrap();
+        assert!(ftp.validate().is_err());
+        assert!(spec("ok").validate().is_ok());
+        assert!(serde_json::from_value::<StepSpec>(json!({"name": "a", "plugin": "p", "bogus": 1})).is_err());
+    }
+}

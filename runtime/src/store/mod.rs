@@ -1,0 +1,596 @@
+//! Durable state: SQLite (embedded default) or PostgreSQL, through one `Store` over sqlx.
+//!
+//! The store deals in rows, not in engine types: a transaction's document is JSON the engine
+//! owns, next to the few columns queries need (state, owner, lease, revision). Every write that
+//! changes a transaction also appends its history events, in one database transaction, and is
+//! conditional on the revision the writer read, so two coordinators can never both advance one
+//! transaction. This module must never call a participant or decide anything.
+
+mod schema;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde_json::Value;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+/// Which database is behind the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://…")]
+    UnsupportedUrl(String),
+    /// The row changed since it was read (another writer, or the lease was taken over).
+    #[error("{kind} {id} was changed concurrently")]
+    Conflict { kind: &'static str, id: String },
+    #[error("stored document of {id} is corrupt: {reason}")]
+    Corrupt { id: String, reason: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A stored transaction (saga, 2PC or managed), as the engines persist it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TxRow {
+    pub tenant: String,
+    pub id: String,
+    /// `saga`, `2pc` or `transaction`.
+    pub kind: String,
+    pub name: String,
+    pub state: String,
+    /// The engine's document (JSON).
+    pub doc: Value,
+    /// Incremented by every write; writers must present the revision they read.
+    pub rev: i64,
+    pub owner: Option<String>,
+    pub lease_until_ms: i64,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+/// A history event to append.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub kind: String,
+    pub step: Option<String>,
+    pub detail: Value,
+}
+
+impl NewEvent {
+    pub fn new(kind: &str, step: Option<&str>, detail: Value) -> Self {
+        NewEvent { kind: kind.to_string(), step: step.map(str::to_string), detail }
+    }
+}
+
+/// A history event as stored.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EventRow {
+    pub seq: i64,
+    pub at_ms: i64,
+    pub kind: String,
+    pub step: Option<String>,
+    pub detail: Value,
+}
+
+/// Who holds a transaction, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: String,
+    pub until_ms: i64,
+}
+
+/// A stored plugin version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginRow {
+    pub tenant: String,
+    pub name: String,
+    pub version: i64,
+    pub digest: String,
+    pub exports: Vec<String>,
+    pub created_at_ms: i64,
+}
+
+/// A remembered answer to a request that carried an `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdempotentReply {
+    pub request_hash: String,
+    pub status: u16,
+    pub body: Value,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("backend", &self.backend).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database at `url`:
+    /// `sqlite://PATH` (created if missing) or `postgres://…`.
+    pub async fn open(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        };
+        let pool = match backend {
+            Backend::Sqlite => {
+                let url = if url.contains('?') { url.to_string() } else { format!("{url}?mode=rwc") };
+                let options = AnyConnectOptions::from_str(&url)?;
+                AnyPoolOptions::new()
+                    .max_connections(8)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            // WAL lets readers run beside the writer; FULL sync makes every
+                            // commit survive power loss, not just a process crash.
+                            for pragma in [
+                                "PRAGMA journal_mode = WAL",
+                                "PRAGMA synchronous = FULL",
+                                "PRAGMA busy_timeout = 10000",
+                                "PRAGMA foreign_keys = ON",
+                            ] {
+                                sqlx::query(pragma).execute(&mut *conn).await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await?
+            }
+            Backend::Postgres => {
+                let options = AnyConnectOptions::from_str(url)?;
+                AnyPoolOptions::new()
+                    .max_connections(32)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .connect_with(options)
+                    .await?
+            }
+        };
+        let store = Store { pool, backend };
+        schema::migrate(&store.pool, backend).await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Answers when the database does.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    // ---- plugins ----
+
+    /// Records `bytes` as the next version of `name`, unless these exact bytes are already a
+    /// version of it (then that version is returned with `false`). Atomic per name.
+    pub async fn put_plugin(
+        &self,
+        tenant: &str,
+        name: &str,
+        digest: &str,
+        bytes: &[u8],
+        exports: &[&str],
+        now_ms: i64,
+    ) -> Result<(PluginRow, bool)> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            // Serialise version numbering per (tenant, name) across coordinators.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+                .bind(format!("plugin:{tenant}:{name}"))
+                .execute(&mut *tx)
+                .await?;
+        }
+        let existing = sqlx::query(
+            "SELECT tenant_id, name, version, digest, exports, created_at FROM plugins
+             WHERE tenant_id = $1 AND name = $2 AND digest = $3",
+        )
+        .bind(tenant)
+        .bind(name)
+        .bind(digest)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = existing {
+            tx.commit().await?;
+            return Ok((plugin_row(&row)?, false));
+        }
+        sqlx::query(
+            "INSERT INTO components (digest, bytes, size, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (digest) DO NOTHING",
+        )
+        .bind(digest)
+        .bind(bytes)
+        .bind(bytes.len() as i64)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        let next: i64 = sqlx::query(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM plugins WHERE tenant_id = $1 AND name = $2",
+        )
+        .bind(tenant)
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get(0)?;
+        let exports_json = serde_json::to_string(exports).expect("strings serialise");
+        sqlx::query(
+            "INSERT INTO plugins (tenant_id, name, version, digest, exports, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(tenant)
+        .bind(name)
+        .bind(next)
+        .bind(digest)
+        .bind(&exports_json)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let row = PluginRow {
+            tenant: tenant.into(),
+            name: name.into(),
+            version: next,
+            digest: digest.into(),
+            exports: exports.iter().map(|s| s.to_string()).collect(),
+            created_at_ms: now_ms,
+        };
+        Ok((row, true))
+    }
+
+    /// `version: None` → the newest.
+    pub async fn plugin(&self, tenant: &str, name: &str, version: Option<i64>) -> Result<Option<PluginRow>> {
+        let row = match version {
+            Some(v) => {
+                sqlx::query(
+                    "SELECT tenant_id, name, version, digest, exports, created_at FROM plugins
+                     WHERE tenant_id = $1 AND name = $2 AND version = $3",
+                )
+                .bind(tenant)
+                .bind(name)
+                .bind(v)
+                .fetch_optional(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(
+                    "SELECT tenant_id, name, version, digest, exports, created_at FROM plugins
+                     WHERE tenant_id = $1 AND name = $2 ORDER BY version DESC LIMIT 1",
+                )
+                .bind(tenant)
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?
+            }
+        };
+        row.as_ref().map(plugin_row).transpose()
+    }
+
+    /// Every version of `name`, oldest first.
+    pub async fn plugin_versions(&self, tenant: &str, name: &str) -> Result<Vec<PluginRow>> {
+        let rows = sqlx::query(
+            "SELECT tenant_id, name, version, digest, exports, created_at FROM plugins
+             WHERE tenant_id = $1 AND name = $2 ORDER BY version",
+        )
+        .bind(tenant)
+        .bind(name)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(plugin_row).collect()
+    }
+
+    /// The newest version of every plugin of `tenant`, by name.
+    pub async fn latest_plugins(&self, tenant: &str) -> Result<Vec<PluginRow>> {
+        let rows = sqlx::query(
+            "SELECT p.tenant_id, p.name, p.version, p.digest, p.exports, p.created_at FROM plugins p
+             WHERE p.tenant_id = $1
+               AND p.version = (SELECT MAX(q.version) FROM plugins q WHERE q.tenant_id = p.tenant_id AND q.name = p.name)
+             ORDER BY p.name",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(plugin_row).collect()
+    }
+
+    pub async fn component_bytes(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT bytes FROM components WHERE digest = $1")
+            .bind(digest)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get::<Vec<u8>, _>(0)?),
+            None => None,
+        })
+    }
+
+    // ---- transactions ----
+
+    /// Inserts a new transaction with its first events.
+    pub async fn insert_tx(&self, row: &TxRow, events: &[NewEvent]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO transactions (tenant_id, id, kind, name, state, doc, rev, owner, lease_until, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .bind(&row.tenant)
+        .bind(&row.id)
+        .bind(&row.kind)
+        .bind(&row.name)
+        .bind(&row.state)
+        .bind(row.doc.to_string())
+        .bind(row.rev)
+        .bind(row.owner.clone())
+        .bind(row.lease_until_ms)
+        .bind(row.created_at_ms)
+        .bind(row.updated_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        append_events(&mut tx, &row.id, row.updated_at_ms, events).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Writes `row` (its state, document, lease) if the stored revision is still
+    /// `row.rev`, appends `events`, and returns the new revision. Otherwise `Conflict`.
+    pub async fn save_tx(&self, row: &TxRow, events: &[NewEvent]) -> Result<i64> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE transactions SET state = $1, doc = $2, rev = rev + 1, owner = $3, lease_until = $4, updated_at = $5
+             WHERE id = $6 AND tenant_id = $7 AND rev = $8",
+        )
+        .bind(&row.state)
+        .bind(row.doc.to_string())
+        .bind(row.owner.clone())
+        .bind(row.lease_until_ms)
+        .bind(row.updated_at_ms)
+        .bind(&row.id)
+        .bind(&row.tenant)
+        .bind(row.rev)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() != 1 {
+            return Err(StoreError::Conflict { kind: "transaction", id: row.id.clone() });
+        }
+        append_events(&mut tx, &row.id, row.updated_at_ms, events).await?;
+        tx.commit().await?;
+        Ok(row.rev + 1)
+    }
+
+    pub async fn get_tx(&self, tenant: &str, kind: &str, id: &str) -> Result<Option<TxRow>> {
+        let row = sqlx::query(&format!("{TX_COLUMNS} WHERE tenant_id = $1 AND kind = $2 AND id = $3"))
+            .bind(tenant)
+            .bind(kind)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(tx_row).transpose()
+    }
+
+    /// Newest first.
+    pub async fn list_tx(&self, tenant: &str, kind: &str, state: Option<&str>, limit: i64) -> Result<Vec<TxRow>> {
+        let rows = match state {
+            Some(state) => {
+                sqlx::query(&format!(
+                    "{TX_COLUMNS} WHERE tenant_id = $1 AND kind = $2 AND state = $3 ORDER BY created_at DESC, id DESC LIMIT $4"
+                ))
+                .bind(tenant)
+                .bind(kind)
+                .bind(state)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!(
+                    "{TX_COLUMNS} WHERE tenant_id = $1 AND kind = $2 ORDER BY created_at DESC, id DESC LIMIT $3"
+                ))
+                .bind(tenant)
+                .bind(kind)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(tx_row).collect()
+    }
+
+    pub async fn events(&self, id: &str) -> Result<Vec<EventRow>> {
+        let rows = sqlx::query("SELECT seq, at, kind, step, detail FROM events WHERE tx_id = $1 ORDER BY seq")
+            .bind(id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let detail: String = r.try_get(4)?;
+                Ok(EventRow {
+                    seq: r.try_get(0)?,
+                    at_ms: r.try_get(1)?,
+                    kind: r.try_get(2)?,
+                    step: r.try_get(3)?,
+                    detail: serde_json::from_str(&detail).unwrap_or(Value::String(detail)),
+                })
+            })
+            .collect()
+    }
+
+    /// Takes over up to `limit` transactions of `kind` in `states` whose lease has expired
+    /// (with `own`, also those `lease.owner` held before it restarted). Taking over bumps the
+    /// revision, so the previous owner's next write fails.
+    pub async fn claim_expired(
+        &self,
+        kind: &str,
+        states: &[&str],
+        lease: &Lease,
+        now_ms: i64,
+        limit: i64,
+        own: bool,
+    ) -> Result<Vec<TxRow>> {
+        let placeholders: Vec<String> = (0..states.len()).map(|i| format!("${}", i + 6)).collect();
+        let in_states = placeholders.join(", ");
+        let lock = match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            // SQLite has one writer at a time; the UPDATE below is atomic on its own.
+            Backend::Sqlite => "",
+        };
+        let limit_param = states.len() + 6;
+        let sql = format!(
+            "UPDATE transactions SET owner = $1, lease_until = $2, rev = rev + 1
+             WHERE id IN (SELECT id FROM transactions
+                          WHERE kind = $4 AND state IN ({in_states})
+                            AND (lease_until < $3 OR ($5 = 1 AND owner = $1))
+                          ORDER BY lease_until LIMIT ${limit_param} {lock})
+             RETURNING tenant_id, id, kind, name, state, doc, rev, owner, lease_until, created_at, updated_at"
+        );
+        let mut q = sqlx::query(&sql)
+            .bind(&lease.owner)
+            .bind(lease.until_ms)
+            .bind(now_ms)
+            .bind(kind)
+            .bind(if own { 1i64 } else { 0i64 });
+        for s in states {
+            q = q.bind(*s);
+        }
+        let rows = q.bind(limit).fetch_all(&self.pool).await?;
+        rows.iter().map(tx_row).collect()
+    }
+
+    /// Extends a lease the caller holds; false if it no longer holds it.
+    pub async fn renew_lease(&self, id: &str, lease: &Lease) -> Result<bool> {
+        let done = sqlx::query("UPDATE transactions SET lease_until = $1 WHERE id = $2 AND owner = $3")
+            .bind(lease.until_ms)
+            .bind(id)
+            .bind(&lease.owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    // ---- idempotency ----
+
+    pub async fn idempotent_reply(&self, tenant: &str, key: &str) -> Result<Option<IdempotentReply>> {
+        let row = sqlx::query("SELECT request_hash, status, response FROM idempotency WHERE tenant_id = $1 AND key = $2")
+            .bind(tenant)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            let body: String = r.try_get(2)?;
+            Ok(IdempotentReply {
+                request_hash: r.try_get(0)?,
+                status: r.try_get::<i64, _>(1)? as u16,
+                body: serde_json::from_str(&body).unwrap_or(Value::Null),
+            })
+        })
+        .transpose()
+    }
+
+    /// Remembers a reply; the first one stored for a key wins.
+    pub async fn remember_reply(&self, tenant: &str, key: &str, reply: &IdempotentReply, now_ms: i64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO idempotency (tenant_id, key, request_hash, status, response, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, key) DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(key)
+        .bind(&reply.request_hash)
+        .bind(reply.status as i64)
+        .bind(reply.body.to_string())
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Rows in a table (for tests asserting that bad input changed nothing).
+    pub async fn count(&self, table: &str) -> Result<i64> {
+        assert!(schema::TABLES.contains(&table), "unknown table {table}");
+        let row = sqlx::query(&format!("SELECT COUNT(*) FROM {table}")).fetch_one(&self.pool).await?;
+        Ok(row.try_get(0)?)
+    }
+}
+
+const TX_COLUMNS: &str =
+    "SELECT tenant_id, id, kind, name, state, doc, rev, owner, lease_until, created_at, updated_at FROM transactions";
+
+async fn append_events(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    id: &str,
+    at_ms: i64,
+    events: &[NewEvent],
+) -> Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let next: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE tx_id = $1")
+        .bind(id)
+        .fetch_one(&mut **tx)
+        .await?
+        .try_get(0)?;
+    for (i, e) in events.iter().enumerate() {
+        sqlx::query("INSERT INTO events (tx_id, seq, at, kind, step, detail) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(id)
+            .bind(next + i as i64)
+            .bind(at_ms)
+            .bind(&e.kind)
+            .bind(e.step.clone())
+            .bind(e.detail.to_string())
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+fn tx_row(r: &AnyRow) -> Result<TxRow> {
+    let id: String = r.try_get(1)?;
+    let doc: String = r.try_get(5)?;
+    let doc = serde_json::from_str(&doc)
+        .map_err(|e| StoreError::Corrupt { id: id.clone(), reason: e.to_string() })?;
+    Ok(TxRow {
+        tenant: r.try_get(0)?,
+        id,
+        kind: r.try_get(2)?,
+        name: r.try_get(3)?,
+        state: r.try_get(4)?,
+        doc,
+        rev: r.try_get(6)?,
+        owner: r.try_get(7)?,
+        lease_until_ms: r.try_get(8)?,
+        created_at_ms: r.try_get(9)?,
+        updated_at_ms: r.try_get(10)?,
+    })
+}
+
+fn plugin_row(r: &AnyRow) -> Result<PluginRow> {
+    let exports: String = r.try_get(4)?;
+    Ok(PluginRow {
+        tenant: r.try_get(0)?,
+        name: r.try_get(1)?,
+        version: r.try_get(2)?,
+        digest: r.try_get(3)?,
+        exports: serde_json::from_str(&exports).unwrap_or_default(),
+        created_at_ms: r.try_get(5)?,
+    })
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,100 @@
+//! Schema and migrations for both backends. Each migration runs once, in order, recorded in
+//! `wasmtx_migrations`; on Postgres an advisory lock keeps coordinators that start together
+//! from migrating twice.
+
+use sqlx::{AnyPool, Row};
+
+use super::{Backend, Result};
+
+pub(super) const TABLES: &[&str] = &["components", "plugins", "transactions", "events", "idempotency"];
+
+/// (version, statements). `{blob}` is the binary column type of the backend.
+const MIGRATIONS: &[(i64, &[&str])] = &[(
+    1,
+    &[
+        "CREATE TABLE components (
+            digest TEXT PRIMARY KEY,
+            bytes {blob} NOT NULL,
+            size BIGINT NOT NULL,
+            created_at BIGINT NOT NULL)",
+        "CREATE TABLE plugins (
+            tenant_id TEXT NOT NULL,
+            name TEXT NOT NULL,
+            version BIGINT NOT NULL,
+            digest TEXT NOT NULL REFERENCES components (digest),
+            exports TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            PRIMARY KEY (tenant_id, name, version),
+            UNIQUE (tenant_id, name, digest))",
+        "CREATE TABLE transactions (
+            tenant_id TEXT NOT NULL,
+            id TEXT PRIMARY KEY,
+            kind TEXT NOT NULL,
+            name TEXT NOT NULL,
+            state TEXT NOT NULL,
+            doc TEXT NOT NULL,
+            rev BIGINT NOT NULL,
+            owner TEXT,
+            lease_until BIGINT NOT NULL,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL)",
+        "CREATE INDEX transactions_by_tenant ON transactions (tenant_id, kind, created_at)",
+        "CREATE INDEX transactions_by_lease ON transactions (state, lease_until)",
+        "CREATE TABLE events (
+            tx_id TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            at BIGINT NOT NULL,
+            kind TEXT NOT NULL,
+            step TEXT,
+            detail TEXT NOT NULL,
+            PRIMARY KEY (tx_id, seq))",
+        "CREATE TABLE idempotency (
+            tenant_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            request_hash TEXT NOT NULL,
+            status BIGINT NOT NULL,
+            response TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            PRIMARY KEY (tenant_id, key))",
+    ],
+)];
+
+pub(super) async fn migrate(pool: &AnyPool, backend: Backend) -> Result<()> {
+    let mut conn = pool.acquire().await?;
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_lock(727375)").execute(&mut *conn).await?;
+    }
+    let result = run(&mut conn, backend).await;
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_unlock(727375)").execute(&mut *conn).await?;
+    }
+    result
+}
+
+async fn run(conn: &mut sqlx::pool::PoolConnection<sqlx::Any>, backend: Backend) -> Result<()> {
+    sqlx::query("CREATE TABLE IF NOT EXISTS wasmtx_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+        .execute(&mut **conn)
+        .await?;
+    let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM wasmtx_migrations")
+        .fetch_one(&mut **conn)
+        .await?
+        .try_get(0)?;
+    let blob = match backend {
+        Backend::Sqlite => "BLOB",
+        Backend::Postgres => "BYTEA",
+    };
+    for (version, statements) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        let mut tx = sqlx::Connection::begin(&mut **conn).await?;
+        for statement in statements.iter() {
+            sqlx::query(&statement.replace("{blob}", blob)).execute(&mut *tx).await?;
+        }
+        sqlx::query("INSERT INTO wasmtx_migrations (version, applied_at) VALUES ($1, $2)")
+            .bind(version)
+            .bind(super::now_ms())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(version, "applied store migration");
+    }
+    Ok(())
+}

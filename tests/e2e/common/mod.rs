@@ -1,0 +1,206 @@
+//! Helpers shared by the end-to-end tests: fresh stores of both kinds, engines on them, the
+//! real binary as a child process, and a scripted HTTP participant.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::Notify;
+use wasmtx::participant::Invoker;
+use wasmtx::plugin::{CallLimits, Catalog, ComponentCache, HostConfig, PluginHost};
+use wasmtx::saga::{EngineConfig, SagaEngine};
+use wasmtx::store::Store;
+
+pub const TENANT: &str = "default";
+const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// A fresh empty database URL of the given kind; the guard keeps a SQLite file alive.
+pub async fn fresh_store_url(kind: &str) -> (String, Option<tempfile::TempDir>) {
+    match kind {
+        "sqlite" => {
+            let dir = tempfile::tempdir().unwrap();
+            (format!("sqlite://{}", dir.path().join("wasmtx.db").display()), Some(dir))
+        }
+        "postgres" => (fresh_postgres().await, None),
+        other => panic!("unknown store kind {other}"),
+    }
+}
+
+/// Creates a new database on the local Postgres. Fails (never skips): CI must have it, and
+/// `.ci/run` starts it.
+pub async fn fresh_postgres() -> String {
+    use sqlx::Connection;
+    let admin = std::env::var("WASMTX_TEST_POSTGRES").unwrap_or_else(|_| ADMIN_URL.to_string());
+    let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
+        panic!("PostgreSQL is required for these tests and is not reachable at {admin}: {e} (start it, see README)")
+    });
+    let name = format!("wasmtx_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
+    let base = admin.rsplit_once('/').unwrap().0;
+    format!("{base}/{name}")
+}
+
+pub struct Node {
+    pub store: Store,
+    pub catalog: Catalog,
+    pub sagas: SagaEngine,
+}
+
+pub fn host() -> PluginHost {
+    static HOST: std::sync::OnceLock<PluginHost> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| PluginHost::new(HostConfig { max_concurrent_instances: 200, ..HostConfig::default() }).unwrap())
+        .clone()
+}
+
+pub async fn node(url: &str) -> Node {
+    let store = Store::open(url).await.unwrap();
+    let catalog = Catalog::new(store.clone(), ComponentCache::new(host()));
+    let invoker = Invoker::new(host(), CallLimits::default());
+    let sagas = SagaEngine::new(store.clone(), catalog.clone(), invoker, EngineConfig::default());
+    Node { store, catalog, sagas }
+}
+
+/// Generates `mod $name { sqlite, postgres }` running the same async scenario on each store.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($name:ident, $scenario:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let (url, _guard) = $crate::common::fresh_store_url("sqlite").await;
+                ($scenario)(url).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let (url, _guard) = $crate::common::fresh_store_url("postgres").await;
+                ($scenario)(url).await;
+            }
+        }
+    };
+}
+
+/// What an HTTP participant should answer, per action, in order; the last answer repeats.
+#[derive(Clone, Default)]
+pub struct Script(pub HashMap<String, Vec<Answer>>);
+
+#[derive(Clone)]
+pub enum Answer {
+    Status(u16, Value),
+    /// Tell the test the call arrived, then never answer.
+    Hang,
+}
+
+/// An HTTP participant for tests: answers as scripted and records every call it receives.
+#[derive(Clone)]
+pub struct HttpParticipant {
+    pub url: String,
+    pub calls: Arc<Mutex<Vec<Value>>>,
+    pub hung: Arc<Notify>,
+}
+
+impl HttpParticipant {
+    pub async fn start(script: Script) -> HttpParticipant {
+        #[derive(Clone)]
+        struct S {
+            script: Arc<Script>,
+            calls: Arc<Mutex<Vec<Value>>>,
+            hung: Arc<Notify>,
+        }
+        async fn handle(State(s): State<S>, UrlPath(action): UrlPath<String>, Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
+            let n = {
+                let mut calls = s.calls.lock().unwrap();
+                calls.push(json!({"path": action, "body": body}));
+                calls.iter().filter(|c| c["path"] == action).count()
+            };
+            let answers = s.script.0.get(&action).cloned().unwrap_or_default();
+            let answer = answers.get(n - 1).or(answers.last()).cloned().unwrap_or(Answer::Status(200, json!({"ok": true})));
+            match answer {
+                Answer::Status(code, body) => (StatusCode::from_u16(code).unwrap(), Json(body)),
+                Answer::Hang => {
+                    s.hung.notify_one();
+                    std::future::pending::<()>().await;
+                    unreachable!()
+                }
+            }
+        }
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let hung = Arc::new(Notify::new());
+        let state = S { script: Arc::new(script), calls: calls.clone(), hung: hung.clone() };
+        let app = Router::new().route("/{action}", post(handle)).with_state(state);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        HttpParticipant { url, calls, hung }
+    }
+
+    /// Calls received for `action`.
+    pub fn calls_to(&self, action: &str) -> Vec<Value> {
+        self.calls.lock().unwrap().iter().filter(|c| c["path"] == action).map(|c| c["body"].clone()).collect()
+    }
+}
+
+/// A `wasmtx serve` child process.
+pub struct Server {
+    pub child: tokio::process::Child,
+    pub url: String,
+}
+
+impl Server {
+    pub async fn start(data_dir: &Path, database_url: Option<&str>, extra: &[&str]) -> Server {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_wasmtx"));
+        cmd.arg("serve").arg("--listen").arg("127.0.0.1:0").arg("--data-dir").arg(data_dir).args(extra);
+        match database_url {
+            Some(url) => cmd.env("DATABASE_URL", url),
+            None => cmd.env_remove("DATABASE_URL"),
+        };
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).kill_on_drop(true);
+        let mut child = cmd.spawn().expect("starting wasmtx serve");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("wasmtx serve did not start within 60 s")
+            .unwrap()
+            .expect("wasmtx serve exited before listening");
+        let url = first.split_whitespace().find(|w| w.starts_with("http://")).expect("listening line").to_string();
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Server { child, url }
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash.
+    pub async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
+}
+
+/// Polls GET `url` until `done(doc)` holds (the document is the observable end state).
+pub async fn wait_until(url: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(r) = client().get(url).send().await
+            && let Ok(doc) = r.json::<Value>().await
+            && done(&doc)
+        {
+            return doc;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what} at {url}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

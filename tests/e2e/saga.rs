@@ -1,0 +1,311 @@
+//! The saga engine on both stores with real plugins and real HTTP participants: forward
+//! order, reverse compensation, retries, budgets, traps, timeouts, memory caps, idempotency.
+
+mod common;
+
+use serde_json::{Value, json};
+use wasmtx::saga::{CreateSaga, SagaState, StepSpec, StepState};
+use wasmtx_testkit::{plugin_bytes, plugins};
+
+use common::{Answer, HttpParticipant, Node, Script, TENANT, node};
+
+async fn with_plugins(url: &str) -> Node {
+    let n = node(url).await;
+    for (name, path) in [
+        ("payment", plugins::PAYMENT),
+        ("inventory", plugins::INVENTORY),
+        ("shipping", plugins::SHIPPING),
+        ("scripted", plugins::SCRIPTED),
+        ("ledger", plugins::LEDGER),
+    ] {
+        n.catalog.publish(TENANT, name, &plugin_bytes(path)).await.unwrap();
+    }
+    n
+}
+
+fn step(v: Value) -> StepSpec {
+    serde_json::from_value(v).expect("valid step spec")
+}
+
+/// Fast retries so tests do not wait on production backoff.
+fn quick_retries() -> Value {
+    json!({"max_attempts": 3, "backoff": "exponential", "base_delay_ms": 5, "max_delay_ms": 20})
+}
+
+async fn saga(n: &Node, context: Value, steps: Vec<Value>) -> String {
+    let req: CreateSaga =
+        serde_json::from_value(json!({"saga_name": "test", "context": context, "retry_policy": quick_retries()})).unwrap();
+    let s = n.sagas.create(TENANT, req).await.unwrap();
+    for st in steps {
+        n.sagas.add_step(TENANT, s.id(), step(st)).await.unwrap();
+    }
+    s.id().to_string()
+}
+
+async fn kinds(n: &Node, id: &str) -> Vec<String> {
+    n.sagas
+        .history(TENANT, id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| match e.step {
+            Some(step) => format!("{} {step}", e.kind),
+            None => e.kind,
+        })
+        .collect()
+}
+
+on_both_stores!(runs_steps_in_order_and_merges_outputs_into_the_context, |url: String| async move {
+    let n = with_plugins(&url).await;
+    let id = saga(
+        &n,
+        json!({"order_id": "o-1", "amount": 10}),
+        vec![
+            json!({"name": "charge", "plugin": "payment", "output_key": "payment"}),
+            json!({"name": "reserve", "plugin": "inventory", "parameters": {"quantity": 2}, "output_key": "reservation"}),
+            json!({"name": "ship", "plugin": "shipping"}),
+        ],
+    )
+    .await;
+    let done = n.sagas.execute(TENANT, &id, true).await.unwrap();
+    assert_eq!(done.state, SagaState::Completed);
+    let doc = done.document();
+    assert_eq!(doc["status"], "success");
+    assert_eq!(doc["context"]["payment"]["amount"], 10.0);
+    assert_eq!(doc["context"]["reservation"]["quantity"], 2);
+    for (i, s) in done.doc.steps.iter().enumerate() {
+        assert_eq!((s.state, s.attempts), (StepState::Completed, 1), "step {i}");
+        assert!(s.plugin_version.as_deref().unwrap().ends_with("@1"));
+    }
+    assert_eq!(
+        kinds(&n, &id).await,
+        [
+            "saga_created", "step_added charge", "step_added reserve", "step_added ship", "saga_started",
+            "step_started charge", "step_completed charge", "step_started reserve", "step_completed reserve",
+            "step_started ship", "step_completed ship", "saga_completed",
+        ]
+    );
+    // Reloaded from the store, the document is the same.
+    assert_eq!(n.sagas.get(TENANT, &id).await.unwrap().document()["steps"], doc["steps"]);
+});
+
+on_both_stores!(compensates_completed_steps_in_reverse_order_when_step_3_fails, |url: String| async move {
+    let n = with_plugins(&url).await;
+    let id = saga(
+        &n,
+        json!({}),
+        vec![
+            json!({"name": "one", "plugin": "scripted"}),
+            json!({"name": "two", "plugin": "scripted"}),
+            json!({"name": "three", "plugin": "scripted", "parameters": {"script": {"execute": {"do": "fail", "reason": "out of stock"}}}}),
+            json!({"name": "four", "plugin": "scripted"}),
+        ],
+    )
+    .await;
+    let done = n.sagas.execute(TENANT, &id, true).await.unwrap();
+    assert_eq!(done.state, SagaState::Compensated);
+    let states: Vec<_> = done.doc.steps.iter().map(|s| s.state).collect();
+    assert_eq!(states, [StepState::Compensated, StepState::Compensated, StepState::Failed, StepState::Pending]);
+    assert_eq!(done.document()["status"], "failed");
+    assert!(done.doc.error.as_deref().unwrap().contains("step three failed: out of stock"));
+    let history = kinds(&n, &id).await;
+    let tail: Vec<_> = history.iter().skip_while(|k| *k != "step_failed three").cloned().collect();
+    assert_eq!(
+        tail,
+        [
+            "step_failed three", "saga_compensating", "compensation_started two", "step_compensated two",
+            "compensation_started one", "step_compensated one", "saga_compensated",
+        ]
+    );
+});
+
+on_both_stores!(retries_with_the_same_idempotency_key_until_success, |url: String| async move {
+    let n = with_plugins(&url).await;
+    let id = saga(
+        &n,
+        json!({}),
+        vec![json!({"name": "flaky", "plugin": "scripted", "retry_count": 3, "parameters": {"script": {"execute": {"do": "retry", "times": 2}}}})],
+    )
+    .await;
+    let done = n.sagas.execute(TENANT, &id, true).await.unwrap();
+    assert_eq!(done.state, SagaState::Completed);
+    let s = &done.doc.steps[0];
+    assert_eq!(s.attempts, 3);
+    let out = s.output.as_ref().unwrap();
+    assert_eq!(out["attempt"], 3, "the plugin saw attempt 3");
+    assert_eq!(out["idempotency_key"], format!("{id}:0:execute"));
+    let retries = kinds(&n, &id).await.iter().filter(|k| *k == "step_retry flaky").count();
+    assert_eq!(retries, 2);
+});
+
+on_both_stores!(a_spent_retry_budget_fails_the_step_and_compensates, |url: String| async move {
+    let n = with_plugins(&url).await;
+    let id = saga(
+        &n,
+        json!({}),
+        vec![
+            json!({"name": "first", "plugin": "scripted"}),
+            json!({"name": "busy", "plugin": "scripted", "retry_count": 1, "parameters": {"script": {"execute": {"do": "retry", "times": 10}}}}),
+        ],
+    )
+    .await;
+    let done = n.sagas.execute(TENANT, &id, true).await.unwrap();
+    assert_eq!(done.state, SagaState::Compensated);
+    assert_eq!(done.doc.steps[1].attempts, 2, "retry_count 1 = two attempts");
+    assert!(done.doc.steps[1].error.as_deref().unwrap().contains("gave up after 2 attempts"));
+    assert_eq!(done.doc.steps[0].state, StepState::Compensated);
+});
+
+on_both_stores!(a_compensation_that_keeps_failing_ends_failed_naming_the_step, |url: String| async move {
+    let n = with_plugins(&url).await;
+    let id = saga(
+        &n,
+        json!({}),
+        vec![
+            json!({"name": "stuck", "plugin": "scripted", "parameters": {"script": {"compensate": {"do": "fail", "reason": "ledger closed"}}}}),
+            json!({"name": "boom", "plugin": "scripted", "parameters": {"script": {"execute": {"do": "fail"}}}}),
+        ],
+    )
+    .await;
+    let done = n.sagas.execute(TENANT, &id, true).await.unwrap();
+    assert_eq!(done.state, SagaState::Failed);
+    assert_eq!(done.doc.steps[0].state, StepState::CompensationFailed);
+    assert_eq!(done.doc.steps[0].compensation_attempts, 3, "the policy's 3 attempts");
+    let error = done.doc.error.clone().unwrap();
+    assert!(error.contains("compensation of step stuck failed") && error.contains("ledger closed"), "{error}");
+    assert_eq!(done.document()["status"], "error");
+    assert!(kinds(&n, &id).await.contains(&"compensation_failed stuck".to_string()));
+    // A failed saga can be resumed by an operator; it fails again here, with a fresh budget.
+    let again = n.sagas.resume(TENANT, &id).await.unwrap();
+    assert_eq!(again.state, SagaState::Failed);
+    assert_eq!(again.doc.steps[0].compensation_attempts, 3);
+    assert_eq!(again.doc.steps[1].attempts, 1, "resume never re-runs forward steps");
+});
+
+on_both_stores!(traps_timeouts_and_memory_bombs_are_retried_then_fail, |url: String| async move {
+    let n = with_plugins(&url).await;
+    for (name, instruction, expect) in [
+        ("trap", json!({"do": "trap", "message": "kaboom"}), "kaboom"),
+        ("spin", json!({"do": "spin"}), "did not answer within"),
+        ("bomb", json!({"do": "alloc", "mb": 200}), "memory cap"),
+    ] {
+        let id = saga(
+            &n,
+            json!({}),
+            vec![
+                json!({"name": "ok", "plugin": "scripted"}),
+                json!({"name": name, "plugin": "scripted", "retry_count": 1, "timeout_ms": 300,
+                       "parameters": {"script": {"execute": instruction}}}),
+            ],
+        )
+        .await;
+        let done = n.sagas.execute(TENANT, &id, true).await.unwrap();
+        assert_eq!(done.state, SagaState::Compensated, "{name}");
+        let s = &done.doc.steps[1];
+        assert_eq!((s.state, s.attempts), (StepState::Failed, 2), "{name}");
+        assert!(s.error.as_deref().unwrap().contains(expect), "{name}: {:?}", s.error);
+        assert_eq!(done.doc.steps[0].state, StepState::Compensated);
+    }
+});
+
+on_both_stores!(invalid_json_output_fails_the_step, |url: String| async move {
+    let n = with_plugins(&url).await;
+    let id = saga(
+        &n,
+        json!({}),
+        vec![json!({"name": "garbled", "plugin": "scripted", "parameters": {"script": {"execute": {"do": "invalid_json"}}}})],
+    )
+    .await;
+    let done = n.sagas.execute(TENANT, &id, true).await.unwrap();
+    assert_eq!(done.state, SagaState::Compensated);
+    assert!(done.doc.steps[0].error.as_deref().unwrap().contains("not valid JSON"));
+    assert_eq!(done.doc.steps[0].attempts, 1, "garbage is not retried");
+});
+
+on_both_stores!(http_steps_follow_the_participant_protocol, |url: String| async move {
+    let n = with_plugins(&url).await;
+    let mut script = Script::default();
+    script.0.insert(
+        "reserve".into(),
+        vec![Answer::Status(500, json!({"e": "db down"})), Answer::Status(200, json!({"reservation": "r-1"}))],
+    );
+    script.0.insert("bill".into(), vec![Answer::Status(409, json!({"e": "card expired"}))]);
+    script.0.insert("unreserve".into(), vec![Answer::Status(200, json!({}))]);
+    let http = HttpParticipant::start(script).await;
+    let id = saga(
+        &n,
+        json!({"order": 7}),
+        vec![
+            json!({"name": "reserve", "endpoint": http.url, "action": "reserve", "compensation": "unreserve", "output_key": "res"}),
+            json!({"name": "bill", "endpoint": http.url, "action": "bill", "parameters": {"amount": 3}}),
+        ],
+    )
+    .await;
+    let done = n.sagas.execute(TENANT, &id, true).await.unwrap();
+    assert_eq!(done.state, SagaState::Compensated);
+    let reserve = http.calls_to("reserve");
+    assert_eq!(reserve.len(), 2, "500 is retried");
+    assert_eq!(reserve[0]["idempotency_key"], reserve[1]["idempotency_key"]);
+    assert_eq!((reserve[0]["attempt"].clone(), reserve[1]["attempt"].clone()), (json!(1), json!(2)));
+    assert_eq!(reserve[0]["phase"], "execute");
+    assert_eq!(reserve[0]["input"]["order"], 7);
+    let bill = http.calls_to("bill");
+    assert_eq!(bill.len(), 1, "409 is a failure, not retried");
+    assert_eq!(bill[0]["input"]["amount"], 3);
+    assert_eq!(bill[0]["input"]["res"]["reservation"], "r-1");
+    let undo = http.calls_to("unreserve");
+    assert_eq!(undo.len(), 1);
+    assert_eq!(undo[0]["phase"], "compensate");
+    assert_eq!(undo[0]["input"]["step_output"]["reservation"], "r-1");
+});
+
+on_both_stores!(a_pending_saga_can_be_cancelled_and_a_finished_one_cannot_run_again, |url: String| async move {
+    let n = with_plugins(&url).await;
+    let id = saga(&n, json!({}), vec![json!({"name": "a", "plugin": "scripted"})]).await;
+    let cancelled = n.sagas.cancel(TENANT, &id).await.unwrap();
+    assert_eq!(cancelled.state, SagaState::Compensated);
+    assert!(matches!(n.sagas.execute(TENANT, &id, true).await, Err(wasmtx::saga::SagaError::WrongState { .. })));
+    let id = saga(&n, json!({}), vec![json!({"name": "a", "plugin": "scripted"})]).await;
+    n.sagas.execute(TENANT, &id, true).await.unwrap();
+    assert!(matches!(n.sagas.execute(TENANT, &id, true).await, Err(wasmtx::saga::SagaError::WrongState { .. })));
+    assert!(matches!(n.sagas.add_step(TENANT, &id, step(json!({"name": "b", "plugin": "scripted"}))).await, Err(wasmtx::saga::SagaError::WrongState { .. })));
+    assert!(matches!(n.sagas.get("another-tenant", &id).await, Err(wasmtx::saga::SagaError::NotFound(_))));
+});
+
+on_both_stores!(a_running_saga_pins_the_plugin_version_it_started_with, |url: String| async move {
+    let n = with_plugins(&url).await;
+    n.catalog.publish(TENANT, "svc", &plugin_bytes(plugins::SCRIPTED)).await.unwrap();
+    let id = saga(
+        &n,
+        json!({}),
+        vec![
+            json!({"name": "slow", "plugin": "svc", "parameters": {"script": {"execute": {"do": "sleep", "ms": 300}}}}),
+            json!({"name": "after", "plugin": "svc"}),
+        ],
+    )
+    .await;
+    let mut progress = n.sagas.subscribe();
+    let running = n.sagas.execute(TENANT, &id, false).await.unwrap();
+    assert_eq!(running.state, SagaState::Running);
+    // Swap while the first step is in flight: wait for its durable start, not for time.
+    loop {
+        let p = progress.recv().await.unwrap();
+        if p.saga_id == id && p.event.kind == "step_started" {
+            break;
+        }
+    }
+    let (v2, _) = n.catalog.publish(TENANT, "svc", &plugin_bytes(plugins::SHIPPING)).await.unwrap();
+    assert_eq!(v2.version, 2);
+    loop {
+        let p = progress.recv().await.unwrap();
+        if p.saga_id == id && p.state.is_terminal() {
+            break;
+        }
+    }
+    let done = n.sagas.get(TENANT, &id).await.unwrap();
+    assert_eq!(done.state, SagaState::Completed);
+    for s in &done.doc.steps {
+        assert_eq!(s.plugin_version.as_deref(), Some("svc@1"));
+        assert!(s.output.as_ref().unwrap().get("phase").is_some(), "ran scripted (v1), not shipping (v2)");
+    }
+});

@@ -1,0 +1,267 @@
+//! `wasmtx serve` as a child process on both stores: the HTTP contract, bad input, and
+//! crashes — SIGKILL while a step is in flight, then restart, and two servers on one Postgres.
+
+mod common;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use wasmtx_testkit::{plugin_bytes, plugins};
+
+use common::{Answer, HttpParticipant, Script, Server, client, fresh_postgres, wait_until};
+
+async fn push(server: &Server, name: &str, path: &str) -> Value {
+    let r = client()
+        .put(format!("{}/v1/plugins/{name}", server.url))
+        .header("content-type", "application/wasm")
+        .body(plugin_bytes(path))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    r.json().await.unwrap()
+}
+
+async fn post(server: &Server, path: &str, body: Value) -> (StatusCode, Value) {
+    let r = client().post(format!("{}{path}", server.url)).json(&body).send().await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(server: &Server, path: &str) -> (StatusCode, Value) {
+    let r = client().get(format!("{}{path}", server.url)).send().await.unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn raw(server: &Server, method: &str, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
+    let r = client()
+        .request(method.parse().unwrap(), format!("{}{path}", server.url))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+on_both_stores!(the_http_api_runs_a_saga_end_to_end, |url: String| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let db = url.starts_with("postgres").then_some(url.as_str());
+    let server = Server::start(dir.path(), db, &[]).await;
+    let (status, health) = get(&server, "/healthz").await;
+    assert_eq!((status, health["status"].clone()), (StatusCode::OK, json!("ok")));
+
+    let pushed = push(&server, "payment", plugins::PAYMENT).await;
+    assert_eq!(pushed["version"], 1);
+    assert_eq!(pushed["exports"], json!(["step", "participant"]));
+    let again = client()
+        .put(format!("{}/v1/plugins/payment", server.url))
+        .body(plugin_bytes(plugins::PAYMENT))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::OK, "same bytes → the existing version");
+    push(&server, "inventory", plugins::INVENTORY).await;
+    let (_, list) = get(&server, "/v1/plugins").await;
+    assert_eq!(list["plugins"].as_array().unwrap().len(), 2);
+    let (_, versions) = get(&server, "/v1/plugins/payment").await;
+    assert_eq!(versions["versions"][0]["version"], 1);
+
+    let (status, created) = post(&server, "/v1/sagas", json!({"saga_name": "order", "context": {"amount": 5}})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(created["state"], "pending");
+    let id = created["saga_id"].as_str().unwrap().to_string();
+    let (status, added) = post(&server, &format!("/v1/sagas/{id}/steps"), json!({"name": "charge", "plugin": "payment"})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((added["step_index"].clone(), added["total_steps"].clone()), (json!(0), json!(1)));
+    post(&server, &format!("/v1/sagas/{id}/steps"), json!({"name": "reserve", "plugin": "inventory@1"})).await;
+
+    let (status, doc) = post(&server, &format!("/v1/sagas/{id}/execute"), json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["state"], "completed");
+    assert_eq!(doc["status"], "success");
+    assert_eq!(doc["steps"][0]["plugin_version"], "payment@1");
+    assert_eq!(doc["steps"][1]["attempts"], 1);
+
+    let (status, _) = post(&server, &format!("/v1/sagas/{id}/execute"), json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "execute twice");
+    let (_, history) = get(&server, &format!("/v1/sagas/{id}/history")).await;
+    let events = history["events"].as_array().unwrap();
+    assert_eq!(events.last().unwrap()["kind"], "saga_completed");
+    assert!(events.windows(2).all(|w| w[0]["seq"].as_i64() < w[1]["seq"].as_i64()));
+    let (_, listed) = get(&server, "/v1/sagas?state=completed&limit=10").await;
+    assert_eq!(listed["sagas"].as_array().unwrap().len(), 1);
+    server.kill().await;
+});
+
+on_both_stores!(idempotency_keys_never_create_two_sagas, |url: String| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), url.starts_with("postgres").then_some(url.as_str()), &[]).await;
+    let create = |body: Value| {
+        client().post(format!("{}/v1/sagas", server.url)).header("Idempotency-Key", "order-77").json(&body).send()
+    };
+    let first: Value = create(json!({"saga_name": "a"})).await.unwrap().json().await.unwrap();
+    let second = create(json!({"saga_name": "a"})).await.unwrap();
+    assert_eq!(second.status(), StatusCode::CREATED);
+    assert_eq!(second.json::<Value>().await.unwrap()["saga_id"], first["saga_id"]);
+    let reused = create(json!({"saga_name": "b"})).await.unwrap();
+    assert_eq!(reused.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let (_, listed) = get(&server, "/v1/sagas").await;
+    assert_eq!(listed["sagas"].as_array().unwrap().len(), 1);
+    server.kill().await;
+});
+
+on_both_stores!(bad_input_gets_a_4xx_and_changes_nothing, |url: String| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), url.starts_with("postgres").then_some(url.as_str()), &[]).await;
+    push(&server, "payment", plugins::PAYMENT).await;
+    let (_, created) = post(&server, "/v1/sagas", json!({"saga_name": "s"})).await;
+    let id = created["saga_id"].as_str().unwrap().to_string();
+    let (_, before) = get(&server, &format!("/v1/sagas/{id}/history")).await;
+    let steps = format!("/v1/sagas/{id}/steps");
+    let execute = format!("/v1/sagas/{id}/execute");
+    let resume = format!("/v1/sagas/{id}/resume");
+    let huge = vec![b' '; 2 << 20];
+    let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
+        ("POST", "/v1/sagas", b"{not json".to_vec(), 400, "malformed_json"),
+        ("POST", "/v1/sagas", b"{}".to_vec(), 422, "invalid_request"),
+        ("POST", "/v1/sagas", br#"{"saga_name": 42}"#.to_vec(), 422, "invalid_request"),
+        ("POST", "/v1/sagas", br#"{"saga_name": ""}"#.to_vec(), 422, "invalid_request"),
+        ("POST", "/v1/sagas", br#"{"saga_name": "x", "retry_policy": {"max_attempts": 0}}"#.to_vec(), 422, "invalid_request"),
+        ("POST", "/v1/sagas", huge.clone(), 413, "body_too_large"),
+        ("POST", &steps, b"[".to_vec(), 400, "malformed_json"),
+        ("POST", &steps, br#"{"name": "x"}"#.to_vec(), 422, "invalid_request"),
+        ("POST", &steps, br#"{"name": "x", "plugin": "payment", "endpoint": "http://a"}"#.to_vec(), 422, "invalid_request"),
+        ("POST", &steps, br#"{"name": "x", "plugin": "nope"}"#.to_vec(), 422, "unknown_plugin"),
+        ("POST", &steps, br#"{"name": "x", "plugin": "payment@9"}"#.to_vec(), 422, "unknown_plugin"),
+        ("POST", &steps, br#"{"name": "x", "plugin": "payment", "timeout_ms": "soon"}"#.to_vec(), 422, "invalid_request"),
+        ("POST", &steps, br#"{"name": "x", "endpoint": "file:///etc/passwd"}"#.to_vec(), 422, "invalid_request"),
+        ("POST", &steps, huge, 413, "body_too_large"),
+        ("POST", "/v1/sagas/saga-nope/steps", br#"{"name": "x", "plugin": "payment"}"#.to_vec(), 404, "not_found"),
+        ("POST", "/v1/sagas/saga-nope/execute", vec![], 404, "not_found"),
+        ("GET", "/v1/sagas/saga-nope", vec![], 404, "not_found"),
+        ("GET", "/v1/sagas/saga-nope/history", vec![], 404, "not_found"),
+        ("POST", &execute, br#"{"wait": "yes"}"#.to_vec(), 422, "invalid_request"),
+        ("POST", &resume, vec![], 409, "wrong_state"),
+        ("GET", "/v1/sagas?state=bogus", vec![], 400, "invalid_query"),
+        ("GET", "/v1/sagas?limit=0", vec![], 400, "invalid_query"),
+        ("PUT", "/v1/plugins/junk", b"definitely not wasm".to_vec(), 422, "invalid_component"),
+        ("PUT", "/v1/plugins/Bad%20Name", plugin_bytes(plugins::PAYMENT), 400, "invalid_plugin_name"),
+        ("GET", "/v1/plugins/nope", vec![], 404, "not_found"),
+        ("GET", "/v1/nothing-here", vec![], 404, "not_found"),
+    ];
+    for (method, path, body, status, code) in cases {
+        let (got, err) = raw(&server, method, path, body).await;
+        assert_eq!(got.as_u16(), status, "{method} {path}: {err}");
+        assert_eq!(err["error"]["code"], code, "{method} {path}: {err}");
+        assert!(!err["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let (_, after) = get(&server, &format!("/v1/sagas/{id}/history")).await;
+    assert_eq!(before, after, "nothing was recorded for the saga");
+    let (_, doc) = get(&server, &format!("/v1/sagas/{id}")).await;
+    assert_eq!((doc["state"].clone(), doc["steps"].clone()), (json!("pending"), json!([])));
+    let (_, list) = get(&server, "/v1/plugins").await;
+    assert_eq!(list["plugins"].as_array().unwrap().len(), 1, "no plugin was stored");
+    let (_, sagas) = get(&server, "/v1/sagas").await;
+    assert_eq!(sagas["sagas"].as_array().unwrap().len(), 1, "no saga was created");
+    server.kill().await;
+});
+
+/// Creates the crash scenario's saga: an HTTP step that records its calls, one that hangs on
+/// its first call (so the server can be killed while it is in flight), then a plugin step.
+async fn crash_saga(server: &Server, http: &HttpParticipant) -> String {
+    push(server, "payment", plugins::PAYMENT).await;
+    let (_, created) = post(server, "/v1/sagas", json!({"saga_name": "crash", "context": {"amount": 1}})).await;
+    let id = created["saga_id"].as_str().unwrap().to_string();
+    for step in [
+        json!({"name": "first", "endpoint": http.url, "action": "first"}),
+        json!({"name": "second", "endpoint": http.url, "action": "second", "timeout_ms": 600000}),
+        json!({"name": "third", "plugin": "payment"}),
+    ] {
+        let (status, body) = post(server, &format!("/v1/sagas/{id}/steps"), step).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    id
+}
+
+fn hang_then_answer() -> Script {
+    let mut script = Script::default();
+    script.0.insert("second".into(), vec![Answer::Hang, Answer::Status(200, json!({"second": "done"}))]);
+    script
+}
+
+on_both_stores!(a_server_killed_mid_step_finishes_the_saga_after_restart_without_rerunning_completed_steps, |url: String| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let db = url.starts_with("postgres").then_some(url.as_str());
+    let http = HttpParticipant::start(hang_then_answer()).await;
+    let server = Server::start(dir.path(), db, &["--lease-ms", "1000"]).await;
+    let id = crash_saga(&server, &http).await;
+    let (status, _) = post(&server, &format!("/v1/sagas/{id}/execute"), json!({"wait": false})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    http.hung.notified().await;
+    server.kill().await;
+
+    let restarted = Server::start(dir.path(), db, &["--lease-ms", "1000"]).await;
+    let doc = wait_until(&format!("{}/v1/sagas/{id}", restarted.url), "the saga to finish", |d| {
+        d["state"] == "completed" || d["state"] == "compensated" || d["state"] == "failed"
+    })
+    .await;
+    assert_eq!(doc["state"], "completed", "{doc}");
+    assert_eq!(http.calls_to("first").len(), 1, "a completed step is never re-run");
+    let second = http.calls_to("second");
+    assert_eq!(second.len(), 2, "the in-flight step is re-invoked once after the crash");
+    assert_eq!(second[0]["idempotency_key"], second[1]["idempotency_key"]);
+    assert_eq!((second[0]["attempt"].clone(), second[1]["attempt"].clone()), (json!(1), json!(2)));
+    assert_eq!(doc["steps"][1]["attempts"], 2);
+    assert_eq!(doc["steps"][2]["attempts"], 1);
+    restarted.kill().await;
+});
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_servers_on_one_postgres_drive_each_saga_exactly_once_and_take_over_a_dead_one() {
+    let db = fresh_postgres().await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let http = HttpParticipant::start(hang_then_answer()).await;
+    let a = Server::start(dir_a.path(), Some(&db), &["--lease-ms", "1000"]).await;
+    let b = Server::start(dir_b.path(), Some(&db), &["--lease-ms", "1000"]).await;
+
+    // Ten plain sagas, half executed through each server, all at once.
+    push(&a, "scripted", plugins::SCRIPTED).await;
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let server = if i % 2 == 0 { &a } else { &b };
+        let (_, created) = post(server, "/v1/sagas", json!({"saga_name": format!("s{i}")})).await;
+        let id = created["saga_id"].as_str().unwrap().to_string();
+        post(server, &format!("/v1/sagas/{id}/steps"), json!({"name": "count", "endpoint": http.url, "action": "count"})).await;
+        post(server, &format!("/v1/sagas/{id}/steps"), json!({"name": "plug", "plugin": "scripted"})).await;
+        ids.push((server.url.clone(), id));
+    }
+    let runs: Vec<_> = ids
+        .iter()
+        .map(|(url, id)| tokio::spawn(client().post(format!("{url}/v1/sagas/{id}/execute")).json(&json!({})).send()))
+        .collect();
+    for run in runs {
+        let doc: Value = run.await.unwrap().unwrap().json().await.unwrap();
+        assert_eq!(doc["state"], "completed", "{doc}");
+    }
+    let counted = http.calls_to("count");
+    assert_eq!(counted.len(), 10, "each saga's step ran exactly once across both servers");
+
+    // A dies with a step in flight; B takes the saga over once A's lease expires.
+    let id = crash_saga(&a, &http).await;
+    let (status, _) = post(&a, &format!("/v1/sagas/{id}/execute"), json!({"wait": false})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    http.hung.notified().await;
+    a.kill().await;
+    let doc = wait_until(&format!("{}/v1/sagas/{id}", b.url), "B to finish A's saga", |d| d["state"] == "completed").await;
+    assert_eq!(doc["steps"][1]["attempts"], 2);
+    assert_eq!(http.calls_to("first").len(), 1);
+    let (_, history) = get(&b, &format!("/v1/sagas/{id}/history")).await;
+    assert!(
+        history["events"].as_array().unwrap().iter().any(|e| e["kind"] == "saga_recovered"),
+        "B recorded the takeover: {history}"
+    );
+    b.kill().await;
+}
+
