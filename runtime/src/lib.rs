@@ -12,7 +12,9 @@ pub mod cli;
 pub mod model;
 pub mod participant;
 pub mod plugin;
+pub mod recovery;
 pub mod saga;
+pub mod tpc;
 pub mod store;
 
 /// The tenant of single-tenant mode (no tenants configured).

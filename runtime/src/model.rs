@@ -86,6 +86,19 @@ pub enum Decision {
     Reject(String),
 }
 
+/// A durable change of a transaction, announced after it is committed (progress output,
+/// waiting for an end state, tests).
+#[derive(Debug, Clone)]
+pub struct Progress {
+    pub tenant: String,
+    pub tx_id: String,
+    /// The transaction's state after the change.
+    pub state: &'static str,
+    /// Whether that state is an end state.
+    pub terminal: bool,
+    pub event: crate::store::NewEvent,
+}
+
 /// How a transaction retries its steps and participants (API.md "Retries").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

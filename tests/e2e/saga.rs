@@ -290,7 +290,7 @@ on_both_stores!(a_running_saga_pins_the_plugin_version_it_started_with, |url: St
     // Swap while the first step is in flight: wait for its durable start, not for time.
     loop {
         let p = progress.recv().await.unwrap();
-        if p.saga_id == id && p.event.kind == "step_started" {
+        if p.tx_id == id && p.event.kind == "step_started" {
             break;
         }
     }
@@ -298,7 +298,7 @@ on_both_stores!(a_running_saga_pins_the_plugin_version_it_started_with, |url: St
     assert_eq!(v2.version, 2);
     loop {
         let p = progress.recv().await.unwrap();
-        if p.saga_id == id && p.state.is_terminal() {
+        if p.tx_id == id && p.terminal {
             break;
         }
     }

@@ -80,3 +80,18 @@ impl From<SagaError> for ApiError {
         }
     }
 }
+
+impl From<crate::tpc::TpcError> for ApiError {
+    fn from(e: crate::tpc::TpcError) -> Self {
+        use crate::tpc::TpcError;
+        match e {
+            TpcError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+            TpcError::WrongState { .. } => ApiError::new(StatusCode::CONFLICT, "wrong_state", e.to_string()),
+            TpcError::DecidedCommit(_) => ApiError::new(StatusCode::CONFLICT, "decided_commit", e.to_string()),
+            TpcError::Busy(_) => ApiError::new(StatusCode::CONFLICT, "busy", e.to_string()),
+            TpcError::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.to_string()),
+            TpcError::Plugin(e) => e.into(),
+            TpcError::Store(e) => e.into(),
+        }
+    }
+}

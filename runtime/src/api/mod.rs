@@ -22,6 +22,7 @@ pub use error::ApiError;
 
 use crate::plugin::Catalog;
 use crate::saga::{CreateSaga, SagaEngine, SagaState, StepSpec, rfc3339};
+use crate::tpc::{CreateTpc, ParticipantSpec, TpcEngine};
 use crate::store::{IdempotentReply, Store, now_ms};
 
 /// Largest JSON body accepted.
@@ -39,11 +40,12 @@ struct Shared {
     store: Store,
     catalog: Catalog,
     sagas: SagaEngine,
+    tpc: TpcEngine,
 }
 
 impl AppState {
-    pub fn new(store: Store, catalog: Catalog, sagas: SagaEngine) -> Self {
-        AppState { inner: Arc::new(Shared { store, catalog, sagas }) }
+    pub fn new(store: Store, catalog: Catalog, sagas: SagaEngine, tpc: TpcEngine) -> Self {
+        AppState { inner: Arc::new(Shared { store, catalog, sagas, tpc }) }
     }
 }
 
@@ -58,6 +60,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sagas/{id}/resume", post(resume_saga))
         .route("/v1/sagas/{id}/cancel", post(cancel_saga))
         .route("/v1/sagas/{id}/history", get(saga_history))
+        .route("/v1/2pc", post(create_tpc))
+        .route("/v1/2pc/{id}", get(get_tpc))
+        .route("/v1/2pc/{id}/participants", post(add_participant))
+        .route("/v1/2pc/{id}/execute", post(execute_tpc))
+        .route("/v1/2pc/{id}/abort", post(abort_tpc))
+        .route("/v1/2pc/{id}/recover", post(recover_tpc))
+        .route("/v1/2pc/{id}/history", get(tpc_history))
         .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
     let upload = Router::new()
@@ -151,9 +160,29 @@ async fn create_saga(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    idempotent_create(&s, &headers, body, |s, tenant, bytes| async move {
+        let req: CreateSaga = parse_bytes(&bytes)?;
+        let saga = s.inner.sagas.create(tenant, req).await?;
+        Ok(json!({"status": "success", "saga_id": saga.id(), "state": "pending"}))
+    })
+    .await
+}
+
+/// Runs `create` once per `Idempotency-Key`: the same key and body answer the first
+/// response again; the same key with another body is refused.
+async fn idempotent_create<F, Fut>(
+    s: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    create: F,
+) -> Result<Response, ApiError>
+where
+    F: FnOnce(AppState, &'static str, Bytes) -> Fut,
+    Fut: std::future::Future<Output = Result<Value, ApiError>>,
+{
     let bytes = body.map_err(ApiError::from_body_rejection)?;
-    let tenant = tenant(&headers);
-    let key = idempotency_key(&headers)?;
+    let tenant = tenant(headers);
+    let key = idempotency_key(headers)?;
     let request_hash = hex::encode(Sha256::digest(&bytes));
     if let Some(key) = &key
         && let Some(reply) = s.inner.store.idempotent_reply(tenant, key).await?
@@ -168,9 +197,7 @@ async fn create_saga(
         let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
         return Ok((status, Json(reply.body)).into_response());
     }
-    let req: CreateSaga = parse_bytes(&bytes)?;
-    let saga = s.inner.sagas.create(tenant, req).await?;
-    let body = json!({"status": "success", "saga_id": saga.id(), "state": "pending"});
+    let body = create(s.clone(), tenant, bytes).await?;
     if let Some(key) = &key {
         let reply = IdempotentReply { request_hash, status: 201, body: body.clone() };
         s.inner.store.remember_reply(tenant, key, &reply, now_ms()).await?;
@@ -243,7 +270,10 @@ async fn cancel_saga(State(s): State<AppState>, headers: HeaderMap, Path(id): Pa
 }
 
 async fn saga_history(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let events = s.inner.sagas.history(tenant(&headers), &id).await?;
+    Ok(Json(history_document(s.inner.sagas.history(tenant(&headers), &id).await?)))
+}
+
+fn history_document(events: Vec<crate::store::EventRow>) -> Value {
     let events: Vec<Value> = events
         .into_iter()
         .map(|e| {
@@ -254,7 +284,7 @@ async fn saga_history(State(s): State<AppState>, headers: HeaderMap, Path(id): P
             v
         })
         .collect();
-    Ok(Json(json!({ "events": events })))
+    json!({ "events": events })
 }
 
 #[derive(Deserialize)]
@@ -283,4 +313,50 @@ async fn list_sagas(
     };
     let sagas = s.inner.sagas.list(tenant(&headers), state, limit).await?;
     Ok(Json(json!({ "sagas": sagas.iter().map(|s| s.document()).collect::<Vec<_>>() })))
+}
+
+// ---- two-phase commit ----
+
+async fn create_tpc(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    idempotent_create(&s, &headers, body, |s, tenant, bytes| async move {
+        let req: CreateTpc = parse_bytes(&bytes)?;
+        let tx = s.inner.tpc.create(tenant, req).await?;
+        Ok(json!({"status": "success", "transaction_id": tx.id(), "state": "init"}))
+    })
+    .await
+}
+
+async fn add_participant(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let spec: ParticipantSpec = parse(body)?;
+    let total = s.inner.tpc.add_participant(tenant(&headers), &id, spec).await?;
+    Ok(Json(json!({"status": "success", "total_participants": total})))
+}
+
+async fn execute_tpc(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(s.inner.tpc.execute(tenant(&headers), &id).await?.document()))
+}
+
+async fn abort_tpc(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(s.inner.tpc.abort(tenant(&headers), &id).await?.document()))
+}
+
+async fn recover_tpc(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(s.inner.tpc.recover(tenant(&headers), &id).await?.document()))
+}
+
+async fn get_tpc(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(s.inner.tpc.get(tenant(&headers), &id).await?.document()))
+}
+
+async fn tpc_history(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(history_document(s.inner.tpc.history(tenant(&headers), &id).await?)))
 }

@@ -11,8 +11,9 @@ use clap::Args;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::serve::NodeArgs;
-use crate::model::RetryPolicy;
+use super::serve::{Node, NodeArgs};
+use crate::model::{Progress, RetryPolicy};
+use crate::tpc::{CreateTpc, ParticipantSpec, TpcState};
 use crate::saga::{CreateSaga, SagaState, StepSpec};
 
 #[derive(Args)]
@@ -26,6 +27,7 @@ pub struct RunArgs {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SagaSpec {
+    #[allow(dead_code)]
     kind: String,
     #[serde(default)]
     plugins: BTreeMap<String, PathBuf>,
@@ -46,19 +48,50 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .get("kind")
         .and_then(Value::as_str)
         .map(str::to_string);
-    match kind.as_deref() {
-        Some("saga") => {}
-        Some(other) => bail!("spec kind {other:?} is not supported yet (supported: \"saga\")"),
-        None => bail!("the spec needs a \"kind\": \"saga\""),
-    }
-    let spec: SagaSpec = serde_json::from_str(&text).with_context(|| format!("invalid saga spec {}", args.spec.display()))?;
-    debug_assert_eq!(spec.kind, "saga");
     let base = args.spec.parent().map(PathBuf::from).unwrap_or_default();
-
     let started = Instant::now();
+    match kind.as_deref() {
+        Some("saga") => {
+            let spec: SagaSpec =
+                serde_json::from_str(&text).with_context(|| format!("invalid saga spec {}", args.spec.display()))?;
+            let node = start(&args, &base, &spec.plugins, started).await?;
+            run_saga(node, spec, started).await
+        }
+        Some("2pc") => {
+            let spec: TpcSpec =
+                serde_json::from_str(&text).with_context(|| format!("invalid 2pc spec {}", args.spec.display()))?;
+            let node = start(&args, &base, &spec.plugins, started).await?;
+            run_tpc(node, spec, started).await
+        }
+        Some(other) => bail!("spec kind {other:?} is not supported yet (supported: \"saga\", \"2pc\")"),
+        None => bail!("the spec needs a \"kind\": \"saga\" or \"2pc\""),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TpcSpec {
+    #[allow(dead_code)]
+    kind: String,
+    #[serde(default)]
+    plugins: BTreeMap<String, PathBuf>,
+    transaction_name: String,
+    #[serde(default)]
+    context: Option<Map<String, Value>>,
+    #[serde(default)]
+    prepare_timeout_ms: Option<u64>,
+    #[serde(default)]
+    retry_policy: Option<RetryPolicy>,
+    #[serde(default)]
+    decision_max_attempts: Option<u32>,
+    participants: Vec<ParticipantSpec>,
+}
+
+/// Opens the embedded store and registers the spec's plugins.
+async fn start(args: &RunArgs, base: &std::path::Path, plugins: &BTreeMap<String, PathBuf>, started: Instant) -> anyhow::Result<Node> {
     let node = args.node.start().await?;
     eprintln!("store ready ({:?}) in {} ms", node.store.backend(), started.elapsed().as_millis());
-    for (name, path) in &spec.plugins {
+    for (name, path) in plugins {
         let path = if path.is_absolute() { path.clone() } else { base.join(path) };
         let bytes = std::fs::read(&path).with_context(|| {
             format!("reading plugin {name} from {} (build the examples with scripts/build-plugins)", path.display())
@@ -72,7 +105,53 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             t.elapsed().as_millis()
         );
     }
+    Ok(node)
+}
 
+/// Prints each durable change of transaction `id` as it is committed, until it ends.
+fn print_progress(mut progress: tokio::sync::broadcast::Receiver<Progress>, id: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let t0 = Instant::now();
+        while let Ok(p) = progress.recv().await {
+            if p.tx_id != id {
+                continue;
+            }
+            let step = p.event.step.as_deref().map(|s| format!(" {s}")).unwrap_or_default();
+            let detail = match &p.event.detail {
+                Value::Object(m) if m.is_empty() => String::new(),
+                d => format!(" {d}"),
+            };
+            eprintln!("[{:>6} ms] {}{step}{detail}", t0.elapsed().as_millis(), p.event.kind);
+            if p.terminal {
+                break;
+            }
+        }
+    })
+}
+
+async fn run_tpc(node: Node, spec: TpcSpec, started: Instant) -> anyhow::Result<ExitCode> {
+    let tenant = crate::api_tenant();
+    let req = CreateTpc {
+        transaction_name: spec.transaction_name,
+        context: spec.context,
+        prepare_timeout_ms: spec.prepare_timeout_ms,
+        retry_policy: spec.retry_policy,
+        decision_max_attempts: spec.decision_max_attempts,
+    };
+    let tx = node.tpc.create(tenant, req).await?;
+    for p in spec.participants {
+        node.tpc.add_participant(tenant, tx.id(), p).await?;
+    }
+    eprintln!("2PC transaction {} created", tx.id());
+    let printer = print_progress(node.tpc.subscribe(), tx.id().to_string());
+    let done = node.tpc.execute(tenant, tx.id()).await?;
+    let _ = printer.await;
+    println!("{}", serde_json::to_string_pretty(&done.document())?);
+    eprintln!("transaction {} {} in {} ms", done.id(), done.state.as_str(), started.elapsed().as_millis());
+    Ok(if done.state == TpcState::Committed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn run_saga(node: Node, spec: SagaSpec, started: Instant) -> anyhow::Result<ExitCode> {
     let tenant = crate::api_tenant();
     let saga = node
         .sagas
@@ -83,25 +162,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!("saga {} created with {} steps", saga.id(), node.sagas.get(tenant, saga.id()).await?.doc.steps.len());
 
-    let mut progress = node.sagas.subscribe();
-    let id = saga.id().to_string();
-    let printer = tokio::spawn(async move {
-        let t0 = Instant::now();
-        while let Ok(p) = progress.recv().await {
-            if p.saga_id != id {
-                continue;
-            }
-            let step = p.event.step.as_deref().map(|s| format!(" {s}")).unwrap_or_default();
-            let detail = match &p.event.detail {
-                Value::Object(m) if m.is_empty() => String::new(),
-                d => format!(" {d}"),
-            };
-            eprintln!("[{:>6} ms] {}{step}{detail}", t0.elapsed().as_millis(), p.event.kind);
-            if p.state.is_terminal() {
-                break;
-            }
-        }
-    });
+    let printer = print_progress(node.sagas.subscribe(), saga.id().to_string());
     let done = node.sagas.execute(tenant, saga.id(), true).await?;
     let _ = printer.await;
     println!("{}", serde_json::to_string_pretty(&done.document())?);

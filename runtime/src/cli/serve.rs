@@ -13,6 +13,7 @@ use crate::api::{AppState, router};
 use crate::participant::Invoker;
 use crate::plugin::{CallLimits, Catalog, ComponentCache, HostConfig, PluginHost};
 use crate::saga::{EngineConfig, SagaEngine};
+use crate::tpc::TpcEngine;
 use crate::store::Store;
 
 #[derive(Args, Clone)]
@@ -47,6 +48,7 @@ pub struct Node {
     pub store: Store,
     pub catalog: Catalog,
     pub sagas: SagaEngine,
+    pub tpc: TpcEngine,
 }
 
 impl NodeArgs {
@@ -68,8 +70,9 @@ impl NodeArgs {
             None => node_id_in(&self.data_dir)?,
         };
         let config = EngineConfig { node_id, lease: Duration::from_millis(self.lease_ms.max(100)) };
-        let sagas = SagaEngine::new(store.clone(), catalog.clone(), invoker, config);
-        Ok(Node { store, catalog, sagas })
+        let sagas = SagaEngine::new(store.clone(), catalog.clone(), invoker.clone(), config.clone());
+        let tpc = TpcEngine::new(store.clone(), catalog.clone(), invoker, config);
+        Ok(Node { store, catalog, sagas, tpc })
     }
 }
 
@@ -96,19 +99,23 @@ fn redact(url: &str) -> String {
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let node = args.node.start().await?;
-    let recovered = node.sagas.recover_expired(true).await?;
-    if recovered > 0 {
-        eprintln!("recovering {recovered} in-flight saga(s)");
-    }
-    let recovery = {
-        let sagas = node.sagas.clone();
+    // Claims what this node held before a restart at once, then, periodically, whatever a
+    // dead coordinator's expired leases left behind.
+    let _recovery = {
+        let (sagas, tpc) = (node.sagas.clone(), node.tpc.clone());
         let every = Duration::from_millis((args.node.lease_ms / 2).clamp(100, 2_000));
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                if let Err(e) = sagas.recover_expired(false).await {
-                    tracing::warn!("recovery pass failed: {e}");
-                }
+        crate::recovery::spawn_loop(every, move |own| {
+            let (sagas, tpc) = (sagas.clone(), tpc.clone());
+            async move {
+                let a = sagas.recover_expired(own).await.unwrap_or_else(|e| {
+                    tracing::warn!("saga recovery pass failed: {e}");
+                    0
+                });
+                let b = tpc.recover_expired(own).await.unwrap_or_else(|e| {
+                    tracing::warn!("2PC recovery pass failed: {e}");
+                    0
+                });
+                a + b
             }
         })
     };
@@ -118,12 +125,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
     // Tests and scripts read this line to find the port.
     println!("wasmtx listening on http://{addr} (node {})", node.sagas.node_id());
-    let app = router(AppState::new(node.store.clone(), node.catalog.clone(), node.sagas.clone()));
+    let app = router(AppState::new(node.store.clone(), node.catalog.clone(), node.sagas.clone(), node.tpc.clone()));
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
-    recovery.abort();
     Ok(ExitCode::SUCCESS)
 }

@@ -19,6 +19,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 use tracing::Instrument;
 
+pub use crate::model::Progress;
 use crate::model::{CallContext, RetryPolicy};
 use crate::participant::{Invoker, Phase, Target};
 use crate::plugin::{Catalog, CatalogError};
@@ -127,15 +128,6 @@ impl Saga {
 
 pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// A durable change of a saga, as it is committed (for progress output and tests).
-#[derive(Debug, Clone)]
-pub struct Progress {
-    pub tenant: String,
-    pub saga_id: String,
-    pub state: SagaState,
-    pub event: NewEvent,
 }
 
 /// Engine settings.
@@ -432,7 +424,12 @@ impl SagaEngine {
     }
 
     async fn drive(&self, mut saga: Saga, cancel: Arc<AtomicBool>) -> Result<Saga, SagaError> {
-        let _renewal = self.keep_lease(saga.id().to_string());
+        let _renewal = crate::recovery::keep_lease(
+            self.inner.store.clone(),
+            saga.id().to_string(),
+            self.node_id().to_string(),
+            self.inner.config.lease,
+        );
         loop {
             match saga.doc.next(saga.state) {
                 Next::Execute(i) => {
@@ -603,50 +600,27 @@ impl SagaEngine {
             saga.row.lease_until_ms = now + self.inner.config.lease.as_millis() as i64;
         }
         saga.row.rev = self.inner.store.save_tx(&saga.row, &events).await?;
-        for event in events {
+        let last = events.len().saturating_sub(1);
+        for (i, event) in events.into_iter().enumerate() {
             let _ = self.inner.progress.send(Progress {
                 tenant: saga.row.tenant.clone(),
-                saga_id: saga.row.id.clone(),
-                state: saga.state,
+                tx_id: saga.row.id.clone(),
+                state: saga.state.as_str(),
+                // Observers stop at the end state: announce it with the batch's last event.
+                terminal: saga.state.is_terminal() && i == last,
                 event,
             });
         }
         Ok(())
     }
 
-    /// Renews the lease of `id` while the returned guard lives, so a long plugin call does
-    /// not let another coordinator take over a saga that is still being driven.
-    fn keep_lease(&self, id: String) -> AbortOnDrop {
-        let store = self.inner.store.clone();
-        let owner = self.node_id().to_string();
-        let lease = self.inner.config.lease;
-        AbortOnDrop(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(lease / 3).await;
-                let l = Lease { owner: owner.clone(), until_ms: now_ms() + lease.as_millis() as i64 };
-                match store.renew_lease(&id, &l).await {
-                    Ok(true) => {}
-                    Ok(false) => break,
-                    Err(e) => tracing::warn!(saga_id = %id, "lease renewal failed: {e}"),
-                }
-            }
-        }))
-    }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-async fn wait_for_end(progress: &mut broadcast::Receiver<Progress>, id: &str) {
+pub(crate) async fn wait_for_end(progress: &mut broadcast::Receiver<Progress>, id: &str) {
     let wait = async {
         loop {
             match progress.recv().await {
-                Ok(p) if p.saga_id == id && p.state.is_terminal() => return,
+                Ok(p) if p.tx_id == id && p.terminal => return,
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => return,
             }

@@ -19,6 +19,7 @@ use wasmtx::participant::Invoker;
 use wasmtx::plugin::{CallLimits, Catalog, ComponentCache, HostConfig, PluginHost};
 use wasmtx::saga::{EngineConfig, SagaEngine};
 use wasmtx::store::Store;
+use wasmtx::tpc::TpcEngine;
 
 pub const TENANT: &str = "default";
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -53,6 +54,7 @@ pub struct Node {
     pub store: Store,
     pub catalog: Catalog,
     pub sagas: SagaEngine,
+    pub tpc: TpcEngine,
 }
 
 pub fn host() -> PluginHost {
@@ -65,8 +67,10 @@ pub async fn node(url: &str) -> Node {
     let store = Store::open(url).await.unwrap();
     let catalog = Catalog::new(store.clone(), ComponentCache::new(host()));
     let invoker = Invoker::new(host(), CallLimits::default());
-    let sagas = SagaEngine::new(store.clone(), catalog.clone(), invoker, EngineConfig::default());
-    Node { store, catalog, sagas }
+    let config = EngineConfig::default();
+    let sagas = SagaEngine::new(store.clone(), catalog.clone(), invoker.clone(), config.clone());
+    let tpc = TpcEngine::new(store.clone(), catalog.clone(), invoker, config);
+    Node { store, catalog, sagas, tpc }
 }
 
 /// Generates `mod $name { sqlite, postgres }` running the same async scenario on each store.

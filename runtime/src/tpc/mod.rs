@@ -1,0 +1,609 @@
+//! The two-phase-commit engine, presumed abort.
+//!
+//! Prepare goes to every participant in parallel under `prepare_timeout`; only an explicit
+//! `prepared` is a yes. The decision is committed to the store before any participant hears
+//! it and never changes. Commit (or abort) is then sent in rounds to every participant that has
+//! not acknowledged, each round's answers committed before the next round. Recovery: a
+//! transaction with no decision is aborted; one with a decision finishes it.
+
+pub mod state;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use futures::future::join_all;
+use tokio::sync::broadcast;
+use tracing::Instrument;
+
+use crate::model::{CallContext, Outcome, Progress, RetryPolicy, Vote};
+use crate::participant::{Invoker, Phase, Target};
+use crate::plugin::{Catalog, CatalogError, Role};
+use crate::saga::EngineConfig;
+use crate::store::{EventRow, Lease, NewEvent, Store, StoreError, TxRow, now_ms};
+pub use state::{Decision, ParticipantRecord, ParticipantSpec, ParticipantState, TpcDoc, TpcState};
+use state::{DEFAULT_PREPARE_TIMEOUT_MS, MAX_PARTICIPANTS};
+
+const KIND: &str = "2pc";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TpcError {
+    #[error("no 2PC transaction {0}")]
+    NotFound(String),
+    #[error("transaction {id} is {state}: {action} is not possible")]
+    WrongState { id: String, state: &'static str, action: &'static str },
+    #[error("transaction {0} already decided to commit; it cannot be aborted")]
+    DecidedCommit(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Plugin(#[from] CatalogError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("transaction {0} is being driven by another coordinator")]
+    Busy(String),
+}
+
+/// The body of "begin" (API.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTpc {
+    pub transaction_name: String,
+    #[serde(default)]
+    pub context: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub prepare_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub retry_policy: Option<RetryPolicy>,
+    /// Extension: tries of commit/abort per participant before the transaction is `failed`
+    /// (default: until acknowledged).
+    #[serde(default)]
+    pub decision_max_attempts: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tpc {
+    pub row: TxRow,
+    pub state: TpcState,
+    pub doc: TpcDoc,
+}
+
+impl Tpc {
+    fn from_row(row: TxRow) -> Result<Tpc, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt { id: row.id.clone(), reason };
+        let state = TpcState::parse(&row.state).ok_or_else(|| corrupt(format!("unknown state {}", row.state)))?;
+        let doc = serde_json::from_value(row.doc.clone()).map_err(|e| corrupt(e.to_string()))?;
+        Ok(Tpc { row, state, doc })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.row.id
+    }
+
+    /// The 2PC document of API.md.
+    pub fn document(&self) -> Value {
+        let status = match self.state {
+            TpcState::Committed => "success",
+            TpcState::Aborted | TpcState::Aborting => "aborted",
+            TpcState::Failed => "error",
+            _ => "success",
+        };
+        let participants: Vec<Value> = self
+            .doc
+            .participants
+            .iter()
+            .map(|p| {
+                let mut v = json!({"participant_id": p.spec.participant_id, "state": p.state, "attempts": p.attempts});
+                if let Some(vote) = &p.vote {
+                    v["vote"] = match vote {
+                        Vote::Prepared => json!("prepared"),
+                        Vote::Abort(_) => json!("abort"),
+                    };
+                    if let Vote::Abort(reason) = vote {
+                        v["vote_reason"] = json!(reason);
+                    }
+                }
+                if let Some(e) = &p.error {
+                    v["error"] = json!(e);
+                }
+                if let Some(pv) = &p.plugin_version {
+                    v["plugin_version"] = json!(pv);
+                }
+                v
+            })
+            .collect();
+        let mut doc = json!({
+            "status": status,
+            "transaction_id": self.row.id,
+            "transaction_name": self.row.name,
+            "state": self.state,
+            "participants": participants,
+            "context": self.doc.context,
+            "created_at": crate::saga::rfc3339(self.row.created_at_ms),
+            "updated_at": crate::saga::rfc3339(self.row.updated_at_ms),
+        });
+        if let Some(d) = self.doc.decision {
+            doc["decision"] = json!(d);
+        }
+        if let Some(e) = &self.doc.error {
+            doc["error"] = json!(e);
+        }
+        doc
+    }
+}
+
+/// Presumed abort: a transaction found preparing with no coordinator has no durable decision,
+/// so no participant can have been told to commit; it is aborted. Returns the decision event.
+fn presume_abort(tx: &mut Tpc) -> Option<NewEvent> {
+    if tx.state != TpcState::Preparing {
+        return None;
+    }
+    let reason = "the coordinator stopped before deciding: presumed abort";
+    tx.doc.decision = Some(Decision::Abort);
+    tx.doc.error = Some(reason.into());
+    tx.state.become_(TpcState::Aborting).expect("preparing -> aborting is legal");
+    Some(NewEvent::new("decision", None, json!({"decision": "abort", "reason": reason})))
+}
+
+#[derive(Clone)]
+pub struct TpcEngine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    catalog: Catalog,
+    invoker: Invoker,
+    config: EngineConfig,
+    progress: broadcast::Sender<Progress>,
+    /// Transactions this process is driving, with their "abort requested" flags.
+    driving: Mutex<HashMap<String, Arc<AtomicBool>>>,
+}
+
+impl TpcEngine {
+    pub fn new(store: Store, catalog: Catalog, invoker: Invoker, config: EngineConfig) -> Self {
+        let (progress, _) = broadcast::channel(4096);
+        TpcEngine { inner: Arc::new(Inner { store, catalog, invoker, config, progress, driving: Mutex::default() }) }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.inner.config.node_id
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Progress> {
+        self.inner.progress.subscribe()
+    }
+
+    pub async fn create(&self, tenant: &str, req: CreateTpc) -> Result<Tpc, TpcError> {
+        if req.transaction_name.trim().is_empty() || req.transaction_name.len() > 256 {
+            return Err(TpcError::Invalid("transaction_name must be 1-256 characters".into()));
+        }
+        let prepare_timeout_ms = req.prepare_timeout_ms.unwrap_or(DEFAULT_PREPARE_TIMEOUT_MS);
+        if prepare_timeout_ms == 0 || prepare_timeout_ms > crate::saga::state::MAX_STEP_TIMEOUT_MS {
+            return Err(TpcError::Invalid("prepare_timeout_ms is out of range".into()));
+        }
+        if req.decision_max_attempts == Some(0) {
+            return Err(TpcError::Invalid("decision_max_attempts must be at least 1".into()));
+        }
+        let retry_policy = req.retry_policy.unwrap_or_default();
+        retry_policy.validate().map_err(TpcError::Invalid)?;
+        let now = now_ms();
+        let doc = TpcDoc {
+            context: req.context.unwrap_or_default(),
+            participants: vec![],
+            decision: None,
+            error: None,
+            prepare_timeout_ms,
+            retry_policy,
+            decision_max_attempts: req.decision_max_attempts,
+        };
+        let row = TxRow {
+            tenant: tenant.into(),
+            id: format!("tpc-{}", uuid::Uuid::now_v7()),
+            kind: KIND.into(),
+            name: req.transaction_name.clone(),
+            state: TpcState::Init.as_str().into(),
+            doc: serde_json::to_value(&doc).expect("doc serialises"),
+            rev: 0,
+            owner: None,
+            lease_until_ms: 0,
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        let event = NewEvent::new("transaction_created", None, json!({"transaction_name": req.transaction_name}));
+        self.inner.store.insert_tx(&row, std::slice::from_ref(&event)).await?;
+        Ok(Tpc { row, state: TpcState::Init, doc })
+    }
+
+    pub async fn get(&self, tenant: &str, id: &str) -> Result<Tpc, TpcError> {
+        let row = self.inner.store.get_tx(tenant, KIND, id).await?.ok_or_else(|| TpcError::NotFound(id.into()))?;
+        Ok(Tpc::from_row(row)?)
+    }
+
+    pub async fn history(&self, tenant: &str, id: &str) -> Result<Vec<EventRow>, TpcError> {
+        self.get(tenant, id).await?;
+        Ok(self.inner.store.events(id).await?)
+    }
+
+    /// Adds a participant to a transaction that has not started; returns the count.
+    pub async fn add_participant(&self, tenant: &str, id: &str, spec: ParticipantSpec) -> Result<usize, TpcError> {
+        spec.validate().map_err(TpcError::Invalid)?;
+        let mut tx = self.get(tenant, id).await?;
+        if tx.state != TpcState::Init {
+            return Err(TpcError::WrongState { id: id.into(), state: tx.state.as_str(), action: "adding a participant" });
+        }
+        if tx.doc.participants.len() >= MAX_PARTICIPANTS {
+            return Err(TpcError::Invalid(format!("a transaction has at most {MAX_PARTICIPANTS} participants")));
+        }
+        if tx.doc.participants.iter().any(|p| p.spec.participant_id == spec.participant_id) {
+            return Err(TpcError::Invalid(format!("participant {:?} is already in {id}", spec.participant_id)));
+        }
+        if let Some(plugin) = &spec.plugin {
+            let (_, component) = self.inner.catalog.resolve(tenant, plugin).await?;
+            if !component.exports(Role::Participant) {
+                return Err(TpcError::Invalid(format!(
+                    "plugin {plugin} does not export `participant` (it exports: {})",
+                    component.export_names().join(", ")
+                )));
+            }
+        }
+        let pid = spec.participant_id.clone();
+        tx.doc.participants.push(ParticipantRecord::new(spec));
+        let total = tx.doc.participants.len();
+        self.persist(&mut tx, vec![NewEvent::new("participant_added", Some(&pid), json!({}))])
+            .await
+            .map_err(|_| TpcError::Busy(id.into()))?;
+        Ok(total)
+    }
+
+    /// Runs both phases to an end state (or to `committing`/`aborting` for as long as a
+    /// participant does not acknowledge and no budget is set — then it keeps retrying in the
+    /// background and the returned document says so).
+    pub async fn execute(&self, tenant: &str, id: &str) -> Result<Tpc, TpcError> {
+        let mut tx = self.get(tenant, id).await?;
+        if tx.state != TpcState::Init {
+            return Err(TpcError::WrongState { id: id.into(), state: tx.state.as_str(), action: "execute" });
+        }
+        if tx.doc.participants.is_empty() {
+            return Err(TpcError::Invalid(format!("transaction {id} has no participants")));
+        }
+        for p in tx.doc.participants.iter_mut() {
+            if let Some(plugin) = &p.spec.plugin {
+                let (row, _) = self.inner.catalog.resolve(tenant, plugin).await?;
+                p.plugin_version = Some(format!("{}@{}", row.name, row.version));
+            }
+        }
+        tx.state.become_(TpcState::Preparing).expect("legal");
+        tx.row.owner = Some(self.node_id().into());
+        self.persist(&mut tx, vec![NewEvent::new("prepare_started", None, json!({"owner": self.node_id()}))])
+            .await
+            .map_err(|_| TpcError::WrongState { id: id.into(), state: "preparing", action: "execute" })?;
+        self.spawn_drive(tx).await
+    }
+
+    /// Aborts a transaction that has not decided to commit.
+    pub async fn abort(&self, tenant: &str, id: &str) -> Result<Tpc, TpcError> {
+        let mut tx = self.get(tenant, id).await?;
+        match tx.state {
+            TpcState::Init => {
+                tx.state.become_(TpcState::Aborted).expect("legal");
+                tx.doc.decision = Some(Decision::Abort);
+                tx.doc.error = Some("aborted before it started".into());
+                self.persist(&mut tx, vec![NewEvent::new("decision", None, json!({"decision": "abort", "reason": "aborted by request"}))])
+                    .await
+                    .map_err(|_| TpcError::Busy(id.into()))?;
+                Ok(tx)
+            }
+            TpcState::Aborting | TpcState::Aborted => self.recover(tenant, id).await,
+            TpcState::Preparing => {
+                let flag = self.inner.driving.lock().unwrap().get(id).cloned();
+                match flag {
+                    Some(flag) => {
+                        let mut progress = self.subscribe();
+                        flag.store(true, Ordering::SeqCst);
+                        crate::saga::wait_for_end(&mut progress, id).await;
+                        self.get(tenant, id).await
+                    }
+                    None => self.recover(tenant, id).await,
+                }
+            }
+            TpcState::Failed if tx.doc.decision == Some(Decision::Abort) => self.recover(tenant, id).await,
+            _ => Err(TpcError::DecidedCommit(id.into())),
+        }
+    }
+
+    /// Drives a stopped transaction to its end: no decision → abort (presumed abort); a
+    /// decision → finish it. An ended transaction is returned as it is.
+    pub async fn recover(&self, tenant: &str, id: &str) -> Result<Tpc, TpcError> {
+        let mut tx = self.get(tenant, id).await?;
+        if tx.state.is_terminal() && tx.state != TpcState::Failed {
+            return Ok(tx);
+        }
+        if tx.state == TpcState::Init {
+            return Err(TpcError::WrongState { id: id.into(), state: "init", action: "recover" });
+        }
+        if self.inner.driving.lock().unwrap().contains_key(id) {
+            let mut progress = self.subscribe();
+            crate::saga::wait_for_end(&mut progress, id).await;
+            return self.get(tenant, id).await;
+        }
+        let mine = tx.row.owner.as_deref() == Some(self.node_id());
+        if !mine && tx.row.owner.is_some() && tx.row.lease_until_ms > now_ms() {
+            return Err(TpcError::Busy(id.into()));
+        }
+        if tx.state == TpcState::Failed {
+            // An operator asks to try the decision again, with a fresh budget.
+            tx.state = if tx.doc.decision == Some(Decision::Commit) { TpcState::Committing } else { TpcState::Aborting };
+            for p in tx.doc.participants.iter_mut() {
+                p.attempts = 0;
+            }
+        }
+        tx.row.owner = Some(self.node_id().into());
+        let mut events = vec![NewEvent::new("recovery_started", None, json!({"owner": self.node_id()}))];
+        events.extend(presume_abort(&mut tx));
+        self.persist(&mut tx, events).await.map_err(|_| TpcError::Busy(id.into()))?;
+        self.spawn_drive(tx).await
+    }
+
+    /// Claims transactions whose lease expired and drives them in the background.
+    pub async fn recover_expired(&self, own: bool) -> Result<usize, TpcError> {
+        let lease = Lease { owner: self.node_id().into(), until_ms: now_ms() + self.inner.config.lease.as_millis() as i64 };
+        let states = ["preparing", "prepared", "committing", "aborting"];
+        let claimed = self.inner.store.claim_expired(KIND, &states, &lease, now_ms(), 64, own).await?;
+        let n = claimed.len();
+        for row in claimed {
+            if self.inner.driving.lock().unwrap().contains_key(&row.id) {
+                continue;
+            }
+            let mut tx = Tpc::from_row(row)?;
+            tracing::info!(transaction_id = %tx.id(), state = tx.state.as_str(), "recovering 2PC transaction");
+            let mut events = vec![NewEvent::new("transaction_recovered", None, json!({"owner": self.node_id()}))];
+            events.extend(presume_abort(&mut tx));
+            if self.persist(&mut tx, events).await.is_ok() {
+                let engine = self.clone();
+                tokio::spawn(async move {
+                    let _ = engine.spawn_drive(tx).await;
+                });
+            }
+        }
+        Ok(n)
+    }
+
+    async fn spawn_drive(&self, tx: Tpc) -> Result<Tpc, TpcError> {
+        let abort = Arc::new(AtomicBool::new(false));
+        {
+            let mut driving = self.inner.driving.lock().unwrap();
+            if driving.contains_key(tx.id()) {
+                return Err(TpcError::Busy(tx.id().into()));
+            }
+            driving.insert(tx.id().to_string(), abort.clone());
+        }
+        let engine = self.clone();
+        let span = tracing::info_span!("2pc", tenant = %tx.row.tenant, transaction_id = %tx.row.id);
+        let task = tokio::spawn(
+            async move {
+                let id = tx.id().to_string();
+                let result = engine.drive(tx, abort).await;
+                engine.inner.driving.lock().unwrap().remove(&id);
+                if let Err(e) = &result {
+                    tracing::warn!("2PC driver stopped: {e}");
+                }
+                result
+            }
+            .instrument(span),
+        );
+        match task.await {
+            Ok(result) => result,
+            Err(e) => Err(TpcError::Invalid(format!("2PC driver failed: {e}"))),
+        }
+    }
+
+    async fn drive(&self, mut tx: Tpc, abort_requested: Arc<AtomicBool>) -> Result<Tpc, TpcError> {
+        let _renewal = crate::recovery::keep_lease(
+            self.inner.store.clone(),
+            tx.id().to_string(),
+            self.node_id().to_string(),
+            self.inner.config.lease,
+        );
+        if tx.state == TpcState::Preparing {
+            self.prepare_and_decide(&mut tx, &abort_requested).await?;
+        }
+        let Some(decision) = tx.doc.decision else { return Ok(tx) };
+        let mut round: u32 = 0;
+        while !tx.state.is_terminal() {
+            round += 1;
+            self.decision_round(&mut tx, decision).await?;
+            if !tx.state.is_terminal() {
+                let delay = tx.doc.retry_policy.delay(round, rand::random::<f64>());
+                tokio::time::sleep(delay).await;
+            }
+        }
+        Ok(tx)
+    }
+
+    /// Phase one: all prepares in parallel under the prepare timeout, then the durable
+    /// decision.
+    async fn prepare_and_decide(&self, tx: &mut Tpc, abort_requested: &AtomicBool) -> Result<(), TpcError> {
+        let timeout = Duration::from_millis(tx.doc.prepare_timeout_ms);
+        let calls = (0..tx.doc.participants.len()).map(|i| {
+            let target = self.target(tx, i);
+            let ctx = self.context(tx, i, Phase::Prepare, 1, timeout);
+            let invoker = self.inner.invoker.clone();
+            async move {
+                match target.await {
+                    Ok(target) => match tokio::time::timeout(timeout, invoker.prepare(&target, ctx, timeout)).await {
+                        Ok(vote) => vote,
+                        Err(_) => Vote::Abort(format!("no vote within {timeout:?}")),
+                    },
+                    Err(reason) => Vote::Abort(reason),
+                }
+            }
+        });
+        let votes: Vec<Vote> = join_all(calls).await;
+        let mut decision = TpcDoc::decide(&votes);
+        let mut reason = None;
+        if abort_requested.load(Ordering::SeqCst) && decision == Decision::Commit {
+            decision = Decision::Abort;
+            reason = Some("aborted by request during prepare".to_string());
+        }
+        let mut events = Vec::new();
+        for (p, vote) in tx.doc.participants.iter_mut().zip(votes) {
+            p.state = if vote == Vote::Prepared { ParticipantState::Prepared } else { ParticipantState::VotedAbort };
+            let detail = match &vote {
+                Vote::Prepared => json!({"vote": "prepared"}),
+                Vote::Abort(r) => {
+                    reason.get_or_insert_with(|| format!("participant {} voted abort: {r}", p.spec.participant_id));
+                    json!({"vote": "abort", "reason": r})
+                }
+            };
+            events.push(NewEvent::new("vote", Some(&p.spec.participant_id), detail));
+            p.vote = Some(vote);
+        }
+        tx.doc.decision = Some(decision);
+        tx.doc.error = reason.clone();
+        tx.state.become_(match decision {
+            Decision::Commit => TpcState::Prepared,
+            Decision::Abort => TpcState::Aborting,
+        })
+        .expect("legal");
+        events.push(NewEvent::new("decision", None, json!({"decision": decision, "reason": reason})));
+        self.persist(tx, events).await
+    }
+
+    /// Sends the decision to every participant that has not acknowledged it, in parallel,
+    /// and commits the answers.
+    async fn decision_round(&self, tx: &mut Tpc, decision: Decision) -> Result<(), TpcError> {
+        let phase = match decision {
+            Decision::Commit => Phase::Commit,
+            Decision::Abort => Phase::Abort,
+        };
+        let pending: Vec<usize> = (0..tx.doc.participants.len()).filter(|&i| tx.doc.participants[i].awaits(decision)).collect();
+        let calls = pending.iter().map(|&i| {
+            let attempt = tx.doc.participants[i].attempts + 1;
+            let timeout = Duration::from_millis(tx.doc.participants[i].spec.timeout_ms.unwrap_or(30_000));
+            let target = self.target(tx, i);
+            let ctx = self.context(tx, i, phase, attempt, timeout);
+            let invoker = self.inner.invoker.clone();
+            async move {
+                match target.await {
+                    Ok(target) => invoker.outcome(&target, phase, ctx, timeout).await,
+                    Err(reason) => Outcome::Retry(reason),
+                }
+            }
+        });
+        let outcomes = join_all(calls).await;
+        let mut events = Vec::new();
+        let mut exhausted = Vec::new();
+        for (&i, outcome) in pending.iter().zip(outcomes) {
+            let p = &mut tx.doc.participants[i];
+            p.attempts += 1;
+            let pid = p.spec.participant_id.clone();
+            match outcome {
+                Outcome::Success(_) => {
+                    p.state = match decision {
+                        Decision::Commit => ParticipantState::Committed,
+                        Decision::Abort => ParticipantState::Aborted,
+                    };
+                    p.error = None;
+                    events.push(NewEvent::new("acknowledged", Some(&pid), json!({"decision": decision, "attempt": p.attempts})));
+                }
+                Outcome::Failure(reason) | Outcome::Retry(reason) => {
+                    events.push(NewEvent::new(
+                        "decision_retry",
+                        Some(&pid),
+                        json!({"decision": decision, "attempt": p.attempts, "reason": reason}),
+                    ));
+                    p.error = Some(reason);
+                    if tx.doc.decision_max_attempts.is_some_and(|max| p.attempts >= max) {
+                        exhausted.push(pid);
+                    }
+                }
+            }
+        }
+        let all_acked = tx.doc.participants.iter().all(|p| !p.awaits(decision));
+        let next = if all_acked {
+            match decision {
+                Decision::Commit => TpcState::Committed,
+                Decision::Abort => TpcState::Aborted,
+            }
+        } else if !exhausted.is_empty() {
+            let what = if decision == Decision::Commit { "commit" } else { "abort" };
+            tx.doc.error = Some(format!(
+                "participant(s) {} did not acknowledge {what}; the decision stands and an operator must act (recover retries)",
+                exhausted.join(", ")
+            ));
+            events.push(NewEvent::new("alert", None, json!({"unacknowledged": exhausted, "decision": decision})));
+            TpcState::Failed
+        } else {
+            match decision {
+                Decision::Commit => TpcState::Committing,
+                Decision::Abort => TpcState::Aborting,
+            }
+        };
+        tx.state.become_(next).expect("legal");
+        if next.is_terminal() {
+            tx.row.owner = None;
+            tx.row.lease_until_ms = 0;
+            events.push(NewEvent::new(&format!("transaction_{}", next.as_str()), None, json!({})));
+        }
+        self.persist(tx, events).await
+    }
+
+    fn target(&self, tx: &Tpc, i: usize) -> impl std::future::Future<Output = Result<Target, String>> + use<> {
+        let p = &tx.doc.participants[i];
+        let catalog = self.inner.catalog.clone();
+        let tenant = tx.row.tenant.clone();
+        let pinned = p.plugin_version.clone();
+        let endpoint = p.spec.endpoint.clone();
+        async move {
+            match (pinned, endpoint) {
+                (Some(pinned), _) => match catalog.resolve(&tenant, &pinned).await {
+                    Ok((_, component)) => Ok(Target::Plugin(component)),
+                    Err(e) => Err(format!("plugin {pinned} unavailable: {e}")),
+                },
+                (None, Some(endpoint)) => Ok(Target::Http { endpoint }),
+                (None, None) => Err("participant has neither a plugin nor an endpoint".into()),
+            }
+        }
+    }
+
+    fn context(&self, tx: &Tpc, i: usize, phase: Phase, attempt: u32, timeout: Duration) -> CallContext {
+        let pid = &tx.doc.participants[i].spec.participant_id;
+        CallContext {
+            tenant: tx.row.tenant.clone(),
+            transaction_id: tx.row.id.clone(),
+            step: pid.clone(),
+            action: phase.as_str().into(),
+            attempt,
+            idempotency_key: format!("{}:{pid}:{}", tx.row.id, phase.as_str()),
+            input: tx.doc.input(i).to_string(),
+            deadline_ms: timeout.as_millis() as u64,
+        }
+    }
+
+    async fn persist(&self, tx: &mut Tpc, events: Vec<NewEvent>) -> Result<(), TpcError> {
+        let now = now_ms();
+        tx.row.state = tx.state.as_str().into();
+        tx.row.doc = serde_json::to_value(&tx.doc).expect("doc serialises");
+        tx.row.updated_at_ms = now;
+        if tx.row.owner.is_some() {
+            tx.row.lease_until_ms = now + self.inner.config.lease.as_millis() as i64;
+        }
+        tx.row.rev = self.inner.store.save_tx(&tx.row, &events).await?;
+        let last = events.len().saturating_sub(1);
+        for (i, event) in events.into_iter().enumerate() {
+            let _ = self.inner.progress.send(Progress {
+                tenant: tx.row.tenant.clone(),
+                tx_id: tx.row.id.clone(),
+                state: tx.state.as_str(),
+                // Observers stop at the end state: announce it with the batch's last event.
+                terminal: tx.state.is_terminal() && i == last,
+                event,
+            });
+        }
+        Ok(())
+    }
+}
