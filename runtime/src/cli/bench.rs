@@ -29,6 +29,25 @@ pub enum BenchCommand {
         #[arg(long, default_value = r#"{"amount": 42, "order_id": "bench"}"#)]
         input: String,
     },
+    /// Durable 2PC transactions of Rust `ledger` participants end to end, on a store.
+    #[command(name = "2pc")]
+    Tpc {
+        /// Participants per transaction.
+        #[arg(long, default_value_t = 3)]
+        participants: usize,
+        /// Transactions in flight at once.
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        /// Transactions in all.
+        #[arg(long, default_value_t = 2_000)]
+        count: usize,
+        /// Store to use (default: a fresh SQLite file in a temporary directory).
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Where the built plugins are.
+        #[arg(long, default_value = "target/plugins/wasm32-wasip2/plugin")]
+        plugin_dir: PathBuf,
+    },
     /// Durable sagas of Rust step plugins end to end: create, add steps, execute, on a store.
     Saga {
         /// Steps per saga (cycling payment, inventory, shipping).
@@ -55,7 +74,12 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<std::process::ExitCode> {
             bench_plugin(component, calls, warmup, input).await
         }
         BenchCommand::Saga { steps, concurrency, count, database_url, plugin_dir } => {
-            bench_saga(steps, concurrency, count, database_url, plugin_dir).await
+            let scenario = Scenario::Saga { steps };
+            bench_transactions(scenario, concurrency, count, database_url, plugin_dir).await
+        }
+        BenchCommand::Tpc { participants, concurrency, count, database_url, plugin_dir } => {
+            let scenario = Scenario::Tpc { participants };
+            bench_transactions(scenario, concurrency, count, database_url, plugin_dir).await
         }
     }
 }
@@ -63,14 +87,75 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<std::process::ExitCode> {
 /// The step plugins a benchmark saga cycles through.
 const SAGA_PLUGINS: [&str; 3] = ["payment", "inventory", "shipping"];
 
-async fn bench_saga(
-    steps: usize,
+#[derive(Clone, Copy)]
+enum Scenario {
+    Saga { steps: usize },
+    Tpc { participants: usize },
+}
+
+impl Scenario {
+    fn plugins(self) -> &'static [&'static str] {
+        match self {
+            Scenario::Saga { .. } => &SAGA_PLUGINS,
+            Scenario::Tpc { .. } => &["ledger"],
+        }
+    }
+
+    fn size(self) -> usize {
+        match self {
+            Scenario::Saga { steps } => steps,
+            Scenario::Tpc { participants } => participants,
+        }
+    }
+
+    /// Creates, fills and executes one transaction; fails unless it ends successfully.
+    async fn run_one(self, node: &super::serve::Node, tenant: &str) -> anyhow::Result<()> {
+        use serde_json::json;
+        match self {
+            Scenario::Saga { steps } => {
+                let req = crate::saga::CreateSaga {
+                    saga_name: "bench".into(),
+                    context: json!({"amount": 10, "quantity": 1}).as_object().cloned(),
+                    timeout_ms: None,
+                    retry_policy: None,
+                };
+                let saga = node.sagas.create(tenant, req).await?;
+                for i in 0..steps {
+                    let spec = serde_json::from_value(json!({"name": format!("step{i}"), "plugin": SAGA_PLUGINS[i % 3]}))?;
+                    node.sagas.add_step(tenant, saga.id(), spec).await?;
+                }
+                let end = node.sagas.execute(tenant, saga.id(), true).await?;
+                anyhow::ensure!(end.state == crate::saga::SagaState::Completed, "saga {} ended {:?}", end.id(), end.state);
+            }
+            Scenario::Tpc { participants } => {
+                let req = crate::tpc::CreateTpc {
+                    transaction_name: "bench".into(),
+                    context: json!({"amount": 10}).as_object().cloned(),
+                    prepare_timeout_ms: None,
+                    retry_policy: None,
+                    decision_max_attempts: None,
+                };
+                let tx = node.tpc.create(tenant, req).await?;
+                for i in 0..participants {
+                    let spec = serde_json::from_value(json!({"participant_id": format!("p{i}"), "plugin": "ledger"}))?;
+                    node.tpc.add_participant(tenant, tx.id(), spec).await?;
+                }
+                let end = node.tpc.execute(tenant, tx.id()).await?;
+                anyhow::ensure!(end.state == crate::tpc::TpcState::Committed, "2PC {} ended {:?}", end.id(), end.state);
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn bench_transactions(
+    scenario: Scenario,
     concurrency: usize,
     count: usize,
     database_url: Option<String>,
     plugin_dir: PathBuf,
 ) -> anyhow::Result<std::process::ExitCode> {
-    anyhow::ensure!((1..=100).contains(&steps), "--steps must be 1-100");
+    anyhow::ensure!((1..=100).contains(&scenario.size()), "--steps / --participants must be 1-100");
     anyhow::ensure!(concurrency >= 1 && count >= 1, "--concurrency and --count must be positive");
     print_machine();
     let scratch = std::env::temp_dir().join(format!("wasmtx-bench-{}", uuid::Uuid::new_v4()));
@@ -78,54 +163,39 @@ async fn bench_saga(
     let url = database_url.unwrap_or_else(|| format!("sqlite://{}", scratch.join("bench.db").display()));
     let backend = if url.starts_with("sqlite") { "sqlite" } else { "postgres" };
     println!("store:        {backend}");
-    let node = super::serve::NodeArgs {
-        database_url: Some(url),
-        data_dir: scratch.clone(),
-        node_id: None,
-        lease_ms: 10_000,
-    }
-    .start()
-    .await?;
+    let node = super::serve::NodeArgs { database_url: Some(url), data_dir: scratch.clone(), node_id: None, lease_ms: 10_000 }
+        .start()
+        .await?;
     let tenant = format!("bench-{}", uuid::Uuid::new_v4().simple());
-    for name in SAGA_PLUGINS {
+    for name in scenario.plugins() {
         let path = plugin_dir.join(format!("{name}.wasm"));
         let bytes = std::fs::read(&path)
             .with_context(|| format!("reading {} (build the example plugins first: scripts/build-plugins)", path.display()))?;
         node.catalog.publish(&tenant, name, &bytes).await?;
     }
-    eprintln!("running {count} sagas of {steps} steps, {concurrency} at a time…");
+    let (what, unit) = match scenario {
+        Scenario::Saga { steps } => (format!("sagas of {steps} steps"), "sagas"),
+        Scenario::Tpc { participants } => (format!("2PC transactions of {participants} participants"), "tx"),
+    };
+    eprintln!("running {count} {what}, {concurrency} at a time…");
 
+    let node = std::sync::Arc::new(node);
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let (sagas, tenant, next, done) = (node.sagas.clone(), tenant.clone(), next.clone(), done.clone());
+        let (node, tenant, next, done) = (node.clone(), tenant.clone(), next.clone(), done.clone());
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let progress_every = (count / 10).max(1);
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < count {
                 let t = Instant::now();
-                let req = crate::saga::CreateSaga {
-                    saga_name: "bench".into(),
-                    context: serde_json::json!({"amount": 10, "quantity": 1}).as_object().cloned(),
-                    timeout_ms: None,
-                    retry_policy: None,
-                };
-                let saga = sagas.create(&tenant, req).await?;
-                for i in 0..steps {
-                    let spec: crate::saga::StepSpec = serde_json::from_value(serde_json::json!({
-                        "name": format!("step{i}"),
-                        "plugin": SAGA_PLUGINS[i % SAGA_PLUGINS.len()],
-                    }))?;
-                    sagas.add_step(&tenant, saga.id(), spec).await?;
-                }
-                let end = sagas.execute(&tenant, saga.id(), true).await?;
-                anyhow::ensure!(end.state == crate::saga::SagaState::Completed, "saga {} ended {:?}", end.id(), end.state);
+                scenario.run_one(&node, &tenant).await?;
                 latencies.push(t.elapsed());
                 let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 if n % progress_every == 0 {
-                    eprintln!("  {n}/{count} sagas ({:.1} s)", started.elapsed().as_secs_f64());
+                    eprintln!("  {n}/{count} ({:.1} s)", started.elapsed().as_secs_f64());
                 }
             }
             anyhow::Ok(latencies)
@@ -137,9 +207,9 @@ async fn bench_saga(
     }
     let wall = started.elapsed();
     latencies.sort_unstable();
-    println!("sagas:        {} x {steps} steps, concurrency {concurrency}", latencies.len());
-    println!("sagas/s:      {:.0}", latencies.len() as f64 / wall.as_secs_f64());
-    println!("p50:          {:.2} ms (create + add steps + execute to completion)", ms(percentile(&latencies, 0.50)));
+    println!("{unit}:{:>width$}{} {what}, concurrency {concurrency}", "", latencies.len(), width = 13 - unit.len());
+    println!("{unit}/s:{:>width$}{:.0}", "", latencies.len() as f64 / wall.as_secs_f64(), width = 11 - unit.len());
+    println!("p50:          {:.2} ms (create + add + execute to the end, each durable)", ms(percentile(&latencies, 0.50)));
     println!("p99:          {:.2} ms", ms(percentile(&latencies, 0.99)));
     println!("wall:         {:.2} s", wall.as_secs_f64());
     println!("peak RSS:     {}", peak_rss().map_or("unknown".into(), |kb| format!("{:.1} MiB", kb as f64 / 1024.0)));
