@@ -7,7 +7,7 @@ use std::process::Command;
 use std::{env, fs};
 
 const PLUGINS: &[&str] =
-    &["payment", "inventory", "shipping", "notification", "ledger", "scripted", "always-saga", "cost-aware"];
+    &["payment", "inventory", "shipping", "notification", "ledger", "scripted", "always-saga", "cost-aware", "scripted-policy"];
 
 fn main() {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap()).join("..").canonicalize().unwrap();

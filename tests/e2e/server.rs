@@ -199,7 +199,7 @@ on_both_stores!(a_server_killed_mid_step_finishes_the_saga_after_restart_without
     let id = crash_saga(&server, &http).await;
     let (status, _) = post(&server, &format!("/v1/sagas/{id}/execute"), json!({"wait": false})).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    http.hung.notified().await;
+    http.until_hung().await;
     server.kill().await;
 
     let restarted = Server::start(dir.path(), db, &["--lease-ms", "1000"]).await;
@@ -252,7 +252,7 @@ async fn two_servers_on_one_postgres_drive_each_saga_exactly_once_and_take_over_
     let id = crash_saga(&a, &http).await;
     let (status, _) = post(&a, &format!("/v1/sagas/{id}/execute"), json!({"wait": false})).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    http.hung.notified().await;
+    http.until_hung().await;
     a.kill().await;
     let doc = wait_until(&format!("{}/v1/sagas/{id}", b.url), "B to finish A's saga", |d| d["state"] == "completed").await;
     assert_eq!(doc["steps"][1]["attempts"], 2);

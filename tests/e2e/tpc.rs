@@ -237,7 +237,7 @@ on_both_stores!(a_server_killed_after_the_commit_decision_commits_everyone_after
     let server = Server::start(dir.path(), db, &["--lease-ms", "1000"]).await;
     let id = crash_transaction(&server, &[&slow]).await;
     let exec = tokio::spawn(client().post(format!("{}/v1/2pc/{id}/execute", server.url)).send());
-    slow.hung.notified().await; // the decision is durable: commit is being delivered
+    slow.until_hung().await; // the decision is durable: commit is being delivered
     server.kill().await;
     let _ = exec.await;
 
@@ -264,7 +264,7 @@ on_both_stores!(a_server_killed_during_prepare_aborts_everyone_after_restart, |u
     let server = Server::start(dir.path(), db, &["--lease-ms", "1000"]).await;
     let id = crash_transaction(&server, &[&stuck, &other]).await;
     let exec = tokio::spawn(client().post(format!("{}/v1/2pc/{id}/execute", server.url)).send());
-    stuck.hung.notified().await;
+    stuck.until_hung().await;
     server.kill().await;
     let _ = exec.await;
 

@@ -13,6 +13,7 @@ pub mod plugins {
     pub const SCRIPTED: &str = env!("WASMTX_PLUGIN_SCRIPTED");
     pub const ALWAYS_SAGA: &str = env!("WASMTX_PLUGIN_ALWAYS_SAGA");
     pub const COST_AWARE: &str = env!("WASMTX_PLUGIN_COST_AWARE");
+    pub const SCRIPTED_POLICY: &str = env!("WASMTX_PLUGIN_SCRIPTED_POLICY");
 }
 
 /// The bytes of a built plugin.

@@ -95,3 +95,18 @@ impl From<crate::tpc::TpcError> for ApiError {
         }
     }
 }
+
+impl From<crate::manager::ManagerError> for ApiError {
+    fn from(e: crate::manager::ManagerError) -> Self {
+        use crate::manager::ManagerError;
+        match e {
+            ManagerError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
+            ManagerError::WrongState { .. } => ApiError::new(StatusCode::CONFLICT, "wrong_state", e.to_string()),
+            ManagerError::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.to_string()),
+            ManagerError::Plugin(e) => e.into(),
+            ManagerError::Store(e) => e.into(),
+            ManagerError::Saga(e) => e.into(),
+            ManagerError::Tpc(e) => e.into(),
+        }
+    }
+}

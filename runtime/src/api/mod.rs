@@ -23,6 +23,7 @@ pub use error::ApiError;
 use crate::plugin::Catalog;
 use crate::saga::{CreateSaga, SagaEngine, SagaState, StepSpec, rfc3339};
 use crate::tpc::{CreateTpc, ParticipantSpec, TpcEngine};
+use crate::manager::{CreateManaged, ManagedParticipant, Manager, Status};
 use crate::store::{IdempotentReply, Store, now_ms};
 
 /// Largest JSON body accepted.
@@ -41,11 +42,12 @@ struct Shared {
     catalog: Catalog,
     sagas: SagaEngine,
     tpc: TpcEngine,
+    manager: Manager,
 }
 
 impl AppState {
-    pub fn new(store: Store, catalog: Catalog, sagas: SagaEngine, tpc: TpcEngine) -> Self {
-        AppState { inner: Arc::new(Shared { store, catalog, sagas, tpc }) }
+    pub fn new(store: Store, catalog: Catalog, sagas: SagaEngine, tpc: TpcEngine, manager: Manager) -> Self {
+        AppState { inner: Arc::new(Shared { store, catalog, sagas, tpc, manager }) }
     }
 }
 
@@ -67,6 +69,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/2pc/{id}/abort", post(abort_tpc))
         .route("/v1/2pc/{id}/recover", post(recover_tpc))
         .route("/v1/2pc/{id}/history", get(tpc_history))
+        .route("/v1/transactions", post(create_managed).get(list_managed))
+        .route("/v1/transactions/{id}", get(get_managed))
+        .route("/v1/transactions/{id}/participants", post(add_managed_participant))
+        .route("/v1/transactions/{id}/execute", post(execute_managed))
+        .route("/v1/transactions/{id}/abort", post(abort_managed))
+        .route("/v1/transactions/{id}/recover", post(recover_managed))
+        .route("/v1/transactions/{id}/history", get(managed_history))
+        .route("/v1/settings/default-policy", put(set_default_policy))
         .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
     let upload = Router::new()
@@ -305,12 +315,7 @@ async fn list_sagas(
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("unknown state {s:?}"))
         })?),
     };
-    let limit = match q.limit.as_deref() {
-        None | Some("") => 50,
-        Some(l) => l.parse::<i64>().ok().filter(|l| (1..=1000).contains(l)).ok_or_else(|| {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "limit must be a number from 1 to 1000")
-        })?,
-    };
+    let limit = parse_limit(q.limit.as_deref())?;
     let sagas = s.inner.sagas.list(tenant(&headers), state, limit).await?;
     Ok(Json(json!({ "sagas": sagas.iter().map(|s| s.document()).collect::<Vec<_>>() })))
 }
@@ -359,4 +364,127 @@ async fn get_tpc(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<S
 
 async fn tpc_history(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     Ok(Json(history_document(s.inner.tpc.history(tenant(&headers), &id).await?)))
+}
+
+// ---- managed transactions ----
+
+async fn create_managed(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    idempotent_create(&s, &headers, body, |s, tenant, bytes| async move {
+        let req: CreateManaged = parse_bytes(&bytes)?;
+        let m = s.inner.manager.create(tenant, req).await?;
+        Ok(json!({"status": "success", "transaction_id": m.id(), "transaction_status": "pending"}))
+    })
+    .await
+}
+
+async fn add_managed_participant(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let spec: ManagedParticipant = parse(body)?;
+    let total = s.inner.manager.add_participant(tenant(&headers), &id, spec).await?;
+    Ok(Json(json!({"status": "success", "total_participants": total})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ExecuteManaged {
+    #[serde(default)]
+    pattern: Option<String>,
+}
+
+async fn managed_document(s: &AppState, tenant: &str, m: crate::manager::Managed) -> Result<Json<Value>, ApiError> {
+    Ok(Json(s.inner.manager.document(tenant, &m).await?))
+}
+
+async fn execute_managed(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let req: ExecuteManaged = parse_optional(body)?;
+    let tenant = tenant(&headers);
+    let m = s.inner.manager.execute(tenant, &id, req.pattern.as_deref()).await?;
+    managed_document(&s, tenant, m).await
+}
+
+async fn get_managed(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant(&headers);
+    let m = s.inner.manager.get(tenant, &id).await?;
+    managed_document(&s, tenant, m).await
+}
+
+async fn abort_managed(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant(&headers);
+    let m = s.inner.manager.abort(tenant, &id).await?;
+    managed_document(&s, tenant, m).await
+}
+
+async fn recover_managed(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let tenant = tenant(&headers);
+    let m = s.inner.manager.recover(tenant, &id).await?;
+    managed_document(&s, tenant, m).await
+}
+
+async fn managed_history(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(history_document(s.inner.manager.history(tenant(&headers), &id).await?)))
+}
+
+#[derive(Deserialize)]
+struct ManagedListQuery {
+    status: Option<String>,
+    limit: Option<String>,
+}
+
+async fn list_managed(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ManagedListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let status = match q.status.as_deref() {
+        None | Some("") => None,
+        Some(st) => Some(Status::parse(st).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("unknown status {st:?}"))
+        })?),
+    };
+    let limit = parse_limit(q.limit.as_deref())?;
+    let tenant = tenant(&headers);
+    let mut docs = Vec::new();
+    for m in s.inner.manager.list(tenant, status, limit).await? {
+        docs.push(s.inner.manager.document(tenant, &m).await?);
+    }
+    Ok(Json(json!({ "transactions": docs })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DefaultPolicy {
+    policy: String,
+}
+
+async fn set_default_policy(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let req: DefaultPolicy = parse(body)?;
+    s.inner.manager.set_default_policy(tenant(&headers), &req.policy).await?;
+    Ok(Json(json!({"status": "success", "policy": req.policy})))
+}
+
+fn parse_limit(limit: Option<&str>) -> Result<i64, ApiError> {
+    match limit {
+        None | Some("") => Ok(50),
+        Some(l) => l.parse::<i64>().ok().filter(|l| (1..=1000).contains(l)).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "limit must be a number from 1 to 1000")
+        }),
+    }
 }

@@ -14,11 +14,13 @@ use serde_json::{Map, Value};
 use super::serve::{Node, NodeArgs};
 use crate::model::{Progress, RetryPolicy};
 use crate::tpc::{CreateTpc, ParticipantSpec, TpcState};
+use crate::manager::{CreateManaged, ManagedParticipant, Requirements, Status as ManagedStatus};
 use crate::saga::{CreateSaga, SagaState, StepSpec};
 
 #[derive(Args)]
 pub struct RunArgs {
-    /// The transaction spec (JSON): `{kind, plugins: {name: "path.wasm"}, …create body…, steps}`.
+    /// The transaction spec (JSON): `{kind: "transaction"|"saga"|"2pc", plugins: {name: "path.wasm"},
+    /// …the create body…, participants | steps, pattern?}`.
     pub spec: PathBuf,
     #[command(flatten)]
     pub node: NodeArgs,
@@ -63,8 +65,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             let node = start(&args, &base, &spec.plugins, started).await?;
             run_tpc(node, spec, started).await
         }
-        Some(other) => bail!("spec kind {other:?} is not supported yet (supported: \"saga\", \"2pc\")"),
-        None => bail!("the spec needs a \"kind\": \"saga\" or \"2pc\""),
+        Some("transaction") => {
+            let spec: ManagedSpec =
+                serde_json::from_str(&text).with_context(|| format!("invalid transaction spec {}", args.spec.display()))?;
+            let node = start(&args, &base, &spec.plugins, started).await?;
+            run_managed(node, spec, started).await
+        }
+        Some(other) => bail!("unknown spec kind {other:?} (expected \"transaction\", \"saga\" or \"2pc\")"),
+        None => bail!("the spec needs a \"kind\": \"transaction\", \"saga\" or \"2pc\""),
     }
 }
 
@@ -85,6 +93,77 @@ struct TpcSpec {
     #[serde(default)]
     decision_max_attempts: Option<u32>,
     participants: Vec<ParticipantSpec>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManagedSpec {
+    #[allow(dead_code)]
+    kind: String,
+    #[serde(default)]
+    plugins: BTreeMap<String, PathBuf>,
+    transaction_name: String,
+    #[serde(default)]
+    requirements: Option<Requirements>,
+    #[serde(default)]
+    context: Option<Map<String, Value>>,
+    #[serde(default)]
+    policy: Option<String>,
+    #[serde(default)]
+    retry_policy: Option<RetryPolicy>,
+    participants: Vec<ManagedParticipant>,
+    #[serde(default)]
+    pattern: Option<String>,
+}
+
+async fn run_managed(node: Node, spec: ManagedSpec, started: Instant) -> anyhow::Result<ExitCode> {
+    let tenant = crate::api_tenant();
+    let req = CreateManaged {
+        transaction_name: spec.transaction_name,
+        requirements: spec.requirements,
+        context: spec.context,
+        policy: spec.policy,
+        retry_policy: spec.retry_policy,
+    };
+    let m = node.manager.create(tenant, req).await?;
+    for p in spec.participants {
+        node.manager.add_participant(tenant, m.id(), p).await?;
+    }
+    eprintln!("transaction {} created", m.id());
+    // The delegate's id is known only once the pattern is chosen: follow both engines.
+    let (saga_events, tpc_events) = (node.sagas.subscribe(), node.tpc.subscribe());
+    let follow = tokio::spawn(async move {
+        let (mut a, mut b) = (saga_events, tpc_events);
+        let t0 = Instant::now();
+        loop {
+            let p = tokio::select! {
+                Ok(p) = a.recv() => p,
+                Ok(p) = b.recv() => p,
+                else => break,
+            };
+            let step = p.event.step.as_deref().map(|s| format!(" {s}")).unwrap_or_default();
+            eprintln!("[{:>6} ms] {}{step} {}", t0.elapsed().as_millis(), p.event.kind, p.event.detail);
+            if p.terminal {
+                break;
+            }
+        }
+    });
+    let done = node.manager.execute(tenant, m.id(), spec.pattern.as_deref()).await?;
+    let doc = node.manager.document(tenant, &done).await?;
+    if done.status.is_terminal() && done.doc.delegate_id.is_some() {
+        let _ = follow.await;
+    } else {
+        follow.abort();
+    }
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    eprintln!(
+        "transaction {} {} by {} in {} ms",
+        done.id(),
+        done.status.as_str(),
+        doc["selected_pattern"].as_str().unwrap_or("no pattern"),
+        started.elapsed().as_millis()
+    );
+    Ok(if done.status == ManagedStatus::Committed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Opens the embedded store and registers the spec's plugins.

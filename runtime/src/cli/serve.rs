@@ -14,6 +14,7 @@ use crate::participant::Invoker;
 use crate::plugin::{CallLimits, Catalog, ComponentCache, HostConfig, PluginHost};
 use crate::saga::{EngineConfig, SagaEngine};
 use crate::tpc::TpcEngine;
+use crate::manager::Manager;
 use crate::store::Store;
 
 #[derive(Args, Clone)]
@@ -49,6 +50,7 @@ pub struct Node {
     pub catalog: Catalog,
     pub sagas: SagaEngine,
     pub tpc: TpcEngine,
+    pub manager: Manager,
 }
 
 impl NodeArgs {
@@ -72,7 +74,8 @@ impl NodeArgs {
         let config = EngineConfig { node_id, lease: Duration::from_millis(self.lease_ms.max(100)) };
         let sagas = SagaEngine::new(store.clone(), catalog.clone(), invoker.clone(), config.clone());
         let tpc = TpcEngine::new(store.clone(), catalog.clone(), invoker, config);
-        Ok(Node { store, catalog, sagas, tpc })
+        let manager = Manager::new(store.clone(), catalog.clone(), sagas.clone(), tpc.clone());
+        Ok(Node { store, catalog, sagas, tpc, manager })
     }
 }
 
@@ -102,10 +105,10 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Claims what this node held before a restart at once, then, periodically, whatever a
     // dead coordinator's expired leases left behind.
     let _recovery = {
-        let (sagas, tpc) = (node.sagas.clone(), node.tpc.clone());
+        let (sagas, tpc, manager) = (node.sagas.clone(), node.tpc.clone(), node.manager.clone());
         let every = Duration::from_millis((args.node.lease_ms / 2).clamp(100, 2_000));
         crate::recovery::spawn_loop(every, move |own| {
-            let (sagas, tpc) = (sagas.clone(), tpc.clone());
+            let (sagas, tpc, manager) = (sagas.clone(), tpc.clone(), manager.clone());
             async move {
                 let a = sagas.recover_expired(own).await.unwrap_or_else(|e| {
                     tracing::warn!("saga recovery pass failed: {e}");
@@ -115,7 +118,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     tracing::warn!("2PC recovery pass failed: {e}");
                     0
                 });
-                a + b
+                let c = manager.recover_expired(own).await.unwrap_or_else(|e| {
+                    tracing::warn!("managed-transaction recovery pass failed: {e}");
+                    0
+                });
+                a + b + c
             }
         })
     };
@@ -125,7 +132,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
     // Tests and scripts read this line to find the port.
     println!("wasmtx listening on http://{addr} (node {})", node.sagas.node_id());
-    let app = router(AppState::new(node.store.clone(), node.catalog.clone(), node.sagas.clone(), node.tpc.clone()));
+    let app = router(AppState::new(
+        node.store.clone(),
+        node.catalog.clone(),
+        node.sagas.clone(),
+        node.tpc.clone(),
+        node.manager.clone(),
+    ));
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -174,6 +174,10 @@ impl SagaEngine {
         &self.inner.config.node_id
     }
 
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
     /// Every durable change this engine makes, as it is committed.
     pub fn subscribe(&self) -> broadcast::Receiver<Progress> {
         self.inner.progress.subscribe()

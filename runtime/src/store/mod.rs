@@ -519,6 +519,31 @@ impl Store {
         Ok(())
     }
 
+    pub async fn setting(&self, tenant: &str, key: &str) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT value FROM tenant_settings WHERE tenant_id = $1 AND key = $2")
+            .bind(tenant)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get(0)?),
+            None => None,
+        })
+    }
+
+    pub async fn put_setting(&self, tenant: &str, key: &str, value: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO tenant_settings (tenant_id, key, value) VALUES ($1, $2, $3)
+             ON CONFLICT (tenant_id, key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(tenant)
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Rows in a table (for tests asserting that bad input changed nothing).
     pub async fn count(&self, table: &str) -> Result<i64> {
         assert!(schema::TABLES.contains(&table), "unknown table {table}");

@@ -6,7 +6,7 @@ use sqlx::{AnyPool, Row};
 
 use super::{Backend, Result};
 
-pub(super) const TABLES: &[&str] = &["components", "plugins", "transactions", "events", "idempotency"];
+pub(super) const TABLES: &[&str] = &["components", "plugins", "transactions", "events", "idempotency", "tenant_settings"];
 
 /// (version, statements). `{blob}` is the binary column type of the backend.
 const MIGRATIONS: &[(i64, &[&str])] = &[(
@@ -57,6 +57,13 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             created_at BIGINT NOT NULL,
             PRIMARY KEY (tenant_id, key))",
     ],
+), (
+    2,
+    &["CREATE TABLE tenant_settings (
+            tenant_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (tenant_id, key))"],
 )];
 
 pub(super) async fn migrate(pool: &AnyPool, backend: Backend) -> Result<()> {

@@ -20,6 +20,7 @@ use wasmtx::plugin::{CallLimits, Catalog, ComponentCache, HostConfig, PluginHost
 use wasmtx::saga::{EngineConfig, SagaEngine};
 use wasmtx::store::Store;
 use wasmtx::tpc::TpcEngine;
+use wasmtx::manager::Manager;
 
 pub const TENANT: &str = "default";
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -55,6 +56,7 @@ pub struct Node {
     pub catalog: Catalog,
     pub sagas: SagaEngine,
     pub tpc: TpcEngine,
+    pub manager: Manager,
 }
 
 pub fn host() -> PluginHost {
@@ -70,7 +72,8 @@ pub async fn node(url: &str) -> Node {
     let config = EngineConfig::default();
     let sagas = SagaEngine::new(store.clone(), catalog.clone(), invoker.clone(), config.clone());
     let tpc = TpcEngine::new(store.clone(), catalog.clone(), invoker, config);
-    Node { store, catalog, sagas, tpc }
+    let manager = Manager::new(store.clone(), catalog.clone(), sagas.clone(), tpc.clone());
+    Node { store, catalog, sagas, tpc, manager }
 }
 
 /// Generates `mod $name { sqlite, postgres }` running the same async scenario on each store.
@@ -148,6 +151,13 @@ impl HttpParticipant {
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         HttpParticipant { url, calls, hung }
+    }
+
+    /// Waits until a call is hanging here (fails the test after 60 s rather than hang it).
+    pub async fn until_hung(&self) {
+        tokio::time::timeout(Duration::from_secs(60), self.hung.notified())
+            .await
+            .expect("no call reached the hanging participant within 60 s");
     }
 
     /// Calls received for `action`.

@@ -1,0 +1,745 @@
+//! Managed transactions: the caller states requirements and participants; the manager picks
+//! Saga or 2PC (built-in rules, or a policy plugin with a recorded fallback to them), runs the
+//! transaction on that engine, and reports it in one document.
+//!
+//! The manager owns only the choice and the mapping; the engines own execution and its
+//! guarantees. Its record names the delegate (saga or 2PC transaction) before that delegate is
+//! executed, so recovery always knows what to finish.
+
+pub mod select;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::model::{Availability, Consistency, Decision as PolicyDecision, Pattern, Profile, RetryPolicy};
+use crate::plugin::{CallLimits, CallTags, Catalog, CatalogError, Role};
+use crate::saga::{CreateSaga, SagaEngine, SagaError, SagaState, StepSpec};
+use crate::store::{Lease, NewEvent, Store, StoreError, TxRow, now_ms};
+use crate::tpc::{CreateTpc, ParticipantSpec, TpcEngine, TpcError, TpcState};
+use select::{Capability, Selection};
+
+const KIND: &str = "transaction";
+/// The tenant setting naming the default policy plugin.
+pub const DEFAULT_POLICY_SETTING: &str = "default_policy";
+/// How long a policy may think.
+const POLICY_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error("no transaction {0}")]
+    NotFound(String),
+    #[error("transaction {id} is {state}: {action} is not possible")]
+    WrongState { id: String, state: &'static str, action: &'static str },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Plugin(#[from] CatalogError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Saga(#[from] SagaError),
+    #[error(transparent)]
+    Tpc(#[from] TpcError),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requirements {
+    #[serde(default)]
+    pub consistency: Consistency,
+    #[serde(default)]
+    pub availability: Availability,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    300_000
+}
+
+impl Default for Requirements {
+    fn default() -> Self {
+        Requirements { consistency: Consistency::Eventual, availability: Availability::High, timeout_ms: default_timeout_ms() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateManaged {
+    pub transaction_name: String,
+    #[serde(default)]
+    pub requirements: Option<Requirements>,
+    #[serde(default)]
+    pub context: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub policy: Option<String>,
+    #[serde(default)]
+    pub retry_policy: Option<RetryPolicy>,
+}
+
+/// A participant as the caller described it (API.md, managed transactions).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagedParticipant {
+    pub participant_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supports_2pc: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supports_saga: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensation_action: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_count: Option<u32>,
+    #[serde(default)]
+    pub priority: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParticipantRecord {
+    pub spec: ManagedParticipant,
+    pub supports_2pc: bool,
+    pub supports_saga: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    Running,
+    Committed,
+    Compensated,
+    Aborted,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Committed => "committed",
+            Status::Compensated => "compensated",
+            Status::Aborted => "aborted",
+            Status::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        serde_json::from_value(Value::String(s.into())).ok()
+    }
+
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Status::Pending | Status::Running)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManagedDoc {
+    pub requirements: Requirements,
+    pub context: Map<String, Value>,
+    /// The policy asked for at creation (`None`: the tenant's default at execution).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// What decided: `builtin` or `name@version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_used: Option<String>,
+    pub participants: Vec<ParticipantRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selected_pattern: Option<Pattern>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delegate_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Set when the transaction was refused (status `error`).
+    #[serde(default)]
+    pub rejected: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_time_ms: Option<i64>,
+    #[serde(default)]
+    pub retry_policy: Option<RetryPolicy>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Managed {
+    pub row: TxRow,
+    pub status: Status,
+    pub doc: ManagedDoc,
+}
+
+impl Managed {
+    fn from_row(row: TxRow) -> Result<Managed, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt { id: row.id.clone(), reason };
+        let status = Status::parse(&row.state).ok_or_else(|| corrupt(format!("unknown status {}", row.state)))?;
+        let doc = serde_json::from_value(row.doc.clone()).map_err(|e| corrupt(e.to_string()))?;
+        Ok(Managed { row, status, doc })
+    }
+
+    pub fn id(&self) -> &str {
+        &self.row.id
+    }
+
+    fn caps(&self) -> Vec<Capability> {
+        self.doc
+            .participants
+            .iter()
+            .map(|p| Capability { participant_id: p.spec.participant_id.clone(), two_phase_commit: p.supports_2pc, saga: p.supports_saga })
+            .collect()
+    }
+}
+
+#[derive(Clone)]
+pub struct Manager {
+    store: Store,
+    catalog: Catalog,
+    sagas: SagaEngine,
+    tpc: TpcEngine,
+}
+
+impl Manager {
+    pub fn new(store: Store, catalog: Catalog, sagas: SagaEngine, tpc: TpcEngine) -> Self {
+        Manager { store, catalog, sagas, tpc }
+    }
+
+    pub async fn create(&self, tenant: &str, req: CreateManaged) -> Result<Managed, ManagerError> {
+        if req.transaction_name.trim().is_empty() || req.transaction_name.len() > 256 {
+            return Err(ManagerError::Invalid("transaction_name must be 1-256 characters".into()));
+        }
+        let requirements = req.requirements.unwrap_or_default();
+        if requirements.timeout_ms == 0 || requirements.timeout_ms > 86_400_000 {
+            return Err(ManagerError::Invalid("requirements.timeout_ms must be between 1 and 86400000".into()));
+        }
+        if let Some(p) = &req.retry_policy {
+            p.validate().map_err(ManagerError::Invalid)?;
+        }
+        if let Some(policy) = &req.policy
+            && policy != "builtin"
+        {
+            self.policy_component(tenant, policy).await?;
+        }
+        let now = now_ms();
+        let doc = ManagedDoc {
+            requirements,
+            context: req.context.unwrap_or_default(),
+            policy: req.policy,
+            policy_used: None,
+            participants: vec![],
+            selected_pattern: None,
+            delegate_id: None,
+            reason: None,
+            error: None,
+            rejected: false,
+            started_at_ms: None,
+            execution_time_ms: None,
+            retry_policy: req.retry_policy,
+        };
+        let row = TxRow {
+            tenant: tenant.into(),
+            id: format!("tx-{}", uuid::Uuid::now_v7()),
+            kind: KIND.into(),
+            name: req.transaction_name.clone(),
+            state: Status::Pending.as_str().into(),
+            doc: serde_json::to_value(&doc).expect("doc serialises"),
+            rev: 0,
+            owner: None,
+            lease_until_ms: 0,
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        self.store.insert_tx(&row, &[NewEvent::new("transaction_created", None, json!({"transaction_name": req.transaction_name}))]).await?;
+        Ok(Managed { row, status: Status::Pending, doc })
+    }
+
+    pub async fn get(&self, tenant: &str, id: &str) -> Result<Managed, ManagerError> {
+        let row = self.store.get_tx(tenant, KIND, id).await?.ok_or_else(|| ManagerError::NotFound(id.into()))?;
+        Ok(Managed::from_row(row)?)
+    }
+
+    pub async fn list(&self, tenant: &str, status: Option<Status>, limit: i64) -> Result<Vec<Managed>, ManagerError> {
+        let rows = self.store.list_tx(tenant, KIND, status.map(Status::as_str), limit).await?;
+        Ok(rows.into_iter().map(Managed::from_row).collect::<Result<_, _>>()?)
+    }
+
+    pub async fn add_participant(&self, tenant: &str, id: &str, spec: ManagedParticipant) -> Result<usize, ManagerError> {
+        let mut m = self.get(tenant, id).await?;
+        if m.status != Status::Pending {
+            return Err(ManagerError::WrongState { id: id.into(), state: m.status.as_str(), action: "adding a participant" });
+        }
+        let pid = spec.participant_id.clone();
+        // The same checks the engines make, before anything is stored.
+        as_step(&spec).validate().map_err(ManagerError::Invalid)?;
+        if m.doc.participants.len() >= 100 {
+            return Err(ManagerError::Invalid("a transaction has at most 100 participants".into()));
+        }
+        if m.doc.participants.iter().any(|p| p.spec.participant_id == pid) {
+            return Err(ManagerError::Invalid(format!("participant {pid:?} is already in {id}")));
+        }
+        let (exports_2pc, exports_saga) = match &spec.plugin {
+            Some(plugin) => {
+                let (_, c) = self.catalog.resolve(tenant, plugin).await?;
+                (c.exports(Role::Participant), c.exports(Role::Step))
+            }
+            None => (false, true),
+        };
+        let claims_beyond = |flag: Option<bool>, exported: bool| spec.plugin.is_some() && flag == Some(true) && !exported;
+        if claims_beyond(spec.supports_2pc, exports_2pc) || claims_beyond(spec.supports_saga, exports_saga) {
+            return Err(ManagerError::Invalid(format!(
+                "participant {pid:?}: plugin {} does not export what supports_2pc/supports_saga claim",
+                spec.plugin.as_deref().unwrap_or_default()
+            )));
+        }
+        let supports_2pc = spec.supports_2pc.unwrap_or(exports_2pc);
+        let supports_saga = spec.supports_saga.unwrap_or(exports_saga);
+        if !supports_2pc && !supports_saga {
+            return Err(ManagerError::Invalid(format!("participant {pid:?} supports neither saga nor 2PC")));
+        }
+        m.doc.participants.push(ParticipantRecord { spec, supports_2pc, supports_saga });
+        let total = m.doc.participants.len();
+        self.persist(&mut m, vec![NewEvent::new("participant_added", Some(&pid), json!({"supports_2pc": supports_2pc, "supports_saga": supports_saga}))])
+            .await?;
+        Ok(total)
+    }
+
+    /// Selects the pattern (or honours a forced one), then runs the transaction to its end.
+    pub async fn execute(&self, tenant: &str, id: &str, pattern: Option<&str>) -> Result<Managed, ManagerError> {
+        let mut m = self.get(tenant, id).await?;
+        if m.status != Status::Pending {
+            return Err(ManagerError::WrongState { id: id.into(), state: m.status.as_str(), action: "execute" });
+        }
+        let caps = m.caps();
+        let mut events = Vec::new();
+        let selection = match pattern.unwrap_or("auto") {
+            "auto" => self.select(tenant, &mut m, &caps, &mut events).await?,
+            forced => {
+                let p = match forced {
+                    "saga" => Pattern::Saga,
+                    "two_phase_commit" => Pattern::TwoPhaseCommit,
+                    other => {
+                        return Err(ManagerError::Invalid(format!("pattern must be auto, saga or two_phase_commit, not {other:?}")));
+                    }
+                };
+                let lacking = select::incapable(p, &caps);
+                if !lacking.is_empty() {
+                    return Err(ManagerError::Invalid(format!("forced pattern {forced} is not supported by: {}", lacking.join(", "))));
+                }
+                m.doc.policy_used = Some("forced".into());
+                Selection::Choose(p, "pattern forced by the caller")
+            }
+        };
+        m.doc.started_at_ms = Some(now_ms());
+        let pattern = match selection {
+            Selection::Reject(reason) => {
+                m.status = Status::Failed;
+                m.doc.rejected = true;
+                m.doc.error = Some(reason.clone());
+                m.doc.reason = Some(reason.clone());
+                events.push(NewEvent::new("rejected", None, json!({"reason": reason})));
+                self.persist(&mut m, events).await?;
+                return Ok(m);
+            }
+            Selection::Choose(p, why) => {
+                m.doc.reason = Some(why.to_string());
+                p
+            }
+        };
+        let delegate_id = self.create_delegate(tenant, &m, pattern).await?;
+        m.doc.selected_pattern = Some(pattern);
+        m.doc.delegate_id = Some(delegate_id.clone());
+        m.status = Status::Running;
+        m.row.owner = Some(self.sagas.node_id().to_string());
+        events.push(NewEvent::new(
+            "pattern_selected",
+            None,
+            json!({"pattern": pattern, "reason": m.doc.reason, "policy": m.doc.policy_used, "delegate": delegate_id}),
+        ));
+        self.persist(&mut m, events).await?;
+        let _renewal = crate::recovery::keep_lease(self.store.clone(), m.row.id.clone(), self.sagas.node_id().into(), self.lease());
+        match pattern {
+            Pattern::Saga => {
+                self.sagas.execute(tenant, &delegate_id, true).await?;
+            }
+            Pattern::TwoPhaseCommit => {
+                self.tpc.execute(tenant, &delegate_id).await?;
+            }
+        }
+        self.settle(tenant, m).await
+    }
+
+    /// Chooses by policy plugin, falling back to the built-in rules (recorded) when the
+    /// policy traps, times out, or chooses what the participants cannot do.
+    async fn select(
+        &self,
+        tenant: &str,
+        m: &mut Managed,
+        caps: &[Capability],
+        events: &mut Vec<NewEvent>,
+    ) -> Result<Selection, ManagerError> {
+        let req = &m.doc.requirements;
+        let builtin = select::builtin(req.consistency, req.availability, caps);
+        let policy = match &m.doc.policy {
+            Some(p) => Some(p.clone()),
+            None => self.store.setting(tenant, DEFAULT_POLICY_SETTING).await?,
+        };
+        let Some(policy) = policy.filter(|p| p != "builtin") else {
+            m.doc.policy_used = Some("builtin".into());
+            return Ok(builtin);
+        };
+        let fallback = |events: &mut Vec<NewEvent>, m: &mut Managed, reason: String| {
+            events.push(NewEvent::new("policy_fallback", None, json!({"policy": policy, "reason": reason})));
+            m.doc.policy_used = Some("builtin".into());
+            builtin.clone()
+        };
+        let (name, component) = match self.policy_component(tenant, &policy).await {
+            Ok(found) => found,
+            Err(e) => return Ok(fallback(events, m, e.to_string())),
+        };
+        let profile = Profile {
+            tenant: tenant.into(),
+            transaction_name: m.row.name.clone(),
+            consistency: req.consistency,
+            availability: req.availability,
+            timeout_ms: req.timeout_ms,
+            participants: caps
+                .iter()
+                .map(|c| crate::model::Candidate {
+                    participant_id: c.participant_id.clone(),
+                    supports_two_phase_commit: c.two_phase_commit,
+                    supports_saga: c.saga,
+                })
+                .collect(),
+            context: Value::Object(m.doc.context.clone()).to_string(),
+        };
+        let limits = CallLimits { timeout: POLICY_TIMEOUT, ..CallLimits::default() };
+        let tags = CallTags { tenant: tenant.into(), transaction_id: m.row.id.clone(), step: "policy".into() };
+        let answer = self.catalog.cache().host().select(&component, profile, &limits, tags).await;
+        Ok(match answer {
+            Err(e) => fallback(events, m, format!("policy {name} failed: {e}")),
+            Ok(PolicyDecision::Reject(reason)) => {
+                m.doc.policy_used = Some(name.clone());
+                Selection::Reject(format!("policy {name} rejected the transaction: {reason}"))
+            }
+            Ok(PolicyDecision::Choose(p)) => {
+                let lacking = select::incapable(p, caps);
+                if lacking.is_empty() {
+                    m.doc.policy_used = Some(name.clone());
+                    Selection::Choose(p, "chosen by policy")
+                } else {
+                    fallback(events, m, format!("policy {name} chose {p:?}, which {} cannot do", lacking.join(", ")))
+                }
+            }
+        })
+    }
+
+    /// Resolves a policy reference to `name@version` and its component; it must export `policy`.
+    async fn policy_component(&self, tenant: &str, reference: &str) -> Result<(String, std::sync::Arc<crate::plugin::Component>), ManagerError> {
+        let (row, component) = self.catalog.resolve(tenant, reference).await?;
+        if !component.exports(Role::Policy) {
+            return Err(ManagerError::Invalid(format!("plugin {reference} does not export `policy`")));
+        }
+        Ok((format!("{}@{}", row.name, row.version), component))
+    }
+
+    async fn create_delegate(&self, tenant: &str, m: &Managed, pattern: Pattern) -> Result<String, ManagerError> {
+        let mut participants: Vec<&ParticipantRecord> = m.doc.participants.iter().collect();
+        match pattern {
+            Pattern::Saga => {
+                // Ascending priority; equal priorities keep the order they were added in.
+                participants.sort_by_key(|p| p.spec.priority);
+                let req = CreateSaga {
+                    saga_name: m.row.name.clone(),
+                    context: Some(m.doc.context.clone()),
+                    timeout_ms: Some(m.doc.requirements.timeout_ms),
+                    retry_policy: m.doc.retry_policy.clone(),
+                };
+                let saga = self.sagas.create(tenant, req).await?;
+                for p in participants {
+                    self.sagas.add_step(tenant, saga.id(), as_step(&p.spec)).await?;
+                }
+                Ok(saga.id().to_string())
+            }
+            Pattern::TwoPhaseCommit => {
+                let req = CreateTpc {
+                    transaction_name: m.row.name.clone(),
+                    context: Some(m.doc.context.clone()),
+                    prepare_timeout_ms: Some(m.doc.requirements.timeout_ms.min(crate::saga::state::MAX_STEP_TIMEOUT_MS)),
+                    retry_policy: m.doc.retry_policy.clone(),
+                    decision_max_attempts: None,
+                };
+                let tx = self.tpc.create(tenant, req).await?;
+                for p in participants {
+                    let spec = ParticipantSpec {
+                        participant_id: p.spec.participant_id.clone(),
+                        plugin: p.spec.plugin.clone(),
+                        endpoint: p.spec.endpoint.clone(),
+                        parameters: p.spec.parameters.clone(),
+                        timeout_ms: p.spec.timeout_ms,
+                    };
+                    self.tpc.add_participant(tenant, tx.id(), spec).await?;
+                }
+                Ok(tx.id().to_string())
+            }
+        }
+    }
+
+    /// Aborts: a pending transaction at once; a running one through its engine (saga:
+    /// compensate; 2PC: abort unless commit was decided).
+    pub async fn abort(&self, tenant: &str, id: &str) -> Result<Managed, ManagerError> {
+        let mut m = self.get(tenant, id).await?;
+        match (m.status, m.doc.selected_pattern, m.doc.delegate_id.clone()) {
+            (Status::Pending, _, _) => {
+                m.status = Status::Aborted;
+                m.doc.error = Some("aborted before it started".into());
+                self.persist(&mut m, vec![NewEvent::new("aborted", None, json!({}))]).await?;
+                Ok(m)
+            }
+            (Status::Running, Some(Pattern::Saga), Some(d)) => {
+                self.sagas.cancel(tenant, &d).await?;
+                self.settle(tenant, m).await
+            }
+            (Status::Running, Some(Pattern::TwoPhaseCommit), Some(d)) => {
+                self.tpc.abort(tenant, &d).await?;
+                self.settle(tenant, m).await
+            }
+            (Status::Committed, _, _) => {
+                Err(ManagerError::WrongState { id: id.into(), state: "committed", action: "abort" })
+            }
+            _ => Ok(m),
+        }
+    }
+
+    /// Drives a running transaction's delegate to its end and records the outcome.
+    pub async fn recover(&self, tenant: &str, id: &str) -> Result<Managed, ManagerError> {
+        let m = self.get(tenant, id).await?;
+        let (Status::Running, Some(pattern), Some(d)) = (m.status, m.doc.selected_pattern, m.doc.delegate_id.clone()) else {
+            return match m.status {
+                Status::Pending => Err(ManagerError::WrongState { id: id.into(), state: "pending", action: "recover" }),
+                _ => Ok(m),
+            };
+        };
+        match pattern {
+            Pattern::Saga => match self.sagas.get(tenant, &d).await?.state {
+                SagaState::Pending => drop(self.sagas.execute(tenant, &d, true).await?),
+                s if s.is_terminal() => {}
+                _ => match self.sagas.resume(tenant, &d).await {
+                    Ok(_) | Err(SagaError::Busy(_)) => {}
+                    Err(e) => return Err(e.into()),
+                },
+            },
+            Pattern::TwoPhaseCommit => match self.tpc.get(tenant, &d).await?.state {
+                TpcState::Init => drop(self.tpc.execute(tenant, &d).await?),
+                _ => match self.tpc.recover(tenant, &d).await {
+                    Ok(_) | Err(TpcError::Busy(_)) => {}
+                    Err(e) => return Err(e.into()),
+                },
+            },
+        }
+        self.settle(tenant, m).await
+    }
+
+    /// Records the delegate's end state as the transaction's status, when it has one.
+    /// Several callers may settle one transaction at once (an abort racing the execution that
+    /// it interrupts): whoever loses the write re-reads and finds the work done.
+    async fn settle(&self, tenant: &str, m: Managed) -> Result<Managed, ManagerError> {
+        let (Some(pattern), Some(d)) = (m.doc.selected_pattern, m.doc.delegate_id.clone()) else { return Ok(m) };
+        loop {
+            let mut m = self.get(tenant, m.id()).await?;
+            let (status, error) = match pattern {
+                Pattern::Saga => {
+                    let s = self.sagas.get(tenant, &d).await?;
+                    (saga_status(s.state), s.doc.error)
+                }
+                Pattern::TwoPhaseCommit => {
+                    let t = self.tpc.get(tenant, &d).await?;
+                    (tpc_status(t.state), t.doc.error)
+                }
+            };
+            if status == m.status {
+                return Ok(m);
+            }
+            m.status = status;
+            m.doc.error = error;
+            if status.is_terminal() {
+                m.row.owner = None;
+            }
+            if let Some(started) = m.doc.started_at_ms {
+                m.doc.execution_time_ms = Some(now_ms() - started);
+            }
+            let event = NewEvent::new(&format!("transaction_{}", status.as_str()), None, json!({}));
+            match self.persist(&mut m, vec![event]).await {
+                Ok(()) => return Ok(m),
+                Err(ManagerError::Store(StoreError::Conflict { .. })) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The transaction document of API.md, with each participant's state from its engine.
+    pub async fn document(&self, tenant: &str, m: &Managed) -> Result<Value, ManagerError> {
+        let mut participants: Vec<Value> = m
+            .doc
+            .participants
+            .iter()
+            .map(|p| json!({"participant_id": p.spec.participant_id, "state": "pending", "attempts": 0}))
+            .collect();
+        let mut status_now = m.status;
+        match (m.doc.selected_pattern, &m.doc.delegate_id) {
+            (Some(Pattern::Saga), Some(d)) => {
+                let saga = self.sagas.get(tenant, d).await?;
+                if m.status == Status::Running {
+                    status_now = saga_status(saga.state);
+                }
+                let steps = saga.document()["steps"].clone();
+                for v in participants.iter_mut() {
+                    if let Some(step) = steps.as_array().into_iter().flatten().find(|s| s["name"] == v["participant_id"]) {
+                        v["state"] = step["state"].clone();
+                        v["attempts"] = step["attempts"].clone();
+                        for k in ["output", "error", "plugin_version"] {
+                            if let Some(x) = step.get(k) {
+                                v[k] = x.clone();
+                            }
+                        }
+                    }
+                }
+            }
+            (Some(Pattern::TwoPhaseCommit), Some(d)) => {
+                let tx = self.tpc.get(tenant, d).await?;
+                if m.status == Status::Running {
+                    status_now = tpc_status(tx.state);
+                }
+                let doc = tx.document();
+                for v in participants.iter_mut() {
+                    if let Some(p) = doc["participants"].as_array().into_iter().flatten().find(|p| p["participant_id"] == v["participant_id"]) {
+                        for k in ["state", "attempts", "vote", "error", "plugin_version"] {
+                            if let Some(x) = p.get(k) {
+                                v[k] = x.clone();
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        let status = if m.doc.rejected {
+            "error"
+        } else {
+            match status_now {
+                Status::Committed => "success",
+                Status::Aborted => "aborted",
+                Status::Compensated | Status::Failed => "failed",
+                _ => "success",
+            }
+        };
+        let mut doc = json!({
+            "status": status,
+            "transaction_id": m.row.id,
+            "transaction_name": m.row.name,
+            "selected_pattern": m.doc.selected_pattern,
+            "transaction_status": status_now,
+            "requirements": m.doc.requirements,
+            "context": m.doc.context,
+            "participants": participants,
+            "policy": m.doc.policy_used.clone().or(m.doc.policy.clone()).unwrap_or_else(|| "builtin".into()),
+        });
+        for (k, v) in [("execution_time_ms", m.doc.execution_time_ms.map(Value::from)), ("error", m.doc.error.clone().map(Value::from)), ("reason", m.doc.reason.clone().map(Value::from)), ("delegate_id", m.doc.delegate_id.clone().map(Value::from))] {
+            if let Some(v) = v {
+                doc[k] = v;
+            }
+        }
+        Ok(doc)
+    }
+
+    /// Sets (or, with `builtin`, clears) the tenant's default policy; it must export `policy`.
+    pub async fn set_default_policy(&self, tenant: &str, policy: &str) -> Result<(), ManagerError> {
+        if policy != "builtin" {
+            self.policy_component(tenant, policy).await?;
+        }
+        self.store.put_setting(tenant, DEFAULT_POLICY_SETTING, policy).await?;
+        Ok(())
+    }
+
+    pub async fn history(&self, tenant: &str, id: &str) -> Result<Vec<crate::store::EventRow>, ManagerError> {
+        self.get(tenant, id).await?;
+        Ok(self.store.events(id).await?)
+    }
+
+    fn lease(&self) -> Duration {
+        self.sagas.config().lease
+    }
+
+    /// Claims running managed transactions whose coordinator stopped renewing their lease
+    /// and finishes them in the background. Returns how many.
+    pub async fn recover_expired(&self, own: bool) -> Result<usize, ManagerError> {
+        let lease = Lease { owner: self.sagas.node_id().into(), until_ms: now_ms() + self.lease().as_millis() as i64 };
+        let claimed = self.store.claim_expired(KIND, &["running"], &lease, now_ms(), 64, own).await?;
+        let n = claimed.len();
+        for row in claimed {
+            let manager = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = manager.recover(&row.tenant, &row.id).await {
+                    tracing::warn!(transaction_id = %row.id, "recovering managed transaction failed: {e}");
+                }
+            });
+        }
+        Ok(n)
+    }
+
+    async fn persist(&self, m: &mut Managed, events: Vec<NewEvent>) -> Result<(), ManagerError> {
+        let now = now_ms();
+        m.row.state = m.status.as_str().into();
+        m.row.doc = serde_json::to_value(&m.doc).expect("doc serialises");
+        m.row.updated_at_ms = now;
+        m.row.lease_until_ms = if m.row.owner.is_some() { now + self.lease().as_millis() as i64 } else { 0 };
+        m.row.rev = self.store.save_tx(&m.row, &events).await?;
+        Ok(())
+    }
+}
+
+/// What a saga's state means for the managed transaction (a completed saga is committed).
+fn saga_status(state: SagaState) -> Status {
+    match state {
+        SagaState::Completed => Status::Committed,
+        SagaState::Compensated => Status::Compensated,
+        SagaState::Failed => Status::Failed,
+        _ => Status::Running,
+    }
+}
+
+fn tpc_status(state: TpcState) -> Status {
+    match state {
+        TpcState::Committed => Status::Committed,
+        TpcState::Aborted => Status::Aborted,
+        TpcState::Failed => Status::Failed,
+        _ => Status::Running,
+    }
+}
+
+/// A managed participant as a saga step.
+fn as_step(p: &ManagedParticipant) -> StepSpec {
+    StepSpec {
+        name: p.participant_id.clone(),
+        plugin: p.plugin.clone(),
+        endpoint: p.endpoint.clone(),
+        action: p.action.clone(),
+        compensation: p.compensation_action.clone(),
+        parameters: p.parameters.clone(),
+        compensation_parameters: None,
+        timeout_ms: p.timeout_ms,
+        retry_count: p.retry_count,
+        output_key: None,
+    }
+}
