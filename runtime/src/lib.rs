@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod journal;
 pub mod manager;
 pub mod model;
 pub mod participant;

@@ -114,7 +114,7 @@ on_both_stores!(forced_patterns_are_checked_against_capabilities, |url: String| 
     let err = n.manager.execute(TENANT, &id, Some("two_phase_commit")).await.unwrap_err();
     assert!(matches!(&err, ManagerError::Invalid(m) if m.contains("stock") && !m.contains("pay")), "{err}");
     assert!(matches!(n.manager.execute(TENANT, &id, Some("three_phase")).await, Err(ManagerError::Invalid(_))));
-    assert_eq!(n.manager.get(TENANT, &id).await.unwrap().status, Status::Pending, "state unchanged");
+    assert_eq!(n.manager.get(TENANT, &id).await.unwrap().state, Status::Pending, "state unchanged");
     let doc = run(&n, &id, Some("saga")).await;
     assert_eq!(doc["selected_pattern"], "saga");
     let two = managed(&n, json!({"context": {"amount": 5}}), vec![json!({"participant_id": "pay", "plugin": "payment"})]).await;
@@ -185,7 +185,7 @@ on_both_stores!(abort_and_recover_in_each_pattern, |url: String| async move {
     let n = with_plugins(&url).await;
     let pending = managed(&n, json!({}), vec![json!({"participant_id": "a", "plugin": "scripted"})]).await;
     let m = n.manager.abort(TENANT, &pending).await.unwrap();
-    assert_eq!(m.status, Status::Aborted);
+    assert_eq!(m.state, Status::Aborted);
     assert!(matches!(n.manager.execute(TENANT, &pending, None).await, Err(ManagerError::WrongState { .. })));
 
     // A running saga: abort compensates what completed.
@@ -208,7 +208,7 @@ on_both_stores!(abort_and_recover_in_each_pattern, |url: String| async move {
     let aborted = n.manager.abort(TENANT, &id).await.unwrap();
     exec.await.unwrap().expect("the interrupted execution settles without error");
     let m = n.manager.get(TENANT, &id).await.unwrap();
-    assert_eq!(m.status, Status::Compensated, "{:?}", aborted.status);
+    assert_eq!(m.state, Status::Compensated, "{:?}", aborted.state);
     let doc = n.manager.document(TENANT, &m).await.unwrap();
     assert_eq!(doc["participants"][0]["state"], "compensated");
     assert_eq!(doc["participants"][2]["state"], "pending", "the step after the abort never ran");
@@ -216,9 +216,9 @@ on_both_stores!(abort_and_recover_in_each_pattern, |url: String| async move {
     // 2PC: committed cannot be aborted; recover of an ended transaction returns it.
     let id = managed(&n, json!({}), vec![json!({"participant_id": "l", "plugin": "ledger"})]).await;
     let m = n.manager.execute(TENANT, &id, Some("two_phase_commit")).await.unwrap();
-    assert_eq!((m.doc.selected_pattern, m.status), (Some(Pattern::TwoPhaseCommit), Status::Committed));
+    assert_eq!((m.doc.selected_pattern, m.state), (Some(Pattern::TwoPhaseCommit), Status::Committed));
     assert!(matches!(n.manager.abort(TENANT, &id).await, Err(ManagerError::WrongState { .. })));
-    assert_eq!(n.manager.recover(TENANT, &id).await.unwrap().status, Status::Committed);
+    assert_eq!(n.manager.recover(TENANT, &id).await.unwrap().state, Status::Committed);
 });
 
 async fn post(server: &Server, path: &str, body: Value) -> (StatusCode, Value) {

@@ -150,7 +150,7 @@ async fn run_managed(node: Node, spec: ManagedSpec, started: Instant) -> anyhow:
     });
     let done = node.manager.execute(tenant, m.id(), spec.pattern.as_deref()).await?;
     let doc = node.manager.document(tenant, &done).await?;
-    if done.status.is_terminal() && done.doc.delegate_id.is_some() {
+    if done.state.is_terminal() && done.doc.delegate_id.is_some() {
         let _ = follow.await;
     } else {
         follow.abort();
@@ -159,11 +159,11 @@ async fn run_managed(node: Node, spec: ManagedSpec, started: Instant) -> anyhow:
     eprintln!(
         "transaction {} {} by {} in {} ms",
         done.id(),
-        done.status.as_str(),
+        done.state.as_str(),
         doc["selected_pattern"].as_str().unwrap_or("no pattern"),
         started.elapsed().as_millis()
     );
-    Ok(if done.status == ManagedStatus::Committed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if done.state == ManagedStatus::Committed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Opens the embedded store and registers the spec's plugins.

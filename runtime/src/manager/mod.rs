@@ -16,7 +16,8 @@ use serde_json::{Map, Value, json};
 use crate::model::{Availability, Consistency, Decision as PolicyDecision, Pattern, Profile, RetryPolicy};
 use crate::plugin::{CallLimits, CallTags, Catalog, CatalogError, Role};
 use crate::saga::{CreateSaga, SagaEngine, SagaError, SagaState, StepSpec};
-use crate::store::{Lease, NewEvent, Store, StoreError, TxRow, now_ms};
+use crate::journal::{Journal, Record, TxState};
+use crate::store::{Lease, NewEvent, Store, StoreError, now_ms};
 use crate::tpc::{CreateTpc, ParticipantSpec, TpcEngine, TpcError, TpcState};
 use select::{Capability, Selection};
 
@@ -175,25 +176,22 @@ pub struct ManagedDoc {
     pub retry_policy: Option<RetryPolicy>,
 }
 
-#[derive(Debug, Clone)]
-pub struct Managed {
-    pub row: TxRow,
-    pub status: Status,
-    pub doc: ManagedDoc,
+/// A managed transaction as loaded from the store.
+pub type Managed = Record<Status, ManagedDoc>;
+
+impl TxState for Status {
+    fn as_str(self) -> &'static str {
+        Status::as_str(self)
+    }
+    fn parse(s: &str) -> Option<Self> {
+        Status::parse(s)
+    }
+    fn is_terminal(self) -> bool {
+        Status::is_terminal(self)
+    }
 }
 
 impl Managed {
-    fn from_row(row: TxRow) -> Result<Managed, StoreError> {
-        let corrupt = |reason: String| StoreError::Corrupt { id: row.id.clone(), reason };
-        let status = Status::parse(&row.state).ok_or_else(|| corrupt(format!("unknown status {}", row.state)))?;
-        let doc = serde_json::from_value(row.doc.clone()).map_err(|e| corrupt(e.to_string()))?;
-        Ok(Managed { row, status, doc })
-    }
-
-    pub fn id(&self) -> &str {
-        &self.row.id
-    }
-
     fn caps(&self) -> Vec<Capability> {
         self.doc
             .participants
@@ -205,6 +203,7 @@ impl Managed {
 
 #[derive(Clone)]
 pub struct Manager {
+    journal: Journal,
     store: Store,
     catalog: Catalog,
     sagas: SagaEngine,
@@ -213,7 +212,8 @@ pub struct Manager {
 
 impl Manager {
     pub fn new(store: Store, catalog: Catalog, sagas: SagaEngine, tpc: TpcEngine) -> Self {
-        Manager { store, catalog, sagas, tpc }
+        let journal = Journal::new(store.clone(), sagas.config().lease);
+        Manager { journal, store, catalog, sagas, tpc }
     }
 
     pub async fn create(&self, tenant: &str, req: CreateManaged) -> Result<Managed, ManagerError> {
@@ -232,7 +232,6 @@ impl Manager {
         {
             self.policy_component(tenant, policy).await?;
         }
-        let now = now_ms();
         let doc = ManagedDoc {
             requirements,
             context: req.context.unwrap_or_default(),
@@ -248,21 +247,11 @@ impl Manager {
             execution_time_ms: None,
             retry_policy: req.retry_policy,
         };
-        let row = TxRow {
-            tenant: tenant.into(),
-            id: format!("tx-{}", uuid::Uuid::now_v7()),
-            kind: KIND.into(),
-            name: req.transaction_name.clone(),
-            state: Status::Pending.as_str().into(),
-            doc: serde_json::to_value(&doc).expect("doc serialises"),
-            rev: 0,
-            owner: None,
-            lease_until_ms: 0,
-            created_at_ms: now,
-            updated_at_ms: now,
-        };
-        self.store.insert_tx(&row, &[NewEvent::new("transaction_created", None, json!({"transaction_name": req.transaction_name}))]).await?;
-        Ok(Managed { row, status: Status::Pending, doc })
+        let id = format!("tx-{}", uuid::Uuid::now_v7());
+        let m = Managed::create(tenant, KIND, id, &req.transaction_name, Status::Pending, doc);
+        let event = NewEvent::new("transaction_created", None, json!({"transaction_name": req.transaction_name}));
+        self.journal.insert(&m, event).await?;
+        Ok(m)
     }
 
     pub async fn get(&self, tenant: &str, id: &str) -> Result<Managed, ManagerError> {
@@ -277,8 +266,8 @@ impl Manager {
 
     pub async fn add_participant(&self, tenant: &str, id: &str, spec: ManagedParticipant) -> Result<usize, ManagerError> {
         let mut m = self.get(tenant, id).await?;
-        if m.status != Status::Pending {
-            return Err(ManagerError::WrongState { id: id.into(), state: m.status.as_str(), action: "adding a participant" });
+        if m.state != Status::Pending {
+            return Err(ManagerError::WrongState { id: id.into(), state: m.state.as_str(), action: "adding a participant" });
         }
         let pid = spec.participant_id.clone();
         // The same checks the engines make, before anything is stored.
@@ -318,8 +307,8 @@ impl Manager {
     /// Selects the pattern (or honours a forced one), then runs the transaction to its end.
     pub async fn execute(&self, tenant: &str, id: &str, pattern: Option<&str>) -> Result<Managed, ManagerError> {
         let mut m = self.get(tenant, id).await?;
-        if m.status != Status::Pending {
-            return Err(ManagerError::WrongState { id: id.into(), state: m.status.as_str(), action: "execute" });
+        if m.state != Status::Pending {
+            return Err(ManagerError::WrongState { id: id.into(), state: m.state.as_str(), action: "execute" });
         }
         let caps = m.caps();
         let mut events = Vec::new();
@@ -344,7 +333,7 @@ impl Manager {
         m.doc.started_at_ms = Some(now_ms());
         let pattern = match selection {
             Selection::Reject(reason) => {
-                m.status = Status::Failed;
+                m.state = Status::Failed;
                 m.doc.rejected = true;
                 m.doc.error = Some(reason.clone());
                 m.doc.reason = Some(reason.clone());
@@ -360,7 +349,7 @@ impl Manager {
         let delegate_id = self.create_delegate(tenant, &m, pattern).await?;
         m.doc.selected_pattern = Some(pattern);
         m.doc.delegate_id = Some(delegate_id.clone());
-        m.status = Status::Running;
+        m.state = Status::Running;
         m.row.owner = Some(self.sagas.node_id().to_string());
         events.push(NewEvent::new(
             "pattern_selected",
@@ -500,9 +489,9 @@ impl Manager {
     /// compensate; 2PC: abort unless commit was decided).
     pub async fn abort(&self, tenant: &str, id: &str) -> Result<Managed, ManagerError> {
         let mut m = self.get(tenant, id).await?;
-        match (m.status, m.doc.selected_pattern, m.doc.delegate_id.clone()) {
+        match (m.state, m.doc.selected_pattern, m.doc.delegate_id.clone()) {
             (Status::Pending, _, _) => {
-                m.status = Status::Aborted;
+                m.state = Status::Aborted;
                 m.doc.error = Some("aborted before it started".into());
                 self.persist(&mut m, vec![NewEvent::new("aborted", None, json!({}))]).await?;
                 Ok(m)
@@ -525,8 +514,8 @@ impl Manager {
     /// Drives a running transaction's delegate to its end and records the outcome.
     pub async fn recover(&self, tenant: &str, id: &str) -> Result<Managed, ManagerError> {
         let m = self.get(tenant, id).await?;
-        let (Status::Running, Some(pattern), Some(d)) = (m.status, m.doc.selected_pattern, m.doc.delegate_id.clone()) else {
-            return match m.status {
+        let (Status::Running, Some(pattern), Some(d)) = (m.state, m.doc.selected_pattern, m.doc.delegate_id.clone()) else {
+            return match m.state {
                 Status::Pending => Err(ManagerError::WrongState { id: id.into(), state: "pending", action: "recover" }),
                 _ => Ok(m),
             };
@@ -568,10 +557,10 @@ impl Manager {
                     (tpc_status(t.state), t.doc.error)
                 }
             };
-            if status == m.status {
+            if status == m.state {
                 return Ok(m);
             }
-            m.status = status;
+            m.state = status;
             m.doc.error = error;
             if status.is_terminal() {
                 m.row.owner = None;
@@ -596,11 +585,11 @@ impl Manager {
             .iter()
             .map(|p| json!({"participant_id": p.spec.participant_id, "state": "pending", "attempts": 0}))
             .collect();
-        let mut status_now = m.status;
+        let mut status_now = m.state;
         match (m.doc.selected_pattern, &m.doc.delegate_id) {
             (Some(Pattern::Saga), Some(d)) => {
                 let saga = self.sagas.get(tenant, d).await?;
-                if m.status == Status::Running {
+                if m.state == Status::Running {
                     status_now = saga_status(saga.state);
                 }
                 let steps = saga.document()["steps"].clone();
@@ -618,7 +607,7 @@ impl Manager {
             }
             (Some(Pattern::TwoPhaseCommit), Some(d)) => {
                 let tx = self.tpc.get(tenant, d).await?;
-                if m.status == Status::Running {
+                if m.state == Status::Running {
                     status_now = tpc_status(tx.state);
                 }
                 let doc = tx.document();
@@ -678,7 +667,7 @@ impl Manager {
     }
 
     fn lease(&self) -> Duration {
-        self.sagas.config().lease
+        self.journal.lease()
     }
 
     /// Claims running managed transactions whose coordinator stopped renewing their lease
@@ -699,13 +688,7 @@ impl Manager {
     }
 
     async fn persist(&self, m: &mut Managed, events: Vec<NewEvent>) -> Result<(), ManagerError> {
-        let now = now_ms();
-        m.row.state = m.status.as_str().into();
-        m.row.doc = serde_json::to_value(&m.doc).expect("doc serialises");
-        m.row.updated_at_ms = now;
-        m.row.lease_until_ms = if m.row.owner.is_some() { now + self.lease().as_millis() as i64 } else { 0 };
-        m.row.rev = self.store.save_tx(&m.row, &events).await?;
-        Ok(())
+        Ok(self.journal.persist(m, events).await?)
     }
 }
 

@@ -17,13 +17,15 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
+
+use crate::journal::{Journal, Record, wait_for_end};
 use tracing::Instrument;
 
 pub use crate::model::Progress;
 use crate::model::{CallContext, RetryPolicy};
 use crate::participant::{Invoker, Phase, Target};
 use crate::plugin::{Catalog, CatalogError};
-use crate::store::{EventRow, Lease, NewEvent, Store, StoreError, TxRow, now_ms};
+use crate::store::{EventRow, Lease, NewEvent, Store, StoreError, now_ms};
 pub use state::{SagaDoc, SagaState, StepRecord, StepSpec, StepState};
 use state::{MAX_STEPS, Next, Verdict, judge};
 
@@ -60,25 +62,9 @@ pub struct CreateSaga {
 }
 
 /// A saga as loaded from the store.
-#[derive(Debug, Clone)]
-pub struct Saga {
-    pub row: TxRow,
-    pub state: SagaState,
-    pub doc: SagaDoc,
-}
+pub type Saga = Record<SagaState, SagaDoc>;
 
 impl Saga {
-    fn from_row(row: TxRow) -> Result<Saga, StoreError> {
-        let corrupt = |reason: String| StoreError::Corrupt { id: row.id.clone(), reason };
-        let state = SagaState::parse(&row.state).ok_or_else(|| corrupt(format!("unknown state {}", row.state)))?;
-        let doc = serde_json::from_value(row.doc.clone()).map_err(|e| corrupt(e.to_string()))?;
-        Ok(Saga { row, state, doc })
-    }
-
-    pub fn id(&self) -> &str {
-        &self.row.id
-    }
-
     /// The saga document of API.md.
     pub fn document(&self) -> Value {
         let status = match self.state {
@@ -155,15 +141,15 @@ struct Inner {
     catalog: Catalog,
     invoker: Invoker,
     config: EngineConfig,
-    progress: broadcast::Sender<Progress>,
+    journal: Journal,
     /// Sagas this process is driving, with their cancel flags.
     driving: Mutex<HashMap<String, Arc<AtomicBool>>>,
 }
 
 impl SagaEngine {
     pub fn new(store: Store, catalog: Catalog, invoker: Invoker, config: EngineConfig) -> Self {
-        let (progress, _) = broadcast::channel(4096);
-        SagaEngine { inner: Arc::new(Inner { store, catalog, invoker, config, progress, driving: Mutex::default() }) }
+        let journal = Journal::new(store.clone(), config.lease);
+        SagaEngine { inner: Arc::new(Inner { store, catalog, invoker, config, journal, driving: Mutex::default() }) }
     }
 
     pub fn store(&self) -> &Store {
@@ -180,7 +166,7 @@ impl SagaEngine {
 
     /// Every durable change this engine makes, as it is committed.
     pub fn subscribe(&self) -> broadcast::Receiver<Progress> {
-        self.inner.progress.subscribe()
+        self.inner.journal.subscribe()
     }
 
     pub async fn create(&self, tenant: &str, req: CreateSaga) -> Result<Saga, SagaError> {
@@ -196,24 +182,12 @@ impl SagaEngine {
         }
         let retry_policy = req.retry_policy.unwrap_or_default();
         retry_policy.validate().map_err(SagaError::Invalid)?;
-        let now = now_ms();
         let doc = SagaDoc { context, steps: vec![], error: None, timeout_ms: req.timeout_ms, retry_policy, started_at_ms: None };
-        let row = TxRow {
-            tenant: tenant.to_string(),
-            id: format!("saga-{}", uuid::Uuid::now_v7()),
-            kind: KIND.into(),
-            name: req.saga_name.clone(),
-            state: SagaState::Pending.as_str().into(),
-            doc: serde_json::to_value(&doc).expect("doc serialises"),
-            rev: 0,
-            owner: None,
-            lease_until_ms: 0,
-            created_at_ms: now,
-            updated_at_ms: now,
-        };
+        let id = format!("saga-{}", uuid::Uuid::now_v7());
+        let saga = Saga::create(tenant, KIND, id, &req.saga_name, SagaState::Pending, doc);
         let event = NewEvent::new("saga_created", None, json!({ "saga_name": req.saga_name }));
-        self.inner.store.insert_tx(&row, std::slice::from_ref(&event)).await?;
-        Ok(Saga { row, state: SagaState::Pending, doc })
+        self.inner.journal.insert(&saga, event).await?;
+        Ok(saga)
     }
 
     pub async fn get(&self, tenant: &str, id: &str) -> Result<Saga, SagaError> {
@@ -594,41 +568,9 @@ impl SagaEngine {
         self.inner.invoker.outcome(&target, phase, ctx, timeout).instrument(span).await
     }
 
-    /// Commits the saga's new state with `events`, renewing the lease, then tells observers.
+    /// Commits the saga's new state with `events` (see `Journal::persist`).
     async fn persist(&self, saga: &mut Saga, events: Vec<NewEvent>) -> Result<(), SagaError> {
-        let now = now_ms();
-        saga.row.state = saga.state.as_str().into();
-        saga.row.doc = serde_json::to_value(&saga.doc).expect("doc serialises");
-        saga.row.updated_at_ms = now;
-        if saga.row.owner.is_some() {
-            saga.row.lease_until_ms = now + self.inner.config.lease.as_millis() as i64;
-        }
-        saga.row.rev = self.inner.store.save_tx(&saga.row, &events).await?;
-        let last = events.len().saturating_sub(1);
-        for (i, event) in events.into_iter().enumerate() {
-            let _ = self.inner.progress.send(Progress {
-                tenant: saga.row.tenant.clone(),
-                tx_id: saga.row.id.clone(),
-                state: saga.state.as_str(),
-                // Observers stop at the end state: announce it with the batch's last event.
-                terminal: saga.state.is_terminal() && i == last,
-                event,
-            });
-        }
-        Ok(())
+        Ok(self.inner.journal.persist(saga, events).await?)
     }
-
 }
 
-pub(crate) async fn wait_for_end(progress: &mut broadcast::Receiver<Progress>, id: &str) {
-    let wait = async {
-        loop {
-            match progress.recv().await {
-                Ok(p) if p.tx_id == id && p.terminal => return,
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => return,
-            }
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(60), wait).await;
-}

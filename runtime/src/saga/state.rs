@@ -36,6 +36,18 @@ pub struct IllegalTransition {
     pub to: String,
 }
 
+impl crate::journal::TxState for SagaState {
+    fn as_str(self) -> &'static str {
+        SagaState::as_str(self)
+    }
+    fn parse(s: &str) -> Option<Self> {
+        SagaState::parse(s)
+    }
+    fn is_terminal(self) -> bool {
+        SagaState::is_terminal(self)
+    }
+}
+
 impl SagaState {
     pub fn as_str(self) -> &'static str {
         match self {

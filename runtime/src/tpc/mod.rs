@@ -17,13 +17,15 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use futures::future::join_all;
 use tokio::sync::broadcast;
+
+use crate::journal::{Journal, Record, wait_for_end};
 use tracing::Instrument;
 
 use crate::model::{CallContext, Outcome, Progress, RetryPolicy, Vote};
 use crate::participant::{Invoker, Phase, Target};
 use crate::plugin::{Catalog, CatalogError, Role};
 use crate::saga::EngineConfig;
-use crate::store::{EventRow, Lease, NewEvent, Store, StoreError, TxRow, now_ms};
+use crate::store::{EventRow, Lease, NewEvent, Store, StoreError, now_ms};
 pub use state::{Decision, ParticipantRecord, ParticipantSpec, ParticipantState, TpcDoc, TpcState};
 use state::{DEFAULT_PREPARE_TIMEOUT_MS, MAX_PARTICIPANTS};
 
@@ -64,25 +66,10 @@ pub struct CreateTpc {
     pub decision_max_attempts: Option<u32>,
 }
 
-#[derive(Debug, Clone)]
-pub struct Tpc {
-    pub row: TxRow,
-    pub state: TpcState,
-    pub doc: TpcDoc,
-}
+/// A 2PC transaction as loaded from the store.
+pub type Tpc = Record<TpcState, TpcDoc>;
 
 impl Tpc {
-    fn from_row(row: TxRow) -> Result<Tpc, StoreError> {
-        let corrupt = |reason: String| StoreError::Corrupt { id: row.id.clone(), reason };
-        let state = TpcState::parse(&row.state).ok_or_else(|| corrupt(format!("unknown state {}", row.state)))?;
-        let doc = serde_json::from_value(row.doc.clone()).map_err(|e| corrupt(e.to_string()))?;
-        Ok(Tpc { row, state, doc })
-    }
-
-    pub fn id(&self) -> &str {
-        &self.row.id
-    }
-
     /// The 2PC document of API.md.
     pub fn document(&self) -> Value {
         let status = match self.state {
@@ -158,15 +145,15 @@ struct Inner {
     catalog: Catalog,
     invoker: Invoker,
     config: EngineConfig,
-    progress: broadcast::Sender<Progress>,
+    journal: Journal,
     /// Transactions this process is driving, with their "abort requested" flags.
     driving: Mutex<HashMap<String, Arc<AtomicBool>>>,
 }
 
 impl TpcEngine {
     pub fn new(store: Store, catalog: Catalog, invoker: Invoker, config: EngineConfig) -> Self {
-        let (progress, _) = broadcast::channel(4096);
-        TpcEngine { inner: Arc::new(Inner { store, catalog, invoker, config, progress, driving: Mutex::default() }) }
+        let journal = Journal::new(store.clone(), config.lease);
+        TpcEngine { inner: Arc::new(Inner { store, catalog, invoker, config, journal, driving: Mutex::default() }) }
     }
 
     pub fn node_id(&self) -> &str {
@@ -174,7 +161,7 @@ impl TpcEngine {
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Progress> {
-        self.inner.progress.subscribe()
+        self.inner.journal.subscribe()
     }
 
     pub async fn create(&self, tenant: &str, req: CreateTpc) -> Result<Tpc, TpcError> {
@@ -190,7 +177,6 @@ impl TpcEngine {
         }
         let retry_policy = req.retry_policy.unwrap_or_default();
         retry_policy.validate().map_err(TpcError::Invalid)?;
-        let now = now_ms();
         let doc = TpcDoc {
             context: req.context.unwrap_or_default(),
             participants: vec![],
@@ -200,22 +186,11 @@ impl TpcEngine {
             retry_policy,
             decision_max_attempts: req.decision_max_attempts,
         };
-        let row = TxRow {
-            tenant: tenant.into(),
-            id: format!("tpc-{}", uuid::Uuid::now_v7()),
-            kind: KIND.into(),
-            name: req.transaction_name.clone(),
-            state: TpcState::Init.as_str().into(),
-            doc: serde_json::to_value(&doc).expect("doc serialises"),
-            rev: 0,
-            owner: None,
-            lease_until_ms: 0,
-            created_at_ms: now,
-            updated_at_ms: now,
-        };
+        let id = format!("tpc-{}", uuid::Uuid::now_v7());
+        let tx = Tpc::create(tenant, KIND, id, &req.transaction_name, TpcState::Init, doc);
         let event = NewEvent::new("transaction_created", None, json!({"transaction_name": req.transaction_name}));
-        self.inner.store.insert_tx(&row, std::slice::from_ref(&event)).await?;
-        Ok(Tpc { row, state: TpcState::Init, doc })
+        self.inner.journal.insert(&tx, event).await?;
+        Ok(tx)
     }
 
     pub async fn get(&self, tenant: &str, id: &str) -> Result<Tpc, TpcError> {
@@ -304,7 +279,7 @@ impl TpcEngine {
                     Some(flag) => {
                         let mut progress = self.subscribe();
                         flag.store(true, Ordering::SeqCst);
-                        crate::saga::wait_for_end(&mut progress, id).await;
+                        wait_for_end(&mut progress, id).await;
                         self.get(tenant, id).await
                     }
                     None => self.recover(tenant, id).await,
@@ -327,7 +302,7 @@ impl TpcEngine {
         }
         if self.inner.driving.lock().unwrap().contains_key(id) {
             let mut progress = self.subscribe();
-            crate::saga::wait_for_end(&mut progress, id).await;
+            wait_for_end(&mut progress, id).await;
             return self.get(tenant, id).await;
         }
         let mine = tx.row.owner.as_deref() == Some(self.node_id());
@@ -585,25 +560,6 @@ impl TpcEngine {
     }
 
     async fn persist(&self, tx: &mut Tpc, events: Vec<NewEvent>) -> Result<(), TpcError> {
-        let now = now_ms();
-        tx.row.state = tx.state.as_str().into();
-        tx.row.doc = serde_json::to_value(&tx.doc).expect("doc serialises");
-        tx.row.updated_at_ms = now;
-        if tx.row.owner.is_some() {
-            tx.row.lease_until_ms = now + self.inner.config.lease.as_millis() as i64;
-        }
-        tx.row.rev = self.inner.store.save_tx(&tx.row, &events).await?;
-        let last = events.len().saturating_sub(1);
-        for (i, event) in events.into_iter().enumerate() {
-            let _ = self.inner.progress.send(Progress {
-                tenant: tx.row.tenant.clone(),
-                tx_id: tx.row.id.clone(),
-                state: tx.state.as_str(),
-                // Observers stop at the end state: announce it with the batch's last event.
-                terminal: tx.state.is_terminal() && i == last,
-                event,
-            });
-        }
-        Ok(())
+        Ok(self.inner.journal.persist(tx, events).await?)
     }
 }

@@ -20,6 +20,18 @@ pub enum TpcState {
     Failed,
 }
 
+impl crate::journal::TxState for TpcState {
+    fn as_str(self) -> &'static str {
+        TpcState::as_str(self)
+    }
+    fn parse(s: &str) -> Option<Self> {
+        TpcState::parse(s)
+    }
+    fn is_terminal(self) -> bool {
+        TpcState::is_terminal(self)
+    }
+}
+
 impl TpcState {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -1,0 +1,129 @@
+//! A transaction as every engine holds it — its stored row, typed state and typed document —
+//! and the one way the engines write it: revision-checked, with its history events in the same
+//! database transaction, the lease renewed while it has an owner, then announced to observers.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::broadcast;
+
+use crate::model::Progress;
+use crate::store::{NewEvent, Store, StoreError, TxRow, now_ms};
+
+/// The state enum of a transaction kind.
+pub trait TxState: Copy + Send + Sync + 'static {
+    fn as_str(self) -> &'static str;
+    fn parse(s: &str) -> Option<Self>;
+    fn is_terminal(self) -> bool;
+}
+
+/// A stored transaction with its state and document decoded.
+#[derive(Debug, Clone)]
+pub struct Record<S, D> {
+    pub row: TxRow,
+    pub state: S,
+    pub doc: D,
+}
+
+impl<S: TxState, D: Serialize + DeserializeOwned> Record<S, D> {
+    pub fn from_row(row: TxRow) -> Result<Self, StoreError> {
+        let corrupt = |reason: String| StoreError::Corrupt { id: row.id.clone(), reason };
+        let state = S::parse(&row.state).ok_or_else(|| corrupt(format!("unknown state {}", row.state)))?;
+        let doc = serde_json::from_value(row.doc.clone()).map_err(|e| corrupt(e.to_string()))?;
+        Ok(Record { row, state, doc })
+    }
+
+    /// A new, unowned record of `kind` for `tenant`, not yet stored.
+    pub fn create(tenant: &str, kind: &str, id: String, name: &str, state: S, doc: D) -> Self {
+        let now = now_ms();
+        let row = TxRow {
+            tenant: tenant.into(),
+            id,
+            kind: kind.into(),
+            name: name.into(),
+            state: state.as_str().into(),
+            doc: serde_json::to_value(&doc).expect("documents serialise"),
+            rev: 0,
+            owner: None,
+            lease_until_ms: 0,
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        Record { row, state, doc }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.row.id
+    }
+}
+
+/// Writes records and tells observers. Cheap to clone.
+#[derive(Clone)]
+pub struct Journal {
+    store: Store,
+    lease: Duration,
+    progress: broadcast::Sender<Progress>,
+}
+
+impl Journal {
+    pub fn new(store: Store, lease: Duration) -> Self {
+        let (progress, _) = broadcast::channel(4096);
+        Journal { store, lease, progress }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// Every durable change written through this journal, as it is committed.
+    pub fn subscribe(&self) -> broadcast::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    /// Stores a new record with its first event.
+    pub async fn insert<S: TxState, D>(&self, rec: &Record<S, D>, event: NewEvent) -> Result<(), StoreError> {
+        self.store.insert_tx(&rec.row, std::slice::from_ref(&event)).await
+    }
+
+    /// Commits the record's new state and document with `events`, if nobody wrote it since
+    /// it was read (otherwise `Conflict`), then announces the events.
+    pub async fn persist<S: TxState, D: Serialize>(&self, rec: &mut Record<S, D>, events: Vec<NewEvent>) -> Result<(), StoreError> {
+        let now = now_ms();
+        rec.row.state = rec.state.as_str().into();
+        rec.row.doc = serde_json::to_value(&rec.doc).expect("documents serialise");
+        rec.row.updated_at_ms = now;
+        rec.row.lease_until_ms = if rec.row.owner.is_some() { now + self.lease.as_millis() as i64 } else { 0 };
+        rec.row.rev = self.store.save_tx(&rec.row, &events).await?;
+        let last = events.len().saturating_sub(1);
+        for (i, event) in events.into_iter().enumerate() {
+            let _ = self.progress.send(Progress {
+                tenant: rec.row.tenant.clone(),
+                tx_id: rec.row.id.clone(),
+                state: rec.state.as_str(),
+                // Observers stop at the end state: announce it with the batch's last event.
+                terminal: rec.state.is_terminal() && i == last,
+                event,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Waits (at most a minute) until `id` reaches an end state, as announced by a journal.
+pub async fn wait_for_end(progress: &mut broadcast::Receiver<Progress>, id: &str) {
+    let wait = async {
+        loop {
+            match progress.recv().await {
+                Ok(p) if p.tx_id == id && p.terminal => return,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(60), wait).await;
+}
