@@ -47,6 +47,8 @@ pub struct Invoker {
     http: reqwest::Client,
     /// Memory cap and fuel of plugin calls; the deadline comes per call.
     limits: CallLimits,
+    /// Tenants' own limits, where they have any.
+    tenant_limits: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, CallLimits>>>,
 }
 
 impl Invoker {
@@ -56,7 +58,20 @@ impl Invoker {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .expect("building the HTTP client");
-        Invoker { host, http, limits }
+        Invoker { host, http, limits, tenant_limits: Default::default() }
+    }
+
+    /// Sets the plugin-call limits of `tenant`'s calls: its memory cap and fuel, and a deadline
+    /// that caps each call's own.
+    pub fn set_tenant_limits(&self, tenant: &str, limits: CallLimits) {
+        self.tenant_limits.write().unwrap().insert(tenant.to_string(), limits);
+    }
+
+    fn limits_for(&self, tenant: &str, timeout: Duration) -> CallLimits {
+        match self.tenant_limits.read().unwrap().get(tenant) {
+            Some(l) => CallLimits { timeout: timeout.min(l.timeout), ..l.clone() },
+            None => CallLimits { timeout, ..self.limits.clone() },
+        }
     }
 
     pub fn host(&self) -> &PluginHost {
@@ -69,7 +84,7 @@ impl Invoker {
         debug_assert!(phase != Phase::Prepare);
         match target {
             Target::Plugin(component) => {
-                let limits = CallLimits { timeout, ..self.limits.clone() };
+                let limits = self.limits_for(&ctx.tenant, timeout);
                 let tags = tags_of(&ctx);
                 let result = match phase {
                     Phase::Execute => self.host.execute(component, ctx, &limits, tags).await,
@@ -102,7 +117,7 @@ impl Invoker {
     pub async fn prepare(&self, target: &Target, ctx: CallContext, timeout: Duration) -> Vote {
         match target {
             Target::Plugin(component) => {
-                let limits = CallLimits { timeout, ..self.limits.clone() };
+                let limits = self.limits_for(&ctx.tenant, timeout);
                 let tags = tags_of(&ctx);
                 self.host.prepare(component, ctx, &limits, tags).await.unwrap_or_else(|e| Vote::Abort(e.to_string()))
             }

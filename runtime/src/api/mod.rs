@@ -2,6 +2,7 @@
 //! parsed here; every error leaves as `{"error": {"code", "message"}}` with a 4xx status for
 //! the caller's mistakes and 5xx only for the server's own faults. Handlers never touch SQL.
 
+mod auth;
 mod error;
 
 use std::sync::Arc;
@@ -20,7 +21,9 @@ use sha2::{Digest, Sha256};
 
 pub use error::ApiError;
 
+use crate::participant::Invoker;
 use crate::plugin::Catalog;
+use auth::Tenant;
 use crate::saga::{CreateSaga, SagaEngine, SagaState, StepSpec, rfc3339};
 use crate::tpc::{CreateTpc, ParticipantSpec, TpcEngine};
 use crate::manager::{CreateManaged, ManagedParticipant, Manager, Status};
@@ -30,7 +33,6 @@ use crate::store::{IdempotentReply, Store, now_ms};
 pub const MAX_JSON_BODY: usize = 1 << 20;
 /// Largest component upload accepted.
 pub const MAX_COMPONENT_BODY: usize = 64 << 20;
-const DEFAULT_TENANT: &str = "default";
 
 #[derive(Clone)]
 pub struct AppState {
@@ -38,6 +40,12 @@ pub struct AppState {
 }
 
 struct Shared {
+    admin_token: Option<String>,
+    invoker: Invoker,
+    /// Limits of the tenants seen so far (they do not change after creation).
+    limits: std::sync::RwLock<std::collections::HashMap<String, auth::TenantLimits>>,
+    /// Executions in flight per tenant in this process, for `max_concurrent`.
+    in_flight: std::sync::Mutex<std::collections::HashMap<String, usize>>,
     store: Store,
     catalog: Catalog,
     sagas: SagaEngine,
@@ -45,9 +53,76 @@ struct Shared {
     manager: Manager,
 }
 
+/// Everything the server serves.
+pub struct Services {
+    pub store: Store,
+    pub catalog: Catalog,
+    pub invoker: Invoker,
+    pub sagas: SagaEngine,
+    pub tpc: TpcEngine,
+    pub manager: Manager,
+    /// The bearer token of the admin API (`WASMTX_ADMIN_TOKEN`); `None` turns it off.
+    pub admin_token: Option<String>,
+}
+
 impl AppState {
-    pub fn new(store: Store, catalog: Catalog, sagas: SagaEngine, tpc: TpcEngine, manager: Manager) -> Self {
-        AppState { inner: Arc::new(Shared { store, catalog, sagas, tpc, manager }) }
+    pub fn new(s: Services) -> Self {
+        AppState {
+            inner: Arc::new(Shared {
+                admin_token: s.admin_token.filter(|t| !t.is_empty()),
+                invoker: s.invoker,
+                limits: Default::default(),
+                in_flight: Default::default(),
+                store: s.store,
+                catalog: s.catalog,
+                sagas: s.sagas,
+                tpc: s.tpc,
+                manager: s.manager,
+            }),
+        }
+    }
+
+    /// Loads a tenant's limits once and hands its plugin-call limits to the invoker.
+    async fn load_tenant_limits(&self, tenant: &str) -> Result<(), ApiError> {
+        if self.inner.limits.read().unwrap().contains_key(tenant) {
+            return Ok(());
+        }
+        let row = self.inner.store.tenant(tenant).await?;
+        let limits: auth::TenantLimits =
+            row.and_then(|r| serde_json::from_value(r.limits).ok()).unwrap_or_default();
+        self.inner.invoker.set_tenant_limits(tenant, limits.call_limits());
+        self.inner.limits.write().unwrap().insert(tenant.to_string(), limits);
+        Ok(())
+    }
+
+    /// Counts an execution against the tenant's `max_concurrent`; 429 when it is full.
+    fn begin_execution(&self, tenant: &str) -> Result<InFlight, ApiError> {
+        let max = self.inner.limits.read().unwrap().get(tenant).and_then(|l| l.max_concurrent);
+        let mut in_flight = self.inner.in_flight.lock().unwrap();
+        let n = in_flight.entry(tenant.to_string()).or_default();
+        if max.is_some_and(|max| *n >= max) {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_executions",
+                format!("tenant {tenant} already runs its maximum of {} executions", max.unwrap_or_default()),
+            ));
+        }
+        *n += 1;
+        Ok(InFlight { state: self.clone(), tenant: tenant.to_string() })
+    }
+}
+
+/// One execution in flight; dropping it frees the slot.
+struct InFlight {
+    state: AppState,
+    tenant: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Some(n) = self.state.inner.in_flight.lock().unwrap().get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+        }
     }
 }
 
@@ -77,6 +152,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/transactions/{id}/recover", post(recover_managed))
         .route("/v1/transactions/{id}/history", get(managed_history))
         .route("/v1/settings/default-policy", put(set_default_policy))
+        .route("/v1/admin/tenants", post(auth::create_tenant))
+        .route("/v1/admin/tenants/{id}/keys", post(auth::add_key))
+        .route("/v1/admin/tenants/{id}/keys/{key_id}", axum::routing::delete(auth::revoke_key))
         .route("/healthz", get(healthz))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
     let upload = Router::new()
@@ -85,10 +163,6 @@ pub fn router(state: AppState) -> Router {
     json_routes.merge(upload).fallback(not_found).with_state(state)
 }
 
-/// The caller's tenant. Until tenancy lands every request is the implicit `default` tenant.
-fn tenant(_headers: &HeaderMap) -> &'static str {
-    DEFAULT_TENANT
-}
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
@@ -127,12 +201,12 @@ fn parse_optional<T: DeserializeOwned + Default>(body: Result<Bytes, BytesReject
 
 async fn put_plugin(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    Tenant(tenant): Tenant,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let bytes = body.map_err(ApiError::from_body_rejection)?;
-    let (row, created) = s.inner.catalog.publish(tenant(&headers), &name, &bytes).await?;
+    let (row, created) = s.inner.catalog.publish(&tenant, &name, &bytes).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     let doc = json!({
         "name": row.name,
@@ -144,15 +218,15 @@ async fn put_plugin(
     Ok((status, Json(doc)).into_response())
 }
 
-async fn list_plugins(State(s): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
-    let rows = s.inner.store.latest_plugins(tenant(&headers)).await?;
+async fn list_plugins(State(s): State<AppState>, Tenant(tenant): Tenant) -> Result<Json<Value>, ApiError> {
+    let rows = s.inner.store.latest_plugins(&tenant).await?;
     let plugins: Vec<Value> =
         rows.iter().map(|r| json!({"name": r.name, "latest_version": r.version, "exports": r.exports})).collect();
     Ok(Json(json!({ "plugins": plugins })))
 }
 
-async fn get_plugin(State(s): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
-    let rows = s.inner.store.plugin_versions(tenant(&headers), &name).await?;
+async fn get_plugin(State(s): State<AppState>, Tenant(tenant): Tenant, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    let rows = s.inner.store.plugin_versions(&tenant, &name).await?;
     if rows.is_empty() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no plugin named {name:?}")));
     }
@@ -167,12 +241,13 @@ async fn get_plugin(State(s): State<AppState>, headers: HeaderMap, Path(name): P
 
 async fn create_saga(
     State(s): State<AppState>,
+    Tenant(tenant): Tenant,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    idempotent_create(&s, &headers, body, |s, tenant, bytes| async move {
+    idempotent_create(&s, &tenant, &headers, body, |s, tenant, bytes| async move {
         let req: CreateSaga = parse_bytes(&bytes)?;
-        let saga = s.inner.sagas.create(tenant, req).await?;
+        let saga = s.inner.sagas.create(&tenant, req).await?;
         Ok(json!({"status": "success", "saga_id": saga.id(), "state": "pending"}))
     })
     .await
@@ -182,16 +257,16 @@ async fn create_saga(
 /// response again; the same key with another body is refused.
 async fn idempotent_create<F, Fut>(
     s: &AppState,
+    tenant: &str,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     create: F,
 ) -> Result<Response, ApiError>
 where
-    F: FnOnce(AppState, &'static str, Bytes) -> Fut,
+    F: FnOnce(AppState, String, Bytes) -> Fut,
     Fut: std::future::Future<Output = Result<Value, ApiError>>,
 {
     let bytes = body.map_err(ApiError::from_body_rejection)?;
-    let tenant = tenant(headers);
     let key = idempotency_key(headers)?;
     let request_hash = hex::encode(Sha256::digest(&bytes));
     if let Some(key) = &key
@@ -207,7 +282,7 @@ where
         let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
         return Ok((status, Json(reply.body)).into_response());
     }
-    let body = create(s.clone(), tenant, bytes).await?;
+    let body = create(s.clone(), tenant.to_string(), bytes).await?;
     if let Some(key) = &key {
         let reply = IdempotentReply { request_hash, status: 201, body: body.clone() };
         s.inner.store.remember_reply(tenant, key, &reply, now_ms()).await?;
@@ -229,12 +304,12 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 async fn add_step(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    Tenant(tenant): Tenant,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let spec: StepSpec = parse(body)?;
-    let (index, total) = s.inner.sagas.add_step(tenant(&headers), &id, spec).await?;
+    let (index, total) = s.inner.sagas.add_step(&tenant, &id, spec).await?;
     Ok(Json(json!({"status": "success", "step_index": index, "total_steps": total})))
 }
 
@@ -257,30 +332,32 @@ fn yes() -> bool {
 
 async fn execute_saga(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    Tenant(tenant): Tenant,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    let _slot = s.begin_execution(&tenant)?;
     let req: ExecuteBody = parse_optional(body)?;
-    let saga = s.inner.sagas.execute(tenant(&headers), &id, req.wait).await?;
+    let saga = s.inner.sagas.execute(&tenant, &id, req.wait).await?;
     let status = if req.wait { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((status, Json(saga.document())).into_response())
 }
 
-async fn get_saga(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(s.inner.sagas.get(tenant(&headers), &id).await?.document()))
+async fn get_saga(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(s.inner.sagas.get(&tenant, &id).await?.document()))
 }
 
-async fn resume_saga(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(s.inner.sagas.resume(tenant(&headers), &id).await?.document()))
+async fn resume_saga(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let _slot = s.begin_execution(&tenant)?;
+    Ok(Json(s.inner.sagas.resume(&tenant, &id).await?.document()))
 }
 
-async fn cancel_saga(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(s.inner.sagas.cancel(tenant(&headers), &id).await?.document()))
+async fn cancel_saga(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(s.inner.sagas.cancel(&tenant, &id).await?.document()))
 }
 
-async fn saga_history(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(history_document(s.inner.sagas.history(tenant(&headers), &id).await?)))
+async fn saga_history(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(history_document(s.inner.sagas.history(&tenant, &id).await?)))
 }
 
 fn history_document(events: Vec<crate::store::EventRow>) -> Value {
@@ -305,7 +382,7 @@ struct ListQuery {
 
 async fn list_sagas(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    Tenant(tenant): Tenant,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
@@ -316,7 +393,7 @@ async fn list_sagas(
         })?),
     };
     let limit = parse_limit(q.limit.as_deref())?;
-    let sagas = s.inner.sagas.list(tenant(&headers), state, limit).await?;
+    let sagas = s.inner.sagas.list(&tenant, state, limit).await?;
     Ok(Json(json!({ "sagas": sagas.iter().map(|s| s.document()).collect::<Vec<_>>() })))
 }
 
@@ -324,12 +401,13 @@ async fn list_sagas(
 
 async fn create_tpc(
     State(s): State<AppState>,
+    Tenant(tenant): Tenant,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    idempotent_create(&s, &headers, body, |s, tenant, bytes| async move {
+    idempotent_create(&s, &tenant, &headers, body, |s, tenant, bytes| async move {
         let req: CreateTpc = parse_bytes(&bytes)?;
-        let tx = s.inner.tpc.create(tenant, req).await?;
+        let tx = s.inner.tpc.create(&tenant, req).await?;
         Ok(json!({"status": "success", "transaction_id": tx.id(), "state": "init"}))
     })
     .await
@@ -337,45 +415,48 @@ async fn create_tpc(
 
 async fn add_participant(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    Tenant(tenant): Tenant,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let spec: ParticipantSpec = parse(body)?;
-    let total = s.inner.tpc.add_participant(tenant(&headers), &id, spec).await?;
+    let total = s.inner.tpc.add_participant(&tenant, &id, spec).await?;
     Ok(Json(json!({"status": "success", "total_participants": total})))
 }
 
-async fn execute_tpc(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(s.inner.tpc.execute(tenant(&headers), &id).await?.document()))
+async fn execute_tpc(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let _slot = s.begin_execution(&tenant)?;
+    Ok(Json(s.inner.tpc.execute(&tenant, &id).await?.document()))
 }
 
-async fn abort_tpc(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(s.inner.tpc.abort(tenant(&headers), &id).await?.document()))
+async fn abort_tpc(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(s.inner.tpc.abort(&tenant, &id).await?.document()))
 }
 
-async fn recover_tpc(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(s.inner.tpc.recover(tenant(&headers), &id).await?.document()))
+async fn recover_tpc(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let _slot = s.begin_execution(&tenant)?;
+    Ok(Json(s.inner.tpc.recover(&tenant, &id).await?.document()))
 }
 
-async fn get_tpc(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(s.inner.tpc.get(tenant(&headers), &id).await?.document()))
+async fn get_tpc(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(s.inner.tpc.get(&tenant, &id).await?.document()))
 }
 
-async fn tpc_history(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(history_document(s.inner.tpc.history(tenant(&headers), &id).await?)))
+async fn tpc_history(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(history_document(s.inner.tpc.history(&tenant, &id).await?)))
 }
 
 // ---- managed transactions ----
 
 async fn create_managed(
     State(s): State<AppState>,
+    Tenant(tenant): Tenant,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    idempotent_create(&s, &headers, body, |s, tenant, bytes| async move {
+    idempotent_create(&s, &tenant, &headers, body, |s, tenant, bytes| async move {
         let req: CreateManaged = parse_bytes(&bytes)?;
-        let m = s.inner.manager.create(tenant, req).await?;
+        let m = s.inner.manager.create(&tenant, req).await?;
         Ok(json!({"status": "success", "transaction_id": m.id(), "transaction_status": "pending"}))
     })
     .await
@@ -383,12 +464,12 @@ async fn create_managed(
 
 async fn add_managed_participant(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    Tenant(tenant): Tenant,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let spec: ManagedParticipant = parse(body)?;
-    let total = s.inner.manager.add_participant(tenant(&headers), &id, spec).await?;
+    let total = s.inner.manager.add_participant(&tenant, &id, spec).await?;
     Ok(Json(json!({"status": "success", "total_participants": total})))
 }
 
@@ -400,41 +481,39 @@ struct ExecuteManaged {
 }
 
 async fn managed_document(s: &AppState, tenant: &str, m: crate::manager::Managed) -> Result<Json<Value>, ApiError> {
-    Ok(Json(s.inner.manager.document(tenant, &m).await?))
+    Ok(Json(s.inner.manager.document(&tenant, &m).await?))
 }
 
 async fn execute_managed(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    Tenant(tenant): Tenant,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let _slot = s.begin_execution(&tenant)?;
     let req: ExecuteManaged = parse_optional(body)?;
-    let tenant = tenant(&headers);
-    let m = s.inner.manager.execute(tenant, &id, req.pattern.as_deref()).await?;
-    managed_document(&s, tenant, m).await
+    let m = s.inner.manager.execute(&tenant, &id, req.pattern.as_deref()).await?;
+    managed_document(&s, &tenant, m).await
 }
 
-async fn get_managed(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant(&headers);
-    let m = s.inner.manager.get(tenant, &id).await?;
-    managed_document(&s, tenant, m).await
+async fn get_managed(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let m = s.inner.manager.get(&tenant, &id).await?;
+    managed_document(&s, &tenant, m).await
 }
 
-async fn abort_managed(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant(&headers);
-    let m = s.inner.manager.abort(tenant, &id).await?;
-    managed_document(&s, tenant, m).await
+async fn abort_managed(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let m = s.inner.manager.abort(&tenant, &id).await?;
+    managed_document(&s, &tenant, m).await
 }
 
-async fn recover_managed(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let tenant = tenant(&headers);
-    let m = s.inner.manager.recover(tenant, &id).await?;
-    managed_document(&s, tenant, m).await
+async fn recover_managed(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let _slot = s.begin_execution(&tenant)?;
+    let m = s.inner.manager.recover(&tenant, &id).await?;
+    managed_document(&s, &tenant, m).await
 }
 
-async fn managed_history(State(s): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(history_document(s.inner.manager.history(tenant(&headers), &id).await?)))
+async fn managed_history(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(history_document(s.inner.manager.history(&tenant, &id).await?)))
 }
 
 #[derive(Deserialize)]
@@ -445,7 +524,7 @@ struct ManagedListQuery {
 
 async fn list_managed(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    Tenant(tenant): Tenant,
     query: Result<Query<ManagedListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
@@ -456,10 +535,9 @@ async fn list_managed(
         })?),
     };
     let limit = parse_limit(q.limit.as_deref())?;
-    let tenant = tenant(&headers);
     let mut docs = Vec::new();
-    for m in s.inner.manager.list(tenant, status, limit).await? {
-        docs.push(s.inner.manager.document(tenant, &m).await?);
+    for m in s.inner.manager.list(&tenant, status, limit).await? {
+        docs.push(s.inner.manager.document(&tenant, &m).await?);
     }
     Ok(Json(json!({ "transactions": docs })))
 }
@@ -472,11 +550,11 @@ struct DefaultPolicy {
 
 async fn set_default_policy(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    Tenant(tenant): Tenant,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let req: DefaultPolicy = parse(body)?;
-    s.inner.manager.set_default_policy(tenant(&headers), &req.policy).await?;
+    s.inner.manager.set_default_policy(&tenant, &req.policy).await?;
     Ok(Json(json!({"status": "success", "policy": req.policy})))
 }
 

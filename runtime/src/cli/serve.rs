@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
-use crate::api::{AppState, router};
+use crate::api::{AppState, Services, router};
 use crate::participant::Invoker;
 use crate::plugin::{CallLimits, Catalog, ComponentCache, HostConfig, PluginHost};
 use crate::saga::{EngineConfig, SagaEngine};
@@ -22,6 +22,9 @@ pub struct ServeArgs {
     /// Address to listen on (loopback by default).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Bearer token of the admin API (creating tenants and keys); without it the admin API is off.
+    #[arg(long, env = "WASMTX_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -46,6 +49,7 @@ pub struct NodeArgs {
 
 /// The engines of one coordinator process.
 pub struct Node {
+    pub invoker: Invoker,
     pub store: Store,
     pub catalog: Catalog,
     pub sagas: SagaEngine,
@@ -73,9 +77,9 @@ impl NodeArgs {
         };
         let config = EngineConfig { node_id, lease: Duration::from_millis(self.lease_ms.max(100)) };
         let sagas = SagaEngine::new(store.clone(), catalog.clone(), invoker.clone(), config.clone());
-        let tpc = TpcEngine::new(store.clone(), catalog.clone(), invoker, config);
+        let tpc = TpcEngine::new(store.clone(), catalog.clone(), invoker.clone(), config);
         let manager = Manager::new(store.clone(), catalog.clone(), sagas.clone(), tpc.clone());
-        Ok(Node { store, catalog, sagas, tpc, manager })
+        Ok(Node { invoker, store, catalog, sagas, tpc, manager })
     }
 }
 
@@ -132,13 +136,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
     // Tests and scripts read this line to find the port.
     println!("wasmtx listening on http://{addr} (node {})", node.sagas.node_id());
-    let app = router(AppState::new(
-        node.store.clone(),
-        node.catalog.clone(),
-        node.sagas.clone(),
-        node.tpc.clone(),
-        node.manager.clone(),
-    ));
+    let app = router(AppState::new(Services {
+        store: node.store.clone(),
+        catalog: node.catalog.clone(),
+        invoker: node.invoker.clone(),
+        sagas: node.sagas.clone(),
+        tpc: node.tpc.clone(),
+        manager: node.manager.clone(),
+        admin_token: args.admin_token.clone(),
+    }));
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -98,6 +98,25 @@ pub struct PluginRow {
     pub created_at_ms: i64,
 }
 
+/// A tenant and its settings (JSON as given at creation).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TenantRow {
+    pub tenant_id: String,
+    pub limits: Value,
+    pub allowed_hosts: Value,
+    pub created_at_ms: i64,
+}
+
+/// An API key as stored: never the key itself, only a salted hash of its secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyRow {
+    pub key_id: String,
+    pub tenant_id: String,
+    pub salt: String,
+    pub hash: String,
+    pub created_at_ms: i64,
+}
+
 /// A remembered answer to a request that carried an `Idempotency-Key`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IdempotentReply {
@@ -544,12 +563,106 @@ impl Store {
         Ok(())
     }
 
+    // ---- tenants ----
+
+    /// Creates a tenant with its first key; false if the tenant exists.
+    pub async fn create_tenant(&self, tenant: &TenantRow, key: &KeyRow) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO tenants (tenant_id, limits, allowed_hosts, created_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (tenant_id) DO NOTHING",
+        )
+        .bind(&tenant.tenant_id)
+        .bind(tenant.limits.to_string())
+        .bind(tenant.allowed_hosts.to_string())
+        .bind(tenant.created_at_ms)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_key(&mut tx, key).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    pub async fn add_key(&self, key: &KeyRow) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        insert_key(&mut tx, key).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Revokes a key of `tenant`; false if there is no such live key.
+    pub async fn revoke_key(&self, tenant: &str, key_id: &str, now_ms: i64) -> Result<bool> {
+        let done = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE key_id = $2 AND tenant_id = $3 AND revoked_at IS NULL")
+            .bind(now_ms)
+            .bind(key_id)
+            .bind(tenant)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The live key with this id.
+    pub async fn live_key(&self, key_id: &str) -> Result<Option<KeyRow>> {
+        let row = sqlx::query("SELECT key_id, tenant_id, salt, hash, created_at FROM api_keys WHERE key_id = $1 AND revoked_at IS NULL")
+            .bind(key_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            Ok(KeyRow {
+                key_id: r.try_get(0)?,
+                tenant_id: r.try_get(1)?,
+                salt: r.try_get(2)?,
+                hash: r.try_get(3)?,
+                created_at_ms: r.try_get(4)?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn tenant(&self, tenant: &str) -> Result<Option<TenantRow>> {
+        let row = sqlx::query("SELECT tenant_id, limits, allowed_hosts, created_at FROM tenants WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| {
+            let limits: String = r.try_get(1)?;
+            let hosts: String = r.try_get(2)?;
+            Ok(TenantRow {
+                tenant_id: r.try_get(0)?,
+                limits: serde_json::from_str(&limits).unwrap_or(Value::Null),
+                allowed_hosts: serde_json::from_str(&hosts).unwrap_or(Value::Null),
+                created_at_ms: r.try_get(3)?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Whether any tenant exists (then every request needs a key).
+    pub async fn has_tenants(&self) -> Result<bool> {
+        Ok(sqlx::query("SELECT 1 FROM tenants LIMIT 1").fetch_optional(&self.pool).await?.is_some())
+    }
+
     /// Rows in a table (for tests asserting that bad input changed nothing).
     pub async fn count(&self, table: &str) -> Result<i64> {
         assert!(schema::TABLES.contains(&table), "unknown table {table}");
         let row = sqlx::query(&format!("SELECT COUNT(*) FROM {table}")).fetch_one(&self.pool).await?;
         Ok(row.try_get(0)?)
     }
+}
+
+async fn insert_key(tx: &mut sqlx::Transaction<'_, sqlx::Any>, key: &KeyRow) -> Result<()> {
+    sqlx::query("INSERT INTO api_keys (key_id, tenant_id, salt, hash, created_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(&key.key_id)
+        .bind(&key.tenant_id)
+        .bind(&key.salt)
+        .bind(&key.hash)
+        .bind(key.created_at_ms)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 const TX_COLUMNS: &str =

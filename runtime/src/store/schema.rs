@@ -6,7 +6,7 @@ use sqlx::{AnyPool, Row};
 
 use super::{Backend, Result};
 
-pub(super) const TABLES: &[&str] = &["components", "plugins", "transactions", "events", "idempotency", "tenant_settings"];
+pub(super) const TABLES: &[&str] = &["components", "plugins", "transactions", "events", "idempotency", "tenant_settings", "tenants", "api_keys"];
 
 /// (version, statements). `{blob}` is the binary column type of the backend.
 const MIGRATIONS: &[(i64, &[&str])] = &[(
@@ -64,6 +64,22 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             key TEXT NOT NULL,
             value TEXT NOT NULL,
             PRIMARY KEY (tenant_id, key))"],
+), (
+    3,
+    &[
+        "CREATE TABLE tenants (
+            tenant_id TEXT PRIMARY KEY,
+            limits TEXT NOT NULL,
+            allowed_hosts TEXT NOT NULL,
+            created_at BIGINT NOT NULL)",
+        "CREATE TABLE api_keys (
+            key_id TEXT PRIMARY KEY,
+            tenant_id TEXT NOT NULL REFERENCES tenants (tenant_id),
+            salt TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            revoked_at BIGINT)",
+    ],
 )];
 
 pub(super) async fn migrate(pool: &AnyPool, backend: Backend) -> Result<()> {

@@ -1,0 +1,204 @@
+//! One server, tenants that do not trust each other: keys (hashed, rotated, revoked), every
+//! endpoint scoped by tenant (another tenant's ids answer 404), per-tenant plugin namespaces,
+//! concurrency caps (429) and memory caps that touch only their own tenant.
+
+mod common;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use wasmtx_testkit::{plugin_bytes, plugins};
+
+use common::{Server, client};
+
+const ADMIN: &str = "admin-secret-for-tests";
+
+struct Caller<'a> {
+    server: &'a Server,
+    key: Option<String>,
+}
+
+impl Caller<'_> {
+    async fn send(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut r = client().request(method.parse().unwrap(), format!("{}{path}", self.server.url));
+        if let Some(key) = &self.key {
+            r = r.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            r = r.json(&body);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send("POST", path, Some(body)).await
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send("GET", path, None).await
+    }
+
+    async fn push(&self, name: &str, path: &str) -> (StatusCode, Value) {
+        let mut r = client().put(format!("{}/v1/plugins/{name}", self.server.url)).body(plugin_bytes(path));
+        if let Some(key) = &self.key {
+            r = r.bearer_auth(key);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn saga(&self, steps: &[Value]) -> String {
+        let (status, created) = self.post("/v1/sagas", json!({"saga_name": "s", "context": {"amount": 1}})).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let id = created["saga_id"].as_str().unwrap().to_string();
+        for step in steps {
+            let (status, body) = self.post(&format!("/v1/sagas/{id}/steps"), step.clone()).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+        id
+    }
+}
+
+async fn new_tenant(server: &Server, id: &str, limits: Value) -> (String, String) {
+    let admin = Caller { server, key: Some(ADMIN.into()) };
+    let (status, body) = admin.post("/v1/admin/tenants", json!({"tenant_id": id, "limits": limits})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    (body["api_key"].as_str().unwrap().to_string(), body["key_id"].as_str().unwrap().to_string())
+}
+
+on_both_stores!(tenants_are_isolated_and_keys_are_checked, |url: String| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let db = url.starts_with("postgres").then_some(url.as_str());
+    let server = Server::start(dir.path(), db, &["--admin-token", ADMIN]).await;
+    let anonymous = Caller { server: &server, key: None };
+    let (status, body) = Caller { server: &server, key: Some("wrong".into()) }
+        .post("/v1/admin/tenants", json!({"tenant_id": "acme"}))
+        .await;
+    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::UNAUTHORIZED, json!("unauthorized")));
+
+    let (acme_key, acme_key_id) = new_tenant(&server, "acme", json!({})).await;
+    let (globex_key, _) = new_tenant(&server, "globex", json!({})).await;
+    let (status, _) = Caller { server: &server, key: Some(ADMIN.into()) }.post("/v1/admin/tenants", json!({"tenant_id": "acme"})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let acme = Caller { server: &server, key: Some(acme_key.clone()) };
+    let globex = Caller { server: &server, key: Some(globex_key) };
+
+    // Keys: missing, malformed, unknown → 401.
+    for caller in [&anonymous, &Caller { server: &server, key: Some("wtx_0000000000000000_".to_string() + &"0".repeat(64)) }, &Caller { server: &server, key: Some("nonsense".into()) }] {
+        let (status, body) = caller.get("/v1/sagas").await;
+        assert_eq!((status, body["error"]["code"].clone()), (StatusCode::UNAUTHORIZED, json!("unauthorized")));
+    }
+
+    // Same plugin name, different bytes, separate namespaces.
+    let (_, a) = acme.push("payment", plugins::PAYMENT).await;
+    let (_, g) = globex.push("payment", plugins::SHIPPING).await;
+    assert_eq!((a["version"].clone(), g["version"].clone()), (json!(1), json!(1)));
+    assert_ne!(a["digest"], g["digest"]);
+    assert_eq!(g["exports"], json!(["step"]));
+
+    let id = acme.saga(&[json!({"name": "pay", "plugin": "payment"})]).await;
+    let (status, doc) = acme.post(&format!("/v1/sagas/{id}/execute"), json!({})).await;
+    assert_eq!((status, doc["state"].clone()), (StatusCode::OK, json!("completed")), "{doc}");
+    assert!(doc["steps"][0]["output"].get("charge_id").is_some(), "acme's payment ran, not globex's");
+
+    // Every endpoint with the other tenant's id answers 404 and leaks nothing.
+    for (method, path) in [
+        ("GET", format!("/v1/sagas/{id}")),
+        ("GET", format!("/v1/sagas/{id}/history")),
+        ("POST", format!("/v1/sagas/{id}/execute")),
+        ("POST", format!("/v1/sagas/{id}/resume")),
+        ("POST", format!("/v1/sagas/{id}/cancel")),
+        ("POST", format!("/v1/sagas/{id}/steps")),
+    ] {
+        let body = path.ends_with("/steps").then(|| json!({"name": "x", "plugin": "payment"}));
+        let (status, err) = globex.send(method, &path, body).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {err}");
+        assert!(!err.to_string().contains("completed"), "{err}");
+    }
+    let (_, listed) = globex.get("/v1/sagas").await;
+    assert_eq!(listed["sagas"], json!([]));
+    let (_, mine) = acme.get("/v1/sagas").await;
+    assert_eq!(mine["sagas"].as_array().unwrap().len(), 1);
+    let (status, _) = globex.get("/v1/plugins/payment").await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, versions) = globex.get("/v1/plugins/payment").await;
+    assert_eq!(versions["versions"][0]["digest"], g["digest"]);
+
+    // Rotation: a second key works beside the first; revoking the first locks it out.
+    let admin = Caller { server: &server, key: Some(ADMIN.into()) };
+    let (status, rotated) = admin.post("/v1/admin/tenants/acme/keys", json!({})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let acme2 = Caller { server: &server, key: Some(rotated["api_key"].as_str().unwrap().into()) };
+    assert_eq!(acme2.get(&format!("/v1/sagas/{id}")).await.0, StatusCode::OK);
+    let (status, _) = admin.send("DELETE", &format!("/v1/admin/tenants/acme/keys/{acme_key_id}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(acme.get("/v1/sagas").await.0, StatusCode::UNAUTHORIZED, "a revoked key");
+    assert_eq!(acme2.get("/v1/sagas").await.0, StatusCode::OK);
+    server.kill().await;
+});
+
+on_both_stores!(limits_touch_only_their_own_tenant, |url: String| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let db = url.starts_with("postgres").then_some(url.as_str());
+    let server = Server::start(dir.path(), db, &["--admin-token", ADMIN]).await;
+    let (small_key, _) = new_tenant(&server, "small", json!({"max_concurrent": 1, "memory_mb": 16})).await;
+    let (big_key, _) = new_tenant(&server, "big", json!({})).await;
+    let small = Caller { server: &server, key: Some(small_key.clone()) };
+    let big = Caller { server: &server, key: Some(big_key) };
+    for c in [&small, &big] {
+        assert_eq!(c.push("scripted", plugins::SCRIPTED).await.0, StatusCode::CREATED);
+    }
+
+    // Memory: 32 MiB is over small's 16 MiB cap and under big's default 64 MiB.
+    let bomb = json!({"name": "alloc", "plugin": "scripted", "retry_count": 0,
+                      "parameters": {"script": {"execute": {"do": "alloc", "mb": 32}}}});
+    let id = small.saga(&[bomb.clone()]).await;
+    let (_, doc) = small.post(&format!("/v1/sagas/{id}/execute"), json!({})).await;
+    assert_eq!(doc["state"], "compensated", "{doc}");
+    assert!(doc["steps"][0]["error"].as_str().unwrap().contains("memory cap"), "{doc}");
+    let id = big.saga(&[bomb]).await;
+    let (_, doc) = big.post(&format!("/v1/sagas/{id}/execute"), json!({})).await;
+    assert_eq!(doc["state"], "completed", "{doc}");
+
+    // Concurrency: small may run one execution; a second gets 429; big is unaffected.
+    let slow = json!({"name": "slow", "plugin": "scripted", "parameters": {"script": {"execute": {"do": "sleep", "ms": 3000}}}});
+    let first = small.saga(&[slow.clone()]).await;
+    let second = small.saga(&[slow]).await;
+    let running = {
+        let url = format!("{}/v1/sagas/{first}/execute", server.url);
+        tokio::spawn(client().post(url).bearer_auth(small_key.clone()).json(&json!({})).send())
+    };
+    // Wait for the first execution to be in flight (its saga is running).
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, doc) = small.get(&format!("/v1/sagas/{first}")).await;
+        if doc["state"] == "running" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the first saga never ran: {doc}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (status, err) = small.post(&format!("/v1/sagas/{second}/execute"), json!({})).await;
+    assert_eq!((status, err["error"]["code"].clone()), (StatusCode::TOO_MANY_REQUESTS, json!("too_many_executions")), "{err}");
+    let other = big.saga(&[json!({"name": "quick", "plugin": "scripted"})]).await;
+    let (status, doc) = big.post(&format!("/v1/sagas/{other}/execute"), json!({})).await;
+    assert_eq!((status, doc["state"].clone()), (StatusCode::OK, json!("completed")), "big is not capped by small");
+    let finished = running.await.unwrap().unwrap();
+    assert_eq!(finished.status(), StatusCode::OK);
+    let (status, doc) = small.post(&format!("/v1/sagas/{second}/execute"), json!({"wait": true})).await;
+    assert_eq!((status, doc["state"].clone()), (StatusCode::OK, json!("completed")), "the slot is free again");
+    server.kill().await;
+});
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_admin_token_the_admin_api_is_off_and_single_tenant_mode_needs_no_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None, &[]).await;
+    let anyone = Caller { server: &server, key: None };
+    let (status, body) = anyone.post("/v1/admin/tenants", json!({"tenant_id": "acme"})).await;
+    assert_eq!((status, body["error"]["code"].clone()), (StatusCode::FORBIDDEN, json!("admin_disabled")));
+    assert_eq!(anyone.get("/v1/sagas").await.0, StatusCode::OK);
+    server.kill().await;
+}
