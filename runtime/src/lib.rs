@@ -11,6 +11,7 @@ pub mod api;
 pub mod cli;
 pub mod journal;
 pub mod manager;
+pub mod metrics;
 pub mod model;
 pub mod participant;
 pub mod plugin;

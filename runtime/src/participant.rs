@@ -47,6 +47,7 @@ pub struct Invoker {
     http: reqwest::Client,
     /// Memory cap and fuel of plugin calls; the deadline comes per call.
     limits: CallLimits,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Tenants' own limits, where they have any.
     tenant_limits: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, CallLimits>>>,
 }
@@ -58,7 +59,12 @@ impl Invoker {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .expect("building the HTTP client");
-        Invoker { host, http, limits, tenant_limits: Default::default() }
+        Invoker { host, http, limits, metrics: Default::default(), tenant_limits: Default::default() }
+    }
+
+    /// This process's metrics (calls are recorded here; the server adds the rest).
+    pub fn metrics(&self) -> &std::sync::Arc<crate::metrics::Metrics> {
+        &self.metrics
     }
 
     /// Sets the plugin-call limits of `tenant`'s calls: its memory cap and fuel, and a deadline
@@ -81,6 +87,18 @@ impl Invoker {
     /// Runs execute, compensate, commit or abort. Never fails: anything that is not a clear
     /// answer is a `Retry` naming what happened.
     pub async fn outcome(&self, target: &Target, phase: Phase, ctx: CallContext, timeout: Duration) -> Outcome {
+        let started = std::time::Instant::now();
+        let outcome = self.outcome_uncounted(target, phase, ctx, timeout).await;
+        let kind = match &outcome {
+            Outcome::Success(_) => "success",
+            Outcome::Failure(_) => "failure",
+            Outcome::Retry(_) => "retry",
+        };
+        self.metrics.record_call(phase.as_str(), kind, started.elapsed());
+        outcome
+    }
+
+    async fn outcome_uncounted(&self, target: &Target, phase: Phase, ctx: CallContext, timeout: Duration) -> Outcome {
         debug_assert!(phase != Phase::Prepare);
         match target {
             Target::Plugin(component) => {
@@ -115,6 +133,14 @@ impl Invoker {
 
     /// Asks for a vote. Only an explicit `prepared` is a yes.
     pub async fn prepare(&self, target: &Target, ctx: CallContext, timeout: Duration) -> Vote {
+        let started = std::time::Instant::now();
+        let vote = self.prepare_uncounted(target, ctx, timeout).await;
+        let kind = if vote == Vote::Prepared { "prepared" } else { "abort" };
+        self.metrics.record_call("prepare", kind, started.elapsed());
+        vote
+    }
+
+    async fn prepare_uncounted(&self, target: &Target, ctx: CallContext, timeout: Duration) -> Vote {
         match target {
             Target::Plugin(component) => {
                 let limits = self.limits_for(&ctx.tenant, timeout);

@@ -41,3 +41,20 @@ fn bench_plugin_prints_its_figures() {
         assert!(stdout.contains(figure), "missing {figure:?} in:\n{stdout}");
     }
 }
+
+#[test]
+fn log_format_json_writes_one_json_object_per_line() {
+    let out = Command::new(env!("CARGO_BIN_EXE_wasmtx"))
+        .args(["--log-format", "json", "plugin", "inspect", plugins::PAYMENT])
+        .env("WASMTX_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty(), "debug logging produced nothing");
+    for line in lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.get("level").is_some() && v.get("fields").is_some(), "{line}");
+    }
+}

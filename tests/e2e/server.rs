@@ -92,6 +92,20 @@ on_both_stores!(the_http_api_runs_a_saga_end_to_end, |url: String| async move {
     assert!(events.windows(2).all(|w| w[0]["seq"].as_i64() < w[1]["seq"].as_i64()));
     let (_, listed) = get(&server, "/v1/sagas?state=completed&limit=10").await;
     assert_eq!(listed["sagas"].as_array().unwrap().len(), 1);
+
+    // /metrics counts the durable events (asynchronously) and the participant calls.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let text = client().get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap();
+        if text.contains("wasmtx_transaction_events_total{kind=\"saga_completed\"} 1") {
+            break text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "saga_completed never counted:\n{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(text.contains("wasmtx_participant_calls_total{phase=\"execute\",outcome=\"success\"} 2"), "{text}");
+    assert!(text.contains("wasmtx_phase_duration_seconds_count{phase=\"execute\"} 2"), "{text}");
+    assert!(!text.contains("default"), "no tenant in labels");
     server.kill().await;
 });
 

@@ -180,8 +180,17 @@ on_both_stores!(limits_touch_only_their_own_tenant, |url: String| async move {
         assert!(tokio::time::Instant::now() < deadline, "the first saga never ran: {doc}");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let (status, err) = small.post(&format!("/v1/sagas/{second}/execute"), json!({})).await;
-    assert_eq!((status, err["error"]["code"].clone()), (StatusCode::TOO_MANY_REQUESTS, json!("too_many_executions")), "{err}");
+    let refused = client()
+        .post(format!("{}/v1/sagas/{second}/execute", server.url))
+        .bearer_auth(&small_key)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
+    let err: Value = refused.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "too_many_executions", "{err}");
     let other = big.saga(&[json!({"name": "quick", "plugin": "scripted"})]).await;
     let (status, doc) = big.post(&format!("/v1/sagas/{other}/execute"), json!({})).await;
     assert_eq!((status, doc["state"].clone()), (StatusCode::OK, json!("completed")), "big is not capped by small");

@@ -38,6 +38,9 @@ impl IntoResponse for ApiError {
             tracing::error!(code = self.code, "{}", self.message);
         }
         let body = json!({"error": {"code": self.code, "message": self.message}});
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            return (self.status, [(axum::http::header::RETRY_AFTER, "1")], Json(body)).into_response();
+        }
         (self.status, Json(body)).into_response()
     }
 }

@@ -108,6 +108,7 @@ impl AppState {
             ));
         }
         *n += 1;
+        self.inner.invoker.metrics().add_in_flight(1);
         Ok(InFlight { state: self.clone(), tenant: tenant.to_string() })
     }
 }
@@ -123,6 +124,7 @@ impl Drop for InFlight {
         if let Some(n) = self.state.inner.in_flight.lock().unwrap().get_mut(&self.tenant) {
             *n = n.saturating_sub(1);
         }
+        self.state.inner.invoker.metrics().add_in_flight(-1);
     }
 }
 
@@ -156,6 +158,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/tenants/{id}/keys", post(auth::add_key))
         .route("/v1/admin/tenants/{id}/keys/{key_id}", axum::routing::delete(auth::revoke_key))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
     let upload = Router::new()
         .route("/v1/plugins/{name}", put(put_plugin))
@@ -166,6 +169,11 @@ pub fn router(state: AppState) -> Router {
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn metrics(State(s): State<AppState>) -> Response {
+    let text = s.inner.invoker.metrics().render();
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn healthz(State(s): State<AppState>) -> Response {

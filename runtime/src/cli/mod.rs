@@ -16,6 +16,9 @@ use crate::plugin::{HostConfig, PluginHost};
 #[derive(Parser)]
 #[command(name = "wasmtx", version, about = "Distributed-transaction coordinator with WebAssembly plugins")]
 struct Cli {
+    /// Log format on stderr: `text` or `json` (filter with WASMTX_LOG, e.g. `info`).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,8 +47,8 @@ enum PluginCommand {
 }
 
 pub fn main() -> ExitCode {
-    init_tracing();
     let cli = Cli::parse();
+    init_tracing(&cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -62,10 +65,14 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WASMTX_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        "json" => builder.json().try_init(),
+        _ => builder.try_init(),
+    };
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -216,6 +216,11 @@ impl Manager {
         Manager { journal, store, catalog, sagas, tpc }
     }
 
+    /// Every durable change of a managed transaction, as it is committed.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::model::Progress> {
+        self.journal.subscribe()
+    }
+
     pub async fn create(&self, tenant: &str, req: CreateManaged) -> Result<Managed, ManagerError> {
         if req.transaction_name.trim().is_empty() || req.transaction_name.len() > 256 {
             return Err(ManagerError::Invalid("transaction_name must be 1-256 characters".into()));
