@@ -406,3 +406,30 @@ async fn compiled_components_are_cached_on_disk_by_digest_and_engine() {
     third.add(TENANT, "payment", &plugin_bytes(plugins::PAYMENT)).await.unwrap();
     assert!(std::fs::read(&path).unwrap().len() > 1000);
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_computing_plugin_yields_so_other_calls_on_the_same_thread_progress() {
+    let (_r, scripted) = registered("scripted", plugins::SCRIPTED).await;
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let spin = {
+        let (c, order) = (scripted.clone(), order.clone());
+        async move {
+            let r = execute(&c, script("execute", json!({"do": "spin"})), &short(2000)).await;
+            order.lock().unwrap().push("spin");
+            r
+        }
+    };
+    let quick = {
+        let (c, order) = (scripted.clone(), order.clone());
+        async move {
+            let r = execute(&c, json!({}), &CallLimits::default()).await;
+            order.lock().unwrap().push("quick");
+            r
+        }
+    };
+    // One thread: without yields the spinning call would hold it until its deadline.
+    let (spun, quick) = tokio::join!(spin, quick);
+    assert!(matches!(spun, Err(CallError::Timeout { .. })));
+    assert!(matches!(quick, Ok(Outcome::Success(_))));
+    assert_eq!(*order.lock().unwrap(), ["quick", "spin"]);
+}

@@ -143,13 +143,41 @@ on_both_stores!(limits_touch_only_their_own_tenant, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
     let db = url.starts_with("postgres").then_some(url.as_str());
     let server = Server::start(dir.path(), db, &["--admin-token", ADMIN]).await;
-    let (small_key, _) = new_tenant(&server, "small", json!({"max_concurrent": 1, "memory_mb": 16})).await;
+    let (small_key, _) = new_tenant(
+        &server,
+        "small",
+        json!({"max_concurrent": 1, "memory_mb": 16, "max_versions": 1, "max_component_bytes": 300000}),
+    )
+    .await;
     let (big_key, _) = new_tenant(&server, "big", json!({})).await;
     let small = Caller { server: &server, key: Some(small_key.clone()) };
     let big = Caller { server: &server, key: Some(big_key) };
     for c in [&small, &big] {
         assert_eq!(c.push("scripted", plugins::SCRIPTED).await.0, StatusCode::CREATED);
     }
+    // Upload limits: one version per name, components up to 300 000 bytes.
+    let (status, err) = small.push("scripted", plugins::PAYMENT).await;
+    assert_eq!((status, err["error"]["code"].clone()), (StatusCode::CONFLICT, json!("version_limit")), "{err}");
+    assert_eq!(small.push("scripted", plugins::SCRIPTED).await.0, StatusCode::OK, "the same bytes are not a new version");
+    assert_eq!(big.push("scripted", plugins::PAYMENT).await.0, StatusCode::CREATED, "big has no version limit");
+    let big_component = vec![0u8; 400_000];
+    let r = client().put(format!("{}/v1/plugins/huge", server.url)).bearer_auth(&small_key).body(big_component).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    // An infinite loop in small's plugin costs small's call, not big's transactions.
+    let spin = small
+        .saga(&[json!({"name": "spin", "plugin": "scripted", "timeout_ms": 60000, "retry_count": 0,
+                       "parameters": {"script": {"execute": {"do": "spin"}}}})])
+        .await;
+    let (status, _) = small.post(&format!("/v1/sagas/{spin}/execute"), json!({"wait": false})).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    for _ in 0..3 {
+        let quick = big.saga(&[json!({"name": "quick", "plugin": "scripted@1"})]).await;
+        let (_, doc) = big.post(&format!("/v1/sagas/{quick}/execute"), json!({})).await;
+        assert_eq!(doc["state"], "completed");
+    }
+    let (_, spinning) = small.get(&format!("/v1/sagas/{spin}")).await;
+    assert_eq!(spinning["state"], "running", "big's sagas completed while small's plugin was still spinning");
 
     // Memory: 32 MiB is over small's 16 MiB cap and under big's default 64 MiB.
     let bomb = json!({"name": "alloc", "plugin": "scripted", "retry_count": 0,
@@ -158,7 +186,12 @@ on_both_stores!(limits_touch_only_their_own_tenant, |url: String| async move {
     let (_, doc) = small.post(&format!("/v1/sagas/{id}/execute"), json!({})).await;
     assert_eq!(doc["state"], "compensated", "{doc}");
     assert!(doc["steps"][0]["error"].as_str().unwrap().contains("memory cap"), "{doc}");
-    let id = big.saga(&[bomb]).await;
+    let bomb_v1 = {
+        let mut b = bomb.clone();
+        b["plugin"] = json!("scripted@1");
+        b
+    };
+    let id = big.saga(&[bomb_v1]).await;
     let (_, doc) = big.post(&format!("/v1/sagas/{id}/execute"), json!({})).await;
     assert_eq!(doc["state"], "completed", "{doc}");
 
@@ -191,7 +224,7 @@ on_both_stores!(limits_touch_only_their_own_tenant, |url: String| async move {
     assert_eq!(refused.headers().get("retry-after").map(|v| v.to_str().unwrap()), Some("1"));
     let err: Value = refused.json().await.unwrap();
     assert_eq!(err["error"]["code"], "too_many_executions", "{err}");
-    let other = big.saga(&[json!({"name": "quick", "plugin": "scripted"})]).await;
+    let other = big.saga(&[json!({"name": "quick", "plugin": "scripted@1"})]).await;
     let (status, doc) = big.post(&format!("/v1/sagas/{other}/execute"), json!({})).await;
     assert_eq!((status, doc["state"].clone()), (StatusCode::OK, json!("completed")), "big is not capped by small");
     let finished = running.await.unwrap().unwrap();

@@ -75,6 +75,10 @@ pub struct TenantLimits {
     pub call_timeout_ms: Option<u64>,
     pub fuel: Option<u64>,
     pub max_concurrent: Option<usize>,
+    /// Largest component this tenant may upload, in bytes (the server's own cap still applies).
+    pub max_component_bytes: Option<usize>,
+    /// Versions a plugin name of this tenant may have.
+    pub max_versions: Option<i64>,
 }
 
 impl TenantLimits {
@@ -87,6 +91,9 @@ impl TenantLimits {
         }
         if self.max_concurrent.is_some_and(|c| c == 0) {
             return Err("limits.max_concurrent must be at least 1".into());
+        }
+        if self.max_versions.is_some_and(|v| v < 1) || self.max_component_bytes.is_some_and(|b| b == 0) {
+            return Err("limits.max_versions and limits.max_component_bytes must be positive".into());
         }
         Ok(())
     }

@@ -214,6 +214,27 @@ async fn put_plugin(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let bytes = body.map_err(ApiError::from_body_rejection)?;
+    let limits = s.inner.limits.read().unwrap().get(&tenant).cloned().unwrap_or_default();
+    if let Some(max) = limits.max_component_bytes
+        && bytes.len() > max
+    {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the component is {} bytes; this tenant may upload at most {max}", bytes.len()),
+        ));
+    }
+    if let Some(max) = limits.max_versions {
+        let versions = s.inner.store.plugin_versions(&tenant, &name).await?;
+        let digest = crate::plugin::digest_of(&bytes);
+        if versions.len() as i64 >= max && !versions.iter().any(|v| v.digest == digest) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "version_limit",
+                format!("plugin {name} already has {max} versions, this tenant's limit"),
+            ));
+        }
+    }
     let (row, created) = s.inner.catalog.publish(&tenant, &name, &bytes).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     let doc = json!({

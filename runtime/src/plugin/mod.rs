@@ -2,7 +2,8 @@
 //! (and cached on disk), one `InstancePre` per component version, a fresh `Store` per call.
 //!
 //! A plugin that traps, loops or allocates without bound costs its own call and nothing else:
-//! every call runs under a wall-clock deadline (epoch interruption plus an async timeout), a
+//! every call runs under a wall-clock deadline (epoch ticks make a computing plugin yield, an
+//! async timeout ends the call), a
 //! memory cap and optional fuel, and a store that trapped is dropped, never entered again.
 //! This module must never let a plugin reach files, environment, sockets or another call's state.
 //!
@@ -263,15 +264,18 @@ impl PluginHost {
         let memory_cap = limits.memory_bytes.min(self.inner.config.max_memory_bytes);
         let mut store = Store::new(&self.inner.engine, CallState::new(tags, memory_cap));
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(deadline_ticks(limits.timeout));
+        // Yield to the executor at every epoch tick: a plugin that computes never holds a
+        // worker thread for longer than a tick, so other tenants' calls keep running; the
+        // deadline itself is the async timeout below, which drops the call at its tick.
+        store.epoch_deadline_async_yield_and_update(1);
         if self.inner.config.fuel_metering {
             store
                 .set_fuel(limits.fuel.unwrap_or(u64::MAX))
                 .map_err(|e| CallError::Instantiate(e.to_string()))?;
         }
 
-        // The epoch deadline stops a plugin that computes; the async timeout also stops one
-        // that waits in the host (a WASI sleep, a blocked poll).
+        // One deadline for a plugin that computes (it yields every tick) and one that waits in
+        // the host (a WASI sleep, a blocked poll).
         let result =
             tokio::time::timeout(limits.timeout, call_in_store(component, &mut store, invocation)).await;
         let state = store.data();
