@@ -307,3 +307,22 @@ on_both_stores!(a_managed_2pc_killed_during_prepare_is_recovered_to_aborted, |ur
     assert_eq!((status, doc["transaction_status"].clone()), (StatusCode::OK, json!("aborted")));
     restarted.kill().await;
 });
+
+on_both_stores!(a_transaction_that_exceeds_its_timeout_is_compensated_or_aborted, |url: String| async move {
+    let n = with_plugins(&url).await;
+    // Saga: the deadline passes during the slow step; the next step never starts.
+    let id = managed(&n, json!({"requirements": {"timeout_ms": 200}}), vec![
+        json!({"participant_id": "slow", "plugin": "scripted", "priority": 1, "parameters": {"script": {"execute": {"do": "sleep", "ms": 400}}}}),
+        json!({"participant_id": "late", "plugin": "scripted", "priority": 2}),
+    ]).await;
+    let doc = run(&n, &id, Some("saga")).await;
+    assert_eq!(doc["transaction_status"], "compensated", "{doc}");
+    assert!(doc["error"].as_str().unwrap().contains("timed out"), "{doc}");
+    assert_eq!(doc["participants"][1]["state"], "pending");
+    // 2PC: a vote slower than the transaction's timeout is a no.
+    let id = managed(&n, json!({"requirements": {"timeout_ms": 200}}), vec![
+        json!({"participant_id": "slow", "plugin": "scripted", "parameters": {"script": {"prepare": {"do": "sleep", "ms": 2000}}}}),
+    ]).await;
+    let doc = run(&n, &id, Some("two_phase_commit")).await;
+    assert_eq!(doc["transaction_status"], "aborted", "{doc}");
+});
