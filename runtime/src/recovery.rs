@@ -49,3 +49,49 @@ where
         }
     }))
 }
+
+/// The transactions this process is driving, each with a "stop requested" flag (cancel for a
+/// saga, abort for 2PC) that its driver checks between steps.
+#[derive(Default)]
+pub struct Drivers(std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<std::sync::atomic::AtomicBool>>>);
+
+/// Unregisters a driven transaction when its driver ends, however it ends.
+pub struct Driving {
+    drivers: std::sync::Arc<Drivers>,
+    id: String,
+    pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Driving {
+    fn drop(&mut self) {
+        self.drivers.0.lock().unwrap().remove(&self.id);
+    }
+}
+
+impl Drivers {
+    pub fn contains(&self, id: &str) -> bool {
+        self.0.lock().unwrap().contains_key(id)
+    }
+
+    /// Asks the driver of `id` to stop; false if this process is not driving it.
+    pub fn request_stop(&self, id: &str) -> bool {
+        match self.0.lock().unwrap().get(id) {
+            Some(flag) => {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Registers `id` as driven here; `None` if it already is.
+    pub fn register(self: &std::sync::Arc<Self>, id: &str) -> Option<Driving> {
+        let mut map = self.0.lock().unwrap();
+        if map.contains_key(id) {
+            return None;
+        }
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        map.insert(id.to_string(), stop.clone());
+        Some(Driving { drivers: self.clone(), id: id.to_string(), stop })
+    }
+}

@@ -9,9 +9,8 @@
 
 pub mod state;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -19,6 +18,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
 use crate::journal::{Journal, Record, wait_for_end};
+use crate::recovery::Drivers;
 use tracing::Instrument;
 
 pub use crate::model::Progress;
@@ -143,13 +143,13 @@ struct Inner {
     config: EngineConfig,
     journal: Journal,
     /// Sagas this process is driving, with their cancel flags.
-    driving: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    driving: Arc<Drivers>,
 }
 
 impl SagaEngine {
     pub fn new(store: Store, catalog: Catalog, invoker: Invoker, config: EngineConfig) -> Self {
         let journal = Journal::new(store.clone(), config.lease);
-        SagaEngine { inner: Arc::new(Inner { store, catalog, invoker, config, journal, driving: Mutex::default() }) }
+        SagaEngine { inner: Arc::new(Inner { store, catalog, invoker, config, journal, driving: Arc::default() }) }
     }
 
     pub fn store(&self) -> &Store {
@@ -316,10 +316,8 @@ impl SagaEngine {
                 Ok(saga)
             }
             SagaState::Running => {
-                let flag = self.inner.driving.lock().unwrap().get(id).cloned();
-                if let Some(flag) = flag {
-                    let mut progress = self.subscribe();
-                    flag.store(true, Ordering::SeqCst);
+                let mut progress = self.subscribe();
+                if self.inner.driving.request_stop(id) {
                     wait_for_end(&mut progress, id).await;
                     return self.get(tenant, id).await;
                 }
@@ -363,28 +361,20 @@ impl SagaEngine {
     }
 
     fn is_driving(&self, id: &str) -> bool {
-        self.inner.driving.lock().unwrap().contains_key(id)
+        self.inner.driving.contains(id)
     }
 
     /// Drives `saga` in its own task, so a caller that goes away (an HTTP client hanging up)
     /// never stops a saga half-way.
     async fn spawn_drive(&self, saga: Saga, wait: bool) -> Result<Saga, SagaError> {
-        let cancel = Arc::new(AtomicBool::new(false));
-        {
-            let mut driving = self.inner.driving.lock().unwrap();
-            if driving.contains_key(saga.id()) {
-                return Err(SagaError::Busy(saga.id().into()));
-            }
-            driving.insert(saga.id().to_string(), cancel.clone());
-        }
+        let driving = self.inner.driving.register(saga.id()).ok_or_else(|| SagaError::Busy(saga.id().into()))?;
         let engine = self.clone();
         let snapshot = saga.clone();
         let span = tracing::info_span!("saga", tenant = %saga.row.tenant, transaction_id = %saga.row.id);
         let task = tokio::spawn(
             async move {
-                let id = saga.id().to_string();
-                let result = engine.drive(saga, cancel).await;
-                engine.inner.driving.lock().unwrap().remove(&id);
+                let result = engine.drive(saga, &driving.stop).await;
+                drop(driving);
                 if let Err(e) = &result {
                     tracing::warn!("saga driver stopped: {e}");
                 }
@@ -401,7 +391,7 @@ impl SagaEngine {
         }
     }
 
-    async fn drive(&self, mut saga: Saga, cancel: Arc<AtomicBool>) -> Result<Saga, SagaError> {
+    async fn drive(&self, mut saga: Saga, cancel: &AtomicBool) -> Result<Saga, SagaError> {
         let _renewal = crate::recovery::keep_lease(
             self.inner.store.clone(),
             saga.id().to_string(),
@@ -411,7 +401,7 @@ impl SagaEngine {
         loop {
             match saga.doc.next(saga.state) {
                 Next::Execute(i) => {
-                    if let Some(reason) = self.should_stop(&saga, &cancel) {
+                    if let Some(reason) = self.should_stop(&saga, cancel) {
                         saga.state.become_(SagaState::Compensating).expect("legal");
                         saga.doc.error = Some(reason.clone());
                         self.persist(&mut saga, vec![NewEvent::new("saga_compensating", None, json!({ "reason": reason }))])

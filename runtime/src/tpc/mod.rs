@@ -8,9 +8,8 @@
 
 pub mod state;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -19,6 +18,7 @@ use futures::future::join_all;
 use tokio::sync::broadcast;
 
 use crate::journal::{Journal, Record, wait_for_end};
+use crate::recovery::Drivers;
 use tracing::Instrument;
 
 use crate::model::{CallContext, Outcome, Progress, RetryPolicy, Vote};
@@ -147,13 +147,13 @@ struct Inner {
     config: EngineConfig,
     journal: Journal,
     /// Transactions this process is driving, with their "abort requested" flags.
-    driving: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    driving: Arc<Drivers>,
 }
 
 impl TpcEngine {
     pub fn new(store: Store, catalog: Catalog, invoker: Invoker, config: EngineConfig) -> Self {
         let journal = Journal::new(store.clone(), config.lease);
-        TpcEngine { inner: Arc::new(Inner { store, catalog, invoker, config, journal, driving: Mutex::default() }) }
+        TpcEngine { inner: Arc::new(Inner { store, catalog, invoker, config, journal, driving: Arc::default() }) }
     }
 
     pub fn node_id(&self) -> &str {
@@ -274,15 +274,12 @@ impl TpcEngine {
             }
             TpcState::Aborting | TpcState::Aborted => self.recover(tenant, id).await,
             TpcState::Preparing => {
-                let flag = self.inner.driving.lock().unwrap().get(id).cloned();
-                match flag {
-                    Some(flag) => {
-                        let mut progress = self.subscribe();
-                        flag.store(true, Ordering::SeqCst);
-                        wait_for_end(&mut progress, id).await;
-                        self.get(tenant, id).await
-                    }
-                    None => self.recover(tenant, id).await,
+                let mut progress = self.subscribe();
+                if self.inner.driving.request_stop(id) {
+                    wait_for_end(&mut progress, id).await;
+                    self.get(tenant, id).await
+                } else {
+                    self.recover(tenant, id).await
                 }
             }
             TpcState::Failed if tx.doc.decision == Some(Decision::Abort) => self.recover(tenant, id).await,
@@ -300,7 +297,7 @@ impl TpcEngine {
         if tx.state == TpcState::Init {
             return Err(TpcError::WrongState { id: id.into(), state: "init", action: "recover" });
         }
-        if self.inner.driving.lock().unwrap().contains_key(id) {
+        if self.inner.driving.contains(id) {
             let mut progress = self.subscribe();
             wait_for_end(&mut progress, id).await;
             return self.get(tenant, id).await;
@@ -330,7 +327,7 @@ impl TpcEngine {
         let claimed = self.inner.store.claim_expired(KIND, &states, &lease, now_ms(), 64, own).await?;
         let n = claimed.len();
         for row in claimed {
-            if self.inner.driving.lock().unwrap().contains_key(&row.id) {
+            if self.inner.driving.contains(&row.id) {
                 continue;
             }
             let mut tx = Tpc::from_row(row)?;
@@ -348,21 +345,13 @@ impl TpcEngine {
     }
 
     async fn spawn_drive(&self, tx: Tpc) -> Result<Tpc, TpcError> {
-        let abort = Arc::new(AtomicBool::new(false));
-        {
-            let mut driving = self.inner.driving.lock().unwrap();
-            if driving.contains_key(tx.id()) {
-                return Err(TpcError::Busy(tx.id().into()));
-            }
-            driving.insert(tx.id().to_string(), abort.clone());
-        }
+        let driving = self.inner.driving.register(tx.id()).ok_or_else(|| TpcError::Busy(tx.id().into()))?;
         let engine = self.clone();
         let span = tracing::info_span!("2pc", tenant = %tx.row.tenant, transaction_id = %tx.row.id);
         let task = tokio::spawn(
             async move {
-                let id = tx.id().to_string();
-                let result = engine.drive(tx, abort).await;
-                engine.inner.driving.lock().unwrap().remove(&id);
+                let result = engine.drive(tx, &driving.stop).await;
+                drop(driving);
                 if let Err(e) = &result {
                     tracing::warn!("2PC driver stopped: {e}");
                 }
@@ -376,7 +365,7 @@ impl TpcEngine {
         }
     }
 
-    async fn drive(&self, mut tx: Tpc, abort_requested: Arc<AtomicBool>) -> Result<Tpc, TpcError> {
+    async fn drive(&self, mut tx: Tpc, abort_requested: &AtomicBool) -> Result<Tpc, TpcError> {
         let _renewal = crate::recovery::keep_lease(
             self.inner.store.clone(),
             tx.id().to_string(),
@@ -384,7 +373,7 @@ impl TpcEngine {
             self.inner.config.lease,
         );
         if tx.state == TpcState::Preparing {
-            self.prepare_and_decide(&mut tx, &abort_requested).await?;
+            self.prepare_and_decide(&mut tx, abort_requested).await?;
         }
         let Some(decision) = tx.doc.decision else { return Ok(tx) };
         let mut round: u32 = 0;
