@@ -127,3 +127,18 @@ pub async fn wait_for_end(progress: &mut broadcast::Receiver<Progress>, id: &str
     };
     let _ = tokio::time::timeout(Duration::from_secs(60), wait).await;
 }
+
+/// Several journals' announcements as one stream (a lagging receiver skips what it missed).
+pub fn merged(streams: Vec<broadcast::Receiver<Progress>>) -> impl futures::Stream<Item = Progress> + Send + Unpin {
+    futures::stream::select_all(streams.into_iter().map(|rx| {
+        Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(p) => return Some((p, rx)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        }))
+    }))
+}

@@ -35,37 +35,34 @@ pub enum BenchCommand {
         /// Participants per transaction.
         #[arg(long, default_value_t = 3)]
         participants: usize,
-        /// Transactions in flight at once.
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
-        /// Transactions in all.
-        #[arg(long, default_value_t = 2_000)]
-        count: usize,
-        /// Store to use (default: a fresh SQLite file in a temporary directory).
-        #[arg(long)]
-        database_url: Option<String>,
-        /// Where the built plugins are.
-        #[arg(long, default_value = "target/plugins/wasm32-wasip2/plugin")]
-        plugin_dir: PathBuf,
+        #[command(flatten)]
+        load: Load,
     },
     /// Durable sagas of Rust step plugins end to end: create, add steps, execute, on a store.
     Saga {
         /// Steps per saga (cycling payment, inventory, shipping).
         #[arg(long, default_value_t = 3)]
         steps: usize,
-        /// Sagas in flight at once.
-        #[arg(long, default_value_t = 16)]
-        concurrency: usize,
-        /// Sagas in all.
-        #[arg(long, default_value_t = 2_000)]
-        count: usize,
-        /// Store to use (default: a fresh SQLite file in a temporary directory).
-        #[arg(long)]
-        database_url: Option<String>,
-        /// Where the built plugins are.
-        #[arg(long, default_value = "target/plugins/wasm32-wasip2/plugin")]
-        plugin_dir: PathBuf,
+        #[command(flatten)]
+        load: Load,
     },
+}
+
+/// How many transactions a durable benchmark runs, how, and where.
+#[derive(clap::Args)]
+pub struct Load {
+    /// Transactions in flight at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Transactions in all.
+    #[arg(long, default_value_t = 2_000)]
+    count: usize,
+    /// Store to use (default: a fresh SQLite file in a temporary directory).
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Where the built plugins are.
+    #[arg(long, default_value = "target/plugins/wasm32-wasip2/plugin")]
+    plugin_dir: PathBuf,
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<std::process::ExitCode> {
@@ -73,14 +70,8 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<std::process::ExitCode> {
         BenchCommand::Plugin { component, calls, warmup, input } => {
             bench_plugin(component, calls, warmup, input).await
         }
-        BenchCommand::Saga { steps, concurrency, count, database_url, plugin_dir } => {
-            let scenario = Scenario::Saga { steps };
-            bench_transactions(scenario, concurrency, count, database_url, plugin_dir).await
-        }
-        BenchCommand::Tpc { participants, concurrency, count, database_url, plugin_dir } => {
-            let scenario = Scenario::Tpc { participants };
-            bench_transactions(scenario, concurrency, count, database_url, plugin_dir).await
-        }
+        BenchCommand::Saga { steps, load } => bench_transactions(Scenario::Saga { steps }, load).await,
+        BenchCommand::Tpc { participants, load } => bench_transactions(Scenario::Tpc { participants }, load).await,
     }
 }
 
@@ -148,13 +139,8 @@ impl Scenario {
     }
 }
 
-async fn bench_transactions(
-    scenario: Scenario,
-    concurrency: usize,
-    count: usize,
-    database_url: Option<String>,
-    plugin_dir: PathBuf,
-) -> anyhow::Result<std::process::ExitCode> {
+async fn bench_transactions(scenario: Scenario, load: Load) -> anyhow::Result<std::process::ExitCode> {
+    let Load { concurrency, count, database_url, plugin_dir } = load;
     anyhow::ensure!((1..=100).contains(&scenario.size()), "--steps / --participants must be 1-100");
     anyhow::ensure!(concurrency >= 1 && count >= 1, "--concurrency and --count must be positive");
     print_machine();

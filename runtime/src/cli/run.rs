@@ -131,23 +131,7 @@ async fn run_managed(node: Node, spec: ManagedSpec, started: Instant) -> anyhow:
     }
     eprintln!("transaction {} created", m.id());
     // The delegate's id is known only once the pattern is chosen: follow both engines.
-    let (saga_events, tpc_events) = (node.sagas.subscribe(), node.tpc.subscribe());
-    let follow = tokio::spawn(async move {
-        let (mut a, mut b) = (saga_events, tpc_events);
-        let t0 = Instant::now();
-        loop {
-            let p = tokio::select! {
-                Ok(p) = a.recv() => p,
-                Ok(p) = b.recv() => p,
-                else => break,
-            };
-            let step = p.event.step.as_deref().map(|s| format!(" {s}")).unwrap_or_default();
-            eprintln!("[{:>6} ms] {}{step} {}", t0.elapsed().as_millis(), p.event.kind, p.event.detail);
-            if p.terminal {
-                break;
-            }
-        }
-    });
+    let follow = print_progress(vec![node.sagas.subscribe(), node.tpc.subscribe()], None);
     let done = node.manager.execute(tenant, m.id(), spec.pattern.as_deref()).await?;
     let doc = node.manager.document(tenant, &done).await?;
     if done.state.is_terminal() && done.doc.delegate_id.is_some() {
@@ -187,12 +171,15 @@ async fn start(args: &RunArgs, base: &std::path::Path, plugins: &BTreeMap<String
     Ok(node)
 }
 
-/// Prints each durable change of transaction `id` as it is committed, until it ends.
-fn print_progress(mut progress: tokio::sync::broadcast::Receiver<Progress>, id: String) -> tokio::task::JoinHandle<()> {
+/// Prints each durable change announced on `streams` (of transaction `id`, if given) as it is
+/// committed, until a transaction it follows ends.
+fn print_progress(streams: Vec<tokio::sync::broadcast::Receiver<Progress>>, id: Option<String>) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt;
     tokio::spawn(async move {
         let t0 = Instant::now();
-        while let Ok(p) = progress.recv().await {
-            if p.tx_id != id {
+        let mut merged = crate::journal::merged(streams);
+        while let Some(p) = merged.next().await {
+            if id.as_ref().is_some_and(|id| *id != p.tx_id) {
                 continue;
             }
             let step = p.event.step.as_deref().map(|s| format!(" {s}")).unwrap_or_default();
@@ -222,7 +209,7 @@ async fn run_tpc(node: Node, spec: TpcSpec, started: Instant) -> anyhow::Result<
         node.tpc.add_participant(tenant, tx.id(), p).await?;
     }
     eprintln!("2PC transaction {} created", tx.id());
-    let printer = print_progress(node.tpc.subscribe(), tx.id().to_string());
+    let printer = print_progress(vec![node.tpc.subscribe()], Some(tx.id().to_string()));
     let done = node.tpc.execute(tenant, tx.id()).await?;
     let _ = printer.await;
     println!("{}", serde_json::to_string_pretty(&done.document())?);
@@ -241,7 +228,7 @@ async fn run_saga(node: Node, spec: SagaSpec, started: Instant) -> anyhow::Resul
     }
     eprintln!("saga {} created with {} steps", saga.id(), node.sagas.get(tenant, saga.id()).await?.doc.steps.len());
 
-    let printer = print_progress(node.sagas.subscribe(), saga.id().to_string());
+    let printer = print_progress(vec![node.sagas.subscribe()], Some(saga.id().to_string()));
     let done = node.sagas.execute(tenant, saga.id(), true).await?;
     let _ = printer.await;
     println!("{}", serde_json::to_string_pretty(&done.document())?);

@@ -133,19 +133,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Count every durable event of the three engines for /metrics.
     let _event_counter = {
         let metrics = node.invoker.metrics().clone();
-        let mut streams = vec![node.sagas.subscribe(), node.tpc.subscribe(), node.manager.subscribe()];
+        let streams = vec![node.sagas.subscribe(), node.tpc.subscribe(), node.manager.subscribe()];
         crate::recovery::AbortOnDrop(tokio::spawn(async move {
-            let mut merged = futures::stream::select_all(streams.drain(..).map(|rx| {
-                Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-                    loop {
-                        match rx.recv().await {
-                            Ok(p) => return Some((p, rx)),
-                            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                            Err(_) => return None,
-                        }
-                    }
-                }))
-            }));
+            let mut merged = crate::journal::merged(streams);
             while let Some(p) = futures::StreamExt::next(&mut merged).await {
                 metrics.count_event(&p.event.kind);
             }
