@@ -126,6 +126,21 @@ on_both_stores!(tenants_are_isolated_and_keys_are_checked, |url: String| async m
     let (_, versions) = globex.get("/v1/plugins/payment").await;
     assert_eq!(versions["versions"][0]["digest"], g["digest"]);
 
+    // The audit trail says who did what, per tenant.
+    let (_, audit) = acme.get("/v1/audit").await;
+    let entries = audit["entries"].as_array().unwrap();
+    let actions: Vec<&str> = entries.iter().map(|e| e["action"].as_str().unwrap()).collect();
+    for expected in ["tenant_created", "plugin_uploaded", "created", "step_added", "saga_execute"] {
+        assert!(actions.contains(&expected), "{expected} missing from {actions:?}");
+    }
+    let upload = entries.iter().find(|e| e["action"] == "plugin_uploaded").unwrap();
+    assert_eq!(upload["actor"], format!("key:{acme_key_id}"));
+    assert_eq!(upload["detail"]["digest"], a["digest"]);
+    let (_, theirs) = globex.get("/v1/audit").await;
+    let theirs = theirs["entries"].as_array().unwrap();
+    assert!(theirs.iter().all(|e| e["actor"] != upload["actor"]), "only globex's own actions: {theirs:?}");
+    assert!(theirs.iter().all(|e| e["detail"]["digest"] != a["digest"]));
+
     // Rotation: a second key works beside the first; revoking the first locks it out.
     let admin = Caller { server: &server, key: Some(ADMIN.into()) };
     let (status, rotated) = admin.post("/v1/admin/tenants/acme/keys", json!({})).await;

@@ -17,8 +17,9 @@ use super::{AppState, ApiError, parse};
 use crate::plugin::{CallLimits, valid_name};
 use crate::store::{KeyRow, TenantRow, now_ms};
 
-/// The calling tenant, established from the request's API key.
-pub struct Tenant(pub String);
+/// The calling tenant, established from the request's API key, and who called: `key:<id>`,
+/// or `anonymous` in single-tenant mode.
+pub struct Tenant(pub String, pub String);
 
 impl FromRequestParts<AppState> for Tenant {
     type Rejection = ApiError;
@@ -26,7 +27,7 @@ impl FromRequestParts<AppState> for Tenant {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let store = &state.inner.store;
         if !store.has_tenants().await? {
-            return Ok(Tenant(crate::api_tenant().to_string()));
+            return Ok(Tenant(crate::api_tenant().to_string(), "anonymous".into()));
         }
         let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m.to_string());
         let token = bearer(&parts.headers).ok_or_else(|| unauthorized("an API key is required: Authorization: Bearer <key>"))?;
@@ -36,7 +37,7 @@ impl FromRequestParts<AppState> for Tenant {
             return Err(unauthorized("unknown or revoked API key"));
         }
         state.load_tenant_limits(&key.tenant_id).await?;
-        Ok(Tenant(key.tenant_id))
+        Ok(Tenant(key.tenant_id, format!("key:{}", key.key_id)))
     }
 }
 
@@ -152,6 +153,7 @@ pub(super) async fn create_tenant(
         return Err(ApiError::new(StatusCode::CONFLICT, "tenant_exists", format!("tenant {} already exists", req.tenant_id)));
     }
     tracing::info!(tenant = %req.tenant_id, "tenant created");
+    s.inner.store.audit(&req.tenant_id, "admin", "tenant_created", &json!({"limits": row.limits, "key_id": key.key_id})).await?;
     let body = json!({"tenant_id": req.tenant_id, "api_key": api_key, "key_id": key.key_id});
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
@@ -163,6 +165,7 @@ pub(super) async fn add_key(State(s): State<AppState>, headers: HeaderMap, Path(
     }
     let (key, api_key) = new_key(&tenant);
     s.inner.store.add_key(&key).await?;
+    s.inner.store.audit(&tenant, "admin", "key_added", &json!({"key_id": key.key_id})).await?;
     Ok((StatusCode::CREATED, Json(json!({"tenant_id": tenant, "api_key": api_key, "key_id": key.key_id}))).into_response())
 }
 
@@ -175,6 +178,7 @@ pub(super) async fn revoke_key(
     if !s.inner.store.revoke_key(&tenant, &key_id, now_ms()).await? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("tenant {tenant:?} has no live key {key_id:?}")));
     }
+    s.inner.store.audit(&tenant, "admin", "key_revoked", &json!({"key_id": key_id})).await?;
     Ok(Json(json!({"status": "success", "tenant_id": tenant, "key_id": key_id, "revoked": true})))
 }
 

@@ -95,6 +95,11 @@ impl AppState {
         Ok(())
     }
 
+    /// Records a write in the tenant's audit trail.
+    async fn audit(&self, tenant: &str, actor: &str, action: &str, detail: Value) -> Result<(), ApiError> {
+        Ok(self.inner.store.audit(tenant, actor, action, &detail).await?)
+    }
+
     /// Counts an execution against the tenant's `max_concurrent`; 429 when it is full.
     fn begin_execution(&self, tenant: &str) -> Result<InFlight, ApiError> {
         let max = self.inner.limits.read().unwrap().get(tenant).and_then(|l| l.max_concurrent);
@@ -157,6 +162,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/tenants", post(auth::create_tenant))
         .route("/v1/admin/tenants/{id}/keys", post(auth::add_key))
         .route("/v1/admin/tenants/{id}/keys/{key_id}", axum::routing::delete(auth::revoke_key))
+        .route("/v1/audit", get(audit_log))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
@@ -169,6 +175,25 @@ pub fn router(state: AppState) -> Router {
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+/// The caller's tenant's audit trail: who uploaded, created, configured what, and when.
+async fn audit_log(
+    State(s): State<AppState>,
+    Tenant(tenant, _actor): Tenant,
+    query: Result<Query<ManagedListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let limit = parse_limit(q.limit.as_deref())?;
+    let entries: Vec<Value> = s
+        .inner
+        .store
+        .audit_log(&tenant, limit)
+        .await?
+        .into_iter()
+        .map(|(at, actor, action, detail)| json!({"at": rfc3339(at), "actor": actor, "action": action, "detail": detail}))
+        .collect();
+    Ok(Json(json!({ "entries": entries })))
 }
 
 async fn metrics(State(s): State<AppState>) -> Response {
@@ -209,7 +234,7 @@ fn parse_optional<T: DeserializeOwned + Default>(body: Result<Bytes, BytesReject
 
 async fn put_plugin(
     State(s): State<AppState>,
-    Tenant(tenant): Tenant,
+    Tenant(tenant, actor): Tenant,
     Path(name): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -236,6 +261,8 @@ async fn put_plugin(
         }
     }
     let (row, created) = s.inner.catalog.publish(&tenant, &name, &bytes).await?;
+    let detail = json!({"name": row.name, "version": row.version, "digest": row.digest, "new_version": created});
+    s.inner.store.audit(&tenant, &actor, "plugin_uploaded", &detail).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     let doc = json!({
         "name": row.name,
@@ -247,14 +274,14 @@ async fn put_plugin(
     Ok((status, Json(doc)).into_response())
 }
 
-async fn list_plugins(State(s): State<AppState>, Tenant(tenant): Tenant) -> Result<Json<Value>, ApiError> {
+async fn list_plugins(State(s): State<AppState>, Tenant(tenant, _actor): Tenant) -> Result<Json<Value>, ApiError> {
     let rows = s.inner.store.latest_plugins(&tenant).await?;
     let plugins: Vec<Value> =
         rows.iter().map(|r| json!({"name": r.name, "latest_version": r.version, "exports": r.exports})).collect();
     Ok(Json(json!({ "plugins": plugins })))
 }
 
-async fn get_plugin(State(s): State<AppState>, Tenant(tenant): Tenant, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_plugin(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
     let rows = s.inner.store.plugin_versions(&tenant, &name).await?;
     if rows.is_empty() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no plugin named {name:?}")));
@@ -270,11 +297,11 @@ async fn get_plugin(State(s): State<AppState>, Tenant(tenant): Tenant, Path(name
 
 async fn create_saga(
     State(s): State<AppState>,
-    Tenant(tenant): Tenant,
+    Tenant(tenant, actor): Tenant,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    idempotent_create(&s, &tenant, &headers, body, |s, tenant, bytes| async move {
+    idempotent_create(&s, &tenant, &actor, &headers, body, |s, tenant, bytes| async move {
         let req: CreateSaga = parse_bytes(&bytes)?;
         let saga = s.inner.sagas.create(&tenant, req).await?;
         Ok(json!({"status": "success", "saga_id": saga.id(), "state": "pending"}))
@@ -287,6 +314,7 @@ async fn create_saga(
 async fn idempotent_create<F, Fut>(
     s: &AppState,
     tenant: &str,
+    actor: &str,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     create: F,
@@ -312,6 +340,7 @@ where
         return Ok((status, Json(reply.body)).into_response());
     }
     let body = create(s.clone(), tenant.to_string(), bytes).await?;
+    s.inner.store.audit(tenant, actor, "created", &body).await?;
     if let Some(key) = &key {
         let reply = IdempotentReply { request_hash, status: 201, body: body.clone() };
         s.inner.store.remember_reply(tenant, key, &reply, now_ms()).await?;
@@ -333,10 +362,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 
 async fn add_step(
     State(s): State<AppState>,
-    Tenant(tenant): Tenant,
+    Tenant(tenant, actor): Tenant,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    s.audit(&tenant, &actor, "step_added", json!({"id": id})).await?;
     let spec: StepSpec = parse(body)?;
     let (index, total) = s.inner.sagas.add_step(&tenant, &id, spec).await?;
     Ok(Json(json!({"status": "success", "step_index": index, "total_steps": total})))
@@ -361,10 +391,11 @@ fn yes() -> bool {
 
 async fn execute_saga(
     State(s): State<AppState>,
-    Tenant(tenant): Tenant,
+    Tenant(tenant, actor): Tenant,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    s.audit(&tenant, &actor, "saga_execute", json!({"id": id})).await?;
     let _slot = s.begin_execution(&tenant)?;
     let req: ExecuteBody = parse_optional(body)?;
     let saga = s.inner.sagas.execute(&tenant, &id, req.wait).await?;
@@ -372,20 +403,22 @@ async fn execute_saga(
     Ok((status, Json(saga.document())).into_response())
 }
 
-async fn get_saga(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_saga(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     Ok(Json(s.inner.sagas.get(&tenant, &id).await?.document()))
 }
 
-async fn resume_saga(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn resume_saga(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    s.audit(&tenant, &actor, "saga_resume", json!({"id": id})).await?;
     let _slot = s.begin_execution(&tenant)?;
     Ok(Json(s.inner.sagas.resume(&tenant, &id).await?.document()))
 }
 
-async fn cancel_saga(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn cancel_saga(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    s.audit(&tenant, &actor, "saga_cancel", json!({"id": id})).await?;
     Ok(Json(s.inner.sagas.cancel(&tenant, &id).await?.document()))
 }
 
-async fn saga_history(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn saga_history(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     Ok(Json(history_document(s.inner.sagas.history(&tenant, &id).await?)))
 }
 
@@ -411,7 +444,7 @@ struct ListQuery {
 
 async fn list_sagas(
     State(s): State<AppState>,
-    Tenant(tenant): Tenant,
+    Tenant(tenant, _actor): Tenant,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
@@ -430,11 +463,11 @@ async fn list_sagas(
 
 async fn create_tpc(
     State(s): State<AppState>,
-    Tenant(tenant): Tenant,
+    Tenant(tenant, actor): Tenant,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    idempotent_create(&s, &tenant, &headers, body, |s, tenant, bytes| async move {
+    idempotent_create(&s, &tenant, &actor, &headers, body, |s, tenant, bytes| async move {
         let req: CreateTpc = parse_bytes(&bytes)?;
         let tx = s.inner.tpc.create(&tenant, req).await?;
         Ok(json!({"status": "success", "transaction_id": tx.id(), "state": "init"}))
@@ -444,34 +477,38 @@ async fn create_tpc(
 
 async fn add_participant(
     State(s): State<AppState>,
-    Tenant(tenant): Tenant,
+    Tenant(tenant, actor): Tenant,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    s.audit(&tenant, &actor, "participant_added", json!({"id": id})).await?;
     let spec: ParticipantSpec = parse(body)?;
     let total = s.inner.tpc.add_participant(&tenant, &id, spec).await?;
     Ok(Json(json!({"status": "success", "total_participants": total})))
 }
 
-async fn execute_tpc(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn execute_tpc(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    s.audit(&tenant, &actor, "tpc_execute", json!({"id": id})).await?;
     let _slot = s.begin_execution(&tenant)?;
     Ok(Json(s.inner.tpc.execute(&tenant, &id).await?.document()))
 }
 
-async fn abort_tpc(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn abort_tpc(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    s.audit(&tenant, &actor, "tpc_abort", json!({"id": id})).await?;
     Ok(Json(s.inner.tpc.abort(&tenant, &id).await?.document()))
 }
 
-async fn recover_tpc(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn recover_tpc(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    s.audit(&tenant, &actor, "tpc_recover", json!({"id": id})).await?;
     let _slot = s.begin_execution(&tenant)?;
     Ok(Json(s.inner.tpc.recover(&tenant, &id).await?.document()))
 }
 
-async fn get_tpc(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_tpc(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     Ok(Json(s.inner.tpc.get(&tenant, &id).await?.document()))
 }
 
-async fn tpc_history(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn tpc_history(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     Ok(Json(history_document(s.inner.tpc.history(&tenant, &id).await?)))
 }
 
@@ -479,11 +516,11 @@ async fn tpc_history(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id)
 
 async fn create_managed(
     State(s): State<AppState>,
-    Tenant(tenant): Tenant,
+    Tenant(tenant, actor): Tenant,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    idempotent_create(&s, &tenant, &headers, body, |s, tenant, bytes| async move {
+    idempotent_create(&s, &tenant, &actor, &headers, body, |s, tenant, bytes| async move {
         let req: CreateManaged = parse_bytes(&bytes)?;
         let m = s.inner.manager.create(&tenant, req).await?;
         Ok(json!({"status": "success", "transaction_id": m.id(), "transaction_status": "pending"}))
@@ -493,10 +530,11 @@ async fn create_managed(
 
 async fn add_managed_participant(
     State(s): State<AppState>,
-    Tenant(tenant): Tenant,
+    Tenant(tenant, actor): Tenant,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    s.audit(&tenant, &actor, "participant_added", json!({"id": id})).await?;
     let spec: ManagedParticipant = parse(body)?;
     let total = s.inner.manager.add_participant(&tenant, &id, spec).await?;
     Ok(Json(json!({"status": "success", "total_participants": total})))
@@ -515,33 +553,36 @@ async fn managed_document(s: &AppState, tenant: &str, m: crate::manager::Managed
 
 async fn execute_managed(
     State(s): State<AppState>,
-    Tenant(tenant): Tenant,
+    Tenant(tenant, actor): Tenant,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    s.audit(&tenant, &actor, "transaction_execute", json!({"id": id})).await?;
     let _slot = s.begin_execution(&tenant)?;
     let req: ExecuteManaged = parse_optional(body)?;
     let m = s.inner.manager.execute(&tenant, &id, req.pattern.as_deref()).await?;
     managed_document(&s, &tenant, m).await
 }
 
-async fn get_managed(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_managed(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let m = s.inner.manager.get(&tenant, &id).await?;
     managed_document(&s, &tenant, m).await
 }
 
-async fn abort_managed(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn abort_managed(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    s.audit(&tenant, &actor, "transaction_abort", json!({"id": id})).await?;
     let m = s.inner.manager.abort(&tenant, &id).await?;
     managed_document(&s, &tenant, m).await
 }
 
-async fn recover_managed(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn recover_managed(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    s.audit(&tenant, &actor, "transaction_recover", json!({"id": id})).await?;
     let _slot = s.begin_execution(&tenant)?;
     let m = s.inner.manager.recover(&tenant, &id).await?;
     managed_document(&s, &tenant, m).await
 }
 
-async fn managed_history(State(s): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn managed_history(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     Ok(Json(history_document(s.inner.manager.history(&tenant, &id).await?)))
 }
 
@@ -553,7 +594,7 @@ struct ManagedListQuery {
 
 async fn list_managed(
     State(s): State<AppState>,
-    Tenant(tenant): Tenant,
+    Tenant(tenant, _actor): Tenant,
     query: Result<Query<ManagedListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
@@ -579,11 +620,12 @@ struct DefaultPolicy {
 
 async fn set_default_policy(
     State(s): State<AppState>,
-    Tenant(tenant): Tenant,
+    Tenant(tenant, actor): Tenant,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let req: DefaultPolicy = parse(body)?;
     s.inner.manager.set_default_policy(&tenant, &req.policy).await?;
+    s.inner.store.audit(&tenant, &actor, "default_policy_set", &json!({"policy": req.policy})).await?;
     Ok(Json(json!({"status": "success", "policy": req.policy})))
 }
 

@@ -645,6 +645,37 @@ impl Store {
         Ok(sqlx::query("SELECT 1 FROM tenants LIMIT 1").fetch_optional(&self.pool).await?.is_some())
     }
 
+    // ---- audit ----
+
+    /// Records who did what; ids are time-ordered (UUIDv7).
+    pub async fn audit(&self, tenant: &str, actor: &str, action: &str, detail: &Value) -> Result<()> {
+        sqlx::query("INSERT INTO audit (id, tenant_id, at, actor, action, detail) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(uuid::Uuid::now_v7().to_string())
+            .bind(tenant)
+            .bind(now_ms())
+            .bind(actor)
+            .bind(action)
+            .bind(detail.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The newest `limit` audit entries of `tenant`, newest first: (at, actor, action, detail).
+    pub async fn audit_log(&self, tenant: &str, limit: i64) -> Result<Vec<(i64, String, String, Value)>> {
+        let rows = sqlx::query("SELECT at, actor, action, detail FROM audit WHERE tenant_id = $1 ORDER BY id DESC LIMIT $2")
+            .bind(tenant)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let detail: String = r.try_get(3)?;
+                Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, serde_json::from_str(&detail).unwrap_or(Value::Null)))
+            })
+            .collect()
+    }
+
     /// Rows in a table (for tests asserting that bad input changed nothing).
     pub async fn count(&self, table: &str) -> Result<i64> {
         assert!(schema::TABLES.contains(&table), "unknown table {table}");

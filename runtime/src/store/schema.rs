@@ -6,7 +6,7 @@ use sqlx::{AnyPool, Row};
 
 use super::{Backend, Result};
 
-pub(super) const TABLES: &[&str] = &["components", "plugins", "transactions", "events", "idempotency", "tenant_settings", "tenants", "api_keys"];
+pub(super) const TABLES: &[&str] = &["components", "plugins", "transactions", "events", "idempotency", "tenant_settings", "tenants", "api_keys", "audit"];
 
 /// (version, statements). `{blob}` is the binary column type of the backend.
 const MIGRATIONS: &[(i64, &[&str])] = &[(
@@ -79,6 +79,18 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             hash TEXT NOT NULL,
             created_at BIGINT NOT NULL,
             revoked_at BIGINT)",
+    ],
+), (
+    4,
+    &[
+        "CREATE TABLE audit (
+            id TEXT PRIMARY KEY,
+            tenant_id TEXT NOT NULL,
+            at BIGINT NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            detail TEXT NOT NULL)",
+        "CREATE INDEX audit_by_tenant ON audit (tenant_id, id)",
     ],
 )];
 
