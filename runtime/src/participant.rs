@@ -48,8 +48,8 @@ pub struct Invoker {
     /// Memory cap and fuel of plugin calls; the deadline comes per call.
     limits: CallLimits,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
-    /// Tenants' own limits, where they have any.
-    tenant_limits: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, CallLimits>>>,
+    /// Tenants' own limits and outbound-HTTP allowlists, where they have any.
+    tenant_limits: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, (CallLimits, Arc<[String]>)>>>,
 }
 
 impl Invoker {
@@ -67,16 +67,26 @@ impl Invoker {
         &self.metrics
     }
 
-    /// Sets the plugin-call limits of `tenant`'s calls: its memory cap and fuel, and a deadline
-    /// that caps each call's own.
-    pub fn set_tenant_limits(&self, tenant: &str, limits: CallLimits) {
-        self.tenant_limits.write().unwrap().insert(tenant.to_string(), limits);
+    /// Sets the plugin-call limits of `tenant`'s calls (its memory cap and fuel, and a deadline
+    /// that caps each call's own) and the hosts its plugins may reach over HTTP.
+    pub fn set_tenant_limits(&self, tenant: &str, limits: CallLimits, allowed_hosts: Vec<String>) {
+        self.tenant_limits.write().unwrap().insert(tenant.to_string(), (limits, allowed_hosts.into()));
     }
 
     fn limits_for(&self, tenant: &str, timeout: Duration) -> CallLimits {
         match self.tenant_limits.read().unwrap().get(tenant) {
-            Some(l) => CallLimits { timeout: timeout.min(l.timeout), ..l.clone() },
+            Some((l, _)) => CallLimits { timeout: timeout.min(l.timeout), ..l.clone() },
             None => CallLimits { timeout, ..self.limits.clone() },
+        }
+    }
+
+    fn tags_of(&self, ctx: &CallContext) -> CallTags {
+        let allowed_hosts = self.tenant_limits.read().unwrap().get(&ctx.tenant).map(|(_, h)| h.clone()).unwrap_or_default();
+        CallTags {
+            tenant: ctx.tenant.clone(),
+            transaction_id: ctx.transaction_id.clone(),
+            step: ctx.step.clone(),
+            allowed_hosts,
         }
     }
 
@@ -103,7 +113,7 @@ impl Invoker {
         match target {
             Target::Plugin(component) => {
                 let limits = self.limits_for(&ctx.tenant, timeout);
-                let tags = tags_of(&ctx);
+                let tags = self.tags_of(&ctx);
                 let result = match phase {
                     Phase::Execute => self.host.execute(component, ctx, &limits, tags).await,
                     Phase::Compensate => self.host.compensate(component, ctx, &limits, tags).await,
@@ -144,7 +154,7 @@ impl Invoker {
         match target {
             Target::Plugin(component) => {
                 let limits = self.limits_for(&ctx.tenant, timeout);
-                let tags = tags_of(&ctx);
+                let tags = self.tags_of(&ctx);
                 self.host.prepare(component, ctx, &limits, tags).await.unwrap_or_else(|e| Vote::Abort(e.to_string()))
             }
             Target::Http { endpoint } => match self.post(endpoint, "prepare", Phase::Prepare, &ctx, timeout).await {
@@ -192,10 +202,6 @@ impl Invoker {
         let text = response.text().await.map_err(|e| format!("POST {url}: reading the answer: {e}"))?;
         Ok((status, text))
     }
-}
-
-fn tags_of(ctx: &CallContext) -> CallTags {
-    CallTags { tenant: ctx.tenant.clone(), transaction_id: ctx.transaction_id.clone(), step: ctx.step.clone() }
 }
 
 fn truncate(s: &str) -> String {

@@ -215,6 +215,7 @@ async fn the_sandbox_grants_no_files_env_or_sockets() {
         (json!({"do": "read_file", "path": "Cargo.toml"}), "read_file denied"),
         (json!({"do": "env", "name": "WASMTX_TEST_SECRET"}), "env denied"),
         (json!({"do": "connect", "addr": "127.0.0.1:5432"}), "connect denied"),
+        (json!({"do": "http_get", "url": "http://127.0.0.1:5432/"}), "HttpRequestDenied"),
     ] {
         let out = execute(&scripted, script("execute", instruction.clone()), &CallLimits::default()).await.unwrap();
         assert!(matches!(&out, Outcome::Failure(m) if m.contains(denied)), "{instruction}: {out:?}");
@@ -246,7 +247,7 @@ async fn host_log_stdout_and_stderr_reach_the_log_tagged_with_the_call() {
         .with_max_level(tracing::Level::TRACE)
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    let tags = CallTags { tenant: "acme".into(), transaction_id: "tx-42".into(), step: "notify".into() };
+    let tags = CallTags { tenant: "acme".into(), transaction_id: "tx-42".into(), step: "notify".into(), ..CallTags::default() };
     let input = script("execute", json!({"do": "log", "message": "hello-from-plugin"}));
     let out = host().execute(&scripted, ctx("notify", input), &CallLimits::default(), tags).await.unwrap();
     assert!(matches!(out, Outcome::Success(_)));

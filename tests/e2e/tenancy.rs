@@ -161,7 +161,7 @@ on_both_stores!(limits_touch_only_their_own_tenant, |url: String| async move {
     let (small_key, _) = new_tenant(
         &server,
         "small",
-        json!({"max_concurrent": 1, "memory_mb": 16, "max_versions": 1, "max_component_bytes": 300000}),
+        json!({"max_concurrent": 1, "memory_mb": 16, "max_versions": 1, "max_component_bytes": 600000}),
     )
     .await;
     let (big_key, _) = new_tenant(&server, "big", json!({})).await;
@@ -170,12 +170,12 @@ on_both_stores!(limits_touch_only_their_own_tenant, |url: String| async move {
     for c in [&small, &big] {
         assert_eq!(c.push("scripted", plugins::SCRIPTED).await.0, StatusCode::CREATED);
     }
-    // Upload limits: one version per name, components up to 300 000 bytes.
+    // Upload limits: one version per name, components up to 600 000 bytes.
     let (status, err) = small.push("scripted", plugins::PAYMENT).await;
     assert_eq!((status, err["error"]["code"].clone()), (StatusCode::CONFLICT, json!("version_limit")), "{err}");
     assert_eq!(small.push("scripted", plugins::SCRIPTED).await.0, StatusCode::OK, "the same bytes are not a new version");
     assert_eq!(big.push("scripted", plugins::PAYMENT).await.0, StatusCode::CREATED, "big has no version limit");
-    let big_component = vec![0u8; 400_000];
+    let big_component = vec![0u8; 700_000];
     let r = client().put(format!("{}/v1/plugins/huge", server.url)).bearer_auth(&small_key).body(big_component).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
@@ -259,3 +259,34 @@ async fn without_an_admin_token_the_admin_api_is_off_and_single_tenant_mode_need
     assert_eq!(anyone.get("/v1/sagas").await.0, StatusCode::OK);
     server.kill().await;
 }
+
+on_both_stores!(plugins_reach_only_their_tenants_allowed_hosts, |url: String| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let db = url.starts_with("postgres").then_some(url.as_str());
+    let target = common::HttpParticipant::start(common::Script::default()).await;
+    let host = target.url.trim_start_matches("http://").to_string();
+    let server = Server::start(dir.path(), db, &["--admin-token", ADMIN]).await;
+    let admin = Caller { server: &server, key: Some(ADMIN.into()) };
+    let (_, open) = admin.post("/v1/admin/tenants", json!({"tenant_id": "open", "allowed_hosts": [host]})).await;
+    let (_, closed) = admin.post("/v1/admin/tenants", json!({"tenant_id": "closed"})).await;
+    let (status, bad) = admin.post("/v1/admin/tenants", json!({"tenant_id": "bad", "allowed_hosts": ["http://x/y"]})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    let get = json!({"name": "fetch", "plugin": "scripted", "retry_count": 0,
+                     "parameters": {"script": {"execute": {"do": "http_get", "url": format!("{}/ping", target.url)}}}});
+    let mut outcomes = Vec::new();
+    for tenant in [&open, &closed] {
+        let caller = Caller { server: &server, key: Some(tenant["api_key"].as_str().unwrap().into()) };
+        assert_eq!(caller.push("scripted", plugins::SCRIPTED).await.0, StatusCode::CREATED);
+        let id = caller.saga(&[get.clone()]).await;
+        let (_, doc) = caller.post(&format!("/v1/sagas/{id}/execute"), json!({})).await;
+        outcomes.push(doc);
+    }
+    assert_eq!(outcomes[0]["state"], "completed", "{}", outcomes[0]);
+    assert_eq!(outcomes[0]["steps"][0]["output"]["status"], 200);
+    assert!(outcomes[0]["steps"][0]["output"]["body"].as_str().unwrap().contains("pong"));
+    assert_eq!(outcomes[1]["state"], "compensated", "{}", outcomes[1]);
+    let refused = outcomes[1]["steps"][0]["error"].as_str().unwrap();
+    assert!(refused.contains("HttpRequestDenied"), "the outcome says the request was refused: {refused}");
+    assert_eq!(target.calls_to("ping").len(), 1, "only the allowed tenant's request arrived");
+    server.kill().await;
+});

@@ -19,6 +19,7 @@
 //! | `read_file` | tries to read `path`; success only if the sandbox let it |
 //! | `env` | tries to read environment variable `name` |
 //! | `connect` | tries to open a TCP connection to `addr` |
+//! | `http_get` | GETs `url` over wasi:http; success with `status` and `body` if allowed |
 
 use serde_json::Value;
 use wasmtx_plugin_sdk::{Call, LogLevel, Outcome, Participant, Step, Vote, json, log};
@@ -97,6 +98,14 @@ fn run(call: &Call, phase: &str) -> Outcome {
         "connect" => match std::net::TcpStream::connect(text(&instr, "addr", "127.0.0.1:5432")) {
             Ok(_) => Outcome::success(&json!({ "connected": true })),
             Err(e) => Outcome::failure(format!("connect denied: {e}")),
+        },
+        "http_get" => match waki::Client::new().get(&text(&instr, "url", "http://127.0.0.1/")).send() {
+            Ok(response) => {
+                let status = response.status_code();
+                let body = response.body().map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+                Outcome::success(&json!({ "status": status, "body": body }))
+            }
+            Err(e) => Outcome::failure(format!("http_get denied or failed: {e:?}")),
         },
         other => Outcome::failure(format!("unknown scripted instruction {other:?}")),
     }

@@ -142,6 +142,13 @@ pub(super) async fn create_tenant(
     let limits = req.limits.unwrap_or_default();
     limits.validate().map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", m))?;
     let hosts = req.allowed_hosts.unwrap_or_default();
+    if hosts.len() > 100 || hosts.iter().any(|h| h.is_empty() || h.len() > 255 || h.contains(['/', ' ', '@'])) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "allowed_hosts must be at most 100 entries of `host` or `host:port`",
+        ));
+    }
     let row = TenantRow {
         tenant_id: req.tenant_id.clone(),
         limits: serde_json::to_value(&limits).expect("limits serialise"),

@@ -88,9 +88,11 @@ impl AppState {
             return Ok(());
         }
         let row = self.inner.store.tenant(tenant).await?;
+        let hosts: Vec<String> =
+            row.as_ref().and_then(|r| serde_json::from_value(r.allowed_hosts.clone()).ok()).unwrap_or_default();
         let limits: auth::TenantLimits =
             row.and_then(|r| serde_json::from_value(r.limits).ok()).unwrap_or_default();
-        self.inner.invoker.set_tenant_limits(tenant, limits.call_limits());
+        self.inner.invoker.set_tenant_limits(tenant, limits.call_limits(), hosts);
         self.inner.limits.write().unwrap().insert(tenant.to_string(), limits);
         Ok(())
     }

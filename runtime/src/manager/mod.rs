@@ -419,7 +419,8 @@ impl Manager {
             context: Value::Object(m.doc.context.clone()).to_string(),
         };
         let limits = CallLimits { timeout: POLICY_TIMEOUT, ..CallLimits::default() };
-        let tags = CallTags { tenant: tenant.into(), transaction_id: m.row.id.clone(), step: "policy".into() };
+        // Policies decide from the profile alone: no outbound HTTP.
+        let tags = CallTags { tenant: tenant.into(), transaction_id: m.row.id.clone(), step: "policy".into(), allowed_hosts: Default::default() };
         let answer = self.catalog.cache().host().select(&component, profile, &limits, tags).await;
         Ok(match answer {
             Err(e) => fallback(events, m, format!("policy {name} failed: {e}")),

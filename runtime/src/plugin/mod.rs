@@ -158,6 +158,9 @@ impl PluginHost {
 
         let mut linker = Linker::<CallState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        // Outbound HTTP exists for plugins, but each request is checked against the calling
+        // tenant's allowlist (empty by default: everything is refused).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         wit_host::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));

@@ -4,6 +4,7 @@
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
 use super::bindings::wit_host;
 
@@ -12,16 +13,20 @@ const OUTPUT_CAPTURE_BYTES: usize = 64 * 1024;
 /// Table elements a call may grow to; far above what real components use.
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
-/// Who a call runs for; every log line of the call carries these.
+/// Who a call runs for; every log line of the call carries these. `allowed_hosts` are the
+/// only hosts the plugin may reach over outbound HTTP (`host` or `host:port`; empty: none).
 #[derive(Debug, Clone, Default)]
 pub struct CallTags {
     pub tenant: String,
     pub transaction_id: String,
     pub step: String,
+    pub allowed_hosts: std::sync::Arc<[String]>,
 }
 
 pub(crate) struct CallState {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    hooks: Allowlist,
     table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
     pub(crate) stdout: MemoryOutputPipe,
@@ -44,6 +49,8 @@ impl CallState {
             .build();
         CallState {
             wasi,
+            http: WasiHttpCtx::new(),
+            hooks: Allowlist { tags: tags.clone() },
             table: ResourceTable::new(),
             limiter: MemoryLimiter { cap: memory_cap, hit: false },
             stdout,
@@ -90,6 +97,61 @@ impl CallState {
 impl WasiView for CallState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for CallState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
+}
+
+/// Outbound HTTP only to the tenant's allowed hosts; every refusal is logged.
+struct Allowlist {
+    tags: CallTags,
+}
+
+impl Allowlist {
+    fn allows(&self, uri: &http::Uri) -> bool {
+        let Some(host) = uri.host() else { return false };
+        let with_port = uri.authority().map(|a| a.as_str()).unwrap_or(host);
+        self.tags.allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(with_port))
+    }
+}
+
+type SendFuture = Box<
+    dyn std::future::Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<WasiBody>,
+                Box<dyn std::future::Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            )>,
+        > + Send,
+>;
+
+impl WasiHttpHooks for Allowlist {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        fut: Box<dyn std::future::Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> SendFuture {
+        _ = fut;
+        if !self.allows(request.uri()) {
+            tracing::warn!(
+                target: "wasmtx::plugin::http",
+                tenant = %self.tags.tenant,
+                transaction_id = %self.tags.transaction_id,
+                step = %self.tags.step,
+                uri = %request.uri(),
+                "outbound HTTP denied: host not on the tenant's allowlist"
+            );
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
+        Box::new(async move {
+            use http_body_util::BodyExt;
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>))
+        })
     }
 }
 

@@ -146,7 +146,11 @@ impl HttpParticipant {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let hung = Arc::new(Notify::new());
         let state = S { script: Arc::new(script), calls: calls.clone(), hung: hung.clone() };
-        let app = Router::new().route("/{action}", post(handle)).with_state(state);
+        async fn handle_get(State(s): State<S>, UrlPath(action): UrlPath<String>) -> Json<Value> {
+            s.calls.lock().unwrap().push(json!({"path": action, "body": {"method": "GET"}}));
+            Json(json!({"pong": true}))
+        }
+        let app = Router::new().route("/{action}", post(handle).get(handle_get)).with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
