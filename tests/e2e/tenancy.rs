@@ -290,3 +290,22 @@ on_both_stores!(plugins_reach_only_their_tenants_allowed_hosts, |url: String| as
     assert_eq!(target.calls_to("ping").len(), 1, "only the allowed tenant's request arrived");
     server.kill().await;
 });
+
+on_both_stores!(fuel_and_body_limits_apply_per_tenant, |url: String| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let db = url.starts_with("postgres").then_some(url.as_str());
+    let server = Server::start(dir.path(), db, &["--admin-token", ADMIN, "--fuel-metering"]).await;
+    let (key, _) = new_tenant(&server, "metered", json!({"fuel": 20000000, "max_body_bytes": 2000})).await;
+    let metered = Caller { server: &server, key: Some(key) };
+    assert_eq!(metered.push("scripted", plugins::SCRIPTED).await.0, StatusCode::CREATED, "uploads are not body-limited");
+    let id = metered
+        .saga(&[json!({"name": "spin", "plugin": "scripted", "retry_count": 0, "parameters": {"script": {"execute": {"do": "spin"}}}})])
+        .await;
+    let (_, doc) = metered.post(&format!("/v1/sagas/{id}/execute"), json!({})).await;
+    assert_eq!(doc["state"], "compensated", "{doc}");
+    assert!(doc["steps"][0]["error"].as_str().unwrap().contains("fuel"), "{doc}");
+    let big_context = json!({"saga_name": "s", "context": {"blob": "x".repeat(5000)}});
+    let (status, err) = metered.post("/v1/sagas", big_context).await;
+    assert_eq!((status, err["error"]["code"].clone()), (StatusCode::PAYLOAD_TOO_LARGE, json!("body_too_large")), "{err}");
+    server.kill().await;
+});

@@ -36,7 +36,18 @@ impl FromRequestParts<AppState> for Tenant {
         if !constant_time_eq(hash_secret(&key.salt, secret).as_bytes(), key.hash.as_bytes()) {
             return Err(unauthorized("unknown or revoked API key"));
         }
-        state.load_tenant_limits(&key.tenant_id).await?;
+        let limits = state.load_tenant_limits(&key.tenant_id).await?;
+        let length = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let is_upload = parts.uri.path().starts_with("/v1/plugins/");
+        if let (Some(max), Some(length), false) = (limits.max_body_bytes, length, is_upload)
+            && length > max
+        {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the body is {length} bytes; this tenant may send at most {max}"),
+            ));
+        }
         Ok(Tenant(key.tenant_id, format!("key:{}", key.key_id)))
     }
 }
@@ -80,6 +91,9 @@ pub struct TenantLimits {
     pub max_component_bytes: Option<usize>,
     /// Versions a plugin name of this tenant may have.
     pub max_versions: Option<i64>,
+    /// Largest request body (by Content-Length) this tenant may send to JSON endpoints; the
+    /// server's own caps (1 MiB JSON, 64 MiB components) still apply.
+    pub max_body_bytes: Option<u64>,
 }
 
 impl TenantLimits {

@@ -83,9 +83,9 @@ impl AppState {
     }
 
     /// Loads a tenant's limits once and hands its plugin-call limits to the invoker.
-    async fn load_tenant_limits(&self, tenant: &str) -> Result<(), ApiError> {
-        if self.inner.limits.read().unwrap().contains_key(tenant) {
-            return Ok(());
+    async fn load_tenant_limits(&self, tenant: &str) -> Result<auth::TenantLimits, ApiError> {
+        if let Some(limits) = self.inner.limits.read().unwrap().get(tenant) {
+            return Ok(limits.clone());
         }
         let row = self.inner.store.tenant(tenant).await?;
         let hosts: Vec<String> =
@@ -93,8 +93,17 @@ impl AppState {
         let limits: auth::TenantLimits =
             row.and_then(|r| serde_json::from_value(r.limits).ok()).unwrap_or_default();
         self.inner.invoker.set_tenant_limits(tenant, limits.call_limits(), hosts);
-        self.inner.limits.write().unwrap().insert(tenant.to_string(), limits);
-        Ok(())
+        self.inner.limits.write().unwrap().insert(tenant.to_string(), limits.clone());
+        Ok(limits)
+    }
+
+    /// Loads every tenant's limits, so work recovered at start-up runs under them too.
+    pub async fn load_all_tenants(&self) -> Result<usize, ApiError> {
+        let tenants = self.inner.store.tenant_ids().await?;
+        for t in &tenants {
+            self.load_tenant_limits(t).await?;
+        }
+        Ok(tenants.len())
     }
 
     /// Records a write in the tenant's audit trail.

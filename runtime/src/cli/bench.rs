@@ -149,7 +149,13 @@ async fn bench_transactions(scenario: Scenario, load: Load) -> anyhow::Result<st
     let url = database_url.unwrap_or_else(|| format!("sqlite://{}", scratch.join("bench.db").display()));
     let backend = if url.starts_with("sqlite") { "sqlite" } else { "postgres" };
     println!("store:        {backend}");
-    let node = super::serve::NodeArgs { database_url: Some(url), data_dir: scratch.clone(), node_id: None, lease_ms: 10_000 }
+    let node = super::serve::NodeArgs {
+        database_url: Some(url),
+        data_dir: scratch.clone(),
+        node_id: None,
+        lease_ms: 10_000,
+        fuel_metering: false,
+    }
         .start()
         .await?;
     let tenant = format!("bench-{}", uuid::Uuid::new_v4().simple());

@@ -45,6 +45,9 @@ pub struct NodeArgs {
     /// How long a lease lasts without renewal, in ms.
     #[arg(long, env = "WASMTX_LEASE_MS", default_value_t = 10_000)]
     pub lease_ms: u64,
+    /// Meter fuel in plugin calls, so tenants' `fuel` limits apply (costs a few percent).
+    #[arg(long, env = "WASMTX_FUEL_METERING")]
+    pub fuel_metering: bool,
 }
 
 /// The engines of one coordinator process.
@@ -66,7 +69,11 @@ impl NodeArgs {
             None => format!("sqlite://{}", self.data_dir.join("wasmtx.db").display()),
         };
         let store = Store::open(&url).await.with_context(|| format!("opening the store at {}", redact(&url)))?;
-        let host = PluginHost::new(HostConfig { cache_dir: Some(self.data_dir.join("cache")), ..HostConfig::default() })
+        let host = PluginHost::new(HostConfig {
+            cache_dir: Some(self.data_dir.join("cache")),
+            fuel_metering: self.fuel_metering,
+            ..HostConfig::default()
+        })
             .map_err(anyhow::Error::from)
             .context("starting the Wasm host")?;
         let catalog = Catalog::new(store.clone(), ComponentCache::new(host.clone()));
@@ -106,6 +113,16 @@ fn redact(url: &str) -> String {
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let node = args.node.start().await?;
+    let state = AppState::new(Services {
+        store: node.store.clone(),
+        catalog: node.catalog.clone(),
+        invoker: node.invoker.clone(),
+        sagas: node.sagas.clone(),
+        tpc: node.tpc.clone(),
+        manager: node.manager.clone(),
+        admin_token: args.admin_token.clone(),
+    });
+    state.load_all_tenants().await.map_err(|e| anyhow::anyhow!("loading tenants: {}", e.message))?;
     // Claims what this node held before a restart at once, then, periodically, whatever a
     // dead coordinator's expired leases left behind.
     let _recovery = {
@@ -147,15 +164,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let addr = listener.local_addr()?;
     // Tests and scripts read this line to find the port.
     println!("wasmtx listening on http://{addr} (node {})", node.sagas.node_id());
-    let app = router(AppState::new(Services {
-        store: node.store.clone(),
-        catalog: node.catalog.clone(),
-        invoker: node.invoker.clone(),
-        sagas: node.sagas.clone(),
-        tpc: node.tpc.clone(),
-        manager: node.manager.clone(),
-        admin_token: args.admin_token.clone(),
-    }));
+    let app = router(state);
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

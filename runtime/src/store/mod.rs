@@ -640,6 +640,11 @@ impl Store {
         .transpose()
     }
 
+    pub async fn tenant_ids(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT tenant_id FROM tenants ORDER BY tenant_id").fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok(r.try_get(0)?)).collect()
+    }
+
     /// Whether any tenant exists (then every request needs a key).
     pub async fn has_tenants(&self) -> Result<bool> {
         Ok(sqlx::query("SELECT 1 FROM tenants LIMIT 1").fetch_optional(&self.pool).await?.is_some())
