@@ -119,6 +119,23 @@ on_both_stores!(tenants_are_isolated_and_keys_are_checked, |url: String| async m
     }
     let (_, listed) = globex.get("/v1/sagas").await;
     assert_eq!(listed["sagas"], json!([]));
+    // The same for 2PC and managed transactions.
+    let (_, tpc) = acme.post("/v1/2pc", json!({"transaction_name": "t"})).await;
+    let (_, managed) = acme.post("/v1/transactions", json!({"transaction_name": "t"})).await;
+    let (tpc, managed) = (tpc["transaction_id"].as_str().unwrap(), managed["transaction_id"].as_str().unwrap());
+    for (method, path) in [
+        ("GET", format!("/v1/2pc/{tpc}")),
+        ("POST", format!("/v1/2pc/{tpc}/execute")),
+        ("POST", format!("/v1/2pc/{tpc}/abort")),
+        ("GET", format!("/v1/transactions/{managed}")),
+        ("POST", format!("/v1/transactions/{managed}/execute")),
+        ("POST", format!("/v1/transactions/{managed}/abort")),
+    ] {
+        let (status, err) = globex.send(method, &path, None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {err}");
+    }
+    let (_, theirs) = globex.get("/v1/transactions").await;
+    assert_eq!(theirs["transactions"], json!([]));
     let (_, mine) = acme.get("/v1/sagas").await;
     assert_eq!(mine["sagas"].as_array().unwrap().len(), 1);
     let (status, _) = globex.get("/v1/plugins/payment").await;
