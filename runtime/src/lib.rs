@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod cli;
+mod engine;
 pub mod journal;
 pub mod manager;
 pub mod metrics;

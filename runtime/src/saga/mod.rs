@@ -11,14 +11,14 @@ pub mod state;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
-use crate::journal::{Journal, Record, wait_for_end};
-use crate::recovery::Drivers;
+use crate::journal::{Record, wait_for_end};
+use crate::engine::EngineCore;
+pub use crate::engine::EngineConfig;
 use tracing::Instrument;
 
 pub use crate::model::Progress;
@@ -116,40 +116,14 @@ pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// Engine settings.
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    /// This coordinator's identity in leases.
-    pub node_id: String,
-    /// How long a lease lasts without renewal (default 10 s).
-    pub lease: Duration,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        EngineConfig { node_id: uuid::Uuid::new_v4().to_string(), lease: Duration::from_secs(10) }
-    }
-}
-
 #[derive(Clone)]
 pub struct SagaEngine {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    store: Store,
-    catalog: Catalog,
-    invoker: Invoker,
-    config: EngineConfig,
-    journal: Journal,
-    /// Sagas this process is driving, with their cancel flags.
-    driving: Arc<Drivers>,
+    inner: Arc<EngineCore>,
 }
 
 impl SagaEngine {
     pub fn new(store: Store, catalog: Catalog, invoker: Invoker, config: EngineConfig) -> Self {
-        let journal = Journal::new(store.clone(), config.lease);
-        SagaEngine { inner: Arc::new(Inner { store, catalog, invoker, config, journal, driving: Arc::default() }) }
+        SagaEngine { inner: EngineCore::new(store, catalog, invoker, config) }
     }
 
     pub fn store(&self) -> &Store {

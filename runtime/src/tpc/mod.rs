@@ -17,8 +17,8 @@ use serde_json::{Map, Value, json};
 use futures::future::join_all;
 use tokio::sync::broadcast;
 
-use crate::journal::{Journal, Record, wait_for_end};
-use crate::recovery::Drivers;
+use crate::journal::{Record, wait_for_end};
+use crate::engine::EngineCore;
 use tracing::Instrument;
 
 use crate::model::{CallContext, Outcome, Progress, RetryPolicy, Vote};
@@ -137,23 +137,12 @@ fn presume_abort(tx: &mut Tpc) -> Option<NewEvent> {
 
 #[derive(Clone)]
 pub struct TpcEngine {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    store: Store,
-    catalog: Catalog,
-    invoker: Invoker,
-    config: EngineConfig,
-    journal: Journal,
-    /// Transactions this process is driving, with their "abort requested" flags.
-    driving: Arc<Drivers>,
+    inner: Arc<EngineCore>,
 }
 
 impl TpcEngine {
     pub fn new(store: Store, catalog: Catalog, invoker: Invoker, config: EngineConfig) -> Self {
-        let journal = Journal::new(store.clone(), config.lease);
-        TpcEngine { inner: Arc::new(Inner { store, catalog, invoker, config, journal, driving: Arc::default() }) }
+        TpcEngine { inner: EngineCore::new(store, catalog, invoker, config) }
     }
 
     pub fn node_id(&self) -> &str {

@@ -1,0 +1,43 @@
+//! What every engine holds: the store, the plugin catalog, the invoker, its settings, the
+//! journal it writes through, and the registry of what it is driving in this process.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::journal::Journal;
+use crate::participant::Invoker;
+use crate::plugin::Catalog;
+use crate::recovery::Drivers;
+use crate::store::Store;
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// This coordinator's identity in leases.
+    pub node_id: String,
+    /// How long a lease lasts without renewal (default 10 s).
+    pub lease: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { node_id: uuid::Uuid::new_v4().to_string(), lease: Duration::from_secs(10) }
+    }
+}
+
+pub(crate) struct EngineCore {
+    pub(crate) store: Store,
+    pub(crate) catalog: Catalog,
+    pub(crate) invoker: Invoker,
+    pub(crate) config: EngineConfig,
+    pub(crate) journal: Journal,
+    /// Transactions this process is driving, with their stop flags.
+    pub(crate) driving: Arc<Drivers>,
+}
+
+impl EngineCore {
+    pub(crate) fn new(store: Store, catalog: Catalog, invoker: Invoker, config: EngineConfig) -> Arc<Self> {
+        let journal = Journal::new(store.clone(), config.lease);
+        Arc::new(EngineCore { store, catalog, invoker, config, journal, driving: Arc::default() })
+    }
+}
