@@ -155,14 +155,7 @@ impl StepSpec {
         if self.name.trim().is_empty() || self.name.len() > 128 {
             return Err("step name must be 1-128 characters".into());
         }
-        match (&self.plugin, &self.endpoint) {
-            (Some(_), Some(_)) => return Err(format!("step {:?}: give exactly one of plugin and endpoint, not both", self.name)),
-            (None, None) => return Err(format!("step {:?}: give exactly one of plugin and endpoint", self.name)),
-            (None, Some(url)) if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 => {
-                return Err(format!("step {:?}: endpoint must be an http:// or https:// URL", self.name));
-            }
-            _ => {}
-        }
+        validate_target(&format!("step {:?}", self.name), &self.plugin, &self.endpoint)?;
         if self.timeout_ms.is_some_and(|t| t == 0 || t > MAX_STEP_TIMEOUT_MS) {
             return Err(format!("step {:?}: timeout_ms must be between 1 and {MAX_STEP_TIMEOUT_MS}", self.name));
         }
@@ -194,6 +187,19 @@ impl StepSpec {
     /// Tries the step gets in all: its own `retry_count` + 1, or the saga's policy.
     pub fn attempts_allowed(&self, policy: &RetryPolicy) -> u32 {
         self.retry_count.map_or(policy.max_attempts, |r| r + 1)
+    }
+}
+
+/// What runs a step or participant: exactly one of a plugin and an http(s) endpoint.
+/// `what` names it in the error ("step \"charge\"", "participant \"bank\"").
+pub(crate) fn validate_target(what: &str, plugin: &Option<String>, endpoint: &Option<String>) -> Result<(), String> {
+    match (plugin, endpoint) {
+        (Some(_), Some(_)) => Err(format!("{what}: give exactly one of plugin and endpoint, not both")),
+        (None, None) => Err(format!("{what}: give exactly one of plugin and endpoint")),
+        (None, Some(url)) if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 => {
+            Err(format!("{what}: endpoint must be an http:// or https:// URL"))
+        }
+        _ => Ok(()),
     }
 }
 

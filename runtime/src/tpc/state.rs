@@ -123,17 +123,11 @@ impl ParticipantSpec {
         if id.trim().is_empty() || id.len() > 128 || id.contains(char::is_whitespace) {
             return Err("participant_id must be 1-128 characters without spaces".into());
         }
-        match (&self.plugin, &self.endpoint) {
-            (Some(_), Some(_)) => Err(format!("participant {id:?}: give exactly one of plugin and endpoint, not both")),
-            (None, None) => Err(format!("participant {id:?}: give exactly one of plugin and endpoint")),
-            (None, Some(url)) if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 => {
-                Err(format!("participant {id:?}: endpoint must be an http:// or https:// URL"))
-            }
-            _ if self.timeout_ms.is_some_and(|t| t == 0 || t > crate::saga::state::MAX_STEP_TIMEOUT_MS) => {
-                Err(format!("participant {id:?}: timeout_ms is out of range"))
-            }
-            _ => Ok(()),
+        crate::saga::state::validate_target(&format!("participant {id:?}"), &self.plugin, &self.endpoint)?;
+        if self.timeout_ms.is_some_and(|t| t == 0 || t > crate::saga::state::MAX_STEP_TIMEOUT_MS) {
+            return Err(format!("participant {id:?}: timeout_ms is out of range"));
         }
+        Ok(())
     }
 }
 
