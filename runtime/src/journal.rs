@@ -24,6 +24,8 @@ pub struct Record<S, D> {
     pub row: TxRow,
     pub state: S,
     pub doc: D,
+    /// Events of changes made in memory and written with the next `persist` (see `defer`).
+    pub pending: Vec<NewEvent>,
 }
 
 impl<S: TxState, D: Serialize + DeserializeOwned> Record<S, D> {
@@ -31,7 +33,7 @@ impl<S: TxState, D: Serialize + DeserializeOwned> Record<S, D> {
         let corrupt = |reason: String| StoreError::Corrupt { id: row.id.clone(), reason };
         let state = S::parse(&row.state).ok_or_else(|| corrupt(format!("unknown state {}", row.state)))?;
         let doc = serde_json::from_value(row.doc.clone()).map_err(|e| corrupt(e.to_string()))?;
-        Ok(Record { row, state, doc })
+        Ok(Record { row, state, doc, pending: Vec::new() })
     }
 
     /// A new, unowned record of `kind` for `tenant`, not yet stored.
@@ -50,7 +52,7 @@ impl<S: TxState, D: Serialize + DeserializeOwned> Record<S, D> {
             created_at_ms: now,
             updated_at_ms: now,
         };
-        Record { row, state, doc }
+        Record { row, state, doc, pending: Vec::new() }
     }
 
     pub fn id(&self) -> &str {
@@ -90,9 +92,26 @@ impl Journal {
         self.store.insert_tx(&rec.row, std::slice::from_ref(&event)).await
     }
 
-    /// Commits the record's new state and document with `events`, if nobody wrote it since
-    /// it was read (otherwise `Conflict`), then announces the events.
+    /// Records `events` of a change already made to the record in memory, to be written with
+    /// the next `persist` — for an outcome that nothing acts on before that write (a step's
+    /// completion is written with the next step's start), saving one commit per step. Until
+    /// then the change is not durable: recovery redoes that step's call, with the same
+    /// idempotency key, exactly as after a crash between the call and its write.
+    pub fn defer<S, D>(&self, rec: &mut Record<S, D>, events: Vec<NewEvent>) {
+        rec.pending.extend(events);
+    }
+
+    /// Commits the record's new state and document with any deferred events and `events`, if
+    /// nobody wrote it since it was read (otherwise `Conflict`), then announces the events.
     pub async fn persist<S: TxState, D: Serialize>(&self, rec: &mut Record<S, D>, events: Vec<NewEvent>) -> Result<(), StoreError> {
+        let events = match rec.pending.is_empty() {
+            true => events,
+            false => {
+                let mut all = std::mem::take(&mut rec.pending);
+                all.extend(events);
+                all
+            }
+        };
         let now = now_ms();
         rec.row.state = rec.state.as_str().into();
         rec.row.doc = serde_json::to_value(&rec.doc).expect("documents serialise");

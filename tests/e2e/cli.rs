@@ -37,9 +37,34 @@ fn bench_plugin_prints_its_figures() {
     let out = wasmtx(&["bench", "plugin", "--component", plugins::PAYMENT, "--calls", "300", "--warmup", "20"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    for figure in ["machine:", "calls:        300", "calls/s:", "p50:", "p99:", "peak RSS:"] {
+    for figure in ["machine:", "first load:", "cached load:", "calls:        300", "calls/s:", "p50:", "p99:", "peak RSS:"] {
         assert!(stdout.contains(figure), "missing {figure:?} in:\n{stdout}");
     }
+}
+
+#[test]
+fn bench_plugin_measures_python_and_js_components_and_writes_json() {
+    for (path, phase) in [(plugins::PYTHON_INVENTORY, "execute"), (plugins::JS_FRAUD_CHECK, "prepare")] {
+        let out = wasmtx(&["bench", "--json", "plugin", "--component", path, "--calls", "20", "--warmup", "2"]);
+        assert!(out.status.success(), "{path}: {}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("--json prints one JSON object ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+        assert_eq!(report["phase"], phase, "{report}");
+        assert_eq!(report["calls"], 20);
+        assert!(report["machine"]["cores"].as_u64().unwrap() >= 1);
+        for figure in ["first_load_ms", "cached_load_ms", "calls_per_s", "p50_us", "p99_us", "peak_rss_mib"] {
+            assert!(report[figure].as_f64().is_some_and(|v| v > 0.0), "{figure} in {report}");
+        }
+        assert!(report["p50_us"].as_f64() <= report["p99_us"].as_f64());
+    }
+}
+
+#[test]
+fn bench_plugin_refuses_a_policy_component_with_a_reason() {
+    let out = wasmtx(&["bench", "plugin", "--component", plugins::ALWAYS_SAGA, "--calls", "5"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("exports neither `step` nor `participant`"), "{stderr}");
 }
 
 #[test]

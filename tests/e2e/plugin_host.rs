@@ -16,7 +16,7 @@ const TENANT: &str = "default";
 /// One host per test binary: engines are process-wide in production too.
 fn host() -> PluginHost {
     static HOST: OnceLock<PluginHost> = OnceLock::new();
-    HOST.get_or_init(|| PluginHost::new(HostConfig::default()).expect("host")).clone()
+    HOST.get_or_init(|| PluginHost::new(HostConfig { cache_dir: Some(wasmtx_testkit::compiled_cache_dir()), ..HostConfig::default() }).expect("host")).clone()
 }
 
 async fn registered(name: &str, path: &str) -> (Registry, Arc<Component>) {

@@ -14,6 +14,18 @@ pub mod plugins {
     pub const ALWAYS_SAGA: &str = env!("WASMTX_PLUGIN_ALWAYS_SAGA");
     pub const COST_AWARE: &str = env!("WASMTX_PLUGIN_COST_AWARE");
     pub const SCRIPTED_POLICY: &str = env!("WASMTX_PLUGIN_SCRIPTED_POLICY");
+    /// Built against a stale copy of the WIT (`call-context` without `deadline-ms`).
+    pub const DRIFTED_CONTRACT: &str = env!("WASMTX_PLUGIN_DRIFTED_CONTRACT");
+    /// `plugins/python/inventory`, built with componentize-py (world `step-plugin`).
+    pub const PYTHON_INVENTORY: &str = env!("WASMTX_PLUGIN_PYTHON_INVENTORY");
+    /// `plugins/js/fraud-check`, built with componentize-js (world `participant-plugin`).
+    pub const JS_FRAUD_CHECK: &str = env!("WASMTX_PLUGIN_JS_FRAUD_CHECK");
+}
+
+/// Where the tests' hosts cache compiled components (digest + engine keyed, like production):
+/// the large Python and JavaScript components are compiled once, not by every test.
+pub fn compiled_cache_dir() -> std::path::PathBuf {
+    env!("WASMTX_TEST_COMPILED_CACHE").into()
 }
 
 /// The bytes of a built plugin.

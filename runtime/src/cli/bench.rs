@@ -5,18 +5,29 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Subcommand;
+use serde_json::{Map, Value, json};
 
-use crate::model::{CallContext, Outcome};
-use crate::plugin::{CallLimits, CallTags, HostConfig, PluginHost, Registry};
+use crate::model::{CallContext, Outcome, Vote};
+use crate::plugin::{CallLimits, CallTags, Component, HostConfig, PluginHost, Registry, Role};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Print the figures as one JSON object on stdout (for tracking) instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: BenchCommand,
+}
 
 /// Where `scripts/build-plugins` leaves the Rust example plugins.
 const DEFAULT_STEP_PLUGIN: &str = "target/plugins/wasm32-wasip2/plugin/payment.wasm";
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
-    /// Per-call cost of a step plugin: instantiate + `execute` + teardown, on one core.
+    /// Per-call cost of a plugin: instantiate + `execute` (a step) or `prepare` (a participant)
+    /// + teardown, on one core; and its load time, compiling and from the disk cache.
     Plugin {
-        /// A component exporting `step` (default: the Rust `payment` plugin).
+        /// A component exporting `step` or `participant` (default: the Rust `payment` plugin).
         #[arg(long, default_value = DEFAULT_STEP_PLUGIN)]
         component: PathBuf,
         /// Measured calls.
@@ -65,13 +76,102 @@ pub struct Load {
     plugin_dir: PathBuf,
 }
 
-pub async fn run(cmd: BenchCommand) -> anyhow::Result<std::process::ExitCode> {
-    match cmd {
+pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
+    let mut report = Report::new(args.json);
+    match args.command {
         BenchCommand::Plugin { component, calls, warmup, input } => {
-            bench_plugin(component, calls, warmup, input).await
+            bench_plugin(&mut report, component, calls, warmup, input).await?
         }
-        BenchCommand::Saga { steps, load } => bench_transactions(Scenario::Saga { steps }, load).await,
-        BenchCommand::Tpc { participants, load } => bench_transactions(Scenario::Tpc { participants }, load).await,
+        BenchCommand::Saga { steps, load } => bench_transactions(&mut report, Scenario::Saga { steps }, load).await?,
+        BenchCommand::Tpc { participants, load } => {
+            bench_transactions(&mut report, Scenario::Tpc { participants }, load).await?
+        }
+    }
+    report.finish()?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The figures of one benchmark run, printed as they come (text) or at the end (`--json`).
+pub(crate) struct Report {
+    json: bool,
+    fields: Map<String, Value>,
+}
+
+impl Report {
+    /// A report that starts with the machine, the versions and the build profile.
+    pub(crate) fn new(json: bool) -> Report {
+        let mut report = Report { json, fields: Map::new() };
+        let machine = Machine::read();
+        report.add(
+            "machine",
+            json!({"cores": machine.cores, "cpu": machine.cpu, "memory_gib": machine.memory_gib}),
+            format!("{} cores ({}), {:.1} GiB memory", machine.cores, machine.cpu, machine.memory_gib),
+        );
+        report.add(
+            "versions",
+            json!({"wasmtx": env!("CARGO_PKG_VERSION"), "wasmtime": "48"}),
+            format!("wasmtx {}, wasmtime 48", env!("CARGO_PKG_VERSION")),
+        );
+        let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+        report.add("build", profile, profile);
+        report
+    }
+
+    /// Records one figure: `value` for JSON, `text` for people.
+    pub(crate) fn add(&mut self, key: &str, value: impl Into<Value>, text: impl std::fmt::Display) {
+        if !self.json {
+            println!("{:<14}{text}", format!("{}:", label(key)));
+        }
+        self.fields.insert(key.to_string(), value.into());
+    }
+
+    /// Records the peak resident set size so far.
+    pub(crate) fn add_peak_rss(&mut self) {
+        let kib = peak_rss();
+        let text = kib.map_or("unknown".into(), |kb| format!("{:.1} MiB", kb as f64 / 1024.0));
+        self.add("peak_rss_mib", kib.map(|kb| (kb as f64 / 1024.0 * 10.0).round() / 10.0), text);
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&Value::Object(self.fields))?);
+        }
+        Ok(())
+    }
+}
+
+/// The text label of a JSON key: `calls_per_s` → `calls/s`, `p50_us` → `p50`, `peak_rss_mib` → `peak RSS`.
+fn label(key: &str) -> String {
+    let key = key.replace("_per_s", "/s").replace("rss", "RSS");
+    let key = ["_mib", "_ms", "_us", "_s"].iter().find_map(|unit| key.strip_suffix(unit)).unwrap_or(&key);
+    key.replace('_', " ")
+}
+
+/// Rounds to one decimal for the JSON figures.
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+struct Machine {
+    cores: usize,
+    cpu: String,
+    memory_gib: f64,
+}
+
+impl Machine {
+    fn read() -> Machine {
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let memory_gib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()))
+            .map_or(0.0, |kb| round1(kb as f64 / 1024.0 / 1024.0));
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        Machine { cores, cpu, memory_gib }
     }
 }
 
@@ -139,16 +239,15 @@ impl Scenario {
     }
 }
 
-async fn bench_transactions(scenario: Scenario, load: Load) -> anyhow::Result<std::process::ExitCode> {
+async fn bench_transactions(report: &mut Report, scenario: Scenario, load: Load) -> anyhow::Result<()> {
     let Load { concurrency, count, database_url, plugin_dir } = load;
     anyhow::ensure!((1..=100).contains(&scenario.size()), "--steps / --participants must be 1-100");
     anyhow::ensure!(concurrency >= 1 && count >= 1, "--concurrency and --count must be positive");
-    print_machine();
     let scratch = std::env::temp_dir().join(format!("wasmtx-bench-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&scratch)?;
     let url = database_url.unwrap_or_else(|| format!("sqlite://{}", scratch.join("bench.db").display()));
     let backend = if url.starts_with("sqlite") { "sqlite" } else { "postgres" };
-    println!("store:        {backend}");
+    report.add("store", backend, backend);
     let node = super::serve::NodeArgs {
         database_url: Some(url),
         data_dir: scratch.clone(),
@@ -199,35 +298,62 @@ async fn bench_transactions(scenario: Scenario, load: Load) -> anyhow::Result<st
     }
     let wall = started.elapsed();
     latencies.sort_unstable();
-    println!("{unit}:{:>width$}{} {what}, concurrency {concurrency}", "", latencies.len(), width = 13 - unit.len());
-    println!("{unit}/s:{:>width$}{:.0}", "", latencies.len() as f64 / wall.as_secs_f64(), width = 11 - unit.len());
-    println!("p50:          {:.2} ms (create + add + execute to the end, each durable)", ms(percentile(&latencies, 0.50)));
-    println!("p99:          {:.2} ms", ms(percentile(&latencies, 0.99)));
-    println!("wall:         {:.2} s", wall.as_secs_f64());
-    println!("peak RSS:     {}", peak_rss().map_or("unknown".into(), |kb| format!("{:.1} MiB", kb as f64 / 1024.0)));
+    let rate = latencies.len() as f64 / wall.as_secs_f64();
+    let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
+    report.add("scenario", json!({"what": what, "concurrency": concurrency}), format!("{what}, concurrency {concurrency}"));
+    report.add(unit, latencies.len(), latencies.len());
+    report.add(&format!("{unit}_per_s"), rate.round(), format!("{rate:.0}"));
+    report.add("p50_ms", round1(ms(p50) * 10.0) / 10.0, format!("{:.2} ms (create + add + execute to the end, each durable)", ms(p50)));
+    report.add("p99_ms", round1(ms(p99) * 10.0) / 10.0, format!("{:.2} ms", ms(p99)));
+    report.add("wall_s", round1(wall.as_secs_f64()), format!("{:.2} s", wall.as_secs_f64()));
+    report.add_peak_rss();
     let _ = std::fs::remove_dir_all(&scratch);
-    Ok(std::process::ExitCode::SUCCESS)
+    Ok(())
 }
 
 async fn bench_plugin(
+    report: &mut Report,
     path: PathBuf,
     calls: u32,
     warmup: u32,
     input: String,
-) -> anyhow::Result<std::process::ExitCode> {
+) -> anyhow::Result<()> {
     let bytes = std::fs::read(&path).with_context(|| {
         format!("reading {} (build the example plugins first: scripts/build-plugins)", path.display())
     })?;
-    print_machine();
-    eprintln!("loading {} ({} bytes)…", path.display(), bytes.len());
-    let host = PluginHost::new(HostConfig::default()).map_err(anyhow::Error::from)?;
-    let registry = Registry::new(host.clone());
+    anyhow::ensure!(calls >= 1, "--calls must be at least 1");
+    report.add("component", json!({"path": path.display().to_string(), "bytes": bytes.len()}), format!("{} ({} bytes)", path.display(), bytes.len()));
+
+    // Two hosts on one fresh compiled-code cache: the first compiles (and writes the cache),
+    // the second is what a restarted server sees.
+    let cache = std::env::temp_dir().join(format!("wasmtx-bench-cache-{}", uuid::Uuid::new_v4().simple()));
+    let config = HostConfig { cache_dir: Some(cache.clone()), ..HostConfig::default() };
+    eprintln!("loading {} (validate + compile)…", path.display());
+    let first = PluginHost::new(config.clone()).map_err(anyhow::Error::from)?;
     let started = Instant::now();
-    let (plugin, _) = registry.add("bench", "bench", &bytes).await?;
-    println!("load (validate + compile): {:.1} ms", ms(started.elapsed()));
+    Registry::new(first.clone()).add("bench", "bench", &bytes).await?;
+    let first_load = started.elapsed();
+    report.add("first_load_ms", round1(ms(first_load)), format!("{:.1} ms (validate + compile + write the cache)", ms(first_load)));
+    drop(first);
+
+    let host = PluginHost::new(config).map_err(anyhow::Error::from)?;
+    let started = Instant::now();
+    let (plugin, _) = Registry::new(host.clone()).add("bench", "bench", &bytes).await?;
+    let cached_load = started.elapsed();
+    let _ = std::fs::remove_dir_all(&cache);
+    report.add("cached_load_ms", round1(ms(cached_load)), format!("{:.1} ms (validate + load compiled code from the cache)", ms(cached_load)));
+
+    let component = plugin.component.clone();
+    let phase = if component.exports(Role::Step) {
+        "execute"
+    } else if component.exports(Role::Participant) {
+        "prepare"
+    } else {
+        anyhow::bail!("{} exports neither `step` nor `participant`; nothing to call", path.display());
+    };
+    report.add("phase", phase, phase);
 
     // One core: the calls run one after another on a current-thread runtime.
-    let component = plugin.component.clone();
     let handle = std::thread::spawn(move || -> anyhow::Result<Vec<Duration>> {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(async move {
@@ -239,19 +365,16 @@ async fn bench_plugin(
                 let ctx = CallContext {
                     tenant: "bench".into(),
                     transaction_id: "bench-tx".into(),
-                    step: "charge".into(),
-                    action: "charge".into(),
+                    step: "bench".into(),
+                    action: "bench".into(),
                     attempt: 1,
-                    idempotency_key: format!("bench-tx/charge/{i}"),
+                    idempotency_key: format!("bench-tx/bench/{i}"),
                     input: input.clone(),
                     deadline_ms: limits.timeout.as_millis() as u64,
                 };
                 let t = Instant::now();
-                let outcome = host.execute(&component, ctx, &limits, CallTags::default()).await?;
+                call_once(&host, &component, ctx, &limits).await.with_context(|| format!("call {i}"))?;
                 let elapsed = t.elapsed();
-                if !matches!(outcome, Outcome::Success(_)) {
-                    anyhow::bail!("call {i} did not succeed: {outcome:?}");
-                }
                 if i >= warmup {
                     latencies.push(elapsed);
                 }
@@ -267,14 +390,34 @@ async fn bench_plugin(
     let wall = started.elapsed();
     latencies.sort_unstable();
     let measured: Duration = latencies.iter().sum();
-    println!("calls:        {}", latencies.len());
-    println!("calls/s:      {:.0} (one core)", latencies.len() as f64 / measured.as_secs_f64());
-    println!("p50:          {:.1} µs", us(percentile(&latencies, 0.50)));
-    println!("p99:          {:.1} µs", us(percentile(&latencies, 0.99)));
-    println!("max:          {:.1} µs", us(*latencies.last().unwrap_or(&Duration::ZERO)));
-    println!("wall:         {:.2} s (including warm-up)", wall.as_secs_f64());
-    println!("peak RSS:     {}", peak_rss().map_or("unknown".into(), |kb| format!("{:.1} MiB", kb as f64 / 1024.0)));
-    Ok(std::process::ExitCode::SUCCESS)
+    let rate = latencies.len() as f64 / measured.as_secs_f64();
+    let (p50, p99, max) =
+        (percentile(&latencies, 0.50), percentile(&latencies, 0.99), *latencies.last().unwrap_or(&Duration::ZERO));
+    report.add("calls", latencies.len(), latencies.len());
+    report.add("calls_per_s", rate.round(), format!("{rate:.0} (one core)"));
+    report.add("p50_us", round1(us(p50)), format!("{:.1} µs", us(p50)));
+    report.add("p99_us", round1(us(p99)), format!("{:.1} µs", us(p99)));
+    report.add("max_us", round1(us(max)), format!("{:.1} µs", us(max)));
+    report.add("wall_s", round1(wall.as_secs_f64()), format!("{:.2} s (including warm-up)", wall.as_secs_f64()));
+    report.add_peak_rss();
+    Ok(())
+}
+
+/// One measured call: a step's `execute` or a participant's `prepare`, which must succeed.
+async fn call_once(
+    host: &PluginHost,
+    component: &Component,
+    ctx: CallContext,
+    limits: &CallLimits,
+) -> anyhow::Result<()> {
+    if component.exports(Role::Step) {
+        let outcome = host.execute(component, ctx, limits, CallTags::default()).await?;
+        anyhow::ensure!(matches!(outcome, Outcome::Success(_)), "execute did not succeed: {outcome:?}");
+    } else {
+        let vote = host.prepare(component, ctx, limits, CallTags::default()).await?;
+        anyhow::ensure!(vote == Vote::Prepared, "prepare did not vote prepared: {vote:?}");
+    }
+    Ok(())
 }
 
 pub(crate) fn percentile(sorted: &[Duration], q: f64) -> Duration {
@@ -298,21 +441,4 @@ pub(crate) fn peak_rss() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
-}
-
-pub(crate) fn print_machine() {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string()))
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map_or("unknown".to_string(), |kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0));
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
-        .unwrap_or_else(|| "unknown".into());
-    println!("machine:      {cores} cores ({cpu}), {mem} memory");
-    println!("versions:     wasmtx {}, wasmtime 48", env!("CARGO_PKG_VERSION"));
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
-    println!("build:        {profile}");
 }

@@ -33,8 +33,7 @@ enum Command {
     /// Run one transaction described in a JSON spec on the embedded store and print its document.
     Run(run::RunArgs),
     /// Measure wasmtx on this machine.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand)]

@@ -200,9 +200,9 @@ fn roles_of(host: &PluginHost, compiled: &component::Component) -> Result<Vec<Ro
 }
 
 fn role_indices(pre: &InstancePre<CallState>, roles: &[Role]) -> Result<RoleIndices, LoadError> {
-    fn bad(role: Role) -> impl FnOnce(wasmtime::Error) -> LoadError {
-        move |e| LoadError::BadExport { role: role.as_str(), reason: format!("{e:#}") }
-    }
+    let bad = |role: Role| {
+        move |e: wasmtime::Error| bad_export(pre.engine(), pre.component(), role, e)
+    };
     Ok(RoleIndices {
         step: match roles.contains(&Role::Step) {
             true => Some(wit_step::GuestIndices::new(pre).map_err(bad(Role::Step))?),
@@ -235,25 +235,134 @@ async fn type_check(host: &PluginHost, component: &Component) -> Result<(), Load
         .map_err(|_| LoadError::Invalid("instantiation did not finish in time".into()))?
         .map_err(|e| LoadError::Invalid(format!("instantiation failed: {e:#}")))?;
     let idx = &component.indices;
+    let (engine, compiled) = (host.engine(), component.pre.component());
     if let Some(i) = &idx.step {
-        i.load(&mut store, &instance).map_err(|e| LoadError::BadExport {
-            role: "step",
-            reason: format!("{e:#}"),
-        })?;
+        i.load(&mut store, &instance).map_err(|e| bad_export(engine, compiled, Role::Step, e))?;
     }
     if let Some(i) = &idx.participant {
-        i.load(&mut store, &instance).map_err(|e| LoadError::BadExport {
-            role: "participant",
-            reason: format!("{e:#}"),
-        })?;
+        i.load(&mut store, &instance).map_err(|e| bad_export(engine, compiled, Role::Participant, e))?;
     }
     if let Some(i) = &idx.policy {
-        i.load(&mut store, &instance).map_err(|e| LoadError::BadExport {
-            role: "policy",
-            reason: format!("{e:#}"),
-        })?;
+        i.load(&mut store, &instance).map_err(|e| bad_export(engine, compiled, Role::Policy, e))?;
     }
     Ok(())
+}
+
+/// A role export whose functions do not have the contract's types. wasmtime's own message
+/// ("expected record of 8 fields, found 7 fields") is kept, after a description in the
+/// contract's terms of what differs — what a plugin author built against a stale or edited
+/// copy of the WIT needs to see.
+fn bad_export(engine: &wasmtime::Engine, compiled: &component::Component, role: Role, e: wasmtime::Error) -> LoadError {
+    let found = format!("{e:#}");
+    let reason = match contract_drift(engine, compiled, role) {
+        Some(drift) => format!("{drift}; rebuild it against wit/plugin.wit (wasmtx:plugin@{CONTRACT_VERSION}) [{found}]"),
+        None => found,
+    };
+    LoadError::BadExport { role: role.as_str(), reason }
+}
+
+/// The contract's functions of a role, each with the WIT names of its parameter record and
+/// its result variant.
+fn contract_functions(role: Role) -> &'static [(&'static str, &'static str, &'static str)] {
+    match role {
+        Role::Step => &[("execute", "call-context", "outcome"), ("compensate", "call-context", "outcome")],
+        Role::Participant => &[
+            ("prepare", "call-context", "vote"),
+            ("commit", "call-context", "outcome"),
+            ("abort", "call-context", "outcome"),
+        ],
+        Role::Policy => &[("select", "profile", "decision")],
+    }
+}
+
+/// Compares a component's export of `role` with the contract by name: missing functions,
+/// record fields and variant cases. `None` when the names agree (the difference is in types).
+fn contract_drift(engine: &wasmtime::Engine, compiled: &component::Component, role: Role) -> Option<String> {
+    use wasmtime::component::types::Type;
+    let ty = compiled.component_type();
+    let ComponentItem::ComponentInstance(export) = ty.get_export(engine, role.export_name())?.ty else { return None };
+    let funcs: std::collections::HashMap<&str, component::types::ComponentFunc> = export
+        .exports(engine)
+        .filter_map(|(name, item)| match item.ty {
+            ComponentItem::ComponentFunc(f) => Some((name, f)),
+            _ => None,
+        })
+        .collect();
+    let mut problems = Vec::new();
+    for (name, record, variant) in contract_functions(role) {
+        let Some(func) = funcs.get(name) else {
+            problems.push(format!("it has no function `{name}`"));
+            continue;
+        };
+        if let Some((_, Type::Record(r))) = func.params().next() {
+            let found: Vec<String> = r.fields().map(|f| f.name.to_string()).collect();
+            problems.extend(name_diff(&format!("`{name}`'s {record}"), "field", &found, &wit_members("record", record)));
+        }
+        if let Some(Type::Variant(v)) = func.results().next() {
+            let found: Vec<String> = v.cases().map(|c| c.name.to_string()).collect();
+            problems.extend(name_diff(&format!("`{name}`'s {variant}"), "case", &found, &wit_members("variant", variant)));
+        }
+    }
+    (!problems.is_empty()).then(|| problems.join("; "))
+}
+
+fn name_diff(what: &str, member: &str, found: &[String], expected: &[String]) -> Option<String> {
+    let missing: Vec<&str> = expected.iter().filter(|e| !found.contains(e)).map(String::as_str).collect();
+    let extra: Vec<&str> = found.iter().filter(|f| !expected.contains(f)).map(String::as_str).collect();
+    let mut parts = Vec::new();
+    if !missing.is_empty() {
+        parts.push(format!("lacks {member} {}", quoted(&missing)));
+    }
+    if !extra.is_empty() {
+        parts.push(format!("has {member} {} the contract does not", quoted(&extra)));
+    }
+    (!parts.is_empty()).then(|| format!("{what} {}", parts.join(" and ")))
+}
+
+fn quoted(names: &[&str]) -> String {
+    names.iter().map(|n| format!("`{n}`")).collect::<Vec<_>>().join(", ")
+}
+
+/// The member names of `record NAME { … }` or `variant NAME { … }` in the contract's WIT.
+fn wit_members(kind: &str, name: &str) -> Vec<String> {
+    const CONTRACT: &str = include_str!("../../../wit/plugin.wit");
+    let header = format!("{kind} {name} {{");
+    let Some(start) = CONTRACT.find(&header) else { return Vec::new() };
+    let body = &CONTRACT[start + header.len()..];
+    let body = &body[..body.find('}').unwrap_or(body.len())];
+    body.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("//"))
+        .map(|l| l.split([':', '(', ',']).next().unwrap_or("").trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_contracts_records_and_variants_are_read_from_the_wit() {
+        assert_eq!(
+            wit_members("record", "call-context"),
+            ["tenant", "transaction-id", "step", "action", "attempt", "idempotency-key", "input", "deadline-ms"]
+        );
+        assert_eq!(wit_members("variant", "outcome"), ["success", "failure", "retry"]);
+        assert_eq!(wit_members("variant", "vote"), ["prepared", "abort"]);
+        assert_eq!(wit_members("variant", "decision"), ["choose", "reject"]);
+        assert_eq!(wit_members("record", "profile").len(), 7);
+    }
+
+    #[test]
+    fn name_differences_are_spelled_out() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            name_diff("`execute`'s call-context", "field", &s(&["a", "c"]), &s(&["a", "b"])).as_deref(),
+            Some("`execute`'s call-context lacks field `b` and has field `c` the contract does not")
+        );
+        assert_eq!(name_diff("x", "case", &s(&["a"]), &s(&["a"])), None);
+    }
 }
 
 /// What `wasmtx plugin inspect` reports about a file.

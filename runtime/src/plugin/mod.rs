@@ -318,8 +318,9 @@ fn classify(e: wasmtime::Error, state: &CallState, limits: &CallLimits) -> Resul
     if let Some(trap) = e.downcast_ref::<Trap>() {
         message = format!("{trap}");
     }
-    if let Some(line) = state.last_stderr_message() {
-        message = format!("{message}; plugin stderr: {line}");
+    // The plugin's own account (an exception, a panic) first; the trap it caused after.
+    if let Some(explained) = state.last_stderr_message() {
+        message = format!("{explained} ({message})");
     }
     Err(message)
 }

@@ -76,21 +76,49 @@ impl CallState {
         }
     }
 
-    /// What the plugin said last on stderr: a Rust panic's location and message, or else the
-    /// last line (what an uncaught exception of another language prints).
+    /// What the plugin said about its own failure on stderr: a Python traceback's exception
+    /// line, a Rust panic's location and message, or else the last line (what an uncaught
+    /// exception of another language prints).
     pub(crate) fn last_stderr_message(&self) -> Option<String> {
         let bytes = self.stderr.contents();
-        let text = String::from_utf8_lossy(&bytes);
-        let lines: Vec<&str> = text
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
-            .collect();
-        let panic_at = lines.iter().rposition(|l| l.contains("panicked at"));
-        match panic_at {
-            Some(i) => Some(lines[i..].join(" ")),
-            None => lines.last().map(|l| l.to_string()),
+        explain_failure(&String::from_utf8_lossy(&bytes))
+    }
+}
+
+/// Picks the lines of a failing plugin's stderr that say what went wrong.
+pub(crate) fn explain_failure(stderr: &str) -> Option<String> {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
+        .collect();
+    // componentize-py prints the traceback, then its runtime panics ("Python function threw an
+    // unexpected exception"): the exception is the last unindented line of the traceback, and
+    // the last `File` line says where.
+    if let Some(start) = lines.iter().rposition(|l| l.starts_with("Traceback (most recent call last)")) {
+        let traceback: Vec<&str> = lines[start + 1..].iter().copied().take_while(|l| !l.starts_with("thread '")).collect();
+        if let Some(exception) = traceback.iter().rfind(|l| !l.starts_with(' ')) {
+            let at = traceback.iter().rfind(|l| l.trim_start().starts_with("File ")).map(|l| l.trim());
+            return Some(match at {
+                Some(at) => format!("{} ({at})", exception.trim()),
+                None => exception.trim().to_string(),
+            });
         }
+    }
+    // componentize-js (StarlingMonkey) prints the thrown value, `Stack:` and its frames, then
+    // aborts.
+    if let Some(stack) = lines.iter().rposition(|l| l.trim() == "Stack:") {
+        if let Some(thrown) = stack.checked_sub(1).map(|i| lines[i].trim()) {
+            return Some(match lines.get(stack + 1).filter(|l| l.starts_with(' ')) {
+                Some(frame) => format!("{thrown} (at {})", frame.trim()),
+                None => thrown.to_string(),
+            });
+        }
+    }
+    let lines: Vec<&str> = lines.iter().map(|l| l.trim()).collect();
+    match lines.iter().rposition(|l| l.contains("panicked at")) {
+        Some(i) => Some(lines[i..].join(" ")),
+        None => lines.last().map(|l| l.to_string()),
     }
 }
 
@@ -208,5 +236,40 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::explain_failure;
+
+    #[test]
+    fn a_python_traceback_is_explained_by_its_exception_line() {
+        let stderr = "Traceback (most recent call last):\n  File \"/0/app.py\", line 43, in execute\nRuntimeError: stock table is corrupt\n\nthread '<unnamed>' (1) panicked at runtime/src/lib.rs:1280:25:\nPython function threw an unexpected exception\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(
+            explain_failure(stderr).as_deref(),
+            Some("RuntimeError: stock table is corrupt (File \"/0/app.py\", line 43, in execute)")
+        );
+    }
+
+    #[test]
+    fn a_js_throw_is_explained_by_the_thrown_value_and_its_first_frame() {
+        let stderr = "risk service unreachable\nStack:\n  prepare@fraud-check.js:26:13\n  export_participant_0_1_0$prepare@/tmp/x/initializer.js:135:15\n\nRedirecting call to abort() to mozalloc_abort\n";
+        assert_eq!(
+            explain_failure(stderr).as_deref(),
+            Some("risk service unreachable (at prepare@fraud-check.js:26:13)")
+        );
+    }
+
+    #[test]
+    fn a_rust_panic_is_explained_by_its_location_and_message() {
+        let stderr = "starting\nthread '<unnamed>' panicked at src/lib.rs:10:5:\nkaboom\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(explain_failure(stderr).as_deref(), Some("thread '<unnamed>' panicked at src/lib.rs:10:5: kaboom"));
+    }
+
+    #[test]
+    fn otherwise_the_last_line_and_nothing_for_silence() {
+        assert_eq!(explain_failure("one\nError: two\n\n").as_deref(), Some("Error: two"));
+        assert_eq!(explain_failure(""), None);
     }
 }

@@ -398,6 +398,9 @@ impl SagaEngine {
                 Next::Idle => break,
             }
         }
+        if !saga.pending.is_empty() {
+            self.persist(&mut saga, Vec::new()).await?;
+        }
         Ok(saga)
     }
 
@@ -435,7 +438,9 @@ impl SagaEngine {
                     saga.doc.context.insert(key, output.clone());
                 }
                 saga.doc.steps[i].output = Some(output);
-                self.persist(saga, vec![NewEvent::new("step_completed", Some(&name), json!({ "attempt": attempt }))]).await
+                // Written with the next step's start (or the saga's end): nothing acts between.
+                self.inner.journal.defer(saga, vec![NewEvent::new("step_completed", Some(&name), json!({ "attempt": attempt }))]);
+                Ok(())
             }
             Verdict::RetryLater(reason) => {
                 step.error = Some(reason.clone());
@@ -473,10 +478,15 @@ impl SagaEngine {
         let policy = saga.doc.retry_policy.clone();
         let step = &mut saga.doc.steps[i];
         match outcome {
-            crate::model::Outcome::Success(_) => {
+            crate::model::Outcome::Success(payload) => {
                 step.state.become_(StepState::Compensated).expect("legal");
-                self.persist(saga, vec![NewEvent::new("step_compensated", Some(&name), json!({ "attempt": attempt }))])
-                    .await
+                // What the compensation reported goes to the history (a refund id, say); a
+                // payload that is not JSON is kept as the string it is.
+                let output = serde_json::from_str::<Value>(&payload).unwrap_or(Value::String(payload));
+                let detail = json!({ "attempt": attempt, "output": output });
+                // Written with the next compensation's start (or the saga's end).
+                self.inner.journal.defer(saga, vec![NewEvent::new("step_compensated", Some(&name), detail)]);
+                Ok(())
             }
             crate::model::Outcome::Failure(reason) | crate::model::Outcome::Retry(reason) if attempt < allowed => {
                 let delay = policy.delay(attempt, rand::random::<f64>());

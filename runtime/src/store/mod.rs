@@ -6,6 +6,7 @@
 //! conditional on the revision the writer read, so two coordinators can never both advance one
 //! transaction. This module must never call a participant or decide anything.
 
+mod commit;
 mod schema;
 
 use std::str::FromStr;
@@ -33,6 +34,8 @@ pub enum StoreError {
     Conflict { kind: &'static str, id: String },
     #[error("stored document of {id} is corrupt: {reason}")]
     Corrupt { id: String, reason: String },
+    #[error("the store is shutting down")]
+    Closed,
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -129,6 +132,8 @@ pub struct IdempotentReply {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Every transaction write goes through here (group commit).
+    commits: commit::GroupCommit,
 }
 
 impl std::fmt::Debug for Store {
@@ -182,9 +187,9 @@ impl Store {
                     .await?
             }
         };
-        let store = Store { pool, backend };
-        schema::migrate(&store.pool, backend).await?;
-        Ok(store)
+        schema::migrate(&pool, backend).await?;
+        let commits = commit::GroupCommit::start(pool.clone(), backend);
+        Ok(Store { pool, backend, commits })
     }
 
     pub fn backend(&self) -> Backend {
@@ -342,55 +347,17 @@ impl Store {
 
     // ---- transactions ----
 
-    /// Inserts a new transaction with its first events.
+    /// Inserts a new transaction with its first events; `Conflict` if the id exists.
+    /// Committed together with other writers' changes (group commit), acknowledged after.
     pub async fn insert_tx(&self, row: &TxRow, events: &[NewEvent]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO transactions (tenant_id, id, kind, name, state, doc, rev, owner, lease_until, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .bind(&row.tenant)
-        .bind(&row.id)
-        .bind(&row.kind)
-        .bind(&row.name)
-        .bind(&row.state)
-        .bind(row.doc.to_string())
-        .bind(row.rev)
-        .bind(row.owner.clone())
-        .bind(row.lease_until_ms)
-        .bind(row.created_at_ms)
-        .bind(row.updated_at_ms)
-        .execute(&mut *tx)
-        .await?;
-        append_events(&mut tx, &row.id, row.updated_at_ms, events).await?;
-        tx.commit().await?;
-        Ok(())
+        self.commits.submit(commit::Write::Insert(row.clone(), events.to_vec())).await.map(drop)
     }
 
     /// Writes `row` (its state, document, lease) if the stored revision is still
     /// `row.rev`, appends `events`, and returns the new revision. Otherwise `Conflict`.
+    /// Committed together with other writers' changes (group commit), acknowledged after.
     pub async fn save_tx(&self, row: &TxRow, events: &[NewEvent]) -> Result<i64> {
-        let mut tx = self.pool.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE transactions SET state = $1, doc = $2, rev = rev + 1, owner = $3, lease_until = $4, updated_at = $5
-             WHERE id = $6 AND tenant_id = $7 AND rev = $8",
-        )
-        .bind(&row.state)
-        .bind(row.doc.to_string())
-        .bind(row.owner.clone())
-        .bind(row.lease_until_ms)
-        .bind(row.updated_at_ms)
-        .bind(&row.id)
-        .bind(&row.tenant)
-        .bind(row.rev)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() != 1 {
-            return Err(StoreError::Conflict { kind: "transaction", id: row.id.clone() });
-        }
-        append_events(&mut tx, &row.id, row.updated_at_ms, events).await?;
-        tx.commit().await?;
-        Ok(row.rev + 1)
+        self.commits.submit(commit::Write::Save(row.clone(), events.to_vec())).await
     }
 
     pub async fn get_tx(&self, tenant: &str, kind: &str, id: &str) -> Result<Option<TxRow>> {
@@ -703,34 +670,6 @@ async fn insert_key(tx: &mut sqlx::Transaction<'_, sqlx::Any>, key: &KeyRow) -> 
 
 const TX_COLUMNS: &str =
     "SELECT tenant_id, id, kind, name, state, doc, rev, owner, lease_until, created_at, updated_at FROM transactions";
-
-async fn append_events(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    id: &str,
-    at_ms: i64,
-    events: &[NewEvent],
-) -> Result<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let next: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 FROM events WHERE tx_id = $1")
-        .bind(id)
-        .fetch_one(&mut **tx)
-        .await?
-        .try_get(0)?;
-    for (i, e) in events.iter().enumerate() {
-        sqlx::query("INSERT INTO events (tx_id, seq, at, kind, step, detail) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(id)
-            .bind(next + i as i64)
-            .bind(at_ms)
-            .bind(&e.kind)
-            .bind(e.step.clone())
-            .bind(e.detail.to_string())
-            .execute(&mut **tx)
-            .await?;
-    }
-    Ok(())
-}
 
 fn tx_row(r: &AnyRow) -> Result<TxRow> {
     let id: String = r.try_get(1)?;

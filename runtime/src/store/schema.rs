@@ -92,6 +92,14 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             detail TEXT NOT NULL)",
         "CREATE INDEX audit_by_tenant ON audit (tenant_id, id)",
     ],
+), (
+    5,
+    &[
+        // The last history sequence number of each transaction, so group commit numbers a
+        // batch's events without reading them back.
+        "ALTER TABLE transactions ADD COLUMN last_seq BIGINT NOT NULL DEFAULT 0",
+        "UPDATE transactions SET last_seq = COALESCE((SELECT MAX(seq) FROM events WHERE events.tx_id = transactions.id), 0)",
+    ],
 )];
 
 pub(super) async fn migrate(pool: &AnyPool, backend: Backend) -> Result<()> {

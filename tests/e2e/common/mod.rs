@@ -61,7 +61,7 @@ pub struct Node {
 
 pub fn host() -> PluginHost {
     static HOST: std::sync::OnceLock<PluginHost> = std::sync::OnceLock::new();
-    HOST.get_or_init(|| PluginHost::new(HostConfig { max_concurrent_instances: 200, ..HostConfig::default() }).unwrap())
+    HOST.get_or_init(|| PluginHost::new(HostConfig { max_concurrent_instances: 200, cache_dir: Some(wasmtx_testkit::compiled_cache_dir()), ..HostConfig::default() }).unwrap())
         .clone()
 }
 

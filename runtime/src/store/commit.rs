@@ -1,0 +1,274 @@
+//! Group commit: the journal writes of many concurrent transactions share one database
+//! transaction, so durable throughput is not one fsync per state change.
+//!
+//! Writers queue a `Write`; a committer task takes what is queued (at most `MAX_BATCH`, with
+//! no artificial wait: the commit in progress is the batching window) and applies it with three
+//! set-based statements — insert the new transactions, update the revised ones where the
+//! revision still matches, append every event — then commits once and answers each writer.
+//! A write is acknowledged only after its commit. A revision conflict fails that write alone;
+//! a database error fails the batch, whose writes are then retried one by one so that one bad
+//! write never takes its neighbours down with it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use sqlx::{AnyPool, Row};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::{Backend, NewEvent, Result, StoreError, TxRow};
+
+/// Most writes committed together.
+const MAX_BATCH: usize = 512;
+/// Writes waiting for a committer; beyond this, writers wait to queue (back-pressure).
+const QUEUE: usize = 8192;
+
+/// One revision-checked change of a transaction, with its history events.
+pub(crate) enum Write {
+    /// A new transaction (revision 0); conflicts if the id exists.
+    Insert(TxRow, Vec<NewEvent>),
+    /// A new revision of a stored transaction; conflicts unless the stored revision is `row.rev`.
+    Save(TxRow, Vec<NewEvent>),
+}
+
+impl Write {
+    fn row(&self) -> &TxRow {
+        match self {
+            Write::Insert(row, _) | Write::Save(row, _) => row,
+        }
+    }
+
+    fn events(&self) -> &[NewEvent] {
+        match self {
+            Write::Insert(_, events) | Write::Save(_, events) => events,
+        }
+    }
+}
+
+struct Job {
+    write: Write,
+    /// The revision written, or why not.
+    reply: oneshot::Sender<Result<i64>>,
+}
+
+/// The queue in front of the committer tasks. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct GroupCommit {
+    queue: mpsc::Sender<Job>,
+}
+
+impl GroupCommit {
+    /// Starts the committers: one for SQLite (it has one writer anyway), several for Postgres,
+    /// so one batch is assembled while another commits.
+    pub(crate) fn start(pool: AnyPool, backend: Backend) -> GroupCommit {
+        let (queue, jobs) = mpsc::channel(QUEUE);
+        let jobs = Arc::new(Mutex::new(jobs));
+        let committers = match backend {
+            Backend::Sqlite => 1,
+            Backend::Postgres => 4,
+        };
+        let sql = Arc::new(Statements::new(backend));
+        for _ in 0..committers {
+            tokio::spawn(run(pool.clone(), sql.clone(), jobs.clone()));
+        }
+        GroupCommit { queue }
+    }
+
+    /// Queues `write` and waits for its commit; returns the revision now stored.
+    pub(crate) async fn submit(&self, write: Write) -> Result<i64> {
+        let (reply, answer) = oneshot::channel();
+        self.queue.send(Job { write, reply }).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
+async fn run(pool: AnyPool, sql: Arc<Statements>, jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
+    // A write for a transaction already in the batch waits for the next one: within a batch
+    // every id appears once, so set-based statements cannot apply two revisions at once.
+    let mut held: Vec<Job> = Vec::new();
+    loop {
+        let mut batch: Vec<Job> = std::mem::take(&mut held);
+        {
+            let mut jobs = jobs.lock().await;
+            if batch.is_empty() {
+                match jobs.recv().await {
+                    Some(job) => batch.push(job),
+                    None => return,
+                }
+            }
+            let mut ids: HashSet<String> = batch.iter().map(|j| j.write.row().id.clone()).collect();
+            while batch.len() < MAX_BATCH {
+                let Ok(job) = jobs.try_recv() else { break };
+                if ids.insert(job.write.row().id.clone()) {
+                    batch.push(job);
+                } else {
+                    held.push(job);
+                }
+            }
+        }
+        let writes: Vec<&Write> = batch.iter().map(|j| &j.write).collect();
+        let results = match apply(&pool, &sql, &writes).await {
+            Ok(results) => results,
+            Err(e) if batch.len() == 1 => vec![Err(e)],
+            Err(e) => {
+                tracing::warn!("group commit of {} writes failed ({e}); committing them one by one", batch.len());
+                let mut one_by_one = Vec::with_capacity(batch.len());
+                for write in &writes {
+                    one_by_one.push(apply(&pool, &sql, std::slice::from_ref(write)).await.and_then(|mut r| r.remove(0)));
+                }
+                one_by_one
+            }
+        };
+        for (job, result) in batch.into_iter().zip(results) {
+            let _ = job.reply.send(result);
+        }
+    }
+}
+
+/// Applies `writes` (distinct ids) in one database transaction. The outer error is the
+/// database's; the inner results are per write.
+async fn apply(pool: &AnyPool, sql: &Statements, writes: &[&Write]) -> Result<Vec<Result<i64>>> {
+    let mut tx = pool.begin().await?;
+
+    let inserts: Vec<Value> = writes
+        .iter()
+        .filter(|w| matches!(w, Write::Insert(..)))
+        .map(|w| {
+            let r = w.row();
+            json!({
+                "tenant_id": r.tenant, "id": r.id, "kind": r.kind, "name": r.name, "state": r.state,
+                "doc": r.doc.to_string(), "rev": r.rev, "owner": r.owner, "lease_until": r.lease_until_ms,
+                "created_at": r.created_at_ms, "updated_at": r.updated_at_ms, "n": w.events().len(),
+            })
+        })
+        .collect();
+    let mut inserted = HashSet::new();
+    if !inserts.is_empty() {
+        for row in sqlx::query(&sql.insert).bind(Value::Array(inserts).to_string()).fetch_all(&mut *tx).await? {
+            inserted.insert(row.try_get::<String, _>(0)?);
+        }
+    }
+
+    let saves: Vec<Value> = writes
+        .iter()
+        .filter(|w| matches!(w, Write::Save(..)))
+        .map(|w| {
+            let r = w.row();
+            json!({
+                "tenant_id": r.tenant, "id": r.id, "state": r.state, "doc": r.doc.to_string(), "rev": r.rev,
+                "owner": r.owner, "lease_until": r.lease_until_ms, "updated_at": r.updated_at_ms,
+                "n": w.events().len(),
+            })
+        })
+        .collect();
+    // id -> the last event sequence number after this write
+    let mut saved: HashMap<String, i64> = HashMap::new();
+    if !saves.is_empty() {
+        for row in sqlx::query(&sql.update).bind(Value::Array(saves).to_string()).fetch_all(&mut *tx).await? {
+            saved.insert(row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?);
+        }
+    }
+
+    let mut events = Vec::new();
+    let mut results = Vec::with_capacity(writes.len());
+    for w in writes {
+        let row = w.row();
+        let last_seq = match w {
+            Write::Insert(..) if inserted.contains(&row.id) => Some(w.events().len() as i64),
+            Write::Save(..) => saved.get(&row.id).copied(),
+            Write::Insert(..) => None,
+        };
+        let Some(last_seq) = last_seq else {
+            results.push(Err(StoreError::Conflict { kind: "transaction", id: row.id.clone() }));
+            continue;
+        };
+        let first = last_seq - w.events().len() as i64 + 1;
+        for (i, e) in w.events().iter().enumerate() {
+            events.push(json!({
+                "tx_id": row.id, "seq": first + i as i64, "at": row.updated_at_ms, "kind": e.kind,
+                "step": e.step, "detail": e.detail.to_string(),
+            }));
+        }
+        results.push(Ok(match w {
+            Write::Insert(..) => row.rev,
+            Write::Save(..) => row.rev + 1,
+        }));
+    }
+    if !events.is_empty() {
+        sqlx::query(&sql.events).bind(Value::Array(events).to_string()).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+/// The three set-based statements, in the backend's dialect. Each takes one parameter: a JSON
+/// array of row objects, unpacked by the database (`json_to_recordset` / `json_each`).
+struct Statements {
+    insert: String,
+    update: String,
+    events: String,
+}
+
+impl Statements {
+    fn new(backend: Backend) -> Statements {
+        const TEXT: &str = "text";
+        const INT: &str = "bigint";
+        let rows = |columns: &[(&str, &str)]| match backend {
+            Backend::Postgres => {
+                let typed: Vec<String> = columns.iter().map(|(c, t)| format!("{c} {t}")).collect();
+                format!("json_to_recordset($1::json) AS v({})", typed.join(", "))
+            }
+            Backend::Sqlite => {
+                let picked: Vec<String> =
+                    columns.iter().map(|(c, _)| format!("json_extract(value, '$.{c}') AS {c}")).collect();
+                format!("(SELECT {} FROM json_each($1)) AS v", picked.join(", "))
+            }
+        };
+        let insert_columns = [
+            ("tenant_id", TEXT),
+            ("id", TEXT),
+            ("kind", TEXT),
+            ("name", TEXT),
+            ("state", TEXT),
+            ("doc", TEXT),
+            ("rev", INT),
+            ("owner", TEXT),
+            ("lease_until", INT),
+            ("created_at", INT),
+            ("updated_at", INT),
+            ("n", INT),
+        ];
+        let names: Vec<&str> = insert_columns.iter().map(|(c, _)| *c).filter(|c| *c != "n").collect();
+        let insert = format!(
+            "INSERT INTO transactions ({}, last_seq) SELECT {}, v.n FROM {} WHERE true
+             ON CONFLICT (id) DO NOTHING RETURNING id",
+            names.join(", "),
+            names.iter().map(|c| format!("v.{c}")).collect::<Vec<_>>().join(", "),
+            rows(&insert_columns),
+        );
+        let update = format!(
+            "UPDATE transactions SET state = v.state, doc = v.doc, rev = transactions.rev + 1, owner = v.owner,
+                 lease_until = v.lease_until, updated_at = v.updated_at, last_seq = transactions.last_seq + v.n
+             FROM {}
+             WHERE transactions.id = v.id AND transactions.tenant_id = v.tenant_id AND transactions.rev = v.rev
+             RETURNING transactions.id, transactions.last_seq",
+            rows(&[
+                ("tenant_id", TEXT),
+                ("id", TEXT),
+                ("state", TEXT),
+                ("doc", TEXT),
+                ("rev", INT),
+                ("owner", TEXT),
+                ("lease_until", INT),
+                ("updated_at", INT),
+                ("n", INT),
+            ]),
+        );
+        let events = format!(
+            "INSERT INTO events (tx_id, seq, at, kind, step, detail)
+             SELECT v.tx_id, v.seq, v.at, v.kind, v.step, v.detail FROM {}",
+            rows(&[("tx_id", TEXT), ("seq", INT), ("at", INT), ("kind", TEXT), ("step", TEXT), ("detail", TEXT)]),
+        );
+        Statements { insert, update, events }
+    }
+}
