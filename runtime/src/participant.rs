@@ -50,6 +50,9 @@ pub struct Invoker {
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Tenants' own limits and outbound-HTTP allowlists, where they have any.
     tenant_limits: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, (CallLimits, Arc<[String]>)>>>,
+    /// Sent to HTTP participants as `Wasmtx-Node`, so they (and the fleet check) can tell
+    /// which coordinator called.
+    node_id: Option<Arc<str>>,
 }
 
 impl Invoker {
@@ -59,7 +62,13 @@ impl Invoker {
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .expect("building the HTTP client");
-        Invoker { host, http, limits, metrics: Default::default(), tenant_limits: Default::default() }
+        Invoker { host, http, limits, metrics: Default::default(), tenant_limits: Default::default(), node_id: None }
+    }
+
+    /// Names the coordinator in the `Wasmtx-Node` header of HTTP participant calls.
+    pub fn with_node_id(mut self, node_id: &str) -> Self {
+        self.node_id = Some(node_id.into());
+        self
     }
 
     /// This process's metrics (calls are recorded here; the server adds the rest).
@@ -189,10 +198,11 @@ impl Invoker {
             "idempotency_key": ctx.idempotency_key,
             "input": input,
         });
-        let response = self
-            .http
-            .post(&url)
-            .header("Idempotency-Key", &ctx.idempotency_key)
+        let mut request = self.http.post(&url).header("Idempotency-Key", &ctx.idempotency_key);
+        if let Some(node) = &self.node_id {
+            request = request.header("Wasmtx-Node", &**node);
+        }
+        let response = request
             .timeout(timeout)
             .json(&body)
             .send()

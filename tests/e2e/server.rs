@@ -126,6 +126,34 @@ on_both_stores!(idempotency_keys_never_create_two_sagas, |url: String| async mov
     server.kill().await;
 });
 
+on_both_stores!(an_idempotent_create_whose_answer_was_never_remembered_is_not_created_twice, |url: String| async move {
+    // A coordinator that dies after committing the saga but before remembering its answer
+    // leaves exactly this behind: the saga, and no idempotency record. (Found by
+    // `wasmtx bench fleet`, which SIGKILLs a coordinator under load.)
+    let dir = tempfile::tempdir().unwrap();
+    let db = match url.starts_with("postgres") {
+        true => url.clone(),
+        false => format!("sqlite://{}", dir.path().join("wasmtx.db").display()),
+    };
+    let server = Server::start(dir.path(), Some(db.as_str()), &[]).await;
+    let create = || {
+        client().post(format!("{}/v1/sagas", server.url)).header("Idempotency-Key", "order-78").json(&json!({"saga_name": "a"})).send()
+    };
+    let first: Value = create().await.unwrap().json().await.unwrap();
+    let store = wasmtx::store::Store::open(&db).await.unwrap();
+    assert_eq!(store.forget_replies_for_tests().await.unwrap(), 1);
+
+    let retried = create().await.unwrap();
+    assert_eq!(retried.status(), StatusCode::CREATED);
+    assert_eq!(retried.json::<Value>().await.unwrap()["saga_id"], first["saga_id"], "the retry finds the first saga");
+    let (_, listed) = get(&server, "/v1/sagas").await;
+    assert_eq!(listed["sagas"].as_array().unwrap().len(), 1);
+    // Another key creates another saga.
+    let other = client().post(format!("{}/v1/sagas", server.url)).header("Idempotency-Key", "order-79").json(&json!({"saga_name": "a"})).send().await.unwrap();
+    assert_ne!(other.json::<Value>().await.unwrap()["saga_id"], first["saga_id"]);
+    server.kill().await;
+});
+
 on_both_stores!(bad_input_gets_a_4xx_and_changes_nothing, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), url.starts_with("postgres").then_some(url.as_str()), &[]).await;

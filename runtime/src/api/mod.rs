@@ -24,10 +24,10 @@ pub use error::ApiError;
 use crate::participant::Invoker;
 use crate::plugin::Catalog;
 use auth::Tenant;
-use crate::saga::{CreateSaga, SagaEngine, SagaState, StepSpec, rfc3339};
-use crate::tpc::{CreateTpc, ParticipantSpec, TpcEngine};
-use crate::manager::{CreateManaged, ManagedParticipant, Manager, Status};
-use crate::store::{IdempotentReply, Store, now_ms};
+use crate::saga::{CreateSaga, SagaEngine, SagaError, SagaState, StepSpec, rfc3339};
+use crate::tpc::{CreateTpc, ParticipantSpec, TpcEngine, TpcError};
+use crate::manager::{CreateManaged, ManagedParticipant, Manager, ManagerError, Status};
+use crate::store::{IdempotentReply, Store, StoreError, now_ms};
 
 /// Largest JSON body accepted.
 pub const MAX_JSON_BODY: usize = 1 << 20;
@@ -312,9 +312,12 @@ async fn create_saga(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    idempotent_create(&s, &tenant, &actor, &headers, body, |s, tenant, bytes| async move {
+    idempotent_create(&s, &tenant, &actor, &headers, body, |s, tenant, bytes, id| async move {
         let req: CreateSaga = parse_bytes(&bytes)?;
-        let saga = s.inner.sagas.create(&tenant, req).await?;
+        let saga = match s.inner.sagas.create_with_id(&tenant, req, id).await {
+            Err(SagaError::Store(StoreError::Conflict { id, .. })) => s.inner.sagas.get(&tenant, &id).await?,
+            created => created?,
+        };
         Ok(json!({"status": "success", "saga_id": saga.id(), "state": "pending"}))
     })
     .await
@@ -322,6 +325,11 @@ async fn create_saga(
 
 /// Runs `create` once per `Idempotency-Key`: the same key and body answer the first
 /// response again; the same key with another body is refused.
+///
+/// The resource's id is derived from the tenant and the key, so the guarantee holds across a
+/// crash between creating the resource and remembering the answer: the retry's create finds
+/// the id taken (`Conflict`) and answers with the existing resource. (Only then can a retry
+/// with another body not be told apart: the first body's hash was never stored.)
 async fn idempotent_create<F, Fut>(
     s: &AppState,
     tenant: &str,
@@ -331,7 +339,7 @@ async fn idempotent_create<F, Fut>(
     create: F,
 ) -> Result<Response, ApiError>
 where
-    F: FnOnce(AppState, String, Bytes) -> Fut,
+    F: FnOnce(AppState, String, Bytes, Option<uuid::Uuid>) -> Fut,
     Fut: std::future::Future<Output = Result<Value, ApiError>>,
 {
     let bytes = body.map_err(ApiError::from_body_rejection)?;
@@ -350,7 +358,8 @@ where
         let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
         return Ok((status, Json(reply.body)).into_response());
     }
-    let body = create(s.clone(), tenant.to_string(), bytes).await?;
+    let id = key.as_deref().map(|k| resource_id(tenant, k));
+    let body = create(s.clone(), tenant.to_string(), bytes, id).await?;
     s.inner.store.audit(tenant, actor, "created", &body).await?;
     if let Some(key) = &key {
         let reply = IdempotentReply { request_hash, status: 201, body: body.clone() };
@@ -361,6 +370,14 @@ where
         }
     }
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// The id part of a resource created under `key`: the same for the same tenant and key.
+fn resource_id(tenant: &str, key: &str) -> uuid::Uuid {
+    let digest = Sha256::new().chain_update(tenant).chain_update([0u8]).chain_update(key).finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid()
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -478,9 +495,12 @@ async fn create_tpc(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    idempotent_create(&s, &tenant, &actor, &headers, body, |s, tenant, bytes| async move {
+    idempotent_create(&s, &tenant, &actor, &headers, body, |s, tenant, bytes, id| async move {
         let req: CreateTpc = parse_bytes(&bytes)?;
-        let tx = s.inner.tpc.create(&tenant, req).await?;
+        let tx = match s.inner.tpc.create_with_id(&tenant, req, id).await {
+            Err(TpcError::Store(StoreError::Conflict { id, .. })) => s.inner.tpc.get(&tenant, &id).await?,
+            created => created?,
+        };
         Ok(json!({"status": "success", "transaction_id": tx.id(), "state": "init"}))
     })
     .await
@@ -531,9 +551,12 @@ async fn create_managed(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    idempotent_create(&s, &tenant, &actor, &headers, body, |s, tenant, bytes| async move {
+    idempotent_create(&s, &tenant, &actor, &headers, body, |s, tenant, bytes, id| async move {
         let req: CreateManaged = parse_bytes(&bytes)?;
-        let m = s.inner.manager.create(&tenant, req).await?;
+        let m = match s.inner.manager.create_with_id(&tenant, req, id).await {
+            Err(ManagerError::Store(StoreError::Conflict { id, .. })) => s.inner.manager.get(&tenant, &id).await?,
+            created => created?,
+        };
         Ok(json!({"status": "success", "transaction_id": m.id(), "transaction_status": "pending"}))
     })
     .await

@@ -40,6 +40,10 @@ pub enum BenchCommand {
         #[arg(long, default_value = r#"{"amount": 42, "order_id": "bench"}"#)]
         input: String,
     },
+    /// Several coordinators on one PostgreSQL under load, one SIGKILLed mid-run and restarted;
+    /// then checks that every transaction ended, decisions were taken once, no two coordinators
+    /// drove one transaction at a time and no completed step ran again. Exits 1 if a check fails.
+    Fleet(super::fleet::FleetArgs),
     /// Durable 2PC transactions of Rust `ledger` participants end to end, on a store.
     #[command(name = "2pc")]
     Tpc {
@@ -86,6 +90,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         BenchCommand::Tpc { participants, load } => {
             bench_transactions(&mut report, Scenario::Tpc { participants }, load).await?
         }
+        BenchCommand::Fleet(args) => {
+            let passed = super::fleet::bench_fleet(&mut report, args).await?;
+            report.finish()?;
+            return Ok(if passed { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::FAILURE });
+        }
     }
     report.finish()?;
     Ok(std::process::ExitCode::SUCCESS)
@@ -120,7 +129,7 @@ impl Report {
     /// Records one figure: `value` for JSON, `text` for people.
     pub(crate) fn add(&mut self, key: &str, value: impl Into<Value>, text: impl std::fmt::Display) {
         if !self.json {
-            println!("{:<14}{text}", format!("{}:", label(key)));
+            println!("{:<13} {text}", format!("{}:", label(key)));
         }
         self.fields.insert(key.to_string(), value.into());
     }
@@ -148,7 +157,7 @@ fn label(key: &str) -> String {
 }
 
 /// Rounds to one decimal for the JSON figures.
-fn round1(x: f64) -> f64 {
+pub(crate) fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 

@@ -2,6 +2,7 @@
 //! Commands print human-readable progress to stderr and results to stdout.
 
 mod bench;
+mod fleet;
 mod run;
 mod serve;
 

@@ -77,11 +77,11 @@ impl NodeArgs {
             .map_err(anyhow::Error::from)
             .context("starting the Wasm host")?;
         let catalog = Catalog::new(store.clone(), ComponentCache::new(host.clone()));
-        let invoker = Invoker::new(host, CallLimits::default());
         let node_id = match &self.node_id {
             Some(id) => id.clone(),
             None => node_id_in(&self.data_dir)?,
         };
+        let invoker = Invoker::new(host, CallLimits::default()).with_node_id(&node_id);
         let config = EngineConfig { node_id, lease: Duration::from_millis(self.lease_ms.max(100)) };
         let sagas = SagaEngine::new(store.clone(), catalog.clone(), invoker.clone(), config.clone());
         let tpc = TpcEngine::new(store.clone(), catalog.clone(), invoker.clone(), config);

@@ -222,6 +222,12 @@ impl Manager {
     }
 
     pub async fn create(&self, tenant: &str, req: CreateManaged) -> Result<Managed, ManagerError> {
+        self.create_with_id(tenant, req, None).await
+    }
+
+    /// `create`, with the id's unique part given (derived from an `Idempotency-Key`, so a
+    /// retried request finds what the first one created); `Conflict` if that id exists.
+    pub async fn create_with_id(&self, tenant: &str, req: CreateManaged, id: Option<uuid::Uuid>) -> Result<Managed, ManagerError> {
         if req.transaction_name.trim().is_empty() || req.transaction_name.len() > 256 {
             return Err(ManagerError::Invalid("transaction_name must be 1-256 characters".into()));
         }
@@ -252,7 +258,7 @@ impl Manager {
             execution_time_ms: None,
             retry_policy: req.retry_policy,
         };
-        let id = format!("tx-{}", uuid::Uuid::now_v7());
+        let id = format!("tx-{}", id.unwrap_or_else(uuid::Uuid::now_v7));
         let m = Managed::create(tenant, KIND, id, &req.transaction_name, Status::Pending, doc);
         let event = NewEvent::new("transaction_created", None, json!({"transaction_name": req.transaction_name}));
         self.journal.insert(&m, event).await?;

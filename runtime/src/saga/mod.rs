@@ -144,6 +144,12 @@ impl SagaEngine {
     }
 
     pub async fn create(&self, tenant: &str, req: CreateSaga) -> Result<Saga, SagaError> {
+        self.create_with_id(tenant, req, None).await
+    }
+
+    /// `create`, with the id's unique part given (derived from an `Idempotency-Key`, so a
+    /// retried request finds what the first one created); `Conflict` if that id exists.
+    pub async fn create_with_id(&self, tenant: &str, req: CreateSaga, id: Option<uuid::Uuid>) -> Result<Saga, SagaError> {
         if req.saga_name.trim().is_empty() || req.saga_name.len() > 256 {
             return Err(SagaError::Invalid("saga_name must be 1-256 characters".into()));
         }
@@ -157,7 +163,7 @@ impl SagaEngine {
         let retry_policy = req.retry_policy.unwrap_or_default();
         retry_policy.validate().map_err(SagaError::Invalid)?;
         let doc = SagaDoc { context, steps: vec![], error: None, timeout_ms: req.timeout_ms, retry_policy, started_at_ms: None };
-        let id = format!("saga-{}", uuid::Uuid::now_v7());
+        let id = format!("saga-{}", id.unwrap_or_else(uuid::Uuid::now_v7));
         let saga = Saga::create(tenant, KIND, id, &req.saga_name, SagaState::Pending, doc);
         let event = NewEvent::new("saga_created", None, json!({ "saga_name": req.saga_name }));
         self.inner.journal.insert(&saga, event).await?;

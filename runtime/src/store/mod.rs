@@ -505,6 +505,13 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes every remembered answer (tests use it to stand for a crash between creating a
+    /// resource and remembering its answer). Returns how many there were.
+    #[doc(hidden)]
+    pub async fn forget_replies_for_tests(&self) -> Result<u64> {
+        Ok(sqlx::query("DELETE FROM idempotency").execute(&self.pool).await?.rows_affected())
+    }
+
     pub async fn setting(&self, tenant: &str, key: &str) -> Result<Option<String>> {
         let row = sqlx::query("SELECT value FROM tenant_settings WHERE tenant_id = $1 AND key = $2")
             .bind(tenant)

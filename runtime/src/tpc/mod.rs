@@ -154,6 +154,12 @@ impl TpcEngine {
     }
 
     pub async fn create(&self, tenant: &str, req: CreateTpc) -> Result<Tpc, TpcError> {
+        self.create_with_id(tenant, req, None).await
+    }
+
+    /// `create`, with the id's unique part given (derived from an `Idempotency-Key`, so a
+    /// retried request finds what the first one created); `Conflict` if that id exists.
+    pub async fn create_with_id(&self, tenant: &str, req: CreateTpc, id: Option<uuid::Uuid>) -> Result<Tpc, TpcError> {
         if req.transaction_name.trim().is_empty() || req.transaction_name.len() > 256 {
             return Err(TpcError::Invalid("transaction_name must be 1-256 characters".into()));
         }
@@ -175,7 +181,7 @@ impl TpcEngine {
             retry_policy,
             decision_max_attempts: req.decision_max_attempts,
         };
-        let id = format!("tpc-{}", uuid::Uuid::now_v7());
+        let id = format!("tpc-{}", id.unwrap_or_else(uuid::Uuid::now_v7));
         let tx = Tpc::create(tenant, KIND, id, &req.transaction_name, TpcState::Init, doc);
         let event = NewEvent::new("transaction_created", None, json!({"transaction_name": req.transaction_name}));
         self.inner.journal.insert(&tx, event).await?;

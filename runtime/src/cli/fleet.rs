@@ -1,0 +1,464 @@
+//! `wasmtx bench fleet`: several `wasmtx serve` processes on one PostgreSQL under load, one
+//! SIGKILLed mid-run and restarted, then the end checked against the guarantees of DESIGN.md:
+//! every transaction ends, each 2PC decision is taken once, no two coordinators drive one
+//! transaction at the same time, and no completed step is executed again.
+//!
+//! The participants are HTTP endpoints served by this process, so every call a coordinator
+//! makes is seen and recorded — with its idempotency key, its phase and the calling node
+//! (`Wasmtx-Node`) — and can be compared with the journal in the database afterwards.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::HeaderMap;
+use serde_json::{Value, json};
+use sqlx::{Connection, Row};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use super::bench::{Report, percentile, round1};
+use crate::store::now_ms;
+
+const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// How long one transaction may take, crash and takeover included, before the run fails.
+const TX_DEADLINE: Duration = Duration::from_secs(120);
+
+#[derive(clap::Args)]
+pub struct FleetArgs {
+    /// Coordinators to start.
+    #[arg(long, default_value_t = 3)]
+    servers: usize,
+    /// Transactions in all (half sagas of 3 steps, half 2PC with 3 participants).
+    #[arg(long, default_value_t = 600)]
+    count: usize,
+    /// Transactions in flight at once, spread over the servers.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// A PostgreSQL server; the run creates a fresh database on it (and drops it afterwards).
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_ADMIN_URL)]
+    database_url: String,
+    /// Lease of each coordinator, in ms: how soon survivors take over a dead one's work.
+    #[arg(long, default_value_t = 1_000)]
+    lease_ms: u64,
+    /// How long each participant call takes, in ms (a window for the kill to land in).
+    #[arg(long, default_value_t = 2)]
+    participant_delay_ms: u64,
+    /// Keep the run's database for inspection.
+    #[arg(long)]
+    keep_database: bool,
+}
+
+/// One call a coordinator made to a participant.
+#[derive(Debug, Clone)]
+struct Call {
+    at_ms: i64,
+    transaction_id: String,
+    key: String,
+    phase: String,
+    node: String,
+}
+
+type Calls = Arc<Mutex<Vec<Call>>>;
+
+/// Runs the fleet; returns whether every check passed.
+pub async fn bench_fleet(report: &mut Report, args: FleetArgs) -> anyhow::Result<bool> {
+    anyhow::ensure!((2..=16).contains(&args.servers), "--servers must be 2-16 (one is killed)");
+    anyhow::ensure!(args.count >= 2 && args.concurrency >= 1, "--count must be at least 2, --concurrency at least 1");
+    anyhow::ensure!(args.database_url.starts_with("postgres"), "the fleet shares one PostgreSQL: --database-url postgres://…");
+    let scratch = std::env::temp_dir().join(format!("wasmtx-fleet-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&scratch)?;
+    let (db_url, db_name) = fresh_database(&args.database_url).await?;
+    report.add("store", "postgres", format!("postgres (fresh database {db_name})"));
+    let result = run(report, &args, &scratch, &db_url).await;
+    if !args.keep_database {
+        let _ = drop_database(&args.database_url, &db_name).await;
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+async fn run(report: &mut Report, args: &FleetArgs, scratch: &std::path::Path, db_url: &str) -> anyhow::Result<bool> {
+    let calls: Calls = Arc::default();
+    let participant = start_participant(calls.clone(), Duration::from_millis(args.participant_delay_ms)).await?;
+    let fleet = Arc::new(Fleet { urls: RwLock::new(vec![None; args.servers]), db_url: db_url.to_string(), scratch: scratch.to_path_buf(), lease_ms: args.lease_ms });
+    let mut children = Vec::new();
+    for i in 0..args.servers {
+        children.push(Some(fleet.start(i).await?));
+    }
+    eprintln!("{} coordinators up; running {} transactions, {} at a time…", args.servers, args.count, args.concurrency);
+
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency {
+        let (client, fleet, next, done, endpoint) =
+            (client.clone(), fleet.clone(), next.clone(), done.clone(), participant.clone());
+        let count = args.count;
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    return anyhow::Ok(latencies);
+                }
+                let t = Instant::now();
+                run_one(&client, &fleet, &endpoint, i).await.with_context(|| format!("transaction {i}"))?;
+                latencies.push(t.elapsed());
+                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                if n % (count / 10).max(1) == 0 {
+                    eprintln!("  {n}/{count} ({:.1} s)", started.elapsed().as_secs_f64());
+                }
+            }
+        }));
+    }
+
+    // The crash: SIGKILL one coordinator a third of the way in, restart it after two leases
+    // (so the survivors must have taken its work over), under the same node id.
+    let victim = 1;
+    while done.load(Ordering::Relaxed) < args.count / 3 && !workers.iter().all(|w| w.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let killed_at = started.elapsed();
+    fleet.urls.write().unwrap()[victim] = None;
+    if let Some(mut child) = children[victim].take() {
+        child.kill().await.context("SIGKILL")?;
+    }
+    eprintln!("  SIGKILLed coordinator {victim} at {:.2} s", killed_at.as_secs_f64());
+    tokio::time::sleep(Duration::from_millis(2 * args.lease_ms)).await;
+    children[victim] = Some(fleet.start(victim).await?);
+    let restarted_at = started.elapsed();
+    eprintln!("  restarted coordinator {victim} at {:.2} s", restarted_at.as_secs_f64());
+
+    let mut latencies = Vec::with_capacity(args.count);
+    for w in workers {
+        latencies.extend(w.await??);
+    }
+    let wall = started.elapsed();
+    latencies.sort_unstable();
+    let rate = latencies.len() as f64 / wall.as_secs_f64();
+    report.add("servers", args.servers, format!("{} coordinators, lease {} ms", args.servers, args.lease_ms));
+    report.add("transactions", latencies.len(), format!("{} (half 3-step sagas, half 3-participant 2PC), concurrency {}", latencies.len(), args.concurrency));
+    report.add("tx_per_s", rate.round(), format!("{rate:.0} (through the crash)"));
+    report.add("p50_ms", round1(percentile(&latencies, 0.5).as_secs_f64() * 1e3), format!("{:.1} ms", percentile(&latencies, 0.5).as_secs_f64() * 1e3));
+    report.add("p99_ms", round1(percentile(&latencies, 0.99).as_secs_f64() * 1e3), format!("{:.1} ms", percentile(&latencies, 0.99).as_secs_f64() * 1e3));
+    report.add("killed_at_s", round1(killed_at.as_secs_f64()), format!("{:.2} s: coordinator {victim} SIGKILLed", killed_at.as_secs_f64()));
+    report.add("restarted_at_s", round1(restarted_at.as_secs_f64()), format!("{:.2} s: coordinator {victim} restarted", restarted_at.as_secs_f64()));
+    report.add("wall_s", round1(wall.as_secs_f64()), format!("{:.2} s", wall.as_secs_f64()));
+
+    // The restarted coordinator must be serving before the check (its recovery has run).
+    let url = fleet.urls.read().unwrap()[victim].clone().expect("restarted");
+    client.get(format!("{url}/healthz")).send().await?.error_for_status()?;
+    let calls = calls.lock().unwrap().clone();
+    let passed = check(report, db_url, &calls).await?;
+    for mut child in children.into_iter().flatten() {
+        let _ = child.kill().await;
+    }
+    Ok(passed)
+}
+
+/// The coordinators: where each listens (`None` while it is down).
+struct Fleet {
+    urls: RwLock<Vec<Option<String>>>,
+    db_url: String,
+    scratch: PathBuf,
+    lease_ms: u64,
+}
+
+impl Fleet {
+    /// Starts coordinator `i` (node id `fleet-i`, its own data directory) and waits until it listens.
+    async fn start(&self, i: usize) -> anyhow::Result<tokio::process::Child> {
+        let dir = self.scratch.join(format!("node-{i}"));
+        std::fs::create_dir_all(&dir)?;
+        let log = std::fs::File::create(dir.join("serve.log"))?;
+        let mut child = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["serve", "--listen", "127.0.0.1:0", "--node-id", &format!("fleet-{i}")])
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--lease-ms", &self.lease_ms.to_string()])
+            .env("DATABASE_URL", &self.db_url)
+            .env_remove("WASMTX_ADMIN_TOKEN")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting wasmtx serve")?;
+        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .context("wasmtx serve did not start within 60 s")??
+            .with_context(|| format!("wasmtx serve exited; see {}", dir.join("serve.log").display()))?;
+        let url = line.split_whitespace().find(|w| w.starts_with("http://")).context("no URL in the listening line")?;
+        self.urls.write().unwrap()[i] = Some(url.to_string());
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(child)
+    }
+
+    /// A live coordinator, preferring `i`'s.
+    fn pick(&self, i: usize) -> Option<String> {
+        let urls = self.urls.read().unwrap();
+        (0..urls.len()).find_map(|k| urls[(i + k) % urls.len()].clone())
+    }
+}
+
+/// Sends one request to a live coordinator (`i`'s first), moving on to the next when one does
+/// not answer; gives up after `TX_DEADLINE`.
+async fn request(
+    client: &reqwest::Client,
+    fleet: &Fleet,
+    i: usize,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<&Value>,
+    idempotency_key: Option<&str>,
+) -> anyhow::Result<(u16, Value)> {
+    let deadline = Instant::now() + TX_DEADLINE;
+    let mut attempt = 0usize;
+    loop {
+        let base = fleet.pick(i + attempt).context("no coordinator is up")?;
+        let mut req = client.request(method.clone(), format!("{base}{path}"));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        if let Some(k) = idempotency_key {
+            req = req.header("Idempotency-Key", k);
+        }
+        match req.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let value = resp.json::<Value>().await.unwrap_or(Value::Null);
+                return Ok((status, value));
+            }
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!("{path} on {base}: {e}; trying another coordinator");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e).context(format!("{path}: no coordinator answered")),
+        }
+    }
+}
+
+/// Creates, fills and runs transaction `i` to an end state, whatever happens to the
+/// coordinator it started on.
+async fn run_one(client: &reqwest::Client, fleet: &Fleet, endpoint: &str, i: usize) -> anyhow::Result<()> {
+    use reqwest::Method;
+    let saga = i % 2 == 0;
+    let (create, body, id_field, add, docs) = if saga {
+        ("/v1/sagas", json!({"saga_name": "fleet", "context": {"n": i}}), "saga_id", "steps", "/v1/sagas")
+    } else {
+        ("/v1/2pc", json!({"transaction_name": "fleet", "context": {"n": i}}), "transaction_id", "participants", "/v1/2pc")
+    };
+    let key = format!("fleet-{i}");
+    let (status, created) = request(client, fleet, i, Method::POST, create, Some(&body), Some(&key)).await?;
+    anyhow::ensure!(status == 201 || status == 200, "create answered {status}: {created}");
+    let id = created[id_field].as_str().context("no id in the create answer")?.to_string();
+    for k in 0..3 {
+        let member = if saga {
+            json!({"name": format!("s{k}"), "endpoint": endpoint, "action": "execute", "compensation": "compensate"})
+        } else {
+            json!({"participant_id": format!("p{k}"), "endpoint": endpoint})
+        };
+        // Not idempotent: when the answer is lost, look before adding again.
+        let (status, answer) = request(client, fleet, i, Method::POST, &format!("{docs}/{id}/{add}"), Some(&member), None).await?;
+        if status >= 300 {
+            let (_, doc) = request(client, fleet, i, Method::GET, &format!("{docs}/{id}"), None, None).await?;
+            let have = doc[if saga { "steps" } else { "participants" }].as_array().map_or(0, |a| a.len());
+            anyhow::ensure!(have > k, "adding member {k} answered {status}: {answer}");
+        }
+    }
+    let execute = if saga { json!({"wait": true}) } else { json!({}) };
+    let _ = request(client, fleet, i, Method::POST, &format!("{docs}/{id}/execute"), Some(&execute), None).await?;
+    // Whatever execute answered (the coordinator may have died under it), watch the document
+    // until it ends; execute again only if it never started.
+    let deadline = Instant::now() + TX_DEADLINE;
+    loop {
+        let (_, doc) = request(client, fleet, i, Method::GET, &format!("{docs}/{id}"), None, None).await?;
+        match doc["state"].as_str().unwrap_or("") {
+            "completed" | "compensated" | "failed" | "committed" | "aborted" => return Ok(()),
+            "pending" | "init" => {
+                let _ = request(client, fleet, i, Method::POST, &format!("{docs}/{id}/execute"), Some(&execute), None).await?;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{id} did not end within {TX_DEADLINE:?}: {doc}");
+    }
+}
+
+/// The HTTP participant every step and 2PC member points at: records each call, waits
+/// `delay`, and says yes.
+async fn start_participant(calls: Calls, delay: Duration) -> anyhow::Result<String> {
+    async fn handle(
+        State((calls, delay)): State<(Calls, Duration)>,
+        UrlPath(action): UrlPath<String>,
+        headers: HeaderMap,
+        axum::Json(body): axum::Json<Value>,
+    ) -> axum::Json<Value> {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        calls.lock().unwrap().push(Call {
+            at_ms: now_ms(),
+            transaction_id: body["transaction_id"].as_str().unwrap_or("").to_string(),
+            key: body["idempotency_key"].as_str().unwrap_or("").to_string(),
+            phase: body["phase"].as_str().unwrap_or("").to_string(),
+            node: header("wasmtx-node"),
+        });
+        tokio::time::sleep(delay).await;
+        axum::Json(if action == "prepare" { json!({"vote": "prepared"}) } else { json!({"ok": true}) })
+    }
+    let app = axum::Router::new().route("/{action}", axum::routing::post(handle)).with_state((calls, delay));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(url)
+}
+
+/// Compares the journal with what the participants saw; prints each check and returns whether
+/// all passed.
+async fn check(report: &mut Report, db_url: &str, calls: &[Call]) -> anyhow::Result<bool> {
+    let mut db = sqlx::PgConnection::connect(db_url).await?;
+    let mut failures: Vec<String> = Vec::new();
+
+    // 1. Every transaction ended.
+    let mut states = BTreeMap::new();
+    let mut unfinished = 0i64;
+    for row in sqlx::query("SELECT kind, state, COUNT(*) FROM transactions GROUP BY kind, state").fetch_all(&mut db).await? {
+        let (kind, state, n): (String, String, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        if !matches!(state.as_str(), "completed" | "compensated" | "failed" | "committed" | "aborted") {
+            unfinished += n;
+        }
+        states.insert(format!("{kind} {state}"), n);
+    }
+    if unfinished > 0 {
+        failures.push(format!("{unfinished} transactions not in an end state"));
+    }
+    let summary = states.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ");
+    report.add("end_states", json!(states), &summary);
+
+    // 2. Each 2PC decision taken once; participants heard only that decision.
+    let decisions: Vec<(String, i64, i64, String)> = sqlx::query(
+        "SELECT t.id, COUNT(e.seq), COALESCE(MIN(e.at), 0), t.state FROM transactions t
+         LEFT JOIN events e ON e.tx_id = t.id AND e.kind = 'decision'
+         WHERE t.kind = '2pc' GROUP BY t.id, t.state",
+    )
+    .fetch_all(&mut db)
+    .await?
+    .into_iter()
+    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
+    .collect::<Result<_, sqlx::Error>>()?;
+    let mut by_tx: HashMap<&str, Vec<&Call>> = HashMap::new();
+    for c in calls {
+        by_tx.entry(c.transaction_id.as_str()).or_default().push(c);
+    }
+    let twice = decisions.iter().filter(|d| d.1 != 1).count();
+    let mixed = decisions
+        .iter()
+        .filter(|(id, ..)| {
+            let heard = by_tx.get(id.as_str()).map(|v| v.as_slice()).unwrap_or(&[]);
+            heard.iter().any(|c| c.phase == "commit") && heard.iter().any(|c| c.phase == "abort")
+        })
+        .count();
+    let late_prepares = decisions
+        .iter()
+        .filter(|(id, _, at, _)| by_tx.get(id.as_str()).is_some_and(|v| v.iter().any(|c| c.phase == "prepare" && c.at_ms > *at)))
+        .count();
+    for (n, what) in [(twice, "2PC transactions without exactly one decision"), (mixed, "2PC transactions whose participants heard both commit and abort"), (late_prepares, "2PC transactions asked to prepare after their decision")] {
+        if n > 0 {
+            failures.push(format!("{n} {what}"));
+        }
+    }
+    report.add(
+        "decisions_once",
+        twice == 0 && mixed == 0 && late_prepares == 0,
+        format!("{} 2PC decisions: {twice} taken other than once, {mixed} heard both ways, {late_prepares} prepares after a decision", decisions.len()),
+    );
+
+    // 3. One driver at a time: once another coordinator has called for a transaction, the
+    //    earlier one never calls for it again.
+    let mut interleaved = 0;
+    let mut taken_over = 0;
+    for heard in by_tx.values() {
+        let mut heard = heard.clone();
+        heard.sort_by_key(|c| c.at_ms);
+        let mut nodes: Vec<&str> = Vec::new();
+        for c in &heard {
+            if nodes.last() != Some(&c.node.as_str()) {
+                nodes.push(&c.node);
+            }
+        }
+        let mut seen = nodes.clone();
+        seen.sort();
+        seen.dedup();
+        interleaved += usize::from(seen.len() != nodes.len());
+        taken_over += usize::from(nodes.len() > 1);
+    }
+    if interleaved > 0 {
+        failures.push(format!("{interleaved} transactions driven by two coordinators in turn"));
+    }
+    report.add(
+        "one_driver_at_a_time",
+        interleaved == 0,
+        format!("{taken_over} transactions changed coordinator, {interleaved} went back and forth"),
+    );
+
+    // 4. No completed step executed again: no execute call for a step's key after the write
+    //    that recorded its completion.
+    let mut completed_at: HashMap<String, i64> = HashMap::new();
+    for row in sqlx::query(
+        "SELECT e.tx_id, e.step, e.at FROM events e JOIN transactions t ON t.id = e.tx_id
+         WHERE t.kind = 'saga' AND e.kind = 'step_completed'",
+    )
+    .fetch_all(&mut db)
+    .await?
+    {
+        let (tx, step, at): (String, String, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let index = step.trim_start_matches('s');
+        completed_at.insert(format!("{tx}:{index}:execute"), at);
+    }
+    let executes: Vec<&Call> = calls.iter().filter(|c| c.phase == "execute").collect();
+    let after_completion = executes.iter().filter(|c| completed_at.get(&c.key).is_some_and(|at| c.at_ms > *at)).count();
+    let mut per_key: HashMap<&str, usize> = HashMap::new();
+    for c in &executes {
+        *per_key.entry(&c.key).or_default() += 1;
+    }
+    let repeated = per_key.values().filter(|n| **n > 1).count();
+    if after_completion > 0 {
+        failures.push(format!("{after_completion} step executions after the step was recorded completed"));
+    }
+    report.add(
+        "no_completed_step_rerun",
+        after_completion == 0,
+        format!(
+            "{} step executions, {after_completion} after completion; {repeated} steps re-executed with their key after the crash (at-least-once)",
+            executes.len()
+        ),
+    );
+
+    let passed = failures.is_empty();
+    report.add("checks", if passed { "passed" } else { "FAILED" }, if passed { "all passed".to_string() } else { failures.join("; ") });
+    Ok(passed)
+}
+
+async fn fresh_database(admin_url: &str) -> anyhow::Result<(String, String)> {
+    let mut conn = sqlx::PgConnection::connect(admin_url)
+        .await
+        .with_context(|| format!("connecting to PostgreSQL at {admin_url}"))?;
+    let name = format!("wasmtx_fleet_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
+    let base = admin_url.split('?').next().unwrap_or(admin_url);
+    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+    Ok((format!("{base}/{name}"), name))
+}
+
+async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
+    let mut conn = sqlx::PgConnection::connect(admin_url).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await?;
+    Ok(())
+}
