@@ -32,7 +32,7 @@ impl<S: TxState, D: Serialize + DeserializeOwned> Record<S, D> {
     pub fn from_row(row: TxRow) -> Result<Self, StoreError> {
         let corrupt = |reason: String| StoreError::Corrupt { id: row.id.clone(), reason };
         let state = S::parse(&row.state).ok_or_else(|| corrupt(format!("unknown state {}", row.state)))?;
-        let doc = serde_json::from_value(row.doc.clone()).map_err(|e| corrupt(e.to_string()))?;
+        let doc = serde_json::from_str(&row.doc).map_err(|e| corrupt(e.to_string()))?;
         Ok(Record { row, state, doc, pending: Vec::new() })
     }
 
@@ -45,7 +45,7 @@ impl<S: TxState, D: Serialize + DeserializeOwned> Record<S, D> {
             kind: kind.into(),
             name: name.into(),
             state: state.as_str().into(),
-            doc: serde_json::to_value(&doc).expect("documents serialise"),
+            doc: serde_json::to_string(&doc).expect("documents serialise"),
             rev: 0,
             owner: None,
             lease_until_ms: 0,
@@ -114,7 +114,7 @@ impl Journal {
         };
         let now = now_ms();
         rec.row.state = rec.state.as_str().into();
-        rec.row.doc = serde_json::to_value(&rec.doc).expect("documents serialise");
+        rec.row.doc = serde_json::to_string(&rec.doc).expect("documents serialise");
         rec.row.updated_at_ms = now;
         rec.row.lease_until_ms = if rec.row.owner.is_some() { now + self.lease.as_millis() as i64 } else { 0 };
         rec.row.rev = self.store.save_tx(&rec.row, &events).await?;

@@ -309,3 +309,18 @@ on_both_stores!(a_running_saga_pins_the_plugin_version_it_started_with, |url: St
         assert!(s.output.as_ref().unwrap().get("phase").is_some(), "ran scripted (v1), not shipping (v2)");
     }
 });
+
+on_both_stores!(the_catalog_answers_a_publish_at_once_and_keeps_pinned_versions, |url: String| async move {
+    // Lookups are cached (plugin rows are read on every step); a publish through the same
+    // catalog must still be the next saga's version at once.
+    let n = node(&url).await;
+    n.catalog.publish(TENANT, "pay", &plugin_bytes(plugins::PAYMENT)).await.unwrap();
+    assert_eq!(n.catalog.resolve(TENANT, "pay").await.unwrap().0.version, 1);
+    n.catalog.publish(TENANT, "pay", &plugin_bytes(plugins::SCRIPTED)).await.unwrap();
+    let (latest, component) = n.catalog.resolve(TENANT, "pay").await.unwrap();
+    assert_eq!(latest.version, 2);
+    assert_eq!(component.digest, latest.digest);
+    let (pinned, _) = n.catalog.resolve(TENANT, "pay@1").await.unwrap();
+    assert_eq!((pinned.version, pinned.digest.as_str() != latest.digest.as_str()), (1, true));
+    assert!(n.catalog.resolve("another-tenant", "pay").await.is_err(), "cached rows stay per tenant");
+});

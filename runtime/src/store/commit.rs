@@ -12,7 +12,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use serde_json::{Value, json};
 use sqlx::{AnyPool, Row};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
@@ -107,7 +106,10 @@ async fn run(pool: AnyPool, sql: Arc<Statements>, jobs: Arc<Mutex<mpsc::Receiver
             }
         }
         let writes: Vec<&Write> = batch.iter().map(|j| &j.write).collect();
-        let results = match apply(&pool, &sql, &writes).await {
+        let started = std::time::Instant::now();
+        let applied = apply(&pool, &sql, &writes).await;
+        tracing::debug!(target: "wasmtx::store::commit", writes = writes.len(), micros = started.elapsed().as_micros() as u64, "group commit");
+        let results = match applied {
             Ok(results) => results,
             Err(e) if batch.len() == 1 => vec![Err(e)],
             Err(e) => {
@@ -130,41 +132,20 @@ async fn run(pool: AnyPool, sql: Arc<Statements>, jobs: Arc<Mutex<mpsc::Receiver
 async fn apply(pool: &AnyPool, sql: &Statements, writes: &[&Write]) -> Result<Vec<Result<i64>>> {
     let mut tx = pool.begin().await?;
 
-    let inserts: Vec<Value> = writes
-        .iter()
-        .filter(|w| matches!(w, Write::Insert(..)))
-        .map(|w| {
-            let r = w.row();
-            json!({
-                "tenant_id": r.tenant, "id": r.id, "kind": r.kind, "name": r.name, "state": r.state,
-                "doc": r.doc.to_string(), "rev": r.rev, "owner": r.owner, "lease_until": r.lease_until_ms,
-                "created_at": r.created_at_ms, "updated_at": r.updated_at_ms, "n": w.events().len(),
-            })
-        })
-        .collect();
+    let inserts: Vec<TxJson> =
+        writes.iter().filter(|w| matches!(w, Write::Insert(..))).map(|w| TxJson::of(w)).collect();
     let mut inserted = HashSet::new();
     if !inserts.is_empty() {
-        for row in sqlx::query(&sql.insert).bind(Value::Array(inserts).to_string()).fetch_all(&mut *tx).await? {
+        for row in sqlx::query(&sql.insert).bind(to_json(&inserts)).fetch_all(&mut *tx).await? {
             inserted.insert(row.try_get::<String, _>(0)?);
         }
     }
 
-    let saves: Vec<Value> = writes
-        .iter()
-        .filter(|w| matches!(w, Write::Save(..)))
-        .map(|w| {
-            let r = w.row();
-            json!({
-                "tenant_id": r.tenant, "id": r.id, "state": r.state, "doc": r.doc.to_string(), "rev": r.rev,
-                "owner": r.owner, "lease_until": r.lease_until_ms, "updated_at": r.updated_at_ms,
-                "n": w.events().len(),
-            })
-        })
-        .collect();
+    let saves: Vec<TxJson> = writes.iter().filter(|w| matches!(w, Write::Save(..))).map(|w| TxJson::of(w)).collect();
     // id -> the last event sequence number after this write
     let mut saved: HashMap<String, i64> = HashMap::new();
     if !saves.is_empty() {
-        for row in sqlx::query(&sql.update).bind(Value::Array(saves).to_string()).fetch_all(&mut *tx).await? {
+        for row in sqlx::query(&sql.update).bind(to_json(&saves)).fetch_all(&mut *tx).await? {
             saved.insert(row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?);
         }
     }
@@ -184,10 +165,14 @@ async fn apply(pool: &AnyPool, sql: &Statements, writes: &[&Write]) -> Result<Ve
         };
         let first = last_seq - w.events().len() as i64 + 1;
         for (i, e) in w.events().iter().enumerate() {
-            events.push(json!({
-                "tx_id": row.id, "seq": first + i as i64, "at": row.updated_at_ms, "kind": e.kind,
-                "step": e.step, "detail": e.detail.to_string(),
-            }));
+            events.push(EventJson {
+                tx_id: &row.id,
+                seq: first + i as i64,
+                at: row.updated_at_ms,
+                kind: &e.kind,
+                step: e.step.as_deref(),
+                detail: e.detail.to_string(),
+            });
         }
         results.push(Ok(match w {
             Write::Insert(..) => row.rev,
@@ -195,10 +180,61 @@ async fn apply(pool: &AnyPool, sql: &Statements, writes: &[&Write]) -> Result<Ve
         }));
     }
     if !events.is_empty() {
-        sqlx::query(&sql.events).bind(Value::Array(events).to_string()).execute(&mut *tx).await?;
+        sqlx::query(&sql.events).bind(to_json(&events)).execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(results)
+}
+
+/// A transaction row as the set-based statements read it (`n`: how many events it brings).
+#[derive(serde::Serialize)]
+struct TxJson<'a> {
+    tenant_id: &'a str,
+    id: &'a str,
+    kind: &'a str,
+    name: &'a str,
+    state: &'a str,
+    doc: &'a str,
+    rev: i64,
+    owner: Option<&'a str>,
+    lease_until: i64,
+    created_at: i64,
+    updated_at: i64,
+    n: usize,
+}
+
+impl<'a> TxJson<'a> {
+    fn of(w: &'a Write) -> Self {
+        let r = w.row();
+        TxJson {
+            tenant_id: &r.tenant,
+            id: &r.id,
+            kind: &r.kind,
+            name: &r.name,
+            state: &r.state,
+            doc: &r.doc,
+            rev: r.rev,
+            owner: r.owner.as_deref(),
+            lease_until: r.lease_until_ms,
+            created_at: r.created_at_ms,
+            updated_at: r.updated_at_ms,
+            n: w.events().len(),
+        }
+    }
+}
+
+#[derive(serde::Serialize)]
+struct EventJson<'a> {
+    tx_id: &'a str,
+    seq: i64,
+    at: i64,
+    kind: &'a str,
+    step: Option<&'a str>,
+    detail: String,
+}
+
+fn to_json<T: serde::Serialize>(rows: &[T]) -> String {
+    serde_json::to_string(rows).expect("rows serialise")
 }
 
 /// The three set-based statements, in the backend's dialect. Each takes one parameter: a JSON

@@ -49,8 +49,8 @@ pub struct TxRow {
     pub kind: String,
     pub name: String,
     pub state: String,
-    /// The engine's document (JSON).
-    pub doc: Value,
+    /// The engine's document, as JSON text (decoded only by its engine).
+    pub doc: String,
     /// Incremented by every write; writers must present the revision they read.
     pub rev: i64,
     pub owner: Option<String>,
@@ -183,6 +183,16 @@ impl Store {
                 AnyPoolOptions::new()
                     .max_connections(32)
                     .acquire_timeout(Duration::from_secs(10))
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            // Plan each execution with what the tables hold now. A generic plan
+                            // cached while a fresh database's tables were nearly empty keeps
+                            // scanning whole tables as they grow (measured: 228 sagas/s in
+                            // `bench saga`, PostgreSQL spending 78% of the CPU in index scans).
+                            sqlx::query("SET plan_cache_mode = force_custom_plan").execute(&mut *conn).await?;
+                            Ok(())
+                        })
+                    })
                     .connect_with(options)
                     .await?
             }
@@ -361,13 +371,11 @@ impl Store {
     }
 
     pub async fn get_tx(&self, tenant: &str, kind: &str, id: &str) -> Result<Option<TxRow>> {
-        let row = sqlx::query(&format!("{TX_COLUMNS} WHERE tenant_id = $1 AND kind = $2 AND id = $3"))
-            .bind(tenant)
-            .bind(kind)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.as_ref().map(tx_row).transpose()
+        // By the primary key alone, so no plan can prefer the tenant index; another tenant's
+        // or kind's row is then "not found", exactly as if it did not exist.
+        let row = sqlx::query(&format!("{TX_COLUMNS} WHERE id = $1")).bind(id).fetch_optional(&self.pool).await?;
+        let row = row.as_ref().map(tx_row).transpose()?;
+        Ok(row.filter(|r| r.tenant == tenant && r.kind == kind))
     }
 
     /// Newest first.
@@ -681,8 +689,6 @@ const TX_COLUMNS: &str =
 fn tx_row(r: &AnyRow) -> Result<TxRow> {
     let id: String = r.try_get(1)?;
     let doc: String = r.try_get(5)?;
-    let doc = serde_json::from_str(&doc)
-        .map_err(|e| StoreError::Corrupt { id: id.clone(), reason: e.to_string() })?;
     Ok(TxRow {
         tenant: r.try_get(0)?,
         id,
