@@ -60,18 +60,47 @@ impl<S: TxState, D: Serialize + DeserializeOwned> Record<S, D> {
     }
 }
 
+/// Rows this journal wrote last, kept to spare a read before the next change.
+const MAX_CACHED_ROWS: usize = 50_000;
+
 /// Writes records and tells observers. Cheap to clone.
 #[derive(Clone)]
 pub struct Journal {
     store: Store,
     lease: Duration,
     progress: broadcast::Sender<Progress>,
+    /// The row as this journal last wrote it, per transaction not yet at an end state. Only a
+    /// starting point for a change: the write is revision-checked like any other, and a
+    /// conflict drops the entry (another coordinator wrote since), so the caller reads again.
+    written: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, TxRow>>>,
 }
 
 impl Journal {
     pub fn new(store: Store, lease: Duration) -> Self {
         let (progress, _) = broadcast::channel(4096);
-        Journal { store, lease, progress }
+        Journal { store, lease, progress, written: Default::default() }
+    }
+
+    /// The row this journal last wrote for `id`, if it is still the last one it knows of.
+    pub fn last_written(&self, tenant: &str, kind: &str, id: &str) -> Option<TxRow> {
+        let written = self.written.lock().unwrap();
+        written.get(id).filter(|r| r.tenant == tenant && r.kind == kind).cloned()
+    }
+
+    fn remember(&self, row: &TxRow, terminal: bool) {
+        let mut written = self.written.lock().unwrap();
+        if terminal {
+            written.remove(&row.id);
+            return;
+        }
+        if written.len() >= MAX_CACHED_ROWS {
+            written.clear();
+        }
+        written.insert(row.id.clone(), row.clone());
+    }
+
+    fn forget(&self, id: &str) {
+        self.written.lock().unwrap().remove(id);
     }
 
     pub fn store(&self) -> &Store {
@@ -89,7 +118,9 @@ impl Journal {
 
     /// Stores a new record with its first event.
     pub async fn insert<S: TxState, D>(&self, rec: &Record<S, D>, event: NewEvent) -> Result<(), StoreError> {
-        self.store.insert_tx(&rec.row, std::slice::from_ref(&event)).await
+        self.store.insert_tx(&rec.row, std::slice::from_ref(&event)).await?;
+        self.remember(&rec.row, rec.state.is_terminal());
+        Ok(())
     }
 
     /// Records `events` of a change already made to the record in memory, to be written with
@@ -117,7 +148,14 @@ impl Journal {
         rec.row.doc = serde_json::to_string(&rec.doc).expect("documents serialise");
         rec.row.updated_at_ms = now;
         rec.row.lease_until_ms = if rec.row.owner.is_some() { now + self.lease.as_millis() as i64 } else { 0 };
-        rec.row.rev = self.store.save_tx(&rec.row, &events).await?;
+        rec.row.rev = match self.store.save_tx(&rec.row, &events).await {
+            Ok(rev) => rev,
+            Err(e) => {
+                self.forget(&rec.row.id);
+                return Err(e);
+            }
+        };
+        self.remember(&rec.row, rec.state.is_terminal());
         let last = events.len().saturating_sub(1);
         for (i, event) in events.into_iter().enumerate() {
             let _ = self.progress.send(Progress {

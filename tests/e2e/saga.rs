@@ -324,3 +324,30 @@ on_both_stores!(the_catalog_answers_a_publish_at_once_and_keeps_pinned_versions,
     assert_eq!((pinned.version, pinned.digest.as_str() != latest.digest.as_str()), (1, true));
     assert!(n.catalog.resolve("another-tenant", "pay").await.is_err(), "cached rows stay per tenant");
 });
+
+on_both_stores!(a_change_made_by_another_coordinator_is_not_lost_to_a_remembered_row, |url: String| async move {
+    // Each engine starts a change from the row it last wrote (sparing a read); when another
+    // coordinator wrote since, the revision check fails and the change is made again from
+    // the stored row — never a lost step, never a spurious "busy".
+    let a = with_plugins(&url).await;
+    let b = node(&url).await;
+    let id = saga(&a, json!({}), vec![json!({"name": "one", "plugin": "scripted"})]).await;
+    b.sagas.add_step(TENANT, &id, step(json!({"name": "two", "plugin": "scripted"}))).await.unwrap();
+    let (index, total) = a.sagas.add_step(TENANT, &id, step(json!({"name": "three", "plugin": "scripted"}))).await.unwrap();
+    assert_eq!((index, total), (2, 3));
+    b.sagas.add_step(TENANT, &id, step(json!({"name": "four", "plugin": "scripted"}))).await.unwrap();
+    let done = a.sagas.execute(TENANT, &id, true).await.unwrap();
+    assert_eq!(done.state, SagaState::Completed);
+    let names: Vec<&str> = done.doc.steps.iter().map(|s| s.spec.name.as_str()).collect();
+    assert_eq!(names, ["one", "two", "three", "four"]);
+    // Executing again through the other node is refused as it was before.
+    assert!(matches!(b.sagas.execute(TENANT, &id, true).await, Err(wasmtx::saga::SagaError::WrongState { .. })));
+
+    let tx = a.tpc.create(TENANT, serde_json::from_value(json!({"transaction_name": "t"})).unwrap()).await.unwrap();
+    let p = |pid: &str| serde_json::from_value(json!({"participant_id": pid, "plugin": "ledger"})).unwrap();
+    a.tpc.add_participant(TENANT, tx.id(), p("x")).await.unwrap();
+    b.tpc.add_participant(TENANT, tx.id(), p("y")).await.unwrap();
+    assert_eq!(a.tpc.add_participant(TENANT, tx.id(), p("z")).await.unwrap(), 3);
+    let ended = a.tpc.execute(TENANT, tx.id()).await.unwrap();
+    assert_eq!(ended.doc.participants.len(), 3);
+});

@@ -48,6 +48,13 @@ pub enum SagaError {
     Busy(String),
 }
 
+impl SagaError {
+    /// Another writer changed the transaction since it was read.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, SagaError::Store(StoreError::Conflict { .. }))
+    }
+}
+
 /// The body of "create saga" (API.md).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -185,10 +192,27 @@ impl SagaEngine {
         Ok(self.inner.store.events(id).await?)
     }
 
+    /// A saga to change: as this node last wrote it when it has it (`cached`), else as stored.
+    async fn get_for_update(&self, tenant: &str, id: &str, cached: bool) -> Result<Saga, SagaError> {
+        match self.inner.journal.last_written(tenant, KIND, id).filter(|_| cached) {
+            Some(row) => Ok(Saga::from_row(row)?),
+            None => self.get(tenant, id).await,
+        }
+    }
+
     /// Appends a step to a pending saga; returns (its index, the step count).
     pub async fn add_step(&self, tenant: &str, id: &str, spec: StepSpec) -> Result<(usize, usize), SagaError> {
         spec.validate().map_err(SagaError::Invalid)?;
-        let mut saga = self.get(tenant, id).await?;
+        let added = match self.add_step_once(tenant, id, spec.clone(), true).await {
+            // The row this node remembered was stale: read it again.
+            Err(e) if e.is_conflict() => self.add_step_once(tenant, id, spec, false).await,
+            added => added,
+        };
+        added.map_err(|e| if e.is_conflict() { SagaError::Busy(id.into()) } else { e })
+    }
+
+    async fn add_step_once(&self, tenant: &str, id: &str, spec: StepSpec, cached: bool) -> Result<(usize, usize), SagaError> {
+        let mut saga = self.get_for_update(tenant, id, cached).await?;
         if saga.state != SagaState::Pending {
             return Err(SagaError::WrongState { id: id.into(), state: saga.state.as_str(), action: "adding a step" });
         }
@@ -211,19 +235,28 @@ impl SagaEngine {
         saga.doc.steps.push(StepRecord::new(spec));
         let index = saga.doc.steps.len() - 1;
         let total = saga.doc.steps.len();
-        self.persist(&mut saga, vec![NewEvent::new("step_added", Some(&name), json!({ "index": index }))]).await.map_err(
-            |e| match e {
-                SagaError::Store(StoreError::Conflict { .. }) => SagaError::Busy(id.into()),
-                e => e,
-            },
-        )?;
+        self.persist(&mut saga, vec![NewEvent::new("step_added", Some(&name), json!({ "index": index }))]).await?;
         Ok((index, total))
     }
 
     /// Starts a pending saga: pins plugin versions, takes the lease, drives it. With `wait`
     /// the returned saga is at an end state; otherwise it is running in the background.
     pub async fn execute(&self, tenant: &str, id: &str, wait: bool) -> Result<Saga, SagaError> {
-        let mut saga = self.get(tenant, id).await?;
+        let started = match self.start(tenant, id, true).await {
+            // The row this node remembered was stale: read it again.
+            Err(e) if e.is_conflict() => self.start(tenant, id, false).await,
+            started => started,
+        };
+        let saga = started.map_err(|e| match e.is_conflict() {
+            true => SagaError::WrongState { id: id.into(), state: "running", action: "execute" },
+            false => e,
+        })?;
+        self.spawn_drive(saga, wait).await
+    }
+
+    /// Pins plugin versions, takes the lease and records the start of a pending saga.
+    async fn start(&self, tenant: &str, id: &str, cached: bool) -> Result<Saga, SagaError> {
+        let mut saga = self.get_for_update(tenant, id, cached).await?;
         if saga.state != SagaState::Pending {
             return Err(SagaError::WrongState { id: id.into(), state: saga.state.as_str(), action: "execute" });
         }
@@ -238,13 +271,8 @@ impl SagaEngine {
         saga.row.owner = Some(self.inner.config.node_id.clone());
         let pins: Vec<Value> = saga.doc.steps.iter().filter_map(|s| s.plugin_version.clone().map(Value::String)).collect();
         let events = vec![NewEvent::new("saga_started", None, json!({ "owner": self.node_id(), "plugins": pins }))];
-        self.persist(&mut saga, events).await.map_err(|e| match e {
-            SagaError::Store(StoreError::Conflict { .. }) => {
-                SagaError::WrongState { id: id.into(), state: "running", action: "execute" }
-            }
-            e => e,
-        })?;
-        self.spawn_drive(saga, wait).await
+        self.persist(&mut saga, events).await?;
+        Ok(saga)
     }
 
     /// Continues a stopped saga where it stopped: one whose coordinator died (lease expired),

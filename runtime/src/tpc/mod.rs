@@ -49,6 +49,13 @@ pub enum TpcError {
     Busy(String),
 }
 
+impl TpcError {
+    /// Another writer changed the transaction since it was read.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, TpcError::Store(StoreError::Conflict { .. }))
+    }
+}
+
 /// The body of "begin" (API.md).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -201,7 +208,24 @@ impl TpcEngine {
     /// Adds a participant to a transaction that has not started; returns the count.
     pub async fn add_participant(&self, tenant: &str, id: &str, spec: ParticipantSpec) -> Result<usize, TpcError> {
         spec.validate().map_err(TpcError::Invalid)?;
-        let mut tx = self.get(tenant, id).await?;
+        let added = match self.add_participant_once(tenant, id, spec.clone(), true).await {
+            // The row this node remembered was stale: read it again.
+            Err(e) if e.is_conflict() => self.add_participant_once(tenant, id, spec, false).await,
+            added => added,
+        };
+        added.map_err(|e| if e.is_conflict() { TpcError::Busy(id.into()) } else { e })
+    }
+
+    /// A transaction to change: as this node last wrote it when it has it (`cached`), else as stored.
+    async fn get_for_update(&self, tenant: &str, id: &str, cached: bool) -> Result<Tpc, TpcError> {
+        match self.inner.journal.last_written(tenant, KIND, id).filter(|_| cached) {
+            Some(row) => Ok(Tpc::from_row(row)?),
+            None => self.get(tenant, id).await,
+        }
+    }
+
+    async fn add_participant_once(&self, tenant: &str, id: &str, spec: ParticipantSpec, cached: bool) -> Result<usize, TpcError> {
+        let mut tx = self.get_for_update(tenant, id, cached).await?;
         if tx.state != TpcState::Init {
             return Err(TpcError::WrongState { id: id.into(), state: tx.state.as_str(), action: "adding a participant" });
         }
@@ -223,9 +247,7 @@ impl TpcEngine {
         let pid = spec.participant_id.clone();
         tx.doc.participants.push(ParticipantRecord::new(spec));
         let total = tx.doc.participants.len();
-        self.persist(&mut tx, vec![NewEvent::new("participant_added", Some(&pid), json!({}))])
-            .await
-            .map_err(|_| TpcError::Busy(id.into()))?;
+        self.persist(&mut tx, vec![NewEvent::new("participant_added", Some(&pid), json!({}))]).await?;
         Ok(total)
     }
 
@@ -233,7 +255,21 @@ impl TpcEngine {
     /// participant does not acknowledge and no budget is set — then it keeps retrying in the
     /// background and the returned document says so).
     pub async fn execute(&self, tenant: &str, id: &str) -> Result<Tpc, TpcError> {
-        let mut tx = self.get(tenant, id).await?;
+        let started = match self.start(tenant, id, true).await {
+            // The row this node remembered was stale: read it again.
+            Err(e) if e.is_conflict() => self.start(tenant, id, false).await,
+            started => started,
+        };
+        let tx = started.map_err(|e| match e {
+            e if e.is_conflict() => TpcError::WrongState { id: id.into(), state: "preparing", action: "execute" },
+            e => e,
+        })?;
+        self.spawn_drive(tx).await
+    }
+
+    /// Pins plugin versions, takes the lease and records that prepare begins.
+    async fn start(&self, tenant: &str, id: &str, cached: bool) -> Result<Tpc, TpcError> {
+        let mut tx = self.get_for_update(tenant, id, cached).await?;
         if tx.state != TpcState::Init {
             return Err(TpcError::WrongState { id: id.into(), state: tx.state.as_str(), action: "execute" });
         }
@@ -248,10 +284,8 @@ impl TpcEngine {
         }
         tx.state.become_(TpcState::Preparing).expect("legal");
         tx.row.owner = Some(self.node_id().into());
-        self.persist(&mut tx, vec![NewEvent::new("prepare_started", None, json!({"owner": self.node_id()}))])
-            .await
-            .map_err(|_| TpcError::WrongState { id: id.into(), state: "preparing", action: "execute" })?;
-        self.spawn_drive(tx).await
+        self.persist(&mut tx, vec![NewEvent::new("prepare_started", None, json!({"owner": self.node_id()}))]).await?;
+        Ok(tx)
     }
 
     /// Aborts a transaction that has not decided to commit.
