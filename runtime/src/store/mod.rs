@@ -198,7 +198,23 @@ impl Store {
             }
         };
         schema::migrate(&pool, backend).await?;
-        let commits = commit::GroupCommit::start(pool.clone(), backend);
+        let db = match backend {
+            Backend::Sqlite => commit::Db::Json { pool: pool.clone(), sql: commit::Statements::new(backend) },
+            Backend::Postgres => commit::Db::Arrays(
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(10))
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            sqlx::query("SET plan_cache_mode = force_custom_plan").execute(&mut *conn).await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(url)
+                    .await?,
+            ),
+        };
+        let commits = commit::GroupCommit::start(db);
         Ok(Store { pool, backend, commits })
     }
 
