@@ -307,3 +307,40 @@ async fn two_servers_on_one_postgres_drive_each_saga_exactly_once_and_take_over_
     b.kill().await;
 }
 
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_commands_talk_to_a_running_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None, &[]).await;
+    let wasmtx = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasmtx"))
+            .args(args)
+            .args(["--server", &server.url])
+            .env_remove("WASMTX_API_KEY")
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (ok, pushed, err) = wasmtx(&["plugin", "push", "payment", plugins::PAYMENT]);
+    assert!(ok, "{err}");
+    assert_eq!(serde_json::from_str::<Value>(&pushed).unwrap()["version"], 1);
+    let (ok, listed, _) = wasmtx(&["plugin", "list"]);
+    assert!(ok && listed.contains("\"payment\""), "{listed}");
+
+    let (_, created) = post(&server, "/v1/sagas", json!({"saga_name": "cli", "context": {"amount": 5}})).await;
+    let id = created["saga_id"].as_str().unwrap().to_string();
+    post(&server, &format!("/v1/sagas/{id}/steps"), json!({"name": "charge", "plugin": "payment"})).await;
+    post(&server, &format!("/v1/sagas/{id}/execute"), json!({})).await;
+    let (ok, status, _) = wasmtx(&["status", &id]);
+    assert!(ok);
+    assert_eq!(serde_json::from_str::<Value>(&status).unwrap()["state"], "completed");
+    let (ok, _, err) = wasmtx(&["recover", &id]);
+    assert!(!ok && err.contains("409"), "a completed saga cannot be resumed: {err}");
+    let (ok, _, err) = wasmtx(&["status", "nonsense"]);
+    assert!(!ok && err.contains("is not a transaction id"), "{err}");
+    let (ok, _, err) = wasmtx(&["status", "saga-00000000-0000-0000-0000-000000000000"]);
+    assert!(!ok && err.contains("404"), "{err}");
+    server.kill().await;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasmtx")).args(["status", &id, "--server", "http://127.0.0.1:9"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no answer from http://127.0.0.1:9"));
+}

@@ -2,6 +2,7 @@
 //! Commands print human-readable progress to stderr and results to stdout.
 
 mod bench;
+mod client;
 mod fleet;
 mod run;
 mod serve;
@@ -35,6 +36,18 @@ enum Command {
     Run(run::RunArgs),
     /// Measure wasmtx on this machine.
     Bench(bench::BenchArgs),
+    /// Print a transaction's document from a server (saga-…, tpc-… or tx-… id).
+    Status {
+        id: String,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Continue a stopped transaction on a server (resume a saga, recover a 2PC or managed one).
+    Recover {
+        id: String,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -43,6 +56,19 @@ enum PluginCommand {
     Inspect {
         /// The component file (.wasm).
         file: PathBuf,
+    },
+    /// Upload a component to a server as the next version of NAME.
+    Push {
+        name: String,
+        /// The component file (.wasm).
+        file: PathBuf,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// List a server's plugins (newest version of each).
+    List {
+        #[command(flatten)]
+        server: client::ServerArgs,
     },
 }
 
@@ -78,6 +104,10 @@ fn init_tracing(format: &str) {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Plugin(PluginCommand::Inspect { file }) => inspect(&file).await,
+        Command::Plugin(PluginCommand::Push { name, file, server }) => server.push(&name, &file).await,
+        Command::Plugin(PluginCommand::List { server }) => server.list().await,
+        Command::Status { id, server } => server.status(&id).await,
+        Command::Recover { id, server } => server.recover(&id).await,
         Command::Serve(args) => serve::serve(args).await,
         Command::Run(args) => run::run(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
