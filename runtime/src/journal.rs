@@ -61,7 +61,7 @@ impl<S: TxState, D: Serialize + DeserializeOwned> Record<S, D> {
 }
 
 /// Rows this journal wrote last, kept to spare a read before the next change.
-const MAX_CACHED_ROWS: usize = 50_000;
+const MAX_CACHED_ROWS: usize = 10_000;
 
 /// Writes records and tells observers. Cheap to clone.
 #[derive(Clone)]
