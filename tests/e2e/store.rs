@@ -64,3 +64,26 @@ on_both_stores!(concurrent_writes_share_commits_and_keep_their_own_outcomes, |ur
     }
     assert!(store.get_tx("other-tenant", "saga", "tx-1").await.unwrap().is_none(), "reads stay per tenant");
 });
+
+on_both_stores!(audit_entries_share_commits_with_transaction_writes, |url: String| async move {
+    let store = Store::open(&url).await.unwrap();
+    let writes = (0..20).map(|i| {
+        let store = store.clone();
+        async move { store.insert_tx(&row(&format!("a-{i}"), 0, "pending"), &events(1)).await }
+    });
+    let audits = (0..20).map(|i| {
+        let store = store.clone();
+        async move { store.audit("t", "key-1", "created", &json!({ "n": i })).await }
+    });
+    let (w, a) = futures::future::join(futures::future::join_all(writes), futures::future::join_all(audits)).await;
+    assert!(w.iter().all(Result::is_ok) && a.iter().all(Result::is_ok), "{w:?} {a:?}");
+    let log = store.audit_log("t", 100).await.unwrap();
+    assert_eq!(log.len(), 20);
+    let mut seen: Vec<i64> = log.iter().map(|(_, actor, action, detail)| {
+        assert_eq!((actor.as_str(), action.as_str()), ("key-1", "created"));
+        detail["n"].as_i64().unwrap()
+    }).collect();
+    seen.sort();
+    assert_eq!(seen, (0..20).collect::<Vec<_>>());
+    assert!(store.audit_log("someone-else", 100).await.unwrap().is_empty());
+});

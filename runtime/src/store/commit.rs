@@ -22,24 +22,49 @@ const MAX_BATCH: usize = 512;
 /// Writes waiting for a committer; beyond this, writers wait to queue (back-pressure).
 const QUEUE: usize = 8192;
 
-/// One revision-checked change of a transaction, with its history events.
+/// One change to commit: a revision-checked change of a transaction with its history
+/// events, or an audit entry.
 pub(crate) enum Write {
     /// A new transaction (revision 0); conflicts if the id exists.
     Insert(TxRow, Vec<NewEvent>),
     /// A new revision of a stored transaction; conflicts unless the stored revision is `row.rev`.
     Save(TxRow, Vec<NewEvent>),
+    /// Who did what, appended (API requests write one each; batching them spares a commit per
+    /// request).
+    Audit(AuditRow),
+}
+
+/// An entry of the audit trail.
+pub(crate) struct AuditRow {
+    pub id: String,
+    pub tenant: String,
+    pub at_ms: i64,
+    pub actor: String,
+    pub action: String,
+    pub detail: String,
 }
 
 impl Write {
+    /// What a batch holds at most once.
+    fn key(&self) -> &str {
+        match self {
+            Write::Insert(row, _) | Write::Save(row, _) => &row.id,
+            Write::Audit(a) => &a.id,
+        }
+    }
+
+    /// The transaction row (inserts and saves only).
     fn row(&self) -> &TxRow {
         match self {
             Write::Insert(row, _) | Write::Save(row, _) => row,
+            Write::Audit(_) => unreachable!("an audit entry has no transaction row"),
         }
     }
 
     fn events(&self) -> &[NewEvent] {
         match self {
             Write::Insert(_, events) | Write::Save(_, events) => events,
+            Write::Audit(_) => &[],
         }
     }
 }
@@ -95,10 +120,10 @@ async fn run(db: Arc<Db>, jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
                     None => return,
                 }
             }
-            let mut ids: HashSet<String> = batch.iter().map(|j| j.write.row().id.clone()).collect();
+            let mut ids: HashSet<String> = batch.iter().map(|j| j.write.key().to_string()).collect();
             while batch.len() < MAX_BATCH {
                 let Ok(job) = jobs.try_recv() else { break };
-                if ids.insert(job.write.row().id.clone()) {
+                if ids.insert(job.write.key().to_string()) {
                     batch.push(job);
                 } else {
                     held.push(job);
@@ -143,6 +168,13 @@ impl Db {
     async fn apply(&self, writes: &[&Write]) -> Result<Vec<Result<i64>>> {
         let inserts: Vec<&Write> = writes.iter().copied().filter(|w| matches!(w, Write::Insert(..))).collect();
         let saves: Vec<&Write> = writes.iter().copied().filter(|w| matches!(w, Write::Save(..))).collect();
+        let audits: Vec<&AuditRow> = writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Audit(a) => Some(a),
+                _ => None,
+            })
+            .collect();
         match self {
             Db::Json { pool, sql } => {
                 let mut tx = pool.begin().await?;
@@ -163,6 +195,10 @@ impl Db {
                 let (results, events) = outcomes(writes, &inserted, &saved);
                 if !events.is_empty() {
                     sqlx::query(&sql.events).bind(to_json(&events)).execute(&mut *tx).await?;
+                }
+                if !audits.is_empty() {
+                    let rows: Vec<AuditJson> = audits.iter().map(|a| AuditJson::of(a)).collect();
+                    sqlx::query(&sql.audit).bind(to_json(&rows)).execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(results)
@@ -221,6 +257,18 @@ impl Db {
                     .execute(&mut *tx)
                     .await?;
                 }
+                if !audits.is_empty() {
+                    let column = |f: fn(&AuditRow) -> &str| audits.iter().map(|a| f(a)).collect::<Vec<&str>>();
+                    let at: Vec<i64> = audits.iter().map(|a| a.at_ms).collect();
+                    sqlx::query(
+                        "INSERT INTO audit (id, tenant_id, at, actor, action, detail)
+                         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[])",
+                    )
+                    .bind(column(|a| &a.id)).bind(column(|a| &a.tenant)).bind(&at).bind(column(|a| &a.actor))
+                    .bind(column(|a| &a.action)).bind(column(|a| &a.detail))
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 tx.commit().await?;
                 Ok(results)
             }
@@ -238,11 +286,15 @@ fn outcomes<'a>(
     let mut events = Vec::new();
     let mut results = Vec::with_capacity(writes.len());
     for w in writes {
+        if matches!(w, Write::Audit(_)) {
+            results.push(Ok(0));
+            continue;
+        }
         let row = w.row();
         let last_seq = match w {
             Write::Insert(..) if inserted.contains(&row.id) => Some(w.events().len() as i64),
             Write::Save(..) => saved.get(&row.id).copied(),
-            Write::Insert(..) => None,
+            _ => None,
         };
         let Some(last_seq) = last_seq else {
             results.push(Err(StoreError::Conflict { kind: "transaction", id: row.id.clone() }));
@@ -260,8 +312,8 @@ fn outcomes<'a>(
             });
         }
         results.push(Ok(match w {
-            Write::Insert(..) => row.rev,
             Write::Save(..) => row.rev + 1,
+            _ => row.rev,
         }));
     }
     (results, events)
@@ -350,6 +402,22 @@ struct EventJson<'a> {
     detail: String,
 }
 
+#[derive(serde::Serialize)]
+struct AuditJson<'a> {
+    id: &'a str,
+    tenant_id: &'a str,
+    at: i64,
+    actor: &'a str,
+    action: &'a str,
+    detail: &'a str,
+}
+
+impl<'a> AuditJson<'a> {
+    fn of(a: &'a AuditRow) -> Self {
+        AuditJson { id: &a.id, tenant_id: &a.tenant, at: a.at_ms, actor: &a.actor, action: &a.action, detail: &a.detail }
+    }
+}
+
 fn to_json<T: serde::Serialize>(rows: &[T]) -> String {
     serde_json::to_string(rows).expect("rows serialise")
 }
@@ -360,6 +428,7 @@ pub(crate) struct Statements {
     insert: String,
     update: String,
     events: String,
+    audit: String,
 }
 
 impl Statements {
@@ -422,6 +491,11 @@ impl Statements {
              SELECT v.tx_id, v.seq, v.at, v.kind, v.step, v.detail FROM {}",
             rows(&[("tx_id", TEXT), ("seq", INT), ("at", INT), ("kind", TEXT), ("step", TEXT), ("detail", TEXT)]),
         );
-        Statements { insert, update, events }
+        let audit = format!(
+            "INSERT INTO audit (id, tenant_id, at, actor, action, detail)
+             SELECT v.id, v.tenant_id, v.at, v.actor, v.action, v.detail FROM {}",
+            rows(&[("id", TEXT), ("tenant_id", TEXT), ("at", INT), ("actor", TEXT), ("action", TEXT), ("detail", TEXT)]),
+        );
+        Statements { insert, update, events, audit }
     }
 }

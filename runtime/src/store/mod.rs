@@ -653,16 +653,15 @@ impl Store {
 
     /// Records who did what; ids are time-ordered (UUIDv7).
     pub async fn audit(&self, tenant: &str, actor: &str, action: &str, detail: &Value) -> Result<()> {
-        sqlx::query("INSERT INTO audit (id, tenant_id, at, actor, action, detail) VALUES ($1, $2, $3, $4, $5, $6)")
-            .bind(uuid::Uuid::now_v7().to_string())
-            .bind(tenant)
-            .bind(now_ms())
-            .bind(actor)
-            .bind(action)
-            .bind(detail.to_string())
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        let entry = commit::AuditRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            tenant: tenant.to_string(),
+            at_ms: now_ms(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            detail: detail.to_string(),
+        };
+        self.commits.submit(commit::Write::Audit(entry)).await.map(drop)
     }
 
     /// The newest `limit` audit entries of `tenant`, newest first: (at, actor, action, detail).
