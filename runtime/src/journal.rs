@@ -116,9 +116,9 @@ impl Journal {
         self.progress.subscribe()
     }
 
-    /// Stores a new record with its first event.
-    pub async fn insert<S: TxState, D>(&self, rec: &Record<S, D>, event: NewEvent) -> Result<(), StoreError> {
-        self.store.insert_tx(&rec.row, std::slice::from_ref(&event)).await?;
+    /// Stores a new record with its first events.
+    pub async fn insert<S: TxState, D>(&self, rec: &Record<S, D>, events: Vec<NewEvent>) -> Result<(), StoreError> {
+        self.store.insert_tx(&rec.row, &events).await?;
         self.remember(&rec.row, rec.state.is_terminal());
         Ok(())
     }

@@ -344,3 +344,37 @@ async fn the_client_commands_talk_to_a_running_server() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasmtx")).args(["status", &id, "--server", "http://127.0.0.1:9"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("no answer from http://127.0.0.1:9"));
 }
+
+on_both_stores!(a_saga_can_be_created_with_its_steps_in_one_request, |url: String| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), url.starts_with("postgres").then_some(url.as_str()), &[]).await;
+    push(&server, "payment", plugins::PAYMENT).await;
+    push(&server, "shipping", plugins::SHIPPING).await;
+    let body = json!({"saga_name": "order", "context": {"amount": 5}, "steps": [
+        {"name": "charge", "plugin": "payment"}, {"name": "ship", "plugin": "shipping"}]});
+    let (status, created) = post(&server, "/v1/sagas", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["saga_id"].as_str().unwrap().to_string();
+    let (_, history) = get(&server, &format!("/v1/sagas/{id}/history")).await;
+    let kinds: Vec<&str> = history["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["saga_created", "step_added", "step_added"]);
+    let (_, done) = post(&server, &format!("/v1/sagas/{id}/execute"), json!({})).await;
+    assert_eq!(done["state"], "completed", "{done}");
+    let names: Vec<&str> = done["steps"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["charge", "ship"]);
+
+    // The same checks as adding steps one by one; a refused create stores nothing.
+    for (steps, code) in [
+        (json!([{"name": "a", "plugin": "nope"}]), "unknown_plugin"),
+        (json!([{"name": "a", "plugin": "payment"}, {"name": "a", "plugin": "payment"}]), "invalid_request"),
+        (json!([{"name": "a"}]), "invalid_request"),
+        (json!("charge"), "invalid_request"),
+    ] {
+        let (status, err) = post(&server, "/v1/sagas", json!({"saga_name": "bad", "steps": steps})).await;
+        assert!(status.is_client_error(), "{steps}: {status} {err}");
+        assert_eq!(err["error"]["code"], code, "{steps}: {err}");
+    }
+    let (_, listed) = get(&server, "/v1/sagas").await;
+    assert_eq!(listed["sagas"].as_array().unwrap().len(), 1);
+    server.kill().await;
+});

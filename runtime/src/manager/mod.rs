@@ -261,7 +261,7 @@ impl Manager {
         let id = format!("tx-{}", id.unwrap_or_else(uuid::Uuid::now_v7));
         let m = Managed::create(tenant, KIND, id, &req.transaction_name, Status::Pending, doc);
         let event = NewEvent::new("transaction_created", None, json!({"transaction_name": req.transaction_name}));
-        self.journal.insert(&m, event).await?;
+        self.journal.insert(&m, vec![event]).await?;
         Ok(m)
     }
 
@@ -466,11 +466,9 @@ impl Manager {
                     context: Some(m.doc.context.clone()),
                     timeout_ms: Some(m.doc.requirements.timeout_ms),
                     retry_policy: m.doc.retry_policy.clone(),
+                    steps: Some(participants.iter().map(|p| as_step(&p.spec)).collect()),
                 };
                 let saga = self.sagas.create(tenant, req).await?;
-                for p in participants {
-                    self.sagas.add_step(tenant, saga.id(), as_step(&p.spec)).await?;
-                }
                 Ok(saga.id().to_string())
             }
             Pattern::TwoPhaseCommit => {

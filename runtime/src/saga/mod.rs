@@ -66,6 +66,10 @@ pub struct CreateSaga {
     pub timeout_ms: Option<u64>,
     #[serde(default)]
     pub retry_policy: Option<RetryPolicy>,
+    /// Extension: the steps, in order, as `POST /v1/sagas/{id}/steps` would add them one by
+    /// one — one durable write instead of one per step.
+    #[serde(default)]
+    pub steps: Option<Vec<StepSpec>>,
 }
 
 /// A saga as loaded from the store.
@@ -169,11 +173,17 @@ impl SagaEngine {
         }
         let retry_policy = req.retry_policy.unwrap_or_default();
         retry_policy.validate().map_err(SagaError::Invalid)?;
-        let doc = SagaDoc { context, steps: vec![], error: None, timeout_ms: req.timeout_ms, retry_policy, started_at_ms: None };
+        let mut doc = SagaDoc { context, steps: vec![], error: None, timeout_ms: req.timeout_ms, retry_policy, started_at_ms: None };
+        let mut events = vec![NewEvent::new("saga_created", None, json!({ "saga_name": req.saga_name }))];
+        for spec in req.steps.unwrap_or_default() {
+            spec.validate().map_err(SagaError::Invalid)?;
+            self.check_new_step(tenant, &doc.steps, &spec).await?;
+            events.push(NewEvent::new("step_added", Some(&spec.name), json!({ "index": doc.steps.len() })));
+            doc.steps.push(StepRecord::new(spec));
+        }
         let id = format!("saga-{}", id.unwrap_or_else(uuid::Uuid::now_v7));
         let saga = Saga::create(tenant, KIND, id, &req.saga_name, SagaState::Pending, doc);
-        let event = NewEvent::new("saga_created", None, json!({ "saga_name": req.saga_name }));
-        self.inner.journal.insert(&saga, event).await?;
+        self.inner.journal.insert(&saga, events).await?;
         Ok(saga)
     }
 
@@ -211,16 +221,13 @@ impl SagaEngine {
         added.map_err(|e| if e.is_conflict() { SagaError::Busy(id.into()) } else { e })
     }
 
-    async fn add_step_once(&self, tenant: &str, id: &str, spec: StepSpec, cached: bool) -> Result<(usize, usize), SagaError> {
-        let mut saga = self.get_for_update(tenant, id, cached).await?;
-        if saga.state != SagaState::Pending {
-            return Err(SagaError::WrongState { id: id.into(), state: saga.state.as_str(), action: "adding a step" });
-        }
-        if saga.doc.steps.len() >= MAX_STEPS {
+    /// Whether `spec` may follow `steps`: room left, a new name, a plugin that exports `step`.
+    async fn check_new_step(&self, tenant: &str, steps: &[StepRecord], spec: &StepSpec) -> Result<(), SagaError> {
+        if steps.len() >= MAX_STEPS {
             return Err(SagaError::Invalid(format!("a saga has at most {MAX_STEPS} steps")));
         }
-        if saga.doc.steps.iter().any(|s| s.spec.name == spec.name) {
-            return Err(SagaError::Invalid(format!("saga {id} already has a step named {:?}", spec.name)));
+        if steps.iter().any(|s| s.spec.name == spec.name) {
+            return Err(SagaError::Invalid(format!("the saga already has a step named {:?}", spec.name)));
         }
         if let Some(plugin) = &spec.plugin {
             let (_, component) = self.inner.catalog.resolve(tenant, plugin).await?;
@@ -231,6 +238,15 @@ impl SagaEngine {
                 )));
             }
         }
+        Ok(())
+    }
+
+    async fn add_step_once(&self, tenant: &str, id: &str, spec: StepSpec, cached: bool) -> Result<(usize, usize), SagaError> {
+        let mut saga = self.get_for_update(tenant, id, cached).await?;
+        if saga.state != SagaState::Pending {
+            return Err(SagaError::WrongState { id: id.into(), state: saga.state.as_str(), action: "adding a step" });
+        }
+        self.check_new_step(tenant, &saga.doc.steps, &spec).await?;
         let name = spec.name.clone();
         saga.doc.steps.push(StepRecord::new(spec));
         let index = saga.doc.steps.len() - 1;

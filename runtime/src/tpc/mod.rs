@@ -191,7 +191,7 @@ impl TpcEngine {
         let id = format!("tpc-{}", id.unwrap_or_else(uuid::Uuid::now_v7));
         let tx = Tpc::create(tenant, KIND, id, &req.transaction_name, TpcState::Init, doc);
         let event = NewEvent::new("transaction_created", None, json!({"transaction_name": req.transaction_name}));
-        self.inner.journal.insert(&tx, event).await?;
+        self.inner.journal.insert(&tx, vec![event]).await?;
         Ok(tx)
     }
 
