@@ -378,3 +378,29 @@ on_both_stores!(a_saga_can_be_created_with_its_steps_in_one_request, |url: Strin
     assert_eq!(listed["sagas"].as_array().unwrap().len(), 1);
     server.kill().await;
 });
+
+on_both_stores!(a_two_phase_commit_can_be_created_with_its_participants_in_one_request, |url: String| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), url.starts_with("postgres").then_some(url.as_str()), &[]).await;
+    push(&server, "ledger", plugins::LEDGER).await;
+    push(&server, "shipping", plugins::SHIPPING).await;
+    let body = json!({"transaction_name": "transfer", "context": {"amount": 5}, "participants": [
+        {"participant_id": "debit", "plugin": "ledger"}, {"participant_id": "credit", "plugin": "ledger"}]});
+    let (status, created) = post(&server, "/v1/2pc", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["transaction_id"].as_str().unwrap().to_string();
+    let (_, done) = post(&server, &format!("/v1/2pc/{id}/execute"), json!({})).await;
+    assert_eq!(done["state"], "committed", "{done}");
+    assert_eq!(done["participants"].as_array().unwrap().len(), 2);
+
+    for (participants, code) in [
+        (json!([{"participant_id": "a", "plugin": "shipping"}]), "invalid_request"),
+        (json!([{"participant_id": "a", "plugin": "ledger"}, {"participant_id": "a", "plugin": "ledger"}]), "invalid_request"),
+        (json!([{"participant_id": "a", "plugin": "nope"}]), "unknown_plugin"),
+    ] {
+        let (status, err) = post(&server, "/v1/2pc", json!({"transaction_name": "bad", "participants": participants})).await;
+        assert!(status.is_client_error(), "{participants}: {status} {err}");
+        assert_eq!(err["error"]["code"], code, "{participants}: {err}");
+    }
+    server.kill().await;
+});

@@ -230,18 +230,19 @@ impl Scenario {
                 anyhow::ensure!(end.state == crate::saga::SagaState::Completed, "saga {} ended {:?}", end.id(), end.state);
             }
             Scenario::Tpc { participants } => {
+                // The participants come with the create (an extension of API.md).
+                let members = (0..participants)
+                    .map(|i| serde_json::from_value(json!({"participant_id": format!("p{i}"), "plugin": "ledger"})))
+                    .collect::<Result<Vec<_>, _>>()?;
                 let req = crate::tpc::CreateTpc {
                     transaction_name: "bench".into(),
                     context: json!({"amount": 10}).as_object().cloned(),
                     prepare_timeout_ms: None,
                     retry_policy: None,
                     decision_max_attempts: None,
+                    participants: Some(members),
                 };
                 let tx = node.tpc.create(tenant, req).await?;
-                for i in 0..participants {
-                    let spec = serde_json::from_value(json!({"participant_id": format!("p{i}"), "plugin": "ledger"}))?;
-                    node.tpc.add_participant(tenant, tx.id(), spec).await?;
-                }
                 let end = node.tpc.execute(tenant, tx.id()).await?;
                 anyhow::ensure!(end.state == crate::tpc::TpcState::Committed, "2PC {} ended {:?}", end.id(), end.state);
             }

@@ -203,6 +203,7 @@ async fn run_tpc(node: Node, spec: TpcSpec, started: Instant) -> anyhow::Result<
         prepare_timeout_ms: spec.prepare_timeout_ms,
         retry_policy: spec.retry_policy,
         decision_max_attempts: spec.decision_max_attempts,
+        participants: None,
     };
     let tx = node.tpc.create(tenant, req).await?;
     for p in spec.participants {

@@ -472,24 +472,25 @@ impl Manager {
                 Ok(saga.id().to_string())
             }
             Pattern::TwoPhaseCommit => {
+                let specs = participants
+                    .iter()
+                    .map(|p| ParticipantSpec {
+                        participant_id: p.spec.participant_id.clone(),
+                        plugin: p.spec.plugin.clone(),
+                        endpoint: p.spec.endpoint.clone(),
+                        parameters: p.spec.parameters.clone(),
+                        timeout_ms: p.spec.timeout_ms,
+                    })
+                    .collect();
                 let req = CreateTpc {
                     transaction_name: m.row.name.clone(),
                     context: Some(m.doc.context.clone()),
                     prepare_timeout_ms: Some(m.doc.requirements.timeout_ms.min(crate::saga::state::MAX_STEP_TIMEOUT_MS)),
                     retry_policy: m.doc.retry_policy.clone(),
                     decision_max_attempts: None,
+                    participants: Some(specs),
                 };
                 let tx = self.tpc.create(tenant, req).await?;
-                for p in participants {
-                    let spec = ParticipantSpec {
-                        participant_id: p.spec.participant_id.clone(),
-                        plugin: p.spec.plugin.clone(),
-                        endpoint: p.spec.endpoint.clone(),
-                        parameters: p.spec.parameters.clone(),
-                        timeout_ms: p.spec.timeout_ms,
-                    };
-                    self.tpc.add_participant(tenant, tx.id(), spec).await?;
-                }
                 Ok(tx.id().to_string())
             }
         }

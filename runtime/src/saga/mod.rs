@@ -267,7 +267,7 @@ impl SagaEngine {
             true => SagaError::WrongState { id: id.into(), state: "running", action: "execute" },
             false => e,
         })?;
-        self.spawn_drive(saga, wait).await
+        self.spawn_drive_from(saga, wait, true).await
     }
 
     /// Pins plugin versions, takes the lease and records the start of a pending saga.
@@ -286,7 +286,11 @@ impl SagaEngine {
         saga.doc.started_at_ms = Some(now_ms());
         saga.row.owner = Some(self.inner.config.node_id.clone());
         let pins: Vec<Value> = saga.doc.steps.iter().filter_map(|s| s.plugin_version.clone().map(Value::String)).collect();
-        let events = vec![NewEvent::new("saga_started", None, json!({ "owner": self.node_id(), "plugins": pins }))];
+        let mut events = vec![NewEvent::new("saga_started", None, json!({ "owner": self.node_id(), "plugins": pins }))];
+        // The first step starts in the same write: nothing happens between the two.
+        if let Next::Execute(0) = saga.doc.next(saga.state) {
+            events.push(Self::begin_step(&mut saga, 0)?);
+        }
         self.persist(&mut saga, events).await?;
         Ok(saga)
     }
@@ -391,13 +395,18 @@ impl SagaEngine {
     /// Drives `saga` in its own task, so a caller that goes away (an HTTP client hanging up)
     /// never stops a saga half-way.
     async fn spawn_drive(&self, saga: Saga, wait: bool) -> Result<Saga, SagaError> {
+        self.spawn_drive_from(saga, wait, false).await
+    }
+
+    /// `spawn_drive`; with `started`, the next step was begun (and written) by `start`.
+    async fn spawn_drive_from(&self, saga: Saga, wait: bool, started: bool) -> Result<Saga, SagaError> {
         let driving = self.inner.driving.register(saga.id()).ok_or_else(|| SagaError::Busy(saga.id().into()))?;
         let engine = self.clone();
         let snapshot = saga.clone();
         let span = tracing::info_span!("saga", tenant = %saga.row.tenant, transaction_id = %saga.row.id);
         let task = tokio::spawn(
             async move {
-                let result = engine.drive(saga, &driving.stop).await;
+                let result = engine.drive(saga, &driving.stop, started).await;
                 drop(driving);
                 if let Err(e) = &result {
                     tracing::warn!("saga driver stopped: {e}");
@@ -415,7 +424,7 @@ impl SagaEngine {
         }
     }
 
-    async fn drive(&self, mut saga: Saga, cancel: &AtomicBool) -> Result<Saga, SagaError> {
+    async fn drive(&self, mut saga: Saga, cancel: &AtomicBool, mut started: bool) -> Result<Saga, SagaError> {
         let _renewal = crate::recovery::keep_lease(
             self.inner.store.clone(),
             saga.id().to_string(),
@@ -424,6 +433,8 @@ impl SagaEngine {
         );
         loop {
             match saga.doc.next(saga.state) {
+                // Begun and written by `start` a moment ago.
+                Next::Execute(i) if std::mem::take(&mut started) => self.run_step(&mut saga, i).await?,
                 Next::Execute(i) => {
                     if let Some(reason) = self.should_stop(&saga, cancel) {
                         saga.state.become_(SagaState::Compensating).expect("legal");
@@ -469,12 +480,24 @@ impl SagaEngine {
     }
 
     async fn execute_step(&self, saga: &mut Saga, i: usize) -> Result<(), SagaError> {
+        let started = Self::begin_step(saga, i)?;
+        self.persist(saga, vec![started]).await?;
+        self.run_step(saga, i).await
+    }
+
+    /// Marks step `i` running, one more attempt; returns the event to write before acting.
+    fn begin_step(saga: &mut Saga, i: usize) -> Result<NewEvent, SagaError> {
         let step = &mut saga.doc.steps[i];
         step.state.become_(StepState::Running).map_err(|e| SagaError::Invalid(e.to_string()))?;
         step.attempts += 1;
+        Ok(NewEvent::new("step_started", Some(&step.spec.name), json!({ "attempt": step.attempts })))
+    }
+
+    /// Calls step `i` (begun and written) and records what it answered.
+    async fn run_step(&self, saga: &mut Saga, i: usize) -> Result<(), SagaError> {
+        let step = &saga.doc.steps[i];
         let (name, attempt) = (step.spec.name.clone(), step.attempts);
         let allowed = step.spec.attempts_allowed(&saga.doc.retry_policy);
-        self.persist(saga, vec![NewEvent::new("step_started", Some(&name), json!({ "attempt": attempt }))]).await?;
 
         let input = saga.doc.execute_input(i);
         let outcome = self.call(saga, i, Phase::Execute, attempt, input).await;

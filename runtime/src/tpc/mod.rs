@@ -71,6 +71,10 @@ pub struct CreateTpc {
     /// (default: until acknowledged).
     #[serde(default)]
     pub decision_max_attempts: Option<u32>,
+    /// Extension: the participants, as `POST /v1/2pc/{id}/participants` would add them one by
+    /// one — one durable write instead of one per participant.
+    #[serde(default)]
+    pub participants: Option<Vec<ParticipantSpec>>,
 }
 
 /// A 2PC transaction as loaded from the store.
@@ -179,7 +183,7 @@ impl TpcEngine {
         }
         let retry_policy = req.retry_policy.unwrap_or_default();
         retry_policy.validate().map_err(TpcError::Invalid)?;
-        let doc = TpcDoc {
+        let mut doc = TpcDoc {
             context: req.context.unwrap_or_default(),
             participants: vec![],
             decision: None,
@@ -188,10 +192,16 @@ impl TpcEngine {
             retry_policy,
             decision_max_attempts: req.decision_max_attempts,
         };
+        let mut events = vec![NewEvent::new("transaction_created", None, json!({"transaction_name": req.transaction_name}))];
+        for spec in req.participants.unwrap_or_default() {
+            spec.validate().map_err(TpcError::Invalid)?;
+            self.check_new_participant(tenant, &doc.participants, &spec).await?;
+            events.push(NewEvent::new("participant_added", Some(&spec.participant_id), json!({})));
+            doc.participants.push(ParticipantRecord::new(spec));
+        }
         let id = format!("tpc-{}", id.unwrap_or_else(uuid::Uuid::now_v7));
         let tx = Tpc::create(tenant, KIND, id, &req.transaction_name, TpcState::Init, doc);
-        let event = NewEvent::new("transaction_created", None, json!({"transaction_name": req.transaction_name}));
-        self.inner.journal.insert(&tx, vec![event]).await?;
+        self.inner.journal.insert(&tx, events).await?;
         Ok(tx)
     }
 
@@ -224,16 +234,14 @@ impl TpcEngine {
         }
     }
 
-    async fn add_participant_once(&self, tenant: &str, id: &str, spec: ParticipantSpec, cached: bool) -> Result<usize, TpcError> {
-        let mut tx = self.get_for_update(tenant, id, cached).await?;
-        if tx.state != TpcState::Init {
-            return Err(TpcError::WrongState { id: id.into(), state: tx.state.as_str(), action: "adding a participant" });
-        }
-        if tx.doc.participants.len() >= MAX_PARTICIPANTS {
+    /// Whether `spec` may join `participants`: room left, a new id, a plugin that exports
+    /// `participant`.
+    async fn check_new_participant(&self, tenant: &str, participants: &[ParticipantRecord], spec: &ParticipantSpec) -> Result<(), TpcError> {
+        if participants.len() >= MAX_PARTICIPANTS {
             return Err(TpcError::Invalid(format!("a transaction has at most {MAX_PARTICIPANTS} participants")));
         }
-        if tx.doc.participants.iter().any(|p| p.spec.participant_id == spec.participant_id) {
-            return Err(TpcError::Invalid(format!("participant {:?} is already in {id}", spec.participant_id)));
+        if participants.iter().any(|p| p.spec.participant_id == spec.participant_id) {
+            return Err(TpcError::Invalid(format!("participant {:?} is already in the transaction", spec.participant_id)));
         }
         if let Some(plugin) = &spec.plugin {
             let (_, component) = self.inner.catalog.resolve(tenant, plugin).await?;
@@ -244,6 +252,15 @@ impl TpcEngine {
                 )));
             }
         }
+        Ok(())
+    }
+
+    async fn add_participant_once(&self, tenant: &str, id: &str, spec: ParticipantSpec, cached: bool) -> Result<usize, TpcError> {
+        let mut tx = self.get_for_update(tenant, id, cached).await?;
+        if tx.state != TpcState::Init {
+            return Err(TpcError::WrongState { id: id.into(), state: tx.state.as_str(), action: "adding a participant" });
+        }
+        self.check_new_participant(tenant, &tx.doc.participants, &spec).await?;
         let pid = spec.participant_id.clone();
         tx.doc.participants.push(ParticipantRecord::new(spec));
         let total = tx.doc.participants.len();
