@@ -87,3 +87,22 @@ on_both_stores!(audit_entries_share_commits_with_transaction_writes, |url: Strin
     assert_eq!(seen, (0..20).collect::<Vec<_>>());
     assert!(store.audit_log("someone-else", 100).await.unwrap().is_empty());
 });
+
+on_both_stores!(two_writers_of_one_revision_one_wins, |url: String| async move {
+    // Submitted together they can land in one batch; set-based statements must still apply
+    // exactly one of them.
+    let store = Store::open(&url).await.unwrap();
+    store.insert_tx(&row("race", 0, "pending"), &events(1)).await.unwrap();
+    let writers = (0..6).map(|i| {
+        let store = store.clone();
+        async move { store.save_tx(&row("race", 0, &format!("state-{i}")), &events(1)).await }
+    });
+    let results = futures::future::join_all(writers).await;
+    let won: Vec<usize> = results.iter().enumerate().filter(|(_, r)| r.is_ok()).map(|(i, _)| i).collect();
+    assert_eq!(won.len(), 1, "{results:?}");
+    assert!(results.iter().filter(|r| r.is_err()).all(|r| matches!(r, Err(StoreError::Conflict { .. }))));
+    let stored = store.get_tx("t", "saga", "race").await.unwrap().unwrap();
+    assert_eq!((stored.rev, stored.state), (1, format!("state-{}", won[0])));
+    let seqs: Vec<i64> = store.events("race").await.unwrap().iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2]);
+});

@@ -111,18 +111,34 @@ async fn run(db: Arc<Db>, jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
     // every id appears once, so set-based statements cannot apply two revisions at once.
     let mut held: Vec<Job> = Vec::new();
     loop {
-        let mut batch: Vec<Job> = std::mem::take(&mut held);
-        {
-            let mut jobs = jobs.lock().await;
+        // Held writes first, in their order, still at most one per id.
+        let mut batch: Vec<Job> = Vec::new();
+        let mut ids: HashSet<String> = HashSet::new();
+        for job in std::mem::take(&mut held) {
+            if ids.insert(job.write.key().to_string()) {
+                batch.push(job);
+            } else {
+                held.push(job);
+            }
+        }
+        // With held writes in hand, never wait for the queue: another committer may be
+        // parked on it (holding the lock) while these writes' writers wait for them.
+        let queue = match batch.is_empty() {
+            true => Some(jobs.lock().await),
+            false => jobs.try_lock().ok(),
+        };
+        if let Some(mut queue) = queue {
             if batch.is_empty() {
-                match jobs.recv().await {
-                    Some(job) => batch.push(job),
+                match queue.recv().await {
+                    Some(job) => {
+                        ids.insert(job.write.key().to_string());
+                        batch.push(job);
+                    }
                     None => return,
                 }
             }
-            let mut ids: HashSet<String> = batch.iter().map(|j| j.write.key().to_string()).collect();
             while batch.len() < MAX_BATCH {
-                let Ok(job) = jobs.try_recv() else { break };
+                let Ok(job) = queue.try_recv() else { break };
                 if ids.insert(job.write.key().to_string()) {
                     batch.push(job);
                 } else {
