@@ -41,3 +41,22 @@ impl EngineCore {
         Arc::new(EngineCore { store, catalog, invoker, config, journal, driving: Arc::default() })
     }
 }
+
+/// An engine error that can say "another writer changed the transaction since it was read".
+pub(crate) trait Conflicting {
+    fn is_conflict(&self) -> bool;
+}
+
+/// Runs a read-modify-write `change` starting from the row this node last wrote (`true`), and
+/// once more from the stored row (`false`) when another writer changed it meanwhile — the one
+/// place that decides how far the journal's remembered rows are trusted.
+pub(crate) async fn from_remembered_row<T, E, Fut>(change: impl Fn(bool) -> Fut) -> Result<T, E>
+where
+    E: Conflicting,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    match change(true).await {
+        Err(e) if e.is_conflict() => change(false).await,
+        done => done,
+    }
+}

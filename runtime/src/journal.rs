@@ -58,6 +58,15 @@ impl<S: TxState, D: Serialize + DeserializeOwned> Record<S, D> {
     pub fn id(&self) -> &str {
         &self.row.id
     }
+
+    /// Records `events` of a change already made to the record in memory, to be written with
+    /// the next `Journal::persist` — for an outcome that nothing acts on before that write (a
+    /// step's completion is written with the next step's start), saving one commit per step.
+    /// Until then the change is not durable: recovery redoes that step's call, with the same
+    /// idempotency key, exactly as after a crash between the call and its write.
+    pub fn defer(&mut self, events: Vec<NewEvent>) {
+        self.pending.extend(events);
+    }
 }
 
 /// Rows this journal wrote last, kept to spare a read before the next change.
@@ -123,25 +132,12 @@ impl Journal {
         Ok(())
     }
 
-    /// Records `events` of a change already made to the record in memory, to be written with
-    /// the next `persist` — for an outcome that nothing acts on before that write (a step's
-    /// completion is written with the next step's start), saving one commit per step. Until
-    /// then the change is not durable: recovery redoes that step's call, with the same
-    /// idempotency key, exactly as after a crash between the call and its write.
-    pub fn defer<S, D>(&self, rec: &mut Record<S, D>, events: Vec<NewEvent>) {
-        rec.pending.extend(events);
-    }
-
     /// Commits the record's new state and document with any deferred events and `events`, if
     /// nobody wrote it since it was read (otherwise `Conflict`), then announces the events.
     pub async fn persist<S: TxState, D: Serialize>(&self, rec: &mut Record<S, D>, events: Vec<NewEvent>) -> Result<(), StoreError> {
         let events = match rec.pending.is_empty() {
             true => events,
-            false => {
-                let mut all = std::mem::take(&mut rec.pending);
-                all.extend(events);
-                all
-            }
+            false => [std::mem::take(&mut rec.pending), events].concat(),
         };
         let now = now_ms();
         rec.row.state = rec.state.as_str().into();

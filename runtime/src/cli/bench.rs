@@ -156,6 +156,11 @@ fn label(key: &str) -> String {
     key.replace('_', " ")
 }
 
+/// Rounds to two decimals (millisecond latencies in the JSON figures).
+fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
 /// Rounds to one decimal for the JSON figures.
 pub(crate) fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
@@ -315,8 +320,8 @@ async fn bench_transactions(report: &mut Report, scenario: Scenario, load: Load)
     report.add("scenario", json!({"what": what, "concurrency": concurrency}), format!("{what}, concurrency {concurrency}"));
     report.add(unit, latencies.len(), latencies.len());
     report.add(&format!("{unit}_per_s"), rate.round(), format!("{rate:.0}"));
-    report.add("p50_ms", round1(ms(p50) * 10.0) / 10.0, format!("{:.2} ms (create with its members + execute to the end, each write durable)", ms(p50)));
-    report.add("p99_ms", round1(ms(p99) * 10.0) / 10.0, format!("{:.2} ms", ms(p99)));
+    report.add("p50_ms", round2(ms(p50)), format!("{:.2} ms (create with its members + execute to the end, each write durable)", ms(p50)));
+    report.add("p99_ms", round2(ms(p99)), format!("{:.2} ms", ms(p99)));
     report.add("wall_s", round1(wall.as_secs_f64()), format!("{:.2} s", wall.as_secs_f64()));
     report.add_peak_rss();
     let _ = std::fs::remove_dir_all(&scratch);

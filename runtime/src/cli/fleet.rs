@@ -22,7 +22,9 @@ use sqlx::{Connection, Row};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::bench::{Report, percentile, round1};
+use crate::saga::SagaState;
 use crate::store::now_ms;
+use crate::tpc::TpcState;
 
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 /// How long one transaction may take, crash and takeover included, before the run fails.
@@ -281,7 +283,7 @@ async fn run_one(client: &reqwest::Client, fleet: &Fleet, endpoint: &str, i: usi
     loop {
         let (_, doc) = request(client, fleet, i, Method::GET, &format!("{docs}/{id}"), None, None).await?;
         match doc["state"].as_str().unwrap_or("") {
-            "completed" | "compensated" | "failed" | "committed" | "aborted" => return Ok(()),
+            state if ended(state) => return Ok(()),
             "pending" | "init" => {
                 let _ = request(client, fleet, i, Method::POST, &format!("{docs}/{id}/execute"), Some(&execute), None).await?;
             }
@@ -289,6 +291,11 @@ async fn run_one(client: &reqwest::Client, fleet: &Fleet, endpoint: &str, i: usi
         }
         anyhow::ensure!(Instant::now() < deadline, "{id} did not end within {TX_DEADLINE:?}: {doc}");
     }
+}
+
+/// Whether a saga's or 2PC's state, as the API and the table spell it, is an end state.
+fn ended(state: &str) -> bool {
+    SagaState::parse(state).is_some_and(SagaState::is_terminal) || TpcState::parse(state).is_some_and(TpcState::is_terminal)
 }
 
 /// The HTTP participant every step and 2PC member points at: records each call, waits
@@ -331,7 +338,7 @@ async fn check(report: &mut Report, db_url: &str, calls: &[Call]) -> anyhow::Res
     let mut unfinished = 0i64;
     for row in sqlx::query("SELECT kind, state, COUNT(*) FROM transactions GROUP BY kind, state").fetch_all(&mut db).await? {
         let (kind, state, n): (String, String, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        if !matches!(state.as_str(), "completed" | "compensated" | "failed" | "committed" | "aborted") {
+        if !ended(&state) {
             unfinished += n;
         }
         states.insert(format!("{kind} {state}"), n);

@@ -17,7 +17,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
 use crate::journal::{Record, wait_for_end};
-use crate::engine::EngineCore;
+use crate::engine::{EngineCore, from_remembered_row};
 pub use crate::engine::EngineConfig;
 use tracing::Instrument;
 
@@ -52,6 +52,12 @@ impl SagaError {
     /// Another writer changed the transaction since it was read.
     pub fn is_conflict(&self) -> bool {
         matches!(self, SagaError::Store(StoreError::Conflict { .. }))
+    }
+}
+
+impl crate::engine::Conflicting for SagaError {
+    fn is_conflict(&self) -> bool {
+        SagaError::is_conflict(self)
     }
 }
 
@@ -213,11 +219,7 @@ impl SagaEngine {
     /// Appends a step to a pending saga; returns (its index, the step count).
     pub async fn add_step(&self, tenant: &str, id: &str, spec: StepSpec) -> Result<(usize, usize), SagaError> {
         spec.validate().map_err(SagaError::Invalid)?;
-        let added = match self.add_step_once(tenant, id, spec.clone(), true).await {
-            // The row this node remembered was stale: read it again.
-            Err(e) if e.is_conflict() => self.add_step_once(tenant, id, spec, false).await,
-            added => added,
-        };
+        let added = from_remembered_row(|cached| self.add_step_once(tenant, id, spec.clone(), cached)).await;
         added.map_err(|e| if e.is_conflict() { SagaError::Busy(id.into()) } else { e })
     }
 
@@ -258,11 +260,7 @@ impl SagaEngine {
     /// Starts a pending saga: pins plugin versions, takes the lease, drives it. With `wait`
     /// the returned saga is at an end state; otherwise it is running in the background.
     pub async fn execute(&self, tenant: &str, id: &str, wait: bool) -> Result<Saga, SagaError> {
-        let started = match self.start(tenant, id, true).await {
-            // The row this node remembered was stale: read it again.
-            Err(e) if e.is_conflict() => self.start(tenant, id, false).await,
-            started => started,
-        };
+        let started = from_remembered_row(|cached| self.start(tenant, id, cached)).await;
         let saga = started.map_err(|e| match e.is_conflict() {
             true => SagaError::WrongState { id: id.into(), state: "running", action: "execute" },
             false => e,
@@ -512,7 +510,7 @@ impl SagaEngine {
                 }
                 saga.doc.steps[i].output = Some(output);
                 // Written with the next step's start (or the saga's end): nothing acts between.
-                self.inner.journal.defer(saga, vec![NewEvent::new("step_completed", Some(&name), json!({ "attempt": attempt }))]);
+                saga.defer(vec![NewEvent::new("step_completed", Some(&name), json!({ "attempt": attempt }))]);
                 Ok(())
             }
             Verdict::RetryLater(reason) => {
@@ -558,7 +556,7 @@ impl SagaEngine {
                 let output = serde_json::from_str::<Value>(&payload).unwrap_or(Value::String(payload));
                 let detail = json!({ "attempt": attempt, "output": output });
                 // Written with the next compensation's start (or the saga's end).
-                self.inner.journal.defer(saga, vec![NewEvent::new("step_compensated", Some(&name), detail)]);
+                saga.defer(vec![NewEvent::new("step_compensated", Some(&name), detail)]);
                 Ok(())
             }
             crate::model::Outcome::Failure(reason) | crate::model::Outcome::Retry(reason) if attempt < allowed => {

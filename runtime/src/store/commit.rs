@@ -2,9 +2,10 @@
 //! transaction, so durable throughput is not one fsync per state change.
 //!
 //! Writers queue a `Write`; a committer task takes what is queued (at most `MAX_BATCH`, with
-//! no artificial wait: the commit in progress is the batching window) and applies it with three
+//! no artificial wait: the commit in progress is the batching window) and applies it with a few
 //! set-based statements — insert the new transactions, update the revised ones where the
-//! revision still matches, append every event — then commits once and answers each writer.
+//! revision still matches, append every event and audit entry — then commits once and answers
+//! each writer. Rows travel as typed arrays on PostgreSQL and as one JSON array on SQLite.
 //! A write is acknowledged only after its commit. A revision conflict fails that write alone;
 //! a database error fails the batch, whose writes are then retried one by one so that one bad
 //! write never takes its neighbours down with it.
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use sqlx::{AnyPool, Row};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::{Backend, NewEvent, Result, StoreError, TxRow};
+use super::{NewEvent, Result, StoreError, TxRow};
 
 /// Most writes committed together.
 const MAX_BATCH: usize = 512;
@@ -170,8 +171,7 @@ async fn run(db: Arc<Db>, jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
 
 /// Where and how batches are written.
 pub(crate) enum Db {
-    /// Each statement takes its rows as one JSON array (`json_each` on SQLite; the
-    /// statements also speak PostgreSQL's `json_to_recordset`).
+    /// SQLite: each statement takes its rows as one JSON array (`json_each`).
     Json { pool: AnyPool, sql: Statements },
     /// PostgreSQL, natively: rows go as typed arrays (binary), unpacked with `UNNEST` — no
     /// JSON for the server to parse, which was its largest cost per write.
@@ -438,8 +438,8 @@ fn to_json<T: serde::Serialize>(rows: &[T]) -> String {
     serde_json::to_string(rows).expect("rows serialise")
 }
 
-/// The three set-based statements, in the backend's dialect. Each takes one parameter: a JSON
-/// array of row objects, unpacked by the database (`json_to_recordset` / `json_each`).
+/// The set-based statements of the JSON path (SQLite). Each takes one parameter: a JSON array
+/// of row objects, unpacked with `json_each`.
 pub(crate) struct Statements {
     insert: String,
     update: String,
@@ -448,41 +448,21 @@ pub(crate) struct Statements {
 }
 
 impl Statements {
-    pub(crate) fn new(backend: Backend) -> Statements {
-        const TEXT: &str = "text";
-        const INT: &str = "bigint";
-        let rows = |columns: &[(&str, &str)]| match backend {
-            Backend::Postgres => {
-                let typed: Vec<String> = columns.iter().map(|(c, t)| format!("{c} {t}")).collect();
-                format!("json_to_recordset($1::json) AS v({})", typed.join(", "))
-            }
-            Backend::Sqlite => {
-                let picked: Vec<String> =
-                    columns.iter().map(|(c, _)| format!("json_extract(value, '$.{c}') AS {c}")).collect();
-                format!("(SELECT {} FROM json_each($1)) AS v", picked.join(", "))
-            }
+    pub(crate) fn new() -> Statements {
+        let rows = |columns: &[&str]| {
+            let picked: Vec<String> = columns.iter().map(|c| format!("json_extract(value, '$.{c}') AS {c}")).collect();
+            format!("(SELECT {} FROM json_each($1)) AS v", picked.join(", "))
         };
-        let insert_columns = [
-            ("tenant_id", TEXT),
-            ("id", TEXT),
-            ("kind", TEXT),
-            ("name", TEXT),
-            ("state", TEXT),
-            ("doc", TEXT),
-            ("rev", INT),
-            ("owner", TEXT),
-            ("lease_until", INT),
-            ("created_at", INT),
-            ("updated_at", INT),
-            ("n", INT),
+        let selected = |columns: &[&str]| columns.iter().map(|c| format!("v.{c}")).collect::<Vec<_>>().join(", ");
+        let tx_columns = [
+            "tenant_id", "id", "kind", "name", "state", "doc", "rev", "owner", "lease_until", "created_at", "updated_at",
         ];
-        let names: Vec<&str> = insert_columns.iter().map(|(c, _)| *c).filter(|c| *c != "n").collect();
         let insert = format!(
             "INSERT INTO transactions ({}, last_seq) SELECT {}, v.n FROM {} WHERE true
              ON CONFLICT (id) DO NOTHING RETURNING id",
-            names.join(", "),
-            names.iter().map(|c| format!("v.{c}")).collect::<Vec<_>>().join(", "),
-            rows(&insert_columns),
+            tx_columns.join(", "),
+            selected(&tx_columns),
+            rows(&[&tx_columns[..], &["n"]].concat()),
         );
         let update = format!(
             "UPDATE transactions SET state = v.state, doc = v.doc, rev = transactions.rev + 1, owner = v.owner,
@@ -490,27 +470,21 @@ impl Statements {
              FROM {}
              WHERE transactions.id = v.id AND transactions.tenant_id = v.tenant_id AND transactions.rev = v.rev
              RETURNING transactions.id, transactions.last_seq",
-            rows(&[
-                ("tenant_id", TEXT),
-                ("id", TEXT),
-                ("state", TEXT),
-                ("doc", TEXT),
-                ("rev", INT),
-                ("owner", TEXT),
-                ("lease_until", INT),
-                ("updated_at", INT),
-                ("n", INT),
-            ]),
+            rows(&["tenant_id", "id", "state", "doc", "rev", "owner", "lease_until", "updated_at", "n"]),
         );
+        let event_columns = ["tx_id", "seq", "at", "kind", "step", "detail"];
         let events = format!(
-            "INSERT INTO events (tx_id, seq, at, kind, step, detail)
-             SELECT v.tx_id, v.seq, v.at, v.kind, v.step, v.detail FROM {}",
-            rows(&[("tx_id", TEXT), ("seq", INT), ("at", INT), ("kind", TEXT), ("step", TEXT), ("detail", TEXT)]),
+            "INSERT INTO events ({}) SELECT {} FROM {}",
+            event_columns.join(", "),
+            selected(&event_columns),
+            rows(&event_columns),
         );
+        let audit_columns = ["id", "tenant_id", "at", "actor", "action", "detail"];
         let audit = format!(
-            "INSERT INTO audit (id, tenant_id, at, actor, action, detail)
-             SELECT v.id, v.tenant_id, v.at, v.actor, v.action, v.detail FROM {}",
-            rows(&[("id", TEXT), ("tenant_id", TEXT), ("at", INT), ("actor", TEXT), ("action", TEXT), ("detail", TEXT)]),
+            "INSERT INTO audit ({}) SELECT {} FROM {}",
+            audit_columns.join(", "),
+            selected(&audit_columns),
+            rows(&audit_columns),
         );
         Statements { insert, update, events, audit }
     }

@@ -200,7 +200,7 @@ impl Store {
         };
         schema::migrate(&pool, backend).await?;
         let db = match backend {
-            Backend::Sqlite => commit::Db::Json { pool: pool.clone(), sql: commit::Statements::new(backend) },
+            Backend::Sqlite => commit::Db::Json { pool: pool.clone(), sql: commit::Statements::new() },
             Backend::Postgres => commit::Db::Arrays(
                 sqlx::postgres::PgPoolOptions::new()
                     .max_connections(8)

@@ -18,7 +18,7 @@ use futures::future::join_all;
 use tokio::sync::broadcast;
 
 use crate::journal::{Record, wait_for_end};
-use crate::engine::EngineCore;
+use crate::engine::{EngineCore, from_remembered_row};
 use tracing::Instrument;
 
 use crate::model::{CallContext, Outcome, Progress, RetryPolicy, Vote};
@@ -53,6 +53,12 @@ impl TpcError {
     /// Another writer changed the transaction since it was read.
     pub fn is_conflict(&self) -> bool {
         matches!(self, TpcError::Store(StoreError::Conflict { .. }))
+    }
+}
+
+impl crate::engine::Conflicting for TpcError {
+    fn is_conflict(&self) -> bool {
+        TpcError::is_conflict(self)
     }
 }
 
@@ -218,11 +224,7 @@ impl TpcEngine {
     /// Adds a participant to a transaction that has not started; returns the count.
     pub async fn add_participant(&self, tenant: &str, id: &str, spec: ParticipantSpec) -> Result<usize, TpcError> {
         spec.validate().map_err(TpcError::Invalid)?;
-        let added = match self.add_participant_once(tenant, id, spec.clone(), true).await {
-            // The row this node remembered was stale: read it again.
-            Err(e) if e.is_conflict() => self.add_participant_once(tenant, id, spec, false).await,
-            added => added,
-        };
+        let added = from_remembered_row(|cached| self.add_participant_once(tenant, id, spec.clone(), cached)).await;
         added.map_err(|e| if e.is_conflict() { TpcError::Busy(id.into()) } else { e })
     }
 
@@ -272,11 +274,7 @@ impl TpcEngine {
     /// participant does not acknowledge and no budget is set — then it keeps retrying in the
     /// background and the returned document says so).
     pub async fn execute(&self, tenant: &str, id: &str) -> Result<Tpc, TpcError> {
-        let started = match self.start(tenant, id, true).await {
-            // The row this node remembered was stale: read it again.
-            Err(e) if e.is_conflict() => self.start(tenant, id, false).await,
-            started => started,
-        };
+        let started = from_remembered_row(|cached| self.start(tenant, id, cached)).await;
         let tx = started.map_err(|e| match e {
             e if e.is_conflict() => TpcError::WrongState { id: id.into(), state: "preparing", action: "execute" },
             e => e,
