@@ -106,3 +106,14 @@ on_both_stores!(two_writers_of_one_revision_one_wins, |url: String| async move {
     let seqs: Vec<i64> = store.events("race").await.unwrap().iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [1, 2]);
 });
+
+#[tokio::test]
+async fn an_in_memory_sqlite_database_is_refused_with_the_reason() {
+    // The committer writes through its own connection, which a private in-memory database
+    // would not share: every write would vanish or fail.
+    for url in ["sqlite::memory:", "sqlite://file.db?mode=memory"] {
+        let err = Store::open(url).await.unwrap_err();
+        assert!(matches!(err, StoreError::UnsupportedUrl(_)), "{url}: {err:?}");
+        assert!(err.to_string().contains("sqlite://PATH"), "{err}");
+    }
+}

@@ -27,6 +27,9 @@ pub enum Backend {
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// From the SQLite committer's own connection (see `commit`).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://…")]
     UnsupportedUrl(String),
     /// The row changed since it was read (another writer, or the lease was taken over).
@@ -159,6 +162,11 @@ impl Store {
         } else {
             return Err(StoreError::UnsupportedUrl(url.to_string()));
         };
+        // The group committer writes through a connection of its own, which an in-memory
+        // database would not share: SQLite needs a file.
+        if backend == Backend::Sqlite && (url.contains(":memory:") || url.contains("mode=memory")) {
+            return Err(StoreError::UnsupportedUrl(url.to_string()));
+        }
         let pool = match backend {
             Backend::Sqlite => {
                 let url = if url.contains('?') { url.to_string() } else { format!("{url}?mode=rwc") };
@@ -200,7 +208,10 @@ impl Store {
         };
         schema::migrate(&pool, backend).await?;
         let db = match backend {
-            Backend::Sqlite => commit::Db::Json { pool: pool.clone(), sql: commit::Statements::new() },
+            Backend::Sqlite => {
+                let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?;
+                commit::open_sqlite(options.get_filename())?
+            }
             Backend::Postgres => commit::Db::Arrays(
                 sqlx::postgres::PgPoolOptions::new()
                     .max_connections(8)
