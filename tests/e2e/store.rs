@@ -117,3 +117,42 @@ async fn an_in_memory_sqlite_database_is_refused_with_the_reason() {
         assert!(err.to_string().contains("sqlite://PATH"), "{err}");
     }
 }
+
+on_both_stores!(history_written_as_event_rows_is_migrated_into_journal_entries, |url: String| async move {
+    // A database from before migration 7 kept one row per event; put such rows back, undo
+    // the migration's record, and open the store again: the history reads as it was written.
+    let store = Store::open(&url).await.unwrap();
+    // Two events, so `last_seq` is 2 as it would be for the two rows put back below.
+    store.insert_tx(&row("old", 0, "pending"), &events(2)).await.unwrap();
+    drop(store);
+    sqlx::any::install_default_drivers();
+    let db = sqlx::AnyPool::connect(&url).await.unwrap();
+    for statement in [
+        "DROP TABLE journal",
+        "CREATE TABLE events (tx_id TEXT NOT NULL, seq BIGINT NOT NULL, at BIGINT NOT NULL, kind TEXT NOT NULL,
+             step TEXT, detail TEXT NOT NULL, PRIMARY KEY (tx_id, seq))",
+        "INSERT INTO events VALUES ('old', 1, 1000, 'saga_created', NULL, '{\"saga_name\":\"n\"}'),
+             ('old', 2, 2000, 'step_started', 'pay', '{\"attempt\":1}')",
+        "DELETE FROM wasmtx_migrations WHERE version = 7",
+    ] {
+        sqlx::query(statement).execute(&db).await.unwrap();
+    }
+    db.close().await;
+
+    let store = Store::open(&url).await.unwrap();
+    let history = store.events("old").await.unwrap();
+    let seen: Vec<_> = history.iter().map(|e| (e.seq, e.at_ms, e.kind.as_str(), e.step.as_deref(), e.detail.clone())).collect();
+    assert_eq!(
+        seen,
+        [
+            (1, 1000, "saga_created", None, json!({ "saga_name": "n" })),
+            (2, 2000, "step_started", Some("pay"), json!({ "attempt": 1 })),
+        ]
+    );
+    // New writes continue the numbering after the migrated entries.
+    let mut next = row("old", 0, "running");
+    next.updated_at_ms = 3000;
+    store.save_tx(&next, &events(2)).await.unwrap();
+    let kinds: Vec<(i64, String)> = store.events("old").await.unwrap().into_iter().map(|e| (e.seq, e.kind)).collect();
+    assert_eq!(kinds, [(1, "saga_created".into()), (2, "step_started".into()), (3, "e0".into()), (4, "e1".into())]);
+});

@@ -350,16 +350,22 @@ async fn check(report: &mut Report, db_url: &str, calls: &[Call]) -> anyhow::Res
     report.add("end_states", json!(states), &summary);
 
     // 2. Each 2PC decision taken once; participants heard only that decision.
-    let decisions: Vec<(String, i64, i64, String)> = sqlx::query(
-        "SELECT t.id, COUNT(e.seq), COALESCE(MIN(e.at), 0), t.state FROM transactions t
-         LEFT JOIN events e ON e.tx_id = t.id AND e.kind = 'decision'
-         WHERE t.kind = '2pc' GROUP BY t.id, t.state",
-    )
-    .fetch_all(&mut db)
-    .await?
-    .into_iter()
-    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?)))
-    .collect::<Result<_, sqlx::Error>>()?;
+    let mut decided: HashMap<String, (i64, i64)> = HashMap::new();
+    for (tx, at, _) in journal_events(&mut db, "2pc", "decision").await? {
+        let (n, first) = decided.entry(tx).or_insert((0, at));
+        *n += 1;
+        *first = (*first).min(at);
+    }
+    let decisions: Vec<(String, i64, i64, String)> = sqlx::query("SELECT id, state FROM transactions WHERE kind = '2pc'")
+        .fetch_all(&mut db)
+        .await?
+        .into_iter()
+        .map(|r| {
+            let (id, state): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+            let (n, at) = decided.get(&id).copied().unwrap_or((0, 0));
+            Ok((id, n, at, state))
+        })
+        .collect::<Result<_, sqlx::Error>>()?;
     let mut by_tx: HashMap<&str, Vec<&Call>> = HashMap::new();
     for c in calls {
         by_tx.entry(c.transaction_id.as_str()).or_default().push(c);
@@ -418,15 +424,8 @@ async fn check(report: &mut Report, db_url: &str, calls: &[Call]) -> anyhow::Res
     // 4. No completed step executed again: no execute call for a step's key after the write
     //    that recorded its completion.
     let mut completed_at: HashMap<String, i64> = HashMap::new();
-    for row in sqlx::query(
-        "SELECT e.tx_id, e.step, e.at FROM events e JOIN transactions t ON t.id = e.tx_id
-         WHERE t.kind = 'saga' AND e.kind = 'step_completed'",
-    )
-    .fetch_all(&mut db)
-    .await?
-    {
-        let (tx, step, at): (String, String, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        let index = step.trim_start_matches('s');
+    for (tx, at, event) in journal_events(&mut db, "saga", "step_completed").await? {
+        let index = event["step"].as_str().unwrap_or_default().trim_start_matches('s');
         completed_at.insert(format!("{tx}:{index}:execute"), at);
     }
     let executes: Vec<&Call> = calls.iter().filter(|c| c.phase == "execute").collect();
@@ -451,6 +450,26 @@ async fn check(report: &mut Report, db_url: &str, calls: &[Call]) -> anyhow::Res
     let passed = failures.is_empty();
     report.add("checks", if passed { "passed" } else { "FAILED" }, if passed { "all passed".to_string() } else { failures.join("; ") });
     Ok(passed)
+}
+
+/// Every event of `kind` in the journals of transactions of `tx_kind`: (transaction, when
+/// written, the event).
+async fn journal_events(db: &mut sqlx::PgConnection, tx_kind: &str, kind: &str) -> anyhow::Result<Vec<(String, i64, Value)>> {
+    let mut found = Vec::new();
+    for row in sqlx::query(
+        "SELECT j.tx_id, j.at, j.events FROM journal j JOIN transactions t ON t.id = j.tx_id
+         WHERE t.kind = $1 AND strpos(j.events, $2) > 0",
+    )
+    .bind(tx_kind)
+    .bind(format!("\"{kind}\""))
+    .fetch_all(&mut *db)
+    .await?
+    {
+        let (tx, at, events): (String, i64, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let events: Vec<Value> = serde_json::from_str(&events).with_context(|| format!("journal of {tx}"))?;
+        found.extend(events.into_iter().filter(|e| e["kind"] == kind).map(|e| (tx.clone(), at, e)));
+    }
+    Ok(found)
 }
 
 async fn fresh_database(admin_url: &str) -> anyhow::Result<(String, String)> {

@@ -4,7 +4,7 @@
 //! Writers queue a `Write`; a committer task takes what is queued (at most `MAX_BATCH`, with
 //! no artificial wait: the commit in progress is the batching window) and applies it with a few
 //! set-based statements — insert the new transactions, update the revised ones where the
-//! revision still matches, append every event and audit entry — then commits once and answers
+//! revision still matches, append each write's events (one journal entry) and audit entries — then commits once and answers
 //! each writer. On PostgreSQL rows travel as typed arrays, unpacked by set-based statements; on
 //! SQLite, which runs in-process, cached prepared statements apply them row by row on a
 //! blocking thread.
@@ -251,19 +251,17 @@ impl Db {
                         saved.insert(row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?);
                     }
                 }
-                let (results, events) = outcomes(writes, &inserted, &saved);
-                if !events.is_empty() {
-                    let tx_id: Vec<&str> = events.iter().map(|e| e.tx_id).collect();
-                    let seq: Vec<i64> = events.iter().map(|e| e.seq).collect();
-                    let at: Vec<i64> = events.iter().map(|e| e.at).collect();
-                    let kind: Vec<&str> = events.iter().map(|e| e.kind).collect();
-                    let step: Vec<Option<&str>> = events.iter().map(|e| e.step).collect();
-                    let detail: Vec<&str> = events.iter().map(|e| e.detail.as_str()).collect();
+                let (results, entries) = outcomes(writes, &inserted, &saved);
+                if !entries.is_empty() {
+                    let tx_id: Vec<&str> = entries.iter().map(|e| e.tx_id).collect();
+                    let seq: Vec<i64> = entries.iter().map(|e| e.seq).collect();
+                    let at: Vec<i64> = entries.iter().map(|e| e.at).collect();
+                    let events: Vec<&str> = entries.iter().map(|e| e.events.as_str()).collect();
                     sqlx::query(
-                        "INSERT INTO events (tx_id, seq, at, kind, step, detail)
-                         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[], $5::text[], $6::text[])",
+                        "INSERT INTO journal (tx_id, seq, at, events)
+                         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[])",
                     )
-                    .bind(&tx_id).bind(&seq).bind(&at).bind(&kind).bind(&step).bind(&detail)
+                    .bind(&tx_id).bind(&seq).bind(&at).bind(&events)
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -286,14 +284,14 @@ impl Db {
     }
 }
 
-/// Each write's result, given which inserts and updates took effect, and the events of those
-/// that did, numbered after the transaction's last event.
+/// Each write's result, given which inserts and updates took effect, and the journal entry of
+/// each that did and brings events, its events numbered after the transaction's last one.
 fn outcomes<'a>(
     writes: &[&'a Write],
     inserted: &HashSet<String>,
     saved: &HashMap<String, i64>,
-) -> (Vec<Result<i64>>, Vec<EventJson<'a>>) {
-    let mut events = Vec::new();
+) -> (Vec<Result<i64>>, Vec<JournalEntry<'a>>) {
+    let mut entries = Vec::new();
     let mut results = Vec::with_capacity(writes.len());
     for w in writes {
         if matches!(w, Write::Audit(_)) {
@@ -310,23 +308,13 @@ fn outcomes<'a>(
             results.push(Err(StoreError::Conflict { kind: "transaction", id: row.id.clone() }));
             continue;
         };
-        let first = last_seq - w.events().len() as i64 + 1;
-        for (i, e) in w.events().iter().enumerate() {
-            events.push(EventJson {
-                tx_id: &row.id,
-                seq: first + i as i64,
-                at: row.updated_at_ms,
-                kind: &e.kind,
-                step: e.step.as_deref(),
-                detail: e.detail.to_string(),
-            });
-        }
+        entries.extend(JournalEntry::of(row, w.events(), last_seq));
         results.push(Ok(match w {
             Write::Save(..) => row.rev + 1,
             _ => row.rev,
         }));
     }
-    (results, events)
+    (results, entries)
 }
 
 /// Transaction rows column by column, for `UNNEST`.
@@ -365,13 +353,38 @@ impl<'a> Columns<'a> {
     }
 }
 
-struct EventJson<'a> {
+/// One row of the journal: the events of one write, numbered from `seq` on. A write's events
+/// share a row — a saga's step completion and the next step's start are one entry — which
+/// spares the database a row and an index entry per event.
+struct JournalEntry<'a> {
     tx_id: &'a str,
     seq: i64,
     at: i64,
-    kind: &'a str,
-    step: Option<&'a str>,
-    detail: String,
+    events: String,
+}
+
+impl<'a> JournalEntry<'a> {
+    /// The entry of `events` (none if there are none) whose last is numbered `last_seq`.
+    fn of(row: &'a TxRow, events: &[NewEvent], last_seq: i64) -> Option<Self> {
+        #[derive(serde::Serialize)]
+        struct Stored<'e> {
+            kind: &'e str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            step: Option<&'e str>,
+            detail: &'e serde_json::Value,
+        }
+        if events.is_empty() {
+            return None;
+        }
+        let stored: Vec<Stored> =
+            events.iter().map(|e| Stored { kind: &e.kind, step: e.step.as_deref(), detail: &e.detail }).collect();
+        Some(JournalEntry {
+            tx_id: &row.id,
+            seq: last_seq - events.len() as i64 + 1,
+            at: row.updated_at_ms,
+            events: serde_json::to_string(&stored).expect("events serialise"),
+        })
+    }
 }
 
 /// Applies `writes` through the committer's SQLite connection in one transaction, with the
@@ -392,7 +405,7 @@ fn apply_sqlite(conn: &mut rusqlite::Connection, writes: &[Write]) -> Result<Vec
              WHERE id = ?2 AND tenant_id = ?1 AND rev = ?5
              RETURNING last_seq",
         )?;
-        let mut event = tx.prepare_cached("INSERT INTO events (tx_id, seq, at, kind, step, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
+        let mut journal = tx.prepare_cached("INSERT INTO journal (tx_id, seq, at, events) VALUES (?1, ?2, ?3, ?4)")?;
         let mut audit =
             tx.prepare_cached("INSERT INTO audit (id, tenant_id, at, actor, action, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
         for w in writes {
@@ -427,8 +440,8 @@ fn apply_sqlite(conn: &mut rusqlite::Connection, writes: &[Write]) -> Result<Vec
                 results.push(Err(StoreError::Conflict { kind: "transaction", id: row.id.clone() }));
                 continue;
             };
-            for (seq, e) in (last_seq - n + 1..).zip(events) {
-                event.execute(rusqlite::params![row.id, seq, row.updated_at_ms, e.kind, e.step, e.detail.to_string()])?;
+            if let Some(entry) = JournalEntry::of(row, events, last_seq) {
+                journal.execute(rusqlite::params![entry.tx_id, entry.seq, entry.at, entry.events])?;
             }
             results.push(Ok(match w {
                 Write::Save(..) => row.rev + 1,

@@ -434,23 +434,34 @@ impl Store {
         rows.iter().map(tx_row).collect()
     }
 
+    /// The history of transaction `id`, in order.
     pub async fn events(&self, id: &str) -> Result<Vec<EventRow>> {
-        let rows = sqlx::query("SELECT seq, at, kind, step, detail FROM events WHERE tx_id = $1 ORDER BY seq")
+        #[derive(serde::Deserialize)]
+        struct Stored {
+            kind: String,
+            #[serde(default)]
+            step: Option<String>,
+            detail: Value,
+        }
+        let rows = sqlx::query("SELECT seq, at, events FROM journal WHERE tx_id = $1 ORDER BY seq")
             .bind(id)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                let detail: String = r.try_get(4)?;
-                Ok(EventRow {
-                    seq: r.try_get(0)?,
-                    at_ms: r.try_get(1)?,
-                    kind: r.try_get(2)?,
-                    step: r.try_get(3)?,
-                    detail: serde_json::from_str(&detail).unwrap_or(Value::String(detail)),
-                })
-            })
-            .collect()
+        let mut history = Vec::new();
+        for r in &rows {
+            let (first, at_ms): (i64, i64) = (r.try_get(0)?, r.try_get(1)?);
+            let text: String = r.try_get(2)?;
+            let stored: Vec<Stored> = serde_json::from_str(&text)
+                .map_err(|e| StoreError::Corrupt { id: id.to_string(), reason: format!("journal entry {first}: {e}") })?;
+            history.extend(stored.into_iter().zip(first..).map(|(e, seq)| EventRow {
+                seq,
+                at_ms,
+                kind: e.kind,
+                step: e.step,
+                detail: e.detail,
+            }));
+        }
+        Ok(history)
     }
 
     /// Takes over up to `limit` transactions of `kind` in `states` whose lease has expired
