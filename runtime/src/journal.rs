@@ -45,7 +45,8 @@ impl<S: TxState, D: Serialize + DeserializeOwned> Record<S, D> {
             kind: kind.into(),
             name: name.into(),
             state: state.as_str().into(),
-            doc: serde_json::to_string(&doc).expect("documents serialise"),
+            // Serialised by `Journal::insert`, which writes the record.
+            doc: String::new(),
             rev: 0,
             owner: None,
             lease_until_ms: 0,
@@ -126,10 +127,21 @@ impl Journal {
     }
 
     /// Stores a new record with its first events.
-    pub async fn insert<S: TxState, D>(&self, rec: &Record<S, D>, events: Vec<NewEvent>) -> Result<(), StoreError> {
+    pub async fn insert<S: TxState, D: Serialize>(&self, rec: &mut Record<S, D>, events: Vec<NewEvent>) -> Result<(), StoreError> {
+        self.stamp(rec);
         self.store.insert_tx(&rec.row, &events).await?;
         self.remember(&rec.row, rec.state.is_terminal());
+        self.announce(rec, events);
         Ok(())
+    }
+
+    /// Brings the row up to the record: state, document, time, and the lease if owned.
+    fn stamp<S: TxState, D: Serialize>(&self, rec: &mut Record<S, D>) {
+        let now = now_ms();
+        rec.row.state = rec.state.as_str().into();
+        rec.row.doc = serde_json::to_string(&rec.doc).expect("documents serialise");
+        rec.row.updated_at_ms = now;
+        rec.row.lease_until_ms = if rec.row.owner.is_some() { now + self.lease.as_millis() as i64 } else { 0 };
     }
 
     /// Commits the record's new state and document with any deferred events and `events`, if
@@ -139,11 +151,7 @@ impl Journal {
             true => events,
             false => [std::mem::take(&mut rec.pending), events].concat(),
         };
-        let now = now_ms();
-        rec.row.state = rec.state.as_str().into();
-        rec.row.doc = serde_json::to_string(&rec.doc).expect("documents serialise");
-        rec.row.updated_at_ms = now;
-        rec.row.lease_until_ms = if rec.row.owner.is_some() { now + self.lease.as_millis() as i64 } else { 0 };
+        self.stamp(rec);
         rec.row.rev = match self.store.save_tx(&rec.row, &events).await {
             Ok(rev) => rev,
             Err(e) => {
@@ -152,6 +160,12 @@ impl Journal {
             }
         };
         self.remember(&rec.row, rec.state.is_terminal());
+        self.announce(rec, events);
+        Ok(())
+    }
+
+    /// Tells observers about `events`, just written.
+    fn announce<S: TxState, D>(&self, rec: &Record<S, D>, events: Vec<NewEvent>) {
         let last = events.len().saturating_sub(1);
         for (i, event) in events.into_iter().enumerate() {
             let _ = self.progress.send(Progress {
@@ -163,7 +177,6 @@ impl Journal {
                 event,
             });
         }
-        Ok(())
     }
 }
 

@@ -379,6 +379,42 @@ on_both_stores!(a_saga_can_be_created_with_its_steps_in_one_request, |url: Strin
     server.kill().await;
 });
 
+on_both_stores!(a_saga_created_with_execute_starts_in_the_create_write_and_survives_a_kill, |url: String| async move {
+    // `execute: true` on the create: the create's one write also starts the saga and its
+    // first step, so a coordinator killed during that step leaves a record that explains it.
+    let dir = tempfile::tempdir().unwrap();
+    let db = url.starts_with("postgres").then_some(url.as_str());
+    let mut script = Script::default();
+    script.0.insert("first".into(), vec![Answer::Hang, Answer::Status(200, json!({"first": "done"}))]);
+    let http = HttpParticipant::start(script).await;
+    let server = Server::start(dir.path(), db, &["--lease-ms", "1000"]).await;
+    push(&server, "payment", plugins::PAYMENT).await;
+    let body = json!({"saga_name": "at-once", "context": {"amount": 3}, "execute": true, "steps": [
+        {"name": "first", "endpoint": http.url, "action": "first", "timeout_ms": 600000},
+        {"name": "charge", "plugin": "payment"}]});
+    let (status, created) = post(&server, "/v1/sagas", body).await;
+    assert_eq!((status, created["state"].as_str()), (StatusCode::CREATED, Some("running")), "{created}");
+    let id = created["saga_id"].as_str().unwrap().to_string();
+    http.until_hung().await;
+    let (_, history) = get(&server, &format!("/v1/sagas/{id}/history")).await;
+    let events = history["events"].as_array().unwrap().clone();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["saga_created", "step_added", "step_added", "saga_started", "step_started"], "{history}");
+    assert!(events.iter().all(|e| e["at"] == events[0]["at"]), "one write: {history}");
+    server.kill().await;
+
+    let restarted = Server::start(dir.path(), db, &["--lease-ms", "1000"]).await;
+    let doc = wait_until(&format!("{}/v1/sagas/{id}", restarted.url), "the saga to finish", |d| {
+        d["state"] == "completed" || d["state"] == "compensated" || d["state"] == "failed"
+    })
+    .await;
+    assert_eq!(doc["state"], "completed", "{doc}");
+    let first = http.calls_to("first");
+    assert_eq!(first.len(), 2, "the step in flight at the kill is invoked again");
+    assert_eq!(first[0]["idempotency_key"], first[1]["idempotency_key"]);
+    restarted.kill().await;
+});
+
 on_both_stores!(a_two_phase_commit_can_be_created_with_its_participants_in_one_request, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), url.starts_with("postgres").then_some(url.as_str()), &[]).await;

@@ -318,7 +318,7 @@ async fn create_saga(
             Err(SagaError::Store(StoreError::Conflict { id, .. })) => s.inner.sagas.get(&tenant, &id).await?,
             created => created?,
         };
-        Ok(json!({"status": "success", "saga_id": saga.id(), "state": "pending"}))
+        Ok(json!({"status": "success", "saga_id": saga.id(), "state": saga.state.as_str()}))
     })
     .await
 }

@@ -219,7 +219,7 @@ impl Scenario {
         match self {
             Scenario::Saga { steps } => {
                 // The steps come with the create (an extension of API.md): one durable write
-                // where one per `POST …/steps` would be `steps` more.
+                // where one per `POST …/steps` would be `steps` more, and the start with it.
                 let steps = (0..steps)
                     .map(|i| serde_json::from_value(json!({"name": format!("step{i}"), "plugin": SAGA_PLUGINS[i % 3]})))
                     .collect::<Result<Vec<_>, _>>()?;
@@ -229,9 +229,10 @@ impl Scenario {
                     timeout_ms: None,
                     retry_policy: None,
                     steps: Some(steps),
+                    execute: true,
                 };
-                let saga = node.sagas.create(tenant, req).await?;
-                let end = node.sagas.execute(tenant, saga.id(), true).await?;
+                // Created and started in one write (the `execute` extension of the create).
+                let end = node.sagas.run(tenant, req).await?;
                 anyhow::ensure!(end.state == crate::saga::SagaState::Completed, "saga {} ended {:?}", end.id(), end.state);
             }
             Scenario::Tpc { participants } => {

@@ -222,7 +222,7 @@ async fn run_saga(node: Node, spec: SagaSpec, started: Instant) -> anyhow::Resul
     let tenant = crate::api_tenant();
     let saga = node
         .sagas
-        .create(tenant, CreateSaga { saga_name: spec.saga_name, context: spec.context, timeout_ms: spec.timeout_ms, retry_policy: spec.retry_policy, steps: None })
+        .create(tenant, CreateSaga { saga_name: spec.saga_name, context: spec.context, timeout_ms: spec.timeout_ms, retry_policy: spec.retry_policy, steps: None, execute: false })
         .await?;
     for step in spec.steps {
         node.sagas.add_step(tenant, saga.id(), step).await?;

@@ -259,9 +259,9 @@ impl Manager {
             retry_policy: req.retry_policy,
         };
         let id = format!("tx-{}", id.unwrap_or_else(uuid::Uuid::now_v7));
-        let m = Managed::create(tenant, KIND, id, &req.transaction_name, Status::Pending, doc);
+        let mut m = Managed::create(tenant, KIND, id, &req.transaction_name, Status::Pending, doc);
         let event = NewEvent::new("transaction_created", None, json!({"transaction_name": req.transaction_name}));
-        self.journal.insert(&m, vec![event]).await?;
+        self.journal.insert(&mut m, vec![event]).await?;
         Ok(m)
     }
 
@@ -467,6 +467,7 @@ impl Manager {
                     timeout_ms: Some(m.doc.requirements.timeout_ms),
                     retry_policy: m.doc.retry_policy.clone(),
                     steps: Some(participants.iter().map(|p| as_step(&p.spec)).collect()),
+                    execute: false,
                 };
                 let saga = self.sagas.create(tenant, req).await?;
                 Ok(saga.id().to_string())

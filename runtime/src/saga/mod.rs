@@ -76,6 +76,10 @@ pub struct CreateSaga {
     /// one — one durable write instead of one per step.
     #[serde(default)]
     pub steps: Option<Vec<StepSpec>>,
+    /// Extension: start the saga at once, as `POST /v1/sagas/{id}/execute` (without `wait`)
+    /// right after the create would — but in the create's own durable write.
+    #[serde(default)]
+    pub execute: bool,
 }
 
 /// A saga as loaded from the store.
@@ -166,7 +170,20 @@ impl SagaEngine {
 
     /// `create`, with the id's unique part given (derived from an `Idempotency-Key`, so a
     /// retried request finds what the first one created); `Conflict` if that id exists.
+    /// With `req.execute`, the saga is running (in the background) when this returns.
     pub async fn create_with_id(&self, tenant: &str, req: CreateSaga, id: Option<uuid::Uuid>) -> Result<Saga, SagaError> {
+        self.create_inner(tenant, req, id, false).await
+    }
+
+    /// Creates a saga and runs it to its end state: one durable write creates and starts it
+    /// (the first step's start included), then each step's outcome shares a write with the
+    /// next step's start.
+    pub async fn run(&self, tenant: &str, mut req: CreateSaga) -> Result<Saga, SagaError> {
+        req.execute = true;
+        self.create_inner(tenant, req, None, true).await
+    }
+
+    async fn create_inner(&self, tenant: &str, req: CreateSaga, id: Option<uuid::Uuid>, wait: bool) -> Result<Saga, SagaError> {
         if req.saga_name.trim().is_empty() || req.saga_name.len() > 256 {
             return Err(SagaError::Invalid("saga_name must be 1-256 characters".into()));
         }
@@ -188,9 +205,14 @@ impl SagaEngine {
             doc.steps.push(StepRecord::new(spec));
         }
         let id = format!("saga-{}", id.unwrap_or_else(uuid::Uuid::now_v7));
-        let saga = Saga::create(tenant, KIND, id, &req.saga_name, SagaState::Pending, doc);
-        self.inner.journal.insert(&saga, events).await?;
-        Ok(saga)
+        let mut saga = Saga::create(tenant, KIND, id, &req.saga_name, SagaState::Pending, doc);
+        if !req.execute {
+            self.inner.journal.insert(&mut saga, events).await?;
+            return Ok(saga);
+        }
+        events.extend(self.begin_run(tenant, &mut saga).await?);
+        self.inner.journal.insert(&mut saga, events).await?;
+        self.spawn_drive_from(saga, wait, true).await
     }
 
     pub async fn get(&self, tenant: &str, id: &str) -> Result<Saga, SagaError> {
@@ -274,6 +296,14 @@ impl SagaEngine {
         if saga.state != SagaState::Pending {
             return Err(SagaError::WrongState { id: id.into(), state: saga.state.as_str(), action: "execute" });
         }
+        let events = self.begin_run(tenant, &mut saga).await?;
+        self.persist(&mut saga, events).await?;
+        Ok(saga)
+    }
+
+    /// Starts a pending saga in memory: pins plugin versions, takes ownership, begins the first
+    /// step; returns the events to write before anything runs.
+    async fn begin_run(&self, tenant: &str, saga: &mut Saga) -> Result<Vec<NewEvent>, SagaError> {
         for step in saga.doc.steps.iter_mut() {
             if let Some(plugin) = &step.spec.plugin {
                 let (row, _) = self.inner.catalog.resolve(tenant, plugin).await?;
@@ -287,10 +317,9 @@ impl SagaEngine {
         let mut events = vec![NewEvent::new("saga_started", None, json!({ "owner": self.node_id(), "plugins": pins }))];
         // The first step starts in the same write: nothing happens between the two.
         if let Next::Execute(0) = saga.doc.next(saga.state) {
-            events.push(Self::begin_step(&mut saga, 0)?);
+            events.push(Self::begin_step(saga, 0)?);
         }
-        self.persist(&mut saga, events).await?;
-        Ok(saga)
+        Ok(events)
     }
 
     /// Continues a stopped saga where it stopped: one whose coordinator died (lease expired),

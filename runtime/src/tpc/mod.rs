@@ -206,8 +206,8 @@ impl TpcEngine {
             doc.participants.push(ParticipantRecord::new(spec));
         }
         let id = format!("tpc-{}", id.unwrap_or_else(uuid::Uuid::now_v7));
-        let tx = Tpc::create(tenant, KIND, id, &req.transaction_name, TpcState::Init, doc);
-        self.inner.journal.insert(&tx, events).await?;
+        let mut tx = Tpc::create(tenant, KIND, id, &req.transaction_name, TpcState::Init, doc);
+        self.inner.journal.insert(&mut tx, events).await?;
         Ok(tx)
     }
 
