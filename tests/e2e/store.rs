@@ -156,3 +156,39 @@ on_both_stores!(history_written_as_event_rows_is_migrated_into_journal_entries, 
     let kinds: Vec<(i64, String)> = store.events("old").await.unwrap().into_iter().map(|e| (e.seq, e.kind)).collect();
     assert_eq!(kinds, [(1, "saga_created".into()), (2, "step_started".into()), (3, "e0".into()), (4, "e1".into())]);
 });
+
+on_both_stores!(a_write_the_database_refuses_fails_alone_and_its_batch_neighbours_commit, |url: String| async move {
+    // Break one transaction's event numbering behind the store's back, so that its next write
+    // collides with a journal entry it already has: the database refuses that batch, and the
+    // committer must retry the writes one by one so that only the broken one fails.
+    let store = Store::open(&url).await.unwrap();
+    let ids: Vec<String> = (0..20).map(|i| format!("ok-{i}")).collect();
+    for id in ids.iter().chain(std::iter::once(&"broken".to_string())) {
+        store.insert_tx(&row(id, 0, "pending"), &events(1)).await.unwrap();
+    }
+    sqlx::any::install_default_drivers();
+    let db = sqlx::AnyPool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE transactions SET last_seq = 0 WHERE id = 'broken'").execute(&db).await.unwrap();
+    db.close().await;
+
+    let writes = ids.iter().map(|id| id.as_str()).chain(std::iter::once("broken")).map(|id| {
+        let store = store.clone();
+        async move { (id, store.save_tx(&row(id, 0, "running"), &events(1)).await) }
+    });
+    for (id, result) in futures::future::join_all(writes).await {
+        match id {
+            "broken" => assert!(
+                matches!(result, Err(StoreError::Database(_) | StoreError::Sqlite(_))),
+                "{id}: {result:?}"
+            ),
+            _ => assert_eq!(result.unwrap(), 1, "{id}"),
+        }
+    }
+    let broken = store.get_tx("t", "saga", "broken").await.unwrap().unwrap();
+    assert_eq!((broken.state.as_str(), broken.rev), ("pending", 0), "the refused write changed nothing");
+    for id in &ids {
+        let stored = store.get_tx("t", "saga", id).await.unwrap().unwrap();
+        assert_eq!((stored.state.as_str(), stored.rev), ("running", 1), "{id}");
+        assert_eq!(store.events(id).await.unwrap().len(), 2, "{id}");
+    }
+});

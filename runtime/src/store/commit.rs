@@ -96,7 +96,7 @@ impl GroupCommit {
         let jobs = Arc::new(Mutex::new(jobs));
         let committers = match db {
             Db::Sqlite(_) => 1,
-            Db::Arrays(_) => 4,
+            Db::Postgres(_) => 4,
         };
         let db = Arc::new(db);
         for _ in 0..committers {
@@ -184,7 +184,7 @@ pub(crate) enum Db {
     Sqlite(Arc<SyncMutex<rusqlite::Connection>>),
     /// PostgreSQL, natively: rows go as typed arrays (binary), unpacked with `UNNEST` — no
     /// JSON for the server to parse, which was its largest cost per write.
-    Arrays(sqlx::PgPool),
+    Postgres(sqlx::PgPool),
 }
 
 impl Db {
@@ -213,7 +213,7 @@ impl Db {
             .collect();
         match self {
             Db::Sqlite(_) => unreachable!("applied above"),
-            Db::Arrays(pool) => {
+            Db::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
                 let mut inserted = HashSet::new();
                 if !inserts.is_empty() {

@@ -212,7 +212,7 @@ impl Store {
                 let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?;
                 commit::open_sqlite(options.get_filename())?
             }
-            Backend::Postgres => commit::Db::Arrays(
+            Backend::Postgres => commit::Db::Postgres(
                 sqlx::postgres::PgPoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(Duration::from_secs(10))
