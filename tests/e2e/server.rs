@@ -227,6 +227,17 @@ async fn crash_saga(server: &Server, http: &HttpParticipant) -> String {
     id
 }
 
+/// Starts a server again on `dir` (and `db`) with a short lease and waits until saga `id`
+/// reaches an end state; returns the server and the saga's document.
+async fn restart_until_saga_ends(dir: &std::path::Path, db: Option<&str>, id: &str) -> (Server, Value) {
+    let restarted = Server::start(dir, db, &["--lease-ms", "1000"]).await;
+    let doc = wait_until(&format!("{}/v1/sagas/{id}", restarted.url), "the saga to finish", |d| {
+        d["state"] == "completed" || d["state"] == "compensated" || d["state"] == "failed"
+    })
+    .await;
+    (restarted, doc)
+}
+
 fn hang_then_answer() -> Script {
     let mut script = Script::default();
     script.0.insert("second".into(), vec![Answer::Hang, Answer::Status(200, json!({"second": "done"}))]);
@@ -244,11 +255,7 @@ on_both_stores!(a_server_killed_mid_step_finishes_the_saga_after_restart_without
     http.until_hung().await;
     server.kill().await;
 
-    let restarted = Server::start(dir.path(), db, &["--lease-ms", "1000"]).await;
-    let doc = wait_until(&format!("{}/v1/sagas/{id}", restarted.url), "the saga to finish", |d| {
-        d["state"] == "completed" || d["state"] == "compensated" || d["state"] == "failed"
-    })
-    .await;
+    let (restarted, doc) = restart_until_saga_ends(dir.path(), db, &id).await;
     assert_eq!(doc["state"], "completed", "{doc}");
     assert_eq!(http.calls_to("first").len(), 1, "a completed step is never re-run");
     let second = http.calls_to("second");
@@ -403,11 +410,7 @@ on_both_stores!(a_saga_created_with_execute_starts_in_the_create_write_and_survi
     assert!(events.iter().all(|e| e["at"] == events[0]["at"]), "one write: {history}");
     server.kill().await;
 
-    let restarted = Server::start(dir.path(), db, &["--lease-ms", "1000"]).await;
-    let doc = wait_until(&format!("{}/v1/sagas/{id}", restarted.url), "the saga to finish", |d| {
-        d["state"] == "completed" || d["state"] == "compensated" || d["state"] == "failed"
-    })
-    .await;
+    let (restarted, doc) = restart_until_saga_ends(dir.path(), db, &id).await;
     assert_eq!(doc["state"], "completed", "{doc}");
     let first = http.calls_to("first");
     assert_eq!(first.len(), 2, "the step in flight at the kill is invoked again");
