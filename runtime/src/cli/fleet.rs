@@ -23,7 +23,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::bench::{Report, percentile, round1};
 use crate::saga::SagaState;
-use crate::store::now_ms;
+use crate::store::{NewEvent, now_ms};
 use crate::tpc::TpcState;
 
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -425,7 +425,7 @@ async fn check(report: &mut Report, db_url: &str, calls: &[Call]) -> anyhow::Res
     //    that recorded its completion.
     let mut completed_at: HashMap<String, i64> = HashMap::new();
     for (tx, at, event) in journal_events(&mut db, "saga", "step_completed").await? {
-        let index = event["step"].as_str().unwrap_or_default().trim_start_matches('s');
+        let index = event.step.as_deref().unwrap_or_default().trim_start_matches('s');
         completed_at.insert(format!("{tx}:{index}:execute"), at);
     }
     let executes: Vec<&Call> = calls.iter().filter(|c| c.phase == "execute").collect();
@@ -454,7 +454,7 @@ async fn check(report: &mut Report, db_url: &str, calls: &[Call]) -> anyhow::Res
 
 /// Every event of `kind` in the journals of transactions of `tx_kind`: (transaction, when
 /// written, the event).
-async fn journal_events(db: &mut sqlx::PgConnection, tx_kind: &str, kind: &str) -> anyhow::Result<Vec<(String, i64, Value)>> {
+async fn journal_events(db: &mut sqlx::PgConnection, tx_kind: &str, kind: &str) -> anyhow::Result<Vec<(String, i64, NewEvent)>> {
     let mut found = Vec::new();
     for row in sqlx::query(
         "SELECT j.tx_id, j.at, j.events FROM journal j JOIN transactions t ON t.id = j.tx_id
@@ -466,8 +466,8 @@ async fn journal_events(db: &mut sqlx::PgConnection, tx_kind: &str, kind: &str) 
     .await?
     {
         let (tx, at, events): (String, i64, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        let events: Vec<Value> = serde_json::from_str(&events).with_context(|| format!("journal of {tx}"))?;
-        found.extend(events.into_iter().filter(|e| e["kind"] == kind).map(|e| (tx.clone(), at, e)));
+        let events: Vec<NewEvent> = serde_json::from_str(&events).with_context(|| format!("journal of {tx}"))?;
+        found.extend(events.into_iter().filter(|e| e.kind == kind).map(|e| (tx.clone(), at, e)));
     }
     Ok(found)
 }

@@ -2,9 +2,9 @@
 //! transaction, so durable throughput is not one fsync per state change.
 //!
 //! Writers queue a `Write`; a committer task takes what is queued (at most `MAX_BATCH`, with
-//! no artificial wait: the commit in progress is the batching window) and applies it with a few
-//! set-based statements — insert the new transactions, update the revised ones where the
-//! revision still matches, append each write's events (one journal entry) and audit entries — then commits once and answers
+//! no artificial wait: the commit in progress is the batching window), applies it — insert the
+//! new transactions, update the revised ones where the revision still matches, append each
+//! write's events as one journal entry, and the audit entries — then commits once and answers
 //! each writer. On PostgreSQL rows travel as typed arrays, unpacked by set-based statements; on
 //! SQLite, which runs in-process, cached prepared statements apply them row by row on a
 //! blocking thread.
@@ -13,10 +13,8 @@
 //! write never takes its neighbours down with it.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
-
 use std::ops::Range;
-use std::sync::Mutex as SyncMutex;
+use std::sync::{Arc, Mutex as SyncMutex};
 
 use rusqlite::OptionalExtension;
 use sqlx::Row;
@@ -73,6 +71,24 @@ impl Write {
             Write::Insert(_, events) | Write::Save(_, events) => events,
             Write::Audit(_) => &[],
         }
+    }
+
+    /// This write's result once the database has said whether it took effect — `last_seq`: the
+    /// transaction's last event number after it; `None`: its id or revision was taken — and
+    /// the journal entry to append when it did. (An audit entry always takes effect.)
+    fn outcome(&self, last_seq: Option<i64>) -> (Result<i64>, Option<JournalEntry<'_>>) {
+        let row = match self {
+            Write::Audit(_) => return (Ok(0), None),
+            Write::Insert(row, _) | Write::Save(row, _) => row,
+        };
+        let Some(last_seq) = last_seq else {
+            return (Err(StoreError::Conflict { kind: "transaction", id: row.id.clone() }), None);
+        };
+        let rev = match self {
+            Write::Save(..) => row.rev + 1,
+            _ => row.rev,
+        };
+        (Ok(rev), JournalEntry::of(row, self.events(), last_seq))
     }
 }
 
@@ -191,128 +207,117 @@ impl Db {
     /// Applies `writes[range]` (distinct ids) in one database transaction. The outer error is
     /// the database's; the inner results are per write.
     async fn apply(&self, all: &Arc<Vec<Write>>, range: Range<usize>) -> Result<Vec<Result<i64>>> {
-        if let Db::Sqlite(conn) = self {
-            let (conn, all) = (conn.clone(), all.clone());
-            return tokio::task::spawn_blocking(move || {
-                let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                apply_sqlite(&mut conn, &all[range])
-            })
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        }
-        let writes: Vec<&Write> = all[range].iter().collect();
-        let writes = &writes[..];
-        let inserts: Vec<&Write> = writes.iter().copied().filter(|w| matches!(w, Write::Insert(..))).collect();
-        let saves: Vec<&Write> = writes.iter().copied().filter(|w| matches!(w, Write::Save(..))).collect();
-        let audits: Vec<&AuditRow> = writes
-            .iter()
-            .filter_map(|w| match w {
-                Write::Audit(a) => Some(a),
-                _ => None,
-            })
-            .collect();
         match self {
-            Db::Sqlite(_) => unreachable!("applied above"),
-            Db::Postgres(pool) => {
-                let mut tx = pool.begin().await?;
-                let mut inserted = HashSet::new();
-                if !inserts.is_empty() {
-                    let c = Columns::of(&inserts);
-                    let rows = sqlx::query(
-                        "INSERT INTO transactions (tenant_id, id, kind, name, state, doc, rev, owner, lease_until, created_at, updated_at, last_seq)
-                         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[],
-                                              $8::text[], $9::int8[], $10::int8[], $11::int8[], $12::int8[])
-                         ON CONFLICT (id) DO NOTHING RETURNING id",
-                    )
-                    .bind(&c.tenant).bind(&c.id).bind(&c.kind).bind(&c.name).bind(&c.state).bind(&c.doc).bind(&c.rev)
-                    .bind(&c.owner).bind(&c.lease_until).bind(&c.created_at).bind(&c.updated_at).bind(&c.n)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                    for row in rows {
-                        inserted.insert(row.try_get::<String, _>(0)?);
-                    }
-                }
-                let mut saved = HashMap::new();
-                if !saves.is_empty() {
-                    let c = Columns::of(&saves);
-                    let rows = sqlx::query(
-                        "UPDATE transactions AS t SET state = v.state, doc = v.doc, rev = t.rev + 1, owner = v.owner,
-                             lease_until = v.lease_until, updated_at = v.updated_at, last_seq = t.last_seq + v.n
-                         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::int8[], $8::int8[], $9::int8[])
-                              AS v(tenant_id, id, state, doc, rev, owner, lease_until, updated_at, n)
-                         WHERE t.id = v.id AND t.tenant_id = v.tenant_id AND t.rev = v.rev
-                         RETURNING t.id, t.last_seq",
-                    )
-                    .bind(&c.tenant).bind(&c.id).bind(&c.state).bind(&c.doc).bind(&c.rev).bind(&c.owner)
-                    .bind(&c.lease_until).bind(&c.updated_at).bind(&c.n)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                    for row in rows {
-                        saved.insert(row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?);
-                    }
-                }
-                let (results, entries) = outcomes(writes, &inserted, &saved);
-                if !entries.is_empty() {
-                    let tx_id: Vec<&str> = entries.iter().map(|e| e.tx_id).collect();
-                    let seq: Vec<i64> = entries.iter().map(|e| e.seq).collect();
-                    let at: Vec<i64> = entries.iter().map(|e| e.at).collect();
-                    let events: Vec<&str> = entries.iter().map(|e| e.events.as_str()).collect();
-                    sqlx::query(
-                        "INSERT INTO journal (tx_id, seq, at, events)
-                         SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[])",
-                    )
-                    .bind(&tx_id).bind(&seq).bind(&at).bind(&events)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                if !audits.is_empty() {
-                    let column = |f: fn(&AuditRow) -> &str| audits.iter().map(|a| f(a)).collect::<Vec<&str>>();
-                    let at: Vec<i64> = audits.iter().map(|a| a.at_ms).collect();
-                    sqlx::query(
-                        "INSERT INTO audit (id, tenant_id, at, actor, action, detail)
-                         SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[])",
-                    )
-                    .bind(column(|a| &a.id)).bind(column(|a| &a.tenant)).bind(&at).bind(column(|a| &a.actor))
-                    .bind(column(|a| &a.action)).bind(column(|a| &a.detail))
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                tx.commit().await?;
-                Ok(results)
+            Db::Sqlite(conn) => {
+                let (conn, all) = (conn.clone(), all.clone());
+                tokio::task::spawn_blocking(move || {
+                    let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    apply_sqlite(&mut conn, &all[range])
+                })
+                .await
+                .map_err(|_| StoreError::Closed)?
             }
+            Db::Postgres(pool) => apply_postgres(pool, &all[range]).await,
         }
     }
 }
 
-/// Each write's result, given which inserts and updates took effect, and the journal entry of
-/// each that did and brings events, its events numbered after the transaction's last one.
+/// Applies `writes` on PostgreSQL with set-based statements over typed arrays.
+async fn apply_postgres(pool: &sqlx::PgPool, writes: &[Write]) -> Result<Vec<Result<i64>>> {
+    let inserts: Vec<&Write> = writes.iter().filter(|w| matches!(w, Write::Insert(..))).collect();
+    let saves: Vec<&Write> = writes.iter().filter(|w| matches!(w, Write::Save(..))).collect();
+    let audits: Vec<&AuditRow> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Audit(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    let mut tx = pool.begin().await?;
+    let mut inserted = HashSet::new();
+    if !inserts.is_empty() {
+        let c = Columns::of(&inserts);
+        let rows = sqlx::query(
+            "INSERT INTO transactions (tenant_id, id, kind, name, state, doc, rev, owner, lease_until, created_at, updated_at, last_seq)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[],
+                                  $8::text[], $9::int8[], $10::int8[], $11::int8[], $12::int8[])
+             ON CONFLICT (id) DO NOTHING RETURNING id",
+        )
+        .bind(&c.tenant).bind(&c.id).bind(&c.kind).bind(&c.name).bind(&c.state).bind(&c.doc).bind(&c.rev)
+        .bind(&c.owner).bind(&c.lease_until).bind(&c.created_at).bind(&c.updated_at).bind(&c.n)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in rows {
+            inserted.insert(row.try_get::<String, _>(0)?);
+        }
+    }
+    let mut saved = HashMap::new();
+    if !saves.is_empty() {
+        let c = Columns::of(&saves);
+        let rows = sqlx::query(
+            "UPDATE transactions AS t SET state = v.state, doc = v.doc, rev = t.rev + 1, owner = v.owner,
+                 lease_until = v.lease_until, updated_at = v.updated_at, last_seq = t.last_seq + v.n
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::text[], $7::int8[], $8::int8[], $9::int8[])
+                  AS v(tenant_id, id, state, doc, rev, owner, lease_until, updated_at, n)
+             WHERE t.id = v.id AND t.tenant_id = v.tenant_id AND t.rev = v.rev
+             RETURNING t.id, t.last_seq",
+        )
+        .bind(&c.tenant).bind(&c.id).bind(&c.state).bind(&c.doc).bind(&c.rev).bind(&c.owner)
+        .bind(&c.lease_until).bind(&c.updated_at).bind(&c.n)
+        .fetch_all(&mut *tx)
+        .await?;
+        for row in rows {
+            saved.insert(row.try_get::<String, _>(0)?, row.try_get::<i64, _>(1)?);
+        }
+    }
+    let (results, entries) = outcomes(writes, &inserted, &saved);
+    if !entries.is_empty() {
+        let tx_id: Vec<&str> = entries.iter().map(|e| e.tx_id).collect();
+        let seq: Vec<i64> = entries.iter().map(|e| e.seq).collect();
+        let at: Vec<i64> = entries.iter().map(|e| e.at).collect();
+        let events: Vec<&str> = entries.iter().map(|e| e.events.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO journal (tx_id, seq, at, events)
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::text[])",
+        )
+        .bind(&tx_id).bind(&seq).bind(&at).bind(&events)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !audits.is_empty() {
+        let column = |f: fn(&AuditRow) -> &str| audits.iter().map(|a| f(a)).collect::<Vec<&str>>();
+        let at: Vec<i64> = audits.iter().map(|a| a.at_ms).collect();
+        sqlx::query(
+            "INSERT INTO audit (id, tenant_id, at, actor, action, detail)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::text[], $6::text[])",
+        )
+        .bind(column(|a| &a.id)).bind(column(|a| &a.tenant)).bind(&at).bind(column(|a| &a.actor))
+        .bind(column(|a| &a.action)).bind(column(|a| &a.detail))
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(results)
+}
+
+/// Each write's result, given which inserts and updates took effect, and the journal entries
+/// of those that did.
 fn outcomes<'a>(
-    writes: &[&'a Write],
+    writes: &'a [Write],
     inserted: &HashSet<String>,
     saved: &HashMap<String, i64>,
 ) -> (Vec<Result<i64>>, Vec<JournalEntry<'a>>) {
     let mut entries = Vec::new();
     let mut results = Vec::with_capacity(writes.len());
     for w in writes {
-        if matches!(w, Write::Audit(_)) {
-            results.push(Ok(0));
-            continue;
-        }
-        let row = w.row();
         let last_seq = match w {
-            Write::Insert(..) if inserted.contains(&row.id) => Some(w.events().len() as i64),
-            Write::Save(..) => saved.get(&row.id).copied(),
-            _ => None,
+            Write::Insert(row, events) => inserted.contains(&row.id).then_some(events.len() as i64),
+            Write::Save(row, _) => saved.get(&row.id).copied(),
+            Write::Audit(_) => None,
         };
-        let Some(last_seq) = last_seq else {
-            results.push(Err(StoreError::Conflict { kind: "transaction", id: row.id.clone() }));
-            continue;
-        };
-        entries.extend(JournalEntry::of(row, w.events(), last_seq));
-        results.push(Ok(match w {
-            Write::Save(..) => row.rev + 1,
-            _ => row.rev,
-        }));
+        let (result, entry) = w.outcome(last_seq);
+        results.push(result);
+        entries.extend(entry);
     }
     (results, entries)
 }
@@ -366,23 +371,14 @@ struct JournalEntry<'a> {
 impl<'a> JournalEntry<'a> {
     /// The entry of `events` (none if there are none) whose last is numbered `last_seq`.
     fn of(row: &'a TxRow, events: &[NewEvent], last_seq: i64) -> Option<Self> {
-        #[derive(serde::Serialize)]
-        struct Stored<'e> {
-            kind: &'e str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            step: Option<&'e str>,
-            detail: &'e serde_json::Value,
-        }
         if events.is_empty() {
             return None;
         }
-        let stored: Vec<Stored> =
-            events.iter().map(|e| Stored { kind: &e.kind, step: e.step.as_deref(), detail: &e.detail }).collect();
         Some(JournalEntry {
             tx_id: &row.id,
             seq: last_seq - events.len() as i64 + 1,
             at: row.updated_at_ms,
-            events: serde_json::to_string(&stored).expect("events serialise"),
+            events: serde_json::to_string(events).expect("events serialise"),
         })
     }
 }
@@ -409,44 +405,34 @@ fn apply_sqlite(conn: &mut rusqlite::Connection, writes: &[Write]) -> Result<Vec
         let mut audit =
             tx.prepare_cached("INSERT INTO audit (id, tenant_id, at, actor, action, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
         for w in writes {
-            let (row, events) = match w {
+            let last_seq = match w {
                 Write::Audit(a) => {
                     audit.execute(rusqlite::params![a.id, a.tenant, a.at_ms, a.actor, a.action, a.detail])?;
-                    results.push(Ok(0));
-                    continue;
+                    None
                 }
-                Write::Insert(row, events) | Write::Save(row, events) => (row, events),
-            };
-            let n = events.len() as i64;
-            let last_seq = match w {
-                Write::Insert(..) => {
+                Write::Insert(row, events) => {
+                    let n = events.len() as i64;
                     let inserted = insert.execute(rusqlite::params![
                         row.tenant, row.id, row.kind, row.name, row.state, row.doc, row.rev, row.owner,
                         row.lease_until_ms, row.created_at_ms, row.updated_at_ms, n
                     ])?;
                     (inserted == 1).then_some(n)
                 }
-                _ => update
+                Write::Save(row, events) => update
                     .query_row(
                         rusqlite::params![
                             row.tenant, row.id, row.state, row.doc, row.rev, row.owner, row.lease_until_ms,
-                            row.updated_at_ms, n
+                            row.updated_at_ms, events.len() as i64
                         ],
                         |r| r.get::<_, i64>(0),
                     )
                     .optional()?,
             };
-            let Some(last_seq) = last_seq else {
-                results.push(Err(StoreError::Conflict { kind: "transaction", id: row.id.clone() }));
-                continue;
-            };
-            if let Some(entry) = JournalEntry::of(row, events, last_seq) {
+            let (result, entry) = w.outcome(last_seq);
+            if let Some(entry) = entry {
                 journal.execute(rusqlite::params![entry.tx_id, entry.seq, entry.at, entry.events])?;
             }
-            results.push(Ok(match w {
-                Write::Save(..) => row.rev + 1,
-                _ => row.rev,
-            }));
+            results.push(result);
         }
     }
     tx.commit()?;

@@ -62,10 +62,11 @@ pub struct TxRow {
     pub updated_at_ms: i64,
 }
 
-/// A history event to append.
-#[derive(Debug, Clone, PartialEq)]
+/// A history event to append; a journal entry stores its events in this shape (JSON).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct NewEvent {
     pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
     pub detail: Value,
 }
@@ -436,13 +437,6 @@ impl Store {
 
     /// The history of transaction `id`, in order.
     pub async fn events(&self, id: &str) -> Result<Vec<EventRow>> {
-        #[derive(serde::Deserialize)]
-        struct Stored {
-            kind: String,
-            #[serde(default)]
-            step: Option<String>,
-            detail: Value,
-        }
         let rows = sqlx::query("SELECT seq, at, events FROM journal WHERE tx_id = $1 ORDER BY seq")
             .bind(id)
             .fetch_all(&self.pool)
@@ -451,7 +445,7 @@ impl Store {
         for r in &rows {
             let (first, at_ms): (i64, i64) = (r.try_get(0)?, r.try_get(1)?);
             let text: String = r.try_get(2)?;
-            let stored: Vec<Stored> = serde_json::from_str(&text)
+            let stored: Vec<NewEvent> = serde_json::from_str(&text)
                 .map_err(|e| StoreError::Corrupt { id: id.to_string(), reason: format!("journal entry {first}: {e}") })?;
             history.extend(stored.into_iter().zip(first..).map(|(e, seq)| EventRow {
                 seq,

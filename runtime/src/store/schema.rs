@@ -115,7 +115,7 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
     &[
         // History as journal entries: the events of one write in one row (a JSON array,
         // numbered from `seq`), instead of a row and an index entry per event. A saga of three
-        // steps writes 5 entries where it wrote 12 event rows.
+        // steps writes 4–5 entries where it wrote 12 event rows.
         "CREATE TABLE journal (
             tx_id TEXT NOT NULL,
             seq BIGINT NOT NULL,
