@@ -40,6 +40,15 @@ impl EngineCore {
         let journal = Journal::new(store.clone(), config.lease);
         Arc::new(EngineCore { store, catalog, invoker, config, journal, driving: Arc::default() })
     }
+
+    /// Refuses an HTTP endpoint the tenant's outbound policy does not let it call (checked
+    /// again at each call: names are judged by the addresses they resolve to then).
+    pub(crate) fn check_endpoint(&self, tenant: &str, endpoint: &Option<String>) -> Result<(), String> {
+        match endpoint {
+            Some(url) => self.invoker.check_endpoint(tenant, url).map_err(|r| format!("endpoint {url} refused: {r}")),
+            None => Ok(()),
+        }
+    }
 }
 
 /// An engine error that can say "another writer changed the transaction since it was read".

@@ -9,7 +9,15 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::model::{CallContext, Outcome, Vote};
+use crate::outbound::{DEFAULT_MAX_ANSWER_BYTES, HostRule, Outbound, Reach, Scope};
 use crate::plugin::{CallLimits, CallTags, Component, PluginHost};
+
+/// Who makes an outbound request: the coordinator calling an HTTP participant, or a plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reaching {
+    Participant,
+    Plugin,
+}
 
 /// The phases a participant can be asked to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,16 +48,29 @@ pub enum Target {
     Http { endpoint: String },
 }
 
+/// What the invoker knows of one tenant: its plugin-call limits, what its calls may reach
+/// and how large an answer it accepts.
+#[derive(Debug, Clone)]
+pub struct TenantGrant {
+    pub limits: CallLimits,
+    /// Hosts its HTTP participants and plugins may reach (`allowed_hosts`).
+    pub allowed_hosts: Arc<[HostRule]>,
+    /// Largest answer (an HTTP participant's body, a plugin's output) accepted, in bytes.
+    pub max_answer_bytes: usize,
+}
+
 /// Calls participants. Cheap to clone.
 #[derive(Clone)]
 pub struct Invoker {
     host: PluginHost,
-    http: reqwest::Client,
+    outbound: Outbound,
+    /// Whether the operator lets calls reach private addresses (`--allow-private-endpoints`).
+    allow_private: bool,
     /// Memory cap and fuel of plugin calls; the deadline comes per call.
     limits: CallLimits,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// Tenants' own limits and outbound-HTTP allowlists, where they have any.
-    tenant_limits: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, (CallLimits, Arc<[String]>)>>>,
+    tenants: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, TenantGrant>>>,
     /// Sent to HTTP participants as `Wasmtx-Node`, so they (and the fleet check) can tell
     /// which coordinator called.
     node_id: Option<Arc<str>>,
@@ -57,12 +78,15 @@ pub struct Invoker {
 
 impl Invoker {
     pub fn new(host: PluginHost, limits: CallLimits) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .expect("building the HTTP client");
-        Invoker { host, http, limits, metrics: Default::default(), tenant_limits: Default::default(), node_id: None }
+        Invoker {
+            host,
+            outbound: Outbound::new(),
+            allow_private: false,
+            limits,
+            metrics: Default::default(),
+            tenants: Default::default(),
+            node_id: None,
+        }
     }
 
     /// Names the coordinator in the `Wasmtx-Node` header of HTTP participant calls.
@@ -71,31 +95,69 @@ impl Invoker {
         self
     }
 
+    /// Lets every tenant's calls reach private, loopback and link-local addresses.
+    pub fn allow_private_endpoints(mut self, allow: bool) -> Self {
+        self.allow_private = allow;
+        self
+    }
+
     /// This process's metrics (calls are recorded here; the server adds the rest).
     pub fn metrics(&self) -> &std::sync::Arc<crate::metrics::Metrics> {
         &self.metrics
     }
 
-    /// Sets the plugin-call limits of `tenant`'s calls (its memory cap and fuel, and a deadline
-    /// that caps each call's own) and the hosts its plugins may reach over HTTP.
-    pub fn set_tenant_limits(&self, tenant: &str, limits: CallLimits, allowed_hosts: Vec<String>) {
-        self.tenant_limits.write().unwrap().insert(tenant.to_string(), (limits, allowed_hosts.into()));
+    /// Sets `tenant`'s plugin-call limits (its memory cap and fuel, and a deadline that caps
+    /// each call's own), the hosts it may reach and its answer cap.
+    pub fn set_tenant(&self, tenant: &str, grant: TenantGrant) {
+        self.tenants.write().unwrap().insert(tenant.to_string(), grant);
+    }
+
+    /// Whether `tenant`'s grant is known here.
+    pub fn knows_tenant(&self, tenant: &str) -> bool {
+        self.tenants.read().unwrap().contains_key(tenant)
+    }
+
+    /// What `tenant`'s calls may reach. The implicit tenant of single-tenant mode may reach
+    /// any host and loopback (local development); a configured tenant only its allowed hosts
+    /// and public addresses; a tenant this process has not loaded, nothing.
+    pub fn scope(&self, tenant: &str, role: Reaching) -> Scope {
+        let any = |fallback| if self.allow_private { Reach::Any } else { fallback };
+        match self.tenants.read().unwrap().get(tenant) {
+            Some(grant) => Scope { reach: any(Reach::Public), hosts: Some(grant.allowed_hosts.clone()) },
+            None if tenant == crate::api_tenant() => Scope {
+                reach: any(Reach::Loopback),
+                hosts: match role {
+                    Reaching::Participant => None,
+                    Reaching::Plugin => Some(Arc::from(Vec::new())),
+                },
+            },
+            None => Scope { reach: any(Reach::Public), hosts: Some(Arc::from(Vec::new())) },
+        }
+    }
+
+    /// Refuses an HTTP participant endpoint `tenant` may not call (when it is added; the
+    /// call itself is checked again).
+    pub fn check_endpoint(&self, tenant: &str, endpoint: &str) -> Result<(), crate::outbound::Refusal> {
+        self.outbound.check(&self.scope(tenant, Reaching::Participant), endpoint).map(drop)
+    }
+
+    fn max_answer(&self, tenant: &str) -> usize {
+        self.tenants.read().unwrap().get(tenant).map_or(DEFAULT_MAX_ANSWER_BYTES, |g| g.max_answer_bytes)
     }
 
     fn limits_for(&self, tenant: &str, timeout: Duration) -> CallLimits {
-        match self.tenant_limits.read().unwrap().get(tenant) {
-            Some((l, _)) => CallLimits { timeout: timeout.min(l.timeout), ..l.clone() },
+        match self.tenants.read().unwrap().get(tenant) {
+            Some(g) => CallLimits { timeout: timeout.min(g.limits.timeout), ..g.limits.clone() },
             None => CallLimits { timeout, ..self.limits.clone() },
         }
     }
 
     fn tags_of(&self, ctx: &CallContext) -> CallTags {
-        let allowed_hosts = self.tenant_limits.read().unwrap().get(&ctx.tenant).map(|(_, h)| h.clone()).unwrap_or_default();
         CallTags {
             tenant: ctx.tenant.clone(),
             transaction_id: ctx.transaction_id.clone(),
             step: ctx.step.clone(),
-            allowed_hosts,
+            http: Some(crate::plugin::HttpGrant { outbound: self.outbound.clone(), scope: self.scope(&ctx.tenant, Reaching::Plugin) }),
         }
     }
 
@@ -107,7 +169,13 @@ impl Invoker {
     /// answer is a `Retry` naming what happened.
     pub async fn outcome(&self, target: &Target, phase: Phase, ctx: CallContext, timeout: Duration) -> Outcome {
         let started = std::time::Instant::now();
-        let outcome = self.outcome_uncounted(target, phase, ctx, timeout).await;
+        let cap = self.max_answer(&ctx.tenant);
+        let outcome = match self.outcome_uncounted(target, phase, ctx, timeout).await {
+            Outcome::Success(output) if output.len() > cap => {
+                Outcome::Retry(format!("the answer is {} bytes, more than the {cap} accepted", output.len()))
+            }
+            other => other,
+        };
         let kind = match &outcome {
             Outcome::Success(_) => "success",
             Outcome::Failure(_) => "failure",
@@ -198,19 +266,12 @@ impl Invoker {
             "idempotency_key": ctx.idempotency_key,
             "input": input,
         });
-        let mut request = self.http.post(&url).header("Idempotency-Key", &ctx.idempotency_key);
+        let mut headers = vec![("Idempotency-Key", ctx.idempotency_key.as_str())];
         if let Some(node) = &self.node_id {
-            request = request.header("Wasmtx-Node", &**node);
+            headers.push(("Wasmtx-Node", node));
         }
-        let response = request
-            .timeout(timeout)
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| if e.is_timeout() { format!("POST {url}: no answer within {timeout:?}") } else { format!("POST {url}: {e}") })?;
-        let status = response.status().as_u16();
-        let text = response.text().await.map_err(|e| format!("POST {url}: reading the answer: {e}"))?;
-        Ok((status, text))
+        let scope = self.scope(&ctx.tenant, Reaching::Participant);
+        self.outbound.post_json(&scope, &url, &headers, &body, timeout, self.max_answer(&ctx.tenant)).await
     }
 }
 

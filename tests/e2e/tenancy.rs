@@ -198,7 +198,7 @@ on_both_stores!(limits_touch_only_their_own_tenant, |url: String| async move {
 
     // An infinite loop in small's plugin costs small's call, not big's transactions.
     let spin = small
-        .saga(&[json!({"name": "spin", "plugin": "scripted", "timeout_ms": 60000, "retry_count": 0,
+        .saga(&[json!({"name": "spin", "plugin": "scripted", "timeout_ms": 5000, "retry_count": 0,
                        "parameters": {"script": {"execute": {"do": "spin"}}}})])
         .await;
     let (status, _) = small.post(&format!("/v1/sagas/{spin}/execute"), json!({"wait": false})).await;
@@ -210,6 +210,11 @@ on_both_stores!(limits_touch_only_their_own_tenant, |url: String| async move {
     }
     let (_, spinning) = small.get(&format!("/v1/sagas/{spin}")).await;
     assert_eq!(spinning["state"], "running", "big's sagas completed while small's plugin was still spinning");
+    // The spinning saga counts against small's max_concurrent of 1 until it ends.
+    common::wait_until(&format!("{}/v1/sagas/{spin}", server.url), "the spin saga's end", |d| {
+        d["state"] == "compensated"
+    })
+    .await;
 
     // Memory: 32 MiB is over small's 16 MiB cap and under big's default 64 MiB.
     let bomb = json!({"name": "alloc", "plugin": "scripted", "retry_count": 0,
@@ -282,7 +287,8 @@ on_both_stores!(plugins_reach_only_their_tenants_allowed_hosts, |url: String| as
     let db = url.starts_with("postgres").then_some(url.as_str());
     let target = common::HttpParticipant::start(common::Script::default()).await;
     let host = target.url.trim_start_matches("http://").to_string();
-    let server = Server::start(dir.path(), db, &["--admin-token", ADMIN]).await;
+    // The target listens on loopback, which tenants reach only when the operator allows it.
+    let server = Server::start(dir.path(), db, &["--admin-token", ADMIN, "--allow-private-endpoints"]).await;
     let admin = Caller { server: &server, key: Some(ADMIN.into()) };
     let (_, open) = admin.post("/v1/admin/tenants", json!({"tenant_id": "open", "allowed_hosts": [host]})).await;
     let (_, closed) = admin.post("/v1/admin/tenants", json!({"tenant_id": "closed"})).await;

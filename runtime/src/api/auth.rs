@@ -2,19 +2,20 @@
 //! only a salted SHA-256 of the secret, compared in constant time. With no tenant configured
 //! every request is the implicit tenant `default` and needs no key.
 
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::input::{Id, IdPair, JsonBody};
 use super::{AppState, ApiError, parse};
-use crate::plugin::{CallLimits, valid_name};
+use crate::outbound::{DEFAULT_MAX_ANSWER_BYTES, HostRule, MAX_ANSWER_BYTES_LIMIT};
+use crate::participant::TenantGrant;
+use crate::plugin::{CallLimits, HostShare, valid_name};
 use crate::store::{KeyRow, TenantRow, now_ms};
 
 /// The calling tenant, established from the request's API key, and who called: `key:<id>`,
@@ -27,6 +28,13 @@ impl FromRequestParts<AppState> for Tenant {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let store = &state.inner.store;
         if !store.has_tenants().await? {
+            if !state.inner.single_tenant {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "no tenant exists yet: an operator creates one with the admin API (this server does not serve single-tenant mode beyond loopback)",
+                ));
+            }
             return Ok(Tenant(crate::api_tenant().to_string(), "anonymous".into()));
         }
         let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m.to_string());
@@ -37,23 +45,18 @@ impl FromRequestParts<AppState> for Tenant {
             return Err(unauthorized("unknown or revoked API key"));
         }
         let limits = state.load_tenant_limits(&key.tenant_id).await?;
-        let length = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        let is_upload = parts.uri.path().starts_with("/v1/plugins/");
-        if let (Some(max), Some(length), false) = (limits.max_body_bytes, length, is_upload)
-            && length > max
-        {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("the body is {length} bytes; this tenant may send at most {max}"),
-            ));
+        // JSON bodies are read under this cap, on the bytes read (uploads have their own).
+        if let Some(max) = limits.max_body_bytes {
+            parts.extensions.insert(super::input::TenantBodyCap(usize::try_from(max).unwrap_or(usize::MAX)));
         }
         Ok(Tenant(key.tenant_id, format!("key:{}", key.key_id)))
     }
 }
 
+/// The credentials of `Authorization: Bearer <token>` (the scheme in any case, RFC 7235).
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+    let (scheme, token) = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 fn split_key(token: &str) -> Option<(&str, &str)> {
@@ -91,9 +94,17 @@ pub struct TenantLimits {
     pub max_component_bytes: Option<usize>,
     /// Versions a plugin name of this tenant may have.
     pub max_versions: Option<i64>,
-    /// Largest request body (by Content-Length) this tenant may send to JSON endpoints; the
-    /// server's own caps (1 MiB JSON, 64 MiB components) still apply.
+    /// Largest request body this tenant may send to JSON endpoints, counted on the bytes
+    /// read; the server's own caps (1 MiB JSON, 64 MiB components) still apply.
     pub max_body_bytes: Option<u64>,
+    /// Plugin instances this tenant's calls may hold at once (default: the host's pool).
+    pub max_instances: Option<u32>,
+    /// Sum of the memory caps of this tenant's concurrent plugin calls, in MiB (default: no
+    /// bound but `max_instances` × `memory_mb`).
+    pub max_plugin_memory_mb: Option<u64>,
+    /// Largest answer accepted from this tenant's HTTP participants and plugins, in bytes
+    /// (default 1 MiB, at most 16 MiB).
+    pub max_answer_bytes: Option<usize>,
 }
 
 impl TenantLimits {
@@ -110,7 +121,36 @@ impl TenantLimits {
         if self.max_versions.is_some_and(|v| v < 1) || self.max_component_bytes.is_some_and(|b| b == 0) {
             return Err("limits.max_versions and limits.max_component_bytes must be positive".into());
         }
+        if self.max_instances.is_some_and(|n| n == 0) {
+            return Err("limits.max_instances must be at least 1".into());
+        }
+        if self.max_plugin_memory_mb.is_some_and(|m| !(1..=1 << 20).contains(&m)) {
+            return Err("limits.max_plugin_memory_mb must be between 1 and 1048576".into());
+        }
+        if self.max_answer_bytes.is_some_and(|b| !(1..=MAX_ANSWER_BYTES_LIMIT).contains(&b)) {
+            return Err(format!("limits.max_answer_bytes must be between 1 and {MAX_ANSWER_BYTES_LIMIT}"));
+        }
+        if self.max_body_bytes.is_some_and(|b| b == 0) {
+            return Err("limits.max_body_bytes must be positive".into());
+        }
         Ok(())
+    }
+
+    /// What the invoker applies to this tenant's calls.
+    pub fn grant(&self, allowed_hosts: Vec<HostRule>) -> TenantGrant {
+        TenantGrant {
+            limits: self.call_limits(),
+            allowed_hosts: allowed_hosts.into(),
+            max_answer_bytes: self.max_answer_bytes.unwrap_or(DEFAULT_MAX_ANSWER_BYTES),
+        }
+    }
+
+    /// This tenant's share of the Wasm host.
+    pub fn share(&self) -> HostShare {
+        HostShare {
+            max_instances: self.max_instances,
+            max_memory_bytes: self.max_plugin_memory_mb.map(|m| usize::try_from(m << 20).unwrap_or(usize::MAX)),
+        }
     }
 
     pub fn call_limits(&self) -> CallLimits {
@@ -137,8 +177,10 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
     let Some(expected) = &state.inner.admin_token else {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "admin_disabled", "the admin API is off: start the server with WASMTX_ADMIN_TOKEN set"));
     };
+    // Compared as digests, so neither the token's content nor its length shows in the timing.
+    let digest = |t: &str| Sha256::digest(t.as_bytes());
     match bearer(headers) {
-        Some(given) if constant_time_eq(given.as_bytes(), expected.as_bytes()) => Ok(()),
+        Some(given) if constant_time_eq(&digest(given), &digest(expected)) => Ok(()),
         _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the admin token is missing or wrong")),
     }
 }
@@ -146,23 +188,26 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
 pub(super) async fn create_tenant(
     State(s): State<AppState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
     require_admin(&s, &headers)?;
     let req: CreateTenant = parse(body)?;
     if !valid_name(&req.tenant_id) {
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "tenant_id must be 1-64 of a-z, 0-9, '-', '_'"));
     }
+    // Everything made in single-tenant mode belongs to `default`: a tenant of that name would
+    // silently take it over.
+    if req.tenant_id == crate::api_tenant() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reserved_tenant_id",
+            "tenant_id `default` is reserved: it owns what was created in single-tenant mode",
+        ));
+    }
     let limits = req.limits.unwrap_or_default();
     limits.validate().map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", m))?;
     let hosts = req.allowed_hosts.unwrap_or_default();
-    if hosts.len() > 100 || hosts.iter().any(|h| h.is_empty() || h.len() > 255 || h.contains(['/', ' ', '@'])) {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_request",
-            "allowed_hosts must be at most 100 entries of `host` or `host:port`",
-        ));
-    }
+    crate::outbound::parse_rules(&hosts).map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", m))?;
     let row = TenantRow {
         tenant_id: req.tenant_id.clone(),
         limits: serde_json::to_value(&limits).expect("limits serialise"),
@@ -179,7 +224,7 @@ pub(super) async fn create_tenant(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-pub(super) async fn add_key(State(s): State<AppState>, headers: HeaderMap, Path(tenant): Path<String>) -> Result<Response, ApiError> {
+pub(super) async fn add_key(State(s): State<AppState>, headers: HeaderMap, Id(tenant): Id) -> Result<Response, ApiError> {
     require_admin(&s, &headers)?;
     if s.inner.store.tenant(&tenant).await?.is_none() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no tenant {tenant:?}")));
@@ -193,7 +238,7 @@ pub(super) async fn add_key(State(s): State<AppState>, headers: HeaderMap, Path(
 pub(super) async fn revoke_key(
     State(s): State<AppState>,
     headers: HeaderMap,
-    Path((tenant, key_id)): Path<(String, String)>,
+    IdPair(tenant, key_id): IdPair,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&s, &headers)?;
     if !s.inner.store.revoke_key(&tenant, &key_id, now_ms()).await? {

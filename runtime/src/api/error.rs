@@ -32,6 +32,23 @@ impl ApiError {
     }
 }
 
+/// The code of an error answer the router or HTTP layer made itself (405, 413, 414, …).
+pub fn code_for(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::URI_TOO_LONG => "uri_too_long",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::TOO_MANY_REQUESTS => "too_many_requests",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
@@ -78,6 +95,8 @@ impl From<SagaError> for ApiError {
             SagaError::WrongState { .. } => ApiError::new(StatusCode::CONFLICT, "wrong_state", e.to_string()),
             SagaError::Busy(_) => ApiError::new(StatusCode::CONFLICT, "busy", e.to_string()),
             SagaError::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.to_string()),
+            SagaError::EndpointRefused(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "endpoint_refused", e.to_string()),
+            SagaError::Internal(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
             SagaError::Plugin(e) => e.into(),
             SagaError::Store(e) => e.into(),
         }
@@ -93,6 +112,8 @@ impl From<crate::tpc::TpcError> for ApiError {
             TpcError::DecidedCommit(_) => ApiError::new(StatusCode::CONFLICT, "decided_commit", e.to_string()),
             TpcError::Busy(_) => ApiError::new(StatusCode::CONFLICT, "busy", e.to_string()),
             TpcError::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.to_string()),
+            TpcError::EndpointRefused(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "endpoint_refused", e.to_string()),
+            TpcError::Internal(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
             TpcError::Plugin(e) => e.into(),
             TpcError::Store(e) => e.into(),
         }

@@ -4,12 +4,11 @@
 
 mod auth;
 mod error;
+mod input;
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -20,6 +19,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 pub use error::ApiError;
+pub use input::{BODY_READ_TIMEOUT, MAX_COMPONENT_BODY, MAX_HEADER_BYTES, MAX_JSON_BODY, MAX_URI_BYTES};
+use input::{Id, JsonBody, UploadBody};
 
 use crate::participant::Invoker;
 use crate::plugin::Catalog;
@@ -27,12 +28,10 @@ use auth::Tenant;
 use crate::saga::{CreateSaga, SagaEngine, SagaError, SagaState, StepSpec, rfc3339};
 use crate::tpc::{CreateTpc, ParticipantSpec, TpcEngine, TpcError};
 use crate::manager::{CreateManaged, ManagedParticipant, Manager, ManagerError, Status};
+use crate::model::Progress;
 use crate::store::{IdempotentReply, Store, StoreError, now_ms};
+use tokio::sync::broadcast;
 
-/// Largest JSON body accepted.
-pub const MAX_JSON_BODY: usize = 1 << 20;
-/// Largest component upload accepted.
-pub const MAX_COMPONENT_BODY: usize = 64 << 20;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -41,11 +40,13 @@ pub struct AppState {
 
 struct Shared {
     admin_token: Option<String>,
+    single_tenant: bool,
     invoker: Invoker,
     /// Limits of the tenants seen so far (they do not change after creation).
     limits: std::sync::RwLock<std::collections::HashMap<String, auth::TenantLimits>>,
-    /// Executions in flight per tenant in this process, for `max_concurrent`.
-    in_flight: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Per tenant with a `max_concurrent`, held while an execution is admitted: counting the
+    /// running transactions and starting one happen as one step in this process.
+    admissions: std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     store: Store,
     catalog: Catalog,
     sagas: SagaEngine,
@@ -63,6 +64,9 @@ pub struct Services {
     pub manager: Manager,
     /// The bearer token of the admin API (`WASMTX_ADMIN_TOKEN`); `None` turns it off.
     pub admin_token: Option<String>,
+    /// Whether requests without a key are served as the implicit tenant while no tenant
+    /// exists (single-tenant mode); otherwise they answer 401 until one does.
+    pub single_tenant: bool,
 }
 
 impl AppState {
@@ -70,9 +74,10 @@ impl AppState {
         AppState {
             inner: Arc::new(Shared {
                 admin_token: s.admin_token.filter(|t| !t.is_empty()),
+                single_tenant: s.single_tenant,
                 invoker: s.invoker,
                 limits: Default::default(),
-                in_flight: Default::default(),
+                admissions: Default::default(),
                 store: s.store,
                 catalog: s.catalog,
                 sagas: s.sagas,
@@ -87,60 +92,109 @@ impl AppState {
         if let Some(limits) = self.inner.limits.read().unwrap().get(tenant) {
             return Ok(limits.clone());
         }
-        let row = self.inner.store.tenant(tenant).await?;
-        let hosts: Vec<String> =
-            row.as_ref().and_then(|r| serde_json::from_value(r.allowed_hosts.clone()).ok()).unwrap_or_default();
-        let limits: auth::TenantLimits =
-            row.and_then(|r| serde_json::from_value(r.limits).ok()).unwrap_or_default();
-        self.inner.invoker.set_tenant_limits(tenant, limits.call_limits(), hosts);
+        let Some(row) = self.inner.store.tenant(tenant).await? else {
+            return Ok(auth::TenantLimits::default());
+        };
+        let hosts: Vec<String> = serde_json::from_value(row.allowed_hosts.clone()).unwrap_or_default();
+        let rules = hosts.iter().filter_map(|h| match crate::outbound::HostRule::parse(h) {
+            Ok(rule) => Some(rule),
+            Err(e) => {
+                tracing::warn!(tenant, "ignoring a stored allowed_hosts entry: {e}");
+                None
+            }
+        });
+        let limits: auth::TenantLimits = serde_json::from_value(row.limits).unwrap_or_default();
+        self.inner.invoker.set_tenant(tenant, limits.grant(rules.collect()));
+        self.inner.invoker.host().set_share(tenant, limits.share());
         self.inner.limits.write().unwrap().insert(tenant.to_string(), limits.clone());
         Ok(limits)
     }
 
-    /// Loads every tenant's limits, so work recovered at start-up runs under them too.
+    /// Loads the limits of every tenant not loaded yet, so work recovered here (at start-up,
+    /// or from a coordinator that died) runs under its tenant's limits and outbound policy.
     pub async fn load_all_tenants(&self) -> Result<usize, ApiError> {
         let tenants = self.inner.store.tenant_ids().await?;
         for t in &tenants {
-            self.load_tenant_limits(t).await?;
+            if !self.inner.invoker.knows_tenant(t) {
+                self.load_tenant_limits(t).await?;
+            }
         }
         Ok(tenants.len())
     }
 
-    /// Records a write in the tenant's audit trail.
+    /// Records what was done in the tenant's audit trail (after it was done).
     async fn audit(&self, tenant: &str, actor: &str, action: &str, detail: Value) -> Result<(), ApiError> {
         Ok(self.inner.store.audit(tenant, actor, action, &detail).await?)
     }
 
-    /// Counts an execution against the tenant's `max_concurrent`; 429 when it is full.
-    fn begin_execution(&self, tenant: &str) -> Result<InFlight, ApiError> {
+    /// Runs `run`, an execution that starts a transaction, under `tenant`'s `max_concurrent`:
+    /// 429 when that many of its sagas and 2PC transactions are running already (counted in
+    /// the store, so whatever started them and whichever coordinator drives them). Counting
+    /// and starting are one step per tenant in this process: the admission is held until the
+    /// start is durable — `run` returned, or the first write of `started`'s transaction was
+    /// announced. `run` is its own task, so a client hanging up never stops it half-way.
+    async fn execution<T, F>(&self, tenant: &str, started: Option<(broadcast::Receiver<Progress>, &str)>, run: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
+    {
+        let _gauge = InFlight::count(self);
         let max = self.inner.limits.read().unwrap().get(tenant).and_then(|l| l.max_concurrent);
-        let mut in_flight = self.inner.in_flight.lock().unwrap();
-        let n = in_flight.entry(tenant.to_string()).or_default();
-        if max.is_some_and(|max| *n >= max) {
+        let Some(max) = max else { return run.await };
+        let gate = self.inner.admissions.lock().unwrap().entry(tenant.to_string()).or_default().clone();
+        let admitted = gate.lock().await;
+        let running = self.inner.store.count_active(tenant).await?;
+        if running >= max as i64 {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_executions",
-                format!("tenant {tenant} already runs its maximum of {} executions", max.unwrap_or_default()),
+                format!("tenant {tenant} already runs its maximum of {max} transactions"),
             ));
         }
-        *n += 1;
-        self.inner.invoker.metrics().add_in_flight(1);
-        Ok(InFlight { state: self.clone(), tenant: tenant.to_string() })
+        let mut task = tokio::spawn(run);
+        let done = match started {
+            None => Some((&mut task).await),
+            Some((mut progress, id)) => tokio::select! {
+                done = &mut task => Some(done),
+                () = first_write_of(&mut progress, id) => None,
+            },
+        };
+        drop(admitted);
+        let done = match done {
+            Some(done) => done,
+            None => task.await,
+        };
+        done.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the execution failed: {e}")))?
     }
 }
 
-/// One execution in flight; dropping it frees the slot.
-struct InFlight {
-    state: AppState,
-    tenant: String,
+/// Waits for the first durable write of transaction `id` announced on `progress`.
+async fn first_write_of(progress: &mut broadcast::Receiver<Progress>, id: &str) {
+    loop {
+        match progress.recv().await {
+            Ok(p) if p.tx_id == id => return,
+            Ok(_) => {}
+            // Missed announcements may have held it: stop waiting, the count is in the store.
+            Err(broadcast::error::RecvError::Lagged(_)) => return,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+        }
+    }
+}
+
+/// One execution in flight, for the metrics gauge.
+struct InFlight(Arc<crate::metrics::Metrics>);
+
+impl InFlight {
+    fn count(state: &AppState) -> InFlight {
+        let metrics = state.inner.invoker.metrics().clone();
+        metrics.add_in_flight(1);
+        InFlight(metrics)
+    }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(n) = self.state.inner.in_flight.lock().unwrap().get_mut(&self.tenant) {
-            *n = n.saturating_sub(1);
-        }
-        self.state.inner.invoker.metrics().add_in_flight(-1);
+        self.0.add_in_flight(-1);
     }
 }
 
@@ -175,14 +229,30 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/admin/tenants/{id}/keys/{key_id}", axum::routing::delete(auth::revoke_key))
         .route("/v1/audit", get(audit_log))
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(MAX_JSON_BODY));
-    let upload = Router::new()
-        .route("/v1/plugins/{name}", put(put_plugin))
-        .layer(DefaultBodyLimit::max(MAX_COMPONENT_BODY));
-    json_routes.merge(upload).fallback(not_found).with_state(state)
+        .route("/metrics", get(metrics));
+    let upload = Router::new().route("/v1/plugins/{name}", put(put_plugin));
+    json_routes
+        .merge(upload)
+        .fallback(not_found)
+        .with_state(state)
+        .layer(axum::middleware::from_fn(input::json_errors))
+        .layer(axum::middleware::from_fn(input::bounded_request))
 }
 
+
+/// Answers 503 `request_timeout` for a request still running after `limit` (what it started
+/// keeps running: engines drive transactions in their own tasks).
+pub async fn deadline(State(limit): State<std::time::Duration>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "request_timeout",
+            format!("the request took longer than {} ms; a transaction it started keeps running (GET it to follow it)", limit.as_millis()),
+        )
+        .into_response(),
+    }
+}
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
@@ -219,13 +289,17 @@ async fn healthz(State(s): State<AppState>) -> Response {
     }
 }
 
-/// Parses a JSON body: bad syntax → 400, wrong shape → 422, too large → 413.
-fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let bytes = body.map_err(ApiError::from_body_rejection)?;
-    parse_bytes(&bytes)
+/// Parses a JSON body (read within its caps by `JsonBody`): bad syntax → 400, wrong shape
+/// (an array where an object is expected included) → 422.
+fn parse<T: DeserializeOwned>(body: JsonBody) -> Result<T, ApiError> {
+    parse_bytes(&body.0)
 }
 
 fn parse_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // serde reads a struct from an array too; every body of the API is an object.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "the body must be a JSON object"));
+    }
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.to_string()),
         _ => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", format!("the body is not valid JSON: {e}")),
@@ -233,8 +307,8 @@ fn parse_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 /// Parses an optional JSON body (empty means `default`).
-fn parse_optional<T: DeserializeOwned + Default>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
-    let bytes = body.map_err(ApiError::from_body_rejection)?;
+fn parse_optional<T: DeserializeOwned + Default>(body: JsonBody) -> Result<T, ApiError> {
+    let bytes = body.0;
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
@@ -246,10 +320,9 @@ fn parse_optional<T: DeserializeOwned + Default>(body: Result<Bytes, BytesReject
 async fn put_plugin(
     State(s): State<AppState>,
     Tenant(tenant, actor): Tenant,
-    Path(name): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    Id(name): Id,
+    UploadBody(bytes): UploadBody,
 ) -> Result<Response, ApiError> {
-    let bytes = body.map_err(ApiError::from_body_rejection)?;
     let limits = s.inner.limits.read().unwrap().get(&tenant).cloned().unwrap_or_default();
     if let Some(max) = limits.max_component_bytes
         && bytes.len() > max
@@ -262,7 +335,7 @@ async fn put_plugin(
     }
     if let Some(max) = limits.max_versions {
         let versions = s.inner.store.plugin_versions(&tenant, &name).await?;
-        let digest = crate::plugin::digest_of(&bytes);
+        let digest = crate::plugin::digest_off_thread(&bytes).await;
         if versions.len() as i64 >= max && !versions.iter().any(|v| v.digest == digest) {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -292,7 +365,7 @@ async fn list_plugins(State(s): State<AppState>, Tenant(tenant, _actor): Tenant)
     Ok(Json(json!({ "plugins": plugins })))
 }
 
-async fn get_plugin(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_plugin(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Id(name): Id) -> Result<Json<Value>, ApiError> {
     let rows = s.inner.store.plugin_versions(&tenant, &name).await?;
     if rows.is_empty() {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no plugin named {name:?}")));
@@ -310,14 +383,22 @@ async fn create_saga(
     State(s): State<AppState>,
     Tenant(tenant, actor): Tenant,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
-    idempotent_create(&s, &tenant, &actor, &headers, body, |s, tenant, bytes, id| async move {
+    idempotent_create(&s, "sagas", &tenant, &actor, &headers, body, |s, tenant, bytes, id| async move {
         let req: CreateSaga = parse_bytes(&bytes)?;
-        let saga = match s.inner.sagas.create_with_id(&tenant, req, id).await {
-            Err(SagaError::Store(StoreError::Conflict { id, .. })) => s.inner.sagas.get(&tenant, &id).await?,
-            created => created?,
+        let create = {
+            let (s, tenant) = (s.clone(), tenant.clone());
+            async move {
+                Ok(match s.inner.sagas.create_with_id(&tenant, req, id).await {
+                    Err(SagaError::Store(StoreError::Conflict { id, .. })) => s.inner.sagas.get(&tenant, &id).await?,
+                    created => created?,
+                })
+            }
         };
+        // A create that also starts the saga is an execution, counted like one.
+        let starts = serde_json::from_slice::<Value>(&bytes).ok().and_then(|v| v.get("execute")?.as_bool()) == Some(true);
+        let saga = if starts { s.execution(&tenant, None, create).await? } else { create.await? };
         Ok(json!({"status": "success", "saga_id": saga.id(), "state": saga.state.as_str()}))
     })
     .await
@@ -332,18 +413,21 @@ async fn create_saga(
 /// with another body not be told apart: the first body's hash was never stored.)
 async fn idempotent_create<F, Fut>(
     s: &AppState,
+    scope: &str,
     tenant: &str,
     actor: &str,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: JsonBody,
     create: F,
 ) -> Result<Response, ApiError>
 where
-    F: FnOnce(AppState, String, Bytes, Option<uuid::Uuid>) -> Fut,
+    F: FnOnce(AppState, String, axum::body::Bytes, Option<uuid::Uuid>) -> Fut,
     Fut: std::future::Future<Output = Result<Value, ApiError>>,
 {
-    let bytes = body.map_err(ApiError::from_body_rejection)?;
-    let key = idempotency_key(headers)?;
+    let bytes = body.0;
+    // Keys are scoped per endpoint: the same key on `POST /v1/sagas` and `POST /v1/2pc`
+    // names two requests.
+    let key = idempotency_key(headers)?.map(|k| format!("{scope}:{k}"));
     let request_hash = hex::encode(Sha256::digest(&bytes));
     if let Some(key) = &key
         && let Some(reply) = s.inner.store.idempotent_reply(tenant, key).await?
@@ -383,7 +467,7 @@ fn resource_id(tenant: &str, key: &str) -> uuid::Uuid {
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
     match value.to_str() {
-        Ok(k) if !k.is_empty() && k.len() <= 255 => Ok(Some(k.to_string())),
+        Ok(k) if !k.is_empty() && k.len() <= 255 && !k.contains(char::is_control) => Ok(Some(k.to_string())),
         _ => Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_idempotency_key", "Idempotency-Key must be 1-255 visible ASCII characters")),
     }
 }
@@ -391,12 +475,12 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 async fn add_step(
     State(s): State<AppState>,
     Tenant(tenant, actor): Tenant,
-    Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    Id(id): Id,
+    body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    s.audit(&tenant, &actor, "step_added", json!({"id": id})).await?;
     let spec: StepSpec = parse(body)?;
     let (index, total) = s.inner.sagas.add_step(&tenant, &id, spec).await?;
+    s.audit(&tenant, &actor, "step_added", json!({"id": id})).await?;
     Ok(Json(json!({"status": "success", "step_index": index, "total_steps": total})))
 }
 
@@ -420,33 +504,39 @@ fn yes() -> bool {
 async fn execute_saga(
     State(s): State<AppState>,
     Tenant(tenant, actor): Tenant,
-    Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    Id(id): Id,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
-    s.audit(&tenant, &actor, "saga_execute", json!({"id": id})).await?;
-    let _slot = s.begin_execution(&tenant)?;
     let req: ExecuteBody = parse_optional(body)?;
-    let saga = s.inner.sagas.execute(&tenant, &id, req.wait).await?;
+    let run = {
+        let (engine, tenant, id) = (s.inner.sagas.clone(), tenant.clone(), id.clone());
+        async move { Ok(engine.execute(&tenant, &id, req.wait).await?) }
+    };
+    let saga = s.execution(&tenant, Some((s.inner.sagas.subscribe(), &id)), run).await?;
+    s.audit(&tenant, &actor, "saga_execute", json!({"id": id})).await?;
     let status = if req.wait { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((status, Json(saga.document())).into_response())
 }
 
-async fn get_saga(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_saga(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
     Ok(Json(s.inner.sagas.get(&tenant, &id).await?.document()))
 }
 
-async fn resume_saga(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn resume_saga(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
+    // A resumed saga was counted as running when it started; resuming adds none.
+    let _gauge = InFlight::count(&s);
+    let saga = s.inner.sagas.resume(&tenant, &id).await?;
     s.audit(&tenant, &actor, "saga_resume", json!({"id": id})).await?;
-    let _slot = s.begin_execution(&tenant)?;
-    Ok(Json(s.inner.sagas.resume(&tenant, &id).await?.document()))
+    Ok(Json(saga.document()))
 }
 
-async fn cancel_saga(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn cancel_saga(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
+    let saga = s.inner.sagas.cancel(&tenant, &id).await?;
     s.audit(&tenant, &actor, "saga_cancel", json!({"id": id})).await?;
-    Ok(Json(s.inner.sagas.cancel(&tenant, &id).await?.document()))
+    Ok(Json(saga.document()))
 }
 
-async fn saga_history(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn saga_history(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
     Ok(Json(history_document(s.inner.sagas.history(&tenant, &id).await?)))
 }
 
@@ -493,9 +583,9 @@ async fn create_tpc(
     State(s): State<AppState>,
     Tenant(tenant, actor): Tenant,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
-    idempotent_create(&s, &tenant, &actor, &headers, body, |s, tenant, bytes, id| async move {
+    idempotent_create(&s, "2pc", &tenant, &actor, &headers, body, |s, tenant, bytes, id| async move {
         let req: CreateTpc = parse_bytes(&bytes)?;
         let tx = match s.inner.tpc.create_with_id(&tenant, req, id).await {
             Err(TpcError::Store(StoreError::Conflict { id, .. })) => s.inner.tpc.get(&tenant, &id).await?,
@@ -509,37 +599,44 @@ async fn create_tpc(
 async fn add_participant(
     State(s): State<AppState>,
     Tenant(tenant, actor): Tenant,
-    Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    Id(id): Id,
+    body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    s.audit(&tenant, &actor, "participant_added", json!({"id": id})).await?;
     let spec: ParticipantSpec = parse(body)?;
     let total = s.inner.tpc.add_participant(&tenant, &id, spec).await?;
+    s.audit(&tenant, &actor, "participant_added", json!({"id": id})).await?;
     Ok(Json(json!({"status": "success", "total_participants": total})))
 }
 
-async fn execute_tpc(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn execute_tpc(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
+    let run = {
+        let (engine, tenant, id) = (s.inner.tpc.clone(), tenant.clone(), id.clone());
+        async move { Ok(engine.execute(&tenant, &id).await?) }
+    };
+    let tx = s.execution(&tenant, Some((s.inner.tpc.subscribe(), &id)), run).await?;
     s.audit(&tenant, &actor, "tpc_execute", json!({"id": id})).await?;
-    let _slot = s.begin_execution(&tenant)?;
-    Ok(Json(s.inner.tpc.execute(&tenant, &id).await?.document()))
+    Ok(Json(tx.document()))
 }
 
-async fn abort_tpc(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn abort_tpc(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
+    let tx = s.inner.tpc.abort(&tenant, &id).await?;
     s.audit(&tenant, &actor, "tpc_abort", json!({"id": id})).await?;
-    Ok(Json(s.inner.tpc.abort(&tenant, &id).await?.document()))
+    Ok(Json(tx.document()))
 }
 
-async fn recover_tpc(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn recover_tpc(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
+    // A recovered transaction was counted as running when it started.
+    let _gauge = InFlight::count(&s);
+    let tx = s.inner.tpc.recover(&tenant, &id).await?;
     s.audit(&tenant, &actor, "tpc_recover", json!({"id": id})).await?;
-    let _slot = s.begin_execution(&tenant)?;
-    Ok(Json(s.inner.tpc.recover(&tenant, &id).await?.document()))
+    Ok(Json(tx.document()))
 }
 
-async fn get_tpc(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_tpc(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
     Ok(Json(s.inner.tpc.get(&tenant, &id).await?.document()))
 }
 
-async fn tpc_history(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn tpc_history(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
     Ok(Json(history_document(s.inner.tpc.history(&tenant, &id).await?)))
 }
 
@@ -549,9 +646,9 @@ async fn create_managed(
     State(s): State<AppState>,
     Tenant(tenant, actor): Tenant,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: JsonBody,
 ) -> Result<Response, ApiError> {
-    idempotent_create(&s, &tenant, &actor, &headers, body, |s, tenant, bytes, id| async move {
+    idempotent_create(&s, "transactions", &tenant, &actor, &headers, body, |s, tenant, bytes, id| async move {
         let req: CreateManaged = parse_bytes(&bytes)?;
         let m = match s.inner.manager.create_with_id(&tenant, req, id).await {
             Err(ManagerError::Store(StoreError::Conflict { id, .. })) => s.inner.manager.get(&tenant, &id).await?,
@@ -565,12 +662,12 @@ async fn create_managed(
 async fn add_managed_participant(
     State(s): State<AppState>,
     Tenant(tenant, actor): Tenant,
-    Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    Id(id): Id,
+    body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    s.audit(&tenant, &actor, "participant_added", json!({"id": id})).await?;
     let spec: ManagedParticipant = parse(body)?;
     let total = s.inner.manager.add_participant(&tenant, &id, spec).await?;
+    s.audit(&tenant, &actor, "participant_added", json!({"id": id})).await?;
     Ok(Json(json!({"status": "success", "total_participants": total})))
 }
 
@@ -588,35 +685,38 @@ async fn managed_document(s: &AppState, tenant: &str, m: crate::manager::Managed
 async fn execute_managed(
     State(s): State<AppState>,
     Tenant(tenant, actor): Tenant,
-    Path(id): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    Id(id): Id,
+    body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
-    s.audit(&tenant, &actor, "transaction_execute", json!({"id": id})).await?;
-    let _slot = s.begin_execution(&tenant)?;
     let req: ExecuteManaged = parse_optional(body)?;
-    let m = s.inner.manager.execute(&tenant, &id, req.pattern.as_deref()).await?;
+    let run = {
+        let (manager, tenant, id) = (s.inner.manager.clone(), tenant.clone(), id.clone());
+        async move { Ok(manager.execute(&tenant, &id, req.pattern.as_deref()).await?) }
+    };
+    let m = s.execution(&tenant, Some((s.inner.manager.subscribe(), &id)), run).await?;
+    s.audit(&tenant, &actor, "transaction_execute", json!({"id": id})).await?;
     managed_document(&s, &tenant, m).await
 }
 
-async fn get_managed(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn get_managed(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
     let m = s.inner.manager.get(&tenant, &id).await?;
     managed_document(&s, &tenant, m).await
 }
 
-async fn abort_managed(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    s.audit(&tenant, &actor, "transaction_abort", json!({"id": id})).await?;
+async fn abort_managed(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
     let m = s.inner.manager.abort(&tenant, &id).await?;
+    s.audit(&tenant, &actor, "transaction_abort", json!({"id": id})).await?;
     managed_document(&s, &tenant, m).await
 }
 
-async fn recover_managed(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    s.audit(&tenant, &actor, "transaction_recover", json!({"id": id})).await?;
-    let _slot = s.begin_execution(&tenant)?;
+async fn recover_managed(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
+    let _gauge = InFlight::count(&s);
     let m = s.inner.manager.recover(&tenant, &id).await?;
+    s.audit(&tenant, &actor, "transaction_recover", json!({"id": id})).await?;
     managed_document(&s, &tenant, m).await
 }
 
-async fn managed_history(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn managed_history(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
     Ok(Json(history_document(s.inner.manager.history(&tenant, &id).await?)))
 }
 
@@ -655,7 +755,7 @@ struct DefaultPolicy {
 async fn set_default_policy(
     State(s): State<AppState>,
     Tenant(tenant, actor): Tenant,
-    body: Result<Bytes, BytesRejection>,
+    body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let req: DefaultPolicy = parse(body)?;
     s.inner.manager.set_default_policy(&tenant, &req.policy).await?;

@@ -272,6 +272,7 @@ async fn bench_transactions(report: &mut Report, scenario: Scenario, load: Load)
         node_id: None,
         lease_ms: 10_000,
         fuel_metering: false,
+        allow_private_endpoints: false,
     }
         .start()
         .await?;

@@ -25,6 +25,23 @@ pub struct ServeArgs {
     /// Bearer token of the admin API (creating tenants and keys); without it the admin API is off.
     #[arg(long, env = "WASMTX_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Serve single-tenant mode (no API key needed) on a non-loopback address. Without it, a
+    /// server listening beyond loopback answers 401 until a tenant exists (create one with
+    /// the admin token), and refuses to start when it has no admin token either.
+    #[arg(long, env = "WASMTX_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+    /// Connections served at once; more wait to be accepted. Raised towards the process's
+    /// file limit when that allows, lowered to fit it when not.
+    #[arg(long, env = "WASMTX_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// A client must send a request's headers within this many ms (idle keep-alive
+    /// connections included), or its connection is closed.
+    #[arg(long, env = "WASMTX_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// A request is answered within this many ms: past it the answer is 503
+    /// `request_timeout` (a transaction it started keeps running; GET it to follow it).
+    #[arg(long, env = "WASMTX_REQUEST_TIMEOUT_MS", default_value_t = 300_000)]
+    pub request_timeout_ms: u64,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -48,6 +65,11 @@ pub struct NodeArgs {
     /// Meter fuel in plugin calls, so tenants' `fuel` limits apply (costs a few percent).
     #[arg(long, env = "WASMTX_FUEL_METERING")]
     pub fuel_metering: bool,
+    /// Let every tenant's HTTP participants and plugins reach loopback, private, link-local
+    /// and other non-public addresses. Without it only public addresses are called, except
+    /// that single-tenant mode (no tenants) may call loopback, for local development.
+    #[arg(long, env = "WASMTX_ALLOW_PRIVATE_ENDPOINTS")]
+    pub allow_private_endpoints: bool,
 }
 
 /// The engines of one coordinator process.
@@ -81,7 +103,9 @@ impl NodeArgs {
             Some(id) => id.clone(),
             None => node_id_in(&self.data_dir)?,
         };
-        let invoker = Invoker::new(host, CallLimits::default()).with_node_id(&node_id);
+        let invoker = Invoker::new(host, CallLimits::default())
+            .with_node_id(&node_id)
+            .allow_private_endpoints(self.allow_private_endpoints);
         let config = EngineConfig { node_id, lease: Duration::from_millis(self.lease_ms.max(100)) };
         let sagas = SagaEngine::new(store.clone(), catalog.clone(), invoker.clone(), config.clone());
         let tpc = TpcEngine::new(store.clone(), catalog.clone(), invoker.clone(), config);
@@ -113,6 +137,14 @@ fn redact(url: &str) -> String {
 
 pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let node = args.node.start().await?;
+    let open = args.listen.ip().is_loopback() || args.allow_unauthenticated;
+    if !open && args.admin_token.as_deref().is_none_or(str::is_empty) && !node.store.has_tenants().await? {
+        anyhow::bail!(
+            "refusing to serve {} without API keys: no tenant exists and there is no admin token to create one. \
+             Set WASMTX_ADMIN_TOKEN and create a tenant, listen on loopback, or pass --allow-unauthenticated",
+            args.listen
+        );
+    }
     let state = AppState::new(Services {
         store: node.store.clone(),
         catalog: node.catalog.clone(),
@@ -121,6 +153,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tpc: node.tpc.clone(),
         manager: node.manager.clone(),
         admin_token: args.admin_token.clone(),
+        single_tenant: open,
     });
     state.load_all_tenants().await.map_err(|e| anyhow::anyhow!("loading tenants: {}", e.message))?;
     // Claims what this node held before a restart at once, then, periodically, whatever a
@@ -128,9 +161,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let _recovery = {
         let (sagas, tpc, manager) = (node.sagas.clone(), node.tpc.clone(), node.manager.clone());
         let every = Duration::from_millis((args.node.lease_ms / 2).clamp(100, 2_000));
+        let state = state.clone();
         crate::recovery::spawn_loop(every, move |own| {
-            let (sagas, tpc, manager) = (sagas.clone(), tpc.clone(), manager.clone());
+            let (sagas, tpc, manager, state) = (sagas.clone(), tpc.clone(), manager.clone(), state.clone());
             async move {
+                // Tenants created on another coordinator: their work may be recovered here.
+                if let Err(e) = state.load_all_tenants().await {
+                    tracing::warn!("loading tenants failed: {}", e.message);
+                }
                 let a = sagas.recover_expired(own).await.unwrap_or_else(|e| {
                     tracing::warn!("saga recovery pass failed: {e}");
                     0
@@ -162,13 +200,104 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let max_connections = fit_connections(args.max_connections);
     // Tests and scripts read this line to find the port.
     println!("wasmtx listening on http://{addr} (node {})", node.sagas.node_id());
-    let app = router(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await?;
+    let app = router(state).layer(axum::middleware::from_fn_with_state(
+        Duration::from_millis(args.request_timeout_ms.max(1)),
+        crate::api::deadline,
+    ));
+    let limits = Connections { max: max_connections, header_timeout: Duration::from_millis(args.header_timeout_ms.max(1)) };
+    serve_connections(listener, app, limits, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How the server treats connections.
+struct Connections {
+    max: usize,
+    header_timeout: Duration,
+}
+
+/// Accepts connections while fewer than `limits.max` are open, each served by hyper with a
+/// header-read timeout and bounded header buffers; on `shutdown`, stops accepting and lets
+/// open connections finish their requests.
+async fn serve_connections(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    limits: Connections,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max.max(1)));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        // Headers past the API's own 32 KiB cap get its JSON 431; past this, hyper's own.
+        .max_buf_size(256 << 10)
+        .keep_alive(true);
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.expect("never closed"),
+            () = &mut shutdown => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut shutdown => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, or a connection reset before it was accepted:
+                // wait a moment instead of spinning.
+                tracing::warn!("accepting a connection failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+    let _ = stop_tx.send(true);
+}
+
+/// `wanted` connections, if the process's file limit allows them with room for the store,
+/// the compiled-component cache and outbound calls: the soft limit is raised towards the
+/// hard one when needed, and the connection cap lowered to fit otherwise.
+fn fit_connections(wanted: usize) -> usize {
+    const RESERVE: u64 = 512;
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return wanted;
+    }
+    let needed = wanted as u64 + RESERVE;
+    if limit.rlim_cur < needed && limit.rlim_max > limit.rlim_cur {
+        let raised = libc::rlimit { rlim_cur: needed.min(limit.rlim_max), rlim_max: limit.rlim_max };
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = raised.rlim_cur;
+        }
+    }
+    let fits = limit.rlim_cur.saturating_sub(RESERVE).max(16) as usize;
+    if fits < wanted {
+        tracing::warn!("the file limit ({}) allows {fits} connections, not {wanted}", limit.rlim_cur);
+    }
+    wanted.min(fits)
 }

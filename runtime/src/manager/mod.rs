@@ -228,9 +228,7 @@ impl Manager {
     /// `create`, with the id's unique part given (derived from an `Idempotency-Key`, so a
     /// retried request finds what the first one created); `Conflict` if that id exists.
     pub async fn create_with_id(&self, tenant: &str, req: CreateManaged, id: Option<uuid::Uuid>) -> Result<Managed, ManagerError> {
-        if req.transaction_name.trim().is_empty() || req.transaction_name.len() > 256 {
-            return Err(ManagerError::Invalid("transaction_name must be 1-256 characters".into()));
-        }
+        crate::text::check("transaction_name", &req.transaction_name, 256).map_err(ManagerError::Invalid)?;
         let requirements = req.requirements.unwrap_or_default();
         if requirements.timeout_ms == 0 || requirements.timeout_ms > 86_400_000 {
             return Err(ManagerError::Invalid("requirements.timeout_ms must be between 1 and 86400000".into()));
@@ -283,6 +281,7 @@ impl Manager {
         let pid = spec.participant_id.clone();
         // The same checks the engines make, before anything is stored.
         as_step(&spec).validate().map_err(ManagerError::Invalid)?;
+        self.sagas.check_endpoint(tenant, &spec.endpoint)?;
         if m.doc.participants.len() >= 100 {
             return Err(ManagerError::Invalid("a transaction has at most 100 participants".into()));
         }
@@ -426,7 +425,7 @@ impl Manager {
         };
         let limits = CallLimits { timeout: POLICY_TIMEOUT, ..CallLimits::default() };
         // Policies decide from the profile alone: no outbound HTTP.
-        let tags = CallTags { tenant: tenant.into(), transaction_id: m.row.id.clone(), step: "policy".into(), allowed_hosts: Default::default() };
+        let tags = CallTags { tenant: tenant.into(), transaction_id: m.row.id.clone(), step: "policy".into(), http: None };
         let answer = self.catalog.cache().host().select(&component, profile, &limits, tags).await;
         Ok(match answer {
             Err(e) => fallback(events, m, format!("policy {name} failed: {e}")),

@@ -83,6 +83,16 @@ pub fn digest_of(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
+/// `digest_of`, on a blocking thread when the bytes are large enough to matter (a 64 MiB
+/// component hashes for ~0.2 s).
+pub async fn digest_off_thread(bytes: &[u8]) -> String {
+    if bytes.len() < (1 << 20) {
+        return digest_of(bytes);
+    }
+    let owned = bytes.to_vec();
+    tokio::task::spawn_blocking(move || digest_of(&owned)).await.expect("hashing does not panic")
+}
+
 /// Checks the binary's header: a component, not a core module or something else.
 fn check_header(bytes: &[u8], limit: usize) -> Result<(), LoadError> {
     const MAGIC: &[u8] = b"\0asm";
@@ -105,15 +115,27 @@ fn check_header(bytes: &[u8], limit: usize) -> Result<(), LoadError> {
 /// Validates and compiles `bytes`, reusing the host's disk cache when it has this digest.
 pub(crate) async fn load(host: &PluginHost, bytes: &[u8]) -> Result<Arc<Component>, LoadError> {
     check_header(bytes, host.config().max_component_bytes)?;
-    let digest = digest_of(bytes);
-    let compiled = compile_cached(host, bytes, &digest)?;
-    let roles = roles_of(host, &compiled)?;
-    let pre = host
-        .linker()
-        .instantiate_pre(&compiled)
-        .map_err(|e| LoadError::UnsupportedImport(format!("{e:#}")))?;
-    let indices = role_indices(&pre, &roles)?;
-    let component = Component { digest, roles, size: bytes.len(), pre, indices };
+    // Hashing and compiling take up to seconds of CPU: on a blocking thread, a few at a time,
+    // so uploads never stall the async workers that serve requests and drive transactions.
+    let _permit = host.compiles().acquire_owned().await.expect("never closed");
+    let (owned, on_pool) = (bytes.to_vec(), host.clone());
+    let compiled = tokio::task::spawn_blocking(move || {
+        let host = on_pool;
+        let digest = digest_of(&owned);
+        let compiled = compile_cached(&host, &owned, &digest)?;
+        let roles = roles_of(&host, &compiled)?;
+        let pre = host
+            .linker()
+            .instantiate_pre(&compiled)
+            .map_err(|e| LoadError::UnsupportedImport(format!("{e:#}")))?;
+        let indices = role_indices(&pre, &roles)?;
+        Ok::<_, LoadError>(Component { digest, roles, size: owned.len(), pre, indices })
+    })
+    .await;
+    let component = match compiled {
+        Ok(result) => result?,
+        Err(e) => return Err(LoadError::Invalid(format!("compiling the component failed: {e}"))),
+    };
     type_check(host, &component).await?;
     Ok(Arc::new(component))
 }

@@ -32,13 +32,15 @@ mod loader;
 mod registry;
 mod sandbox;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolConcurrencyLimitError, PoolingAllocationConfig, Store, Trap};
 
 use crate::model::{CallContext, Decision, Outcome, Pattern, Profile, Vote};
 use bindings::{wit_host, wit_policy, wit_types};
@@ -46,9 +48,9 @@ use sandbox::CallState;
 
 pub use catalog::{Catalog, CatalogError};
 pub use error::{CallError, LoadError, LookupError};
-pub use loader::{Component, Role, digest_of, inspect};
+pub use loader::{Component, Role, digest_of, digest_off_thread, inspect};
 pub use registry::{ComponentCache, PluginRef, PluginVersion, Registry, valid_name};
-pub use sandbox::CallTags;
+pub use sandbox::{CallTags, HttpGrant};
 
 /// How often the epoch advances; deadlines are enforced to this granularity.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -68,6 +70,8 @@ pub struct HostConfig {
     pub cache_dir: Option<PathBuf>,
     /// Largest component accepted, in bytes.
     pub max_component_bytes: usize,
+    /// Components compiled at once (on blocking threads, never the async workers).
+    pub max_concurrent_compiles: usize,
 }
 
 impl Default for HostConfig {
@@ -78,6 +82,7 @@ impl Default for HostConfig {
             fuel_metering: false,
             cache_dir: None,
             max_component_bytes: 64 << 20,
+            max_concurrent_compiles: std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2)),
         }
     }
 }
@@ -110,7 +115,38 @@ struct HostInner {
     linker: Linker<CallState>,
     config: HostConfig,
     ticker_stop: Arc<AtomicBool>,
+    /// One permit per instance slot of the pool: a call waits here (in order) for a slot
+    /// instead of failing to instantiate.
+    slots: Arc<Semaphore>,
+    /// Tenants' shares of the slots and of plugin memory, where they have one.
+    shares: RwLock<HashMap<String, Arc<ShareGate>>>,
+    /// Compilations running at once.
+    compiles: Arc<Semaphore>,
 }
+
+/// A tenant's share of the host: how many instances its calls may hold at once, and how much
+/// memory (the sum of their caps) they may reserve. `None`: no bound but the host's own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostShare {
+    pub max_instances: Option<u32>,
+    pub max_memory_bytes: Option<usize>,
+}
+
+struct ShareGate {
+    instances: Option<Arc<Semaphore>>,
+    /// Permits are MiB of memory caps.
+    memory_mib: Option<(Arc<Semaphore>, u32)>,
+}
+
+/// What a call holds while it runs: its tenant's share and a pool slot.
+struct Admission {
+    _share: Vec<OwnedSemaphorePermit>,
+    _slot: OwnedSemaphorePermit,
+}
+
+/// How long a call waits for the pool to free a slot of another kind (core instances,
+/// memories, tables) before it is reported as a failure to instantiate.
+const POOL_RETRY_FOR: Duration = Duration::from_secs(60);
 
 impl Drop for HostInner {
     fn drop(&mut self) {
@@ -168,11 +204,54 @@ impl PluginHost {
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(engine.weak(), ticker_stop.clone());
 
-        Ok(PluginHost { inner: Arc::new(HostInner { engine, linker, config, ticker_stop }) })
+        let slots = Arc::new(Semaphore::new(config.max_concurrent_instances as usize));
+        let compiles = Arc::new(Semaphore::new(config.max_concurrent_compiles.max(1)));
+        Ok(PluginHost {
+            inner: Arc::new(HostInner { engine, linker, config, ticker_stop, slots, shares: RwLock::default(), compiles }),
+        })
     }
 
     pub fn config(&self) -> &HostConfig {
         &self.inner.config
+    }
+
+    /// Sets `tenant`'s share of the host (replacing any earlier one for new calls).
+    pub fn set_share(&self, tenant: &str, share: HostShare) {
+        let gate = ShareGate {
+            instances: share.max_instances.map(|n| Arc::new(Semaphore::new(n.max(1) as usize))),
+            memory_mib: share.max_memory_bytes.map(|b| {
+                let mib = (b >> 20).max(1) as u32;
+                (Arc::new(Semaphore::new(mib as usize)), mib)
+            }),
+        };
+        self.inner.shares.write().unwrap().insert(tenant.to_string(), Arc::new(gate));
+    }
+
+    /// Instance slots in use now.
+    pub fn instances_in_use(&self) -> usize {
+        self.inner.config.max_concurrent_instances as usize - self.inner.slots.available_permits()
+    }
+
+    /// Waits for the tenant's share (when it has one), then for a pool slot: in arrival
+    /// order, so a tenant flooding the host queues behind its own share, not in front of others.
+    async fn admit(&self, tenant: &str, memory_cap: usize) -> Admission {
+        let gate = self.inner.shares.read().unwrap().get(tenant).cloned();
+        let mut share = Vec::new();
+        if let Some(gate) = gate {
+            if let Some(instances) = &gate.instances {
+                share.push(instances.clone().acquire_owned().await.expect("never closed"));
+            }
+            if let Some((memory, total)) = &gate.memory_mib {
+                let mib = (memory_cap.div_ceil(1 << 20) as u32).clamp(1, *total);
+                share.push(memory.clone().acquire_many_owned(mib).await.expect("never closed"));
+            }
+        }
+        let slot = self.inner.slots.clone().acquire_owned().await.expect("never closed");
+        Admission { _share: share, _slot: slot }
+    }
+
+    pub(crate) fn compiles(&self) -> Arc<Semaphore> {
+        self.inner.compiles.clone()
     }
 
     pub(crate) fn engine(&self) -> &Engine {
@@ -267,30 +346,37 @@ impl PluginHost {
             return Err(CallError::MissingRole { role: role.as_str() });
         }
         let memory_cap = limits.memory_bytes.min(self.inner.config.max_memory_bytes);
-        let mut store = Store::new(&self.inner.engine, CallState::new(tags, memory_cap));
-        store.limiter(|s| &mut s.limiter);
-        // Yield to the executor every few ticks: a plugin that computes never holds a worker
-        // thread for longer than that, so other tenants' calls keep running; the deadline
-        // itself is the async timeout below. Yielding at every tick measured p50 28 µs instead
-        // of 15.5 µs in `wasmtx bench plugin`; every fourth tick (20 ms) costs nothing there.
-        store.set_epoch_deadline(YIELD_EVERY_TICKS);
-        store.epoch_deadline_async_yield_and_update(YIELD_EVERY_TICKS);
-        if self.inner.config.fuel_metering {
-            store
-                .set_fuel(limits.fuel.unwrap_or(u64::MAX))
-                .map_err(|e| CallError::Instantiate(e.to_string()))?;
-        }
-
-        // One deadline for a plugin that computes (it yields every tick) and one that waits in
-        // the host (a WASI sleep, a blocked poll).
-        let result =
-            tokio::time::timeout(limits.timeout, call_in_store(component, &mut store, invocation)).await;
+        let _admission = self.admit(&tags.tenant, memory_cap).await;
+        let mut invocation = Some(invocation);
+        let mut tags = Some(tags);
+        let waiting_since = std::time::Instant::now();
+        let mut backoff = Duration::from_millis(5);
+        let (store, result) = loop {
+            let mut store = self.new_store(tags.take().expect("tags per try"), memory_cap, limits)?;
+            // One deadline for a plugin that computes (it yields every tick) and one that waits
+            // in the host (a WASI sleep, a blocked poll).
+            let call = invocation.take().expect("one invocation per try");
+            let result = tokio::time::timeout(limits.timeout, call_in_store(component, &mut store, call)).await;
+            match result {
+                // Another kind of pool slot is full (a component with many core instances):
+                // the call has not started, so it waits its turn rather than fail.
+                Ok(Err(CallFailure::Instantiate(e, back)))
+                    if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() && waiting_since.elapsed() < POOL_RETRY_FOR =>
+                {
+                    invocation = Some(back);
+                    tags = Some(store.into_data().tags);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                }
+                result => break (store, result),
+            }
+        };
         let state = store.data();
         state.flush_output();
         match result {
             Err(_elapsed) => Err(CallError::Timeout { after: limits.timeout }),
             Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(CallFailure::Instantiate(e))) => {
+            Ok(Err(CallFailure::Instantiate(e, _))) => {
                 Err(classify(e, state, limits).unwrap_or_else(CallError::Instantiate))
             }
             Ok(Err(CallFailure::Call(e))) => Err(classify(e, state, limits)
@@ -300,8 +386,28 @@ impl PluginHost {
 }
 
 enum CallFailure {
-    Instantiate(wasmtime::Error),
+    /// Instantiation failed; the invocation comes back, untouched, for another try.
+    Instantiate(wasmtime::Error, Invocation),
     Call(wasmtime::Error),
+}
+
+impl PluginHost {
+    /// A fresh store for one try of a call: its own WASI context, memory cap, epoch deadline
+    /// and fuel.
+    fn new_store(&self, tags: CallTags, memory_cap: usize, limits: &CallLimits) -> Result<Store<CallState>, CallError> {
+        let mut store = Store::new(&self.inner.engine, CallState::new(tags, memory_cap));
+        store.limiter(|s| &mut s.limiter);
+        // Yield to the executor every few ticks: a plugin that computes never holds a worker
+        // thread for longer than that, so other tenants' calls keep running; the deadline
+        // itself is the async timeout. Yielding at every tick measured p50 28 µs instead
+        // of 15.5 µs in `wasmtx bench plugin`; every fourth tick (20 ms) costs nothing there.
+        store.set_epoch_deadline(YIELD_EVERY_TICKS);
+        store.epoch_deadline_async_yield_and_update(YIELD_EVERY_TICKS);
+        if self.inner.config.fuel_metering {
+            store.set_fuel(limits.fuel.unwrap_or(u64::MAX)).map_err(|e| CallError::Instantiate(e.to_string()))?;
+        }
+        Ok(store)
+    }
 }
 
 /// Maps a wasmtime error to the limit that caused it, or returns its readable message.
@@ -330,8 +436,10 @@ async fn call_in_store(
     store: &mut Store<CallState>,
     invocation: Invocation,
 ) -> Result<Reply, CallFailure> {
-    let instance =
-        component.pre.instantiate_async(&mut *store).await.map_err(CallFailure::Instantiate)?;
+    let instance = match component.pre.instantiate_async(&mut *store).await {
+        Ok(instance) => instance,
+        Err(e) => return Err(CallFailure::Instantiate(e, invocation)),
+    };
     let indices = &component.indices;
     // `invoke` checked the role is exported, so the matching indices are present.
     let reply = async {

@@ -92,7 +92,7 @@ impl ComponentCache {
 
     /// The compiled component for `bytes`, validating and compiling them on first sight.
     pub async fn load(&self, bytes: &[u8]) -> Result<Arc<Component>, LoadError> {
-        let digest = digest_of(bytes);
+        let digest = loader::digest_off_thread(bytes).await;
         if let Some(c) = self.get(&digest) {
             return Ok(c);
         }

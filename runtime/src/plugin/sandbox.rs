@@ -1,10 +1,17 @@
 //! The per-call sandbox: a fresh `Store` state with WASI granting nothing but clocks and
 //! randomness, a memory limiter, and the `host` import. Never reused across calls.
 
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+
+use crate::outbound::{Outbound, Scope};
 
 use super::bindings::wit_host;
 
@@ -13,14 +20,21 @@ const OUTPUT_CAPTURE_BYTES: usize = 64 * 1024;
 /// Table elements a call may grow to; far above what real components use.
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
 
-/// Who a call runs for; every log line of the call carries these. `allowed_hosts` are the
-/// only hosts the plugin may reach over outbound HTTP (`host` or `host:port`; empty: none).
-#[derive(Debug, Clone, Default)]
+/// Who a call runs for; every log line of the call carries these. `http` is what the plugin
+/// may reach over outbound HTTP (`None`: nothing).
+#[derive(Clone, Default)]
 pub struct CallTags {
     pub tenant: String,
     pub transaction_id: String,
     pub step: String,
-    pub allowed_hosts: std::sync::Arc<[String]>,
+    pub http: Option<HttpGrant>,
+}
+
+/// The outbound client and the tenant's scope a plugin's wasi:http requests go through.
+#[derive(Clone)]
+pub struct HttpGrant {
+    pub outbound: Outbound,
+    pub scope: Scope,
 }
 
 pub(crate) struct CallState {
@@ -29,15 +43,15 @@ pub(crate) struct CallState {
     hooks: Allowlist,
     table: ResourceTable,
     pub(crate) limiter: MemoryLimiter,
-    pub(crate) stdout: MemoryOutputPipe,
-    pub(crate) stderr: MemoryOutputPipe,
+    pub(crate) stdout: CappedOutput,
+    pub(crate) stderr: CappedOutput,
     pub(crate) tags: CallTags,
 }
 
 impl CallState {
     pub(crate) fn new(tags: CallTags, memory_cap: usize) -> Self {
-        let stdout = MemoryOutputPipe::new(OUTPUT_CAPTURE_BYTES);
-        let stderr = MemoryOutputPipe::new(OUTPUT_CAPTURE_BYTES);
+        let stdout = CappedOutput::new(OUTPUT_CAPTURE_BYTES);
+        let stderr = CappedOutput::new(OUTPUT_CAPTURE_BYTES);
         // Defaults already deny files (no preopens), env and args; sockets are turned off
         // outright rather than merely having every address denied.
         let wasi = WasiCtx::builder()
@@ -71,6 +85,17 @@ impl CallState {
                     step = %self.tags.step,
                     stream,
                     "{line}"
+                );
+            }
+            let dropped = pipe.dropped();
+            if dropped > 0 {
+                tracing::warn!(
+                    target: "wasmtx::plugin::output",
+                    tenant = %self.tags.tenant,
+                    transaction_id = %self.tags.transaction_id,
+                    step = %self.tags.step,
+                    stream,
+                    "the plugin wrote {dropped} more bytes than the {OUTPUT_CAPTURE_BYTES} kept; they were dropped"
                 );
             }
         }
@@ -134,17 +159,9 @@ impl WasiHttpView for CallState {
     }
 }
 
-/// Outbound HTTP only to the tenant's allowed hosts; every refusal is logged.
+/// Outbound HTTP through the one outbound policy (`crate::outbound`); every refusal is logged.
 struct Allowlist {
     tags: CallTags,
-}
-
-impl Allowlist {
-    fn allows(&self, uri: &http::Uri) -> bool {
-        let Some(host) = uri.host() else { return false };
-        let with_port = uri.authority().map(|a| a.as_str()).unwrap_or(host);
-        self.tags.allowed_hosts.iter().any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(with_port))
-    }
 }
 
 type SendFuture = Box<
@@ -164,22 +181,115 @@ impl WasiHttpHooks for Allowlist {
         fut: Box<dyn std::future::Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> SendFuture {
         _ = fut;
-        if !self.allows(request.uri()) {
-            tracing::warn!(
-                target: "wasmtx::plugin::http",
-                tenant = %self.tags.tenant,
-                transaction_id = %self.tags.transaction_id,
-                step = %self.tags.step,
-                uri = %request.uri(),
-                "outbound HTTP denied: host not on the tenant's allowlist"
-            );
-            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
-        }
+        let tags = self.tags.clone();
+        // The whole exchange gets the plugin's first-byte timeout, or the call's own deadline
+        // ends it first.
+        let timeout = options.and_then(|o| o.first_byte_timeout).unwrap_or(std::time::Duration::from_secs(600));
         Box::new(async move {
-            use http_body_util::BodyExt;
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((response.map(BodyExt::boxed_unsync), Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>))
+            let uri = request.uri().to_string();
+            let result = match &tags.http {
+                Some(grant) => grant.outbound.send_plugin_request(&grant.scope, request, timeout).await,
+                None => Err(wasmtime_wasi_http::Error::HttpRequestDenied),
+            };
+            if let Err(e @ (wasmtime_wasi_http::Error::HttpRequestDenied | wasmtime_wasi_http::Error::DestinationIpProhibited)) = &result {
+                tracing::warn!(
+                    target: "wasmtx::plugin::http",
+                    tenant = %tags.tenant,
+                    transaction_id = %tags.transaction_id,
+                    step = %tags.step,
+                    uri = %uri,
+                    "outbound HTTP denied by the outbound policy: {e}"
+                );
+            }
+            let response = result?;
+            Ok((response, Box::new(async { Ok(()) }) as Box<dyn std::future::Future<Output = _> + Send>))
         })
+    }
+}
+
+/// Captures up to `cap` bytes of a plugin's stdout or stderr and drops (and counts) the rest:
+/// a chatty plugin loses output, never its call.
+#[derive(Clone)]
+pub(crate) struct CappedOutput {
+    cap: usize,
+    kept: Arc<Mutex<(Vec<u8>, usize)>>,
+}
+
+impl CappedOutput {
+    fn new(cap: usize) -> Self {
+        CappedOutput { cap, kept: Arc::default() }
+    }
+
+    fn take(&self, bytes: &[u8]) {
+        let mut kept = self.kept.lock().unwrap();
+        let room = self.cap.saturating_sub(kept.0.len()).min(bytes.len());
+        kept.0.extend_from_slice(&bytes[..room]);
+        kept.1 += bytes.len() - room;
+    }
+
+    pub(crate) fn contents(&self) -> Vec<u8> {
+        self.kept.lock().unwrap().0.clone()
+    }
+
+    /// Bytes written beyond the cap.
+    pub(crate) fn dropped(&self) -> usize {
+        self.kept.lock().unwrap().1
+    }
+}
+
+impl wasmtime_wasi::cli::IsTerminal for CappedOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for CappedOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl OutputStream for CappedOutput {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.take(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+impl Pollable for CappedOutput {
+    fn ready<'a, 'b>(&'a mut self) -> Pin<Box<dyn std::future::Future<Output = ()> + Send + 'b>>
+    where
+        'a: 'b,
+        Self: 'b,
+    {
+        Box::pin(async {})
+    }
+}
+
+impl tokio::io::AsyncWrite for CappedOutput {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.take(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 

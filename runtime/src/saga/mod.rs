@@ -31,6 +31,11 @@ use state::{MAX_STEPS, Next, Verdict, judge};
 
 const KIND: &str = "saga";
 const MAX_CONTEXT_BYTES: usize = 256 * 1024;
+/// Longest saga-wide timeout: 7 days.
+pub const MAX_SAGA_TIMEOUT_MS: u64 = 7 * 24 * 3_600_000;
+/// Most bytes of step outputs one saga keeps; an output that would pass it is refused as
+/// the step's answer (a retry), so a saga document stays storable.
+pub const MAX_SAGA_OUTPUT_BYTES: usize = 8 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SagaError {
@@ -46,6 +51,11 @@ pub enum SagaError {
     Store(#[from] StoreError),
     #[error("saga {0} is being driven by another coordinator")]
     Busy(String),
+    #[error("{0}")]
+    EndpointRefused(String),
+    /// The server failed, not the request (a driver task that panicked).
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl SagaError {
@@ -151,6 +161,11 @@ impl SagaEngine {
         &self.inner.store
     }
 
+    /// Refuses an HTTP endpoint `tenant` may not call (see `crate::outbound`).
+    pub fn check_endpoint(&self, tenant: &str, endpoint: &Option<String>) -> Result<(), SagaError> {
+        self.inner.check_endpoint(tenant, endpoint).map_err(SagaError::EndpointRefused)
+    }
+
     pub fn node_id(&self) -> &str {
         &self.inner.config.node_id
     }
@@ -184,15 +199,13 @@ impl SagaEngine {
     }
 
     async fn create_inner(&self, tenant: &str, req: CreateSaga, id: Option<uuid::Uuid>, wait: bool) -> Result<Saga, SagaError> {
-        if req.saga_name.trim().is_empty() || req.saga_name.len() > 256 {
-            return Err(SagaError::Invalid("saga_name must be 1-256 characters".into()));
-        }
+        crate::text::check("saga_name", &req.saga_name, 256).map_err(SagaError::Invalid)?;
         let context = req.context.unwrap_or_default();
         if serde_json::to_vec(&context).map_or(0, |v| v.len()) > MAX_CONTEXT_BYTES {
             return Err(SagaError::Invalid(format!("context is larger than {MAX_CONTEXT_BYTES} bytes")));
         }
-        if req.timeout_ms.is_some_and(|t| t == 0) {
-            return Err(SagaError::Invalid("timeout_ms must be positive".into()));
+        if req.timeout_ms.is_some_and(|t| t == 0 || t > MAX_SAGA_TIMEOUT_MS) {
+            return Err(SagaError::Invalid(format!("timeout_ms must be between 1 and {MAX_SAGA_TIMEOUT_MS}")));
         }
         let retry_policy = req.retry_policy.unwrap_or_default();
         retry_policy.validate().map_err(SagaError::Invalid)?;
@@ -253,6 +266,7 @@ impl SagaEngine {
         if steps.iter().any(|s| s.spec.name == spec.name) {
             return Err(SagaError::Invalid(format!("the saga already has a step named {:?}", spec.name)));
         }
+        self.inner.check_endpoint(tenant, &spec.endpoint).map_err(SagaError::EndpointRefused)?;
         if let Some(plugin) = &spec.plugin {
             let (_, component) = self.inner.catalog.resolve(tenant, plugin).await?;
             if !component.exports(crate::plugin::Role::Step) {
@@ -447,7 +461,7 @@ impl SagaEngine {
         }
         match task.await {
             Ok(result) => result,
-            Err(e) => Err(SagaError::Invalid(format!("saga driver failed: {e}"))),
+            Err(e) => Err(SagaError::Internal(format!("saga driver failed: {e}"))),
         }
     }
 
@@ -527,7 +541,16 @@ impl SagaEngine {
         let allowed = step.spec.attempts_allowed(&saga.doc.retry_policy);
 
         let input = saga.doc.execute_input(i);
-        let outcome = self.call(saga, i, Phase::Execute, attempt, input).await;
+        let outcome = match self.call(saga, i, Phase::Execute, attempt, input).await {
+            crate::model::Outcome::Success(payload) if payload.len() > 64 << 10 && {
+                let kept: usize = saga.doc.steps.iter().filter_map(|s| s.output.as_ref()).map(|o| o.to_string().len()).sum();
+                kept + payload.len() > MAX_SAGA_OUTPUT_BYTES
+            } => crate::model::Outcome::Retry(format!(
+                "the step's output ({} bytes) would take the saga's outputs past {MAX_SAGA_OUTPUT_BYTES} bytes",
+                payload.len()
+            )),
+            other => other,
+        };
         let policy = saga.doc.retry_policy.clone();
         let step = &mut saga.doc.steps[i];
         match judge(outcome, attempt, allowed) {

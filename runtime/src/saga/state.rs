@@ -152,9 +152,7 @@ impl StepSpec {
     /// Checks what can be checked without the store; the plugin's existence is checked by
     /// the engine.
     pub fn validate(&self) -> Result<(), String> {
-        if self.name.trim().is_empty() || self.name.len() > 128 {
-            return Err("step name must be 1-128 characters".into());
-        }
+        crate::text::check("step name", &self.name, 128)?;
         validate_target(&format!("step {:?}", self.name), &self.plugin, &self.endpoint)?;
         if self.timeout_ms.is_some_and(|t| t == 0 || t > MAX_STEP_TIMEOUT_MS) {
             return Err(format!("step {:?}: timeout_ms must be between 1 and {MAX_STEP_TIMEOUT_MS}", self.name));
@@ -164,7 +162,7 @@ impl StepSpec {
         }
         for (what, name) in [("action", &self.action), ("compensation", &self.compensation), ("output_key", &self.output_key)] {
             if let Some(n) = name
-                && (n.is_empty() || n.len() > 128 || n.contains('/') || n.contains(char::is_whitespace))
+                && (n.is_empty() || n.len() > 128 || n.contains('/') || n.contains(char::is_whitespace) || n.contains(char::is_control))
             {
                 return Err(format!("step {:?}: {what} must be 1-128 characters without '/' or spaces", self.name));
             }
@@ -196,7 +194,12 @@ pub(crate) fn validate_target(what: &str, plugin: &Option<String>, endpoint: &Op
     match (plugin, endpoint) {
         (Some(_), Some(_)) => Err(format!("{what}: give exactly one of plugin and endpoint, not both")),
         (None, None) => Err(format!("{what}: give exactly one of plugin and endpoint")),
-        (None, Some(url)) if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 2048 => {
+        (None, Some(url))
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || url.len() > 2048
+                || url.contains(char::is_control)
+                || reqwest::Url::parse(url).is_err() =>
+        {
             Err(format!("{what}: endpoint must be an http:// or https:// URL"))
         }
         _ => Ok(()),

@@ -231,6 +231,16 @@ impl Store {
         Ok(Store { pool, backend, commits })
     }
 
+    /// A transaction that writes. On SQLite it takes the write lock up front (`BEGIN
+    /// IMMEDIATE`), so it waits its turn behind the group committer (busy_timeout) instead of
+    /// failing with "database is locked" when its read lock cannot be upgraded.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }
@@ -254,7 +264,7 @@ impl Store {
         exports: &[&str],
         now_ms: i64,
     ) -> Result<(PluginRow, bool)> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         if self.backend == Backend::Postgres {
             // Serialise version numbering per (tenant, name) across coordinators.
             sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
@@ -461,6 +471,21 @@ impl Store {
     /// Takes over up to `limit` transactions of `kind` in `states` whose lease has expired
     /// (with `own`, also those `lease.owner` held before it restarted). Taking over bumps the
     /// revision, so the previous owner's next write fails.
+    /// Sagas and 2PC transactions of `tenant` that are running now (whatever coordinator
+    /// drives them): what `max_concurrent` counts. Managed transactions are counted through
+    /// the saga or 2PC they delegate to.
+    pub async fn count_active(&self, tenant: &str) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) FROM transactions WHERE tenant_id = $1 AND (
+                (kind = 'saga' AND state IN ('running', 'compensating'))
+                OR (kind = '2pc' AND state IN ('preparing', 'committing', 'aborting')))",
+        )
+        .bind(tenant)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
     pub async fn claim_expired(
         &self,
         kind: &str,
@@ -582,7 +607,7 @@ impl Store {
 
     /// Creates a tenant with its first key; false if the tenant exists.
     pub async fn create_tenant(&self, tenant: &TenantRow, key: &KeyRow) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let inserted = sqlx::query(
             "INSERT INTO tenants (tenant_id, limits, allowed_hosts, created_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (tenant_id) DO NOTHING",
@@ -602,7 +627,7 @@ impl Store {
     }
 
     pub async fn add_key(&self, key: &KeyRow) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         insert_key(&mut tx, key).await?;
         tx.commit().await?;
         Ok(())

@@ -47,6 +47,11 @@ pub enum TpcError {
     Store(#[from] StoreError),
     #[error("transaction {0} is being driven by another coordinator")]
     Busy(String),
+    #[error("{0}")]
+    EndpointRefused(String),
+    /// The server failed, not the request (a driver task that panicked).
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl TpcError {
@@ -177,15 +182,13 @@ impl TpcEngine {
     /// `create`, with the id's unique part given (derived from an `Idempotency-Key`, so a
     /// retried request finds what the first one created); `Conflict` if that id exists.
     pub async fn create_with_id(&self, tenant: &str, req: CreateTpc, id: Option<uuid::Uuid>) -> Result<Tpc, TpcError> {
-        if req.transaction_name.trim().is_empty() || req.transaction_name.len() > 256 {
-            return Err(TpcError::Invalid("transaction_name must be 1-256 characters".into()));
-        }
+        crate::text::check("transaction_name", &req.transaction_name, 256).map_err(TpcError::Invalid)?;
         let prepare_timeout_ms = req.prepare_timeout_ms.unwrap_or(DEFAULT_PREPARE_TIMEOUT_MS);
         if prepare_timeout_ms == 0 || prepare_timeout_ms > crate::saga::state::MAX_STEP_TIMEOUT_MS {
             return Err(TpcError::Invalid("prepare_timeout_ms is out of range".into()));
         }
-        if req.decision_max_attempts == Some(0) {
-            return Err(TpcError::Invalid("decision_max_attempts must be at least 1".into()));
+        if req.decision_max_attempts.is_some_and(|n| n == 0 || n > 1_000_000) {
+            return Err(TpcError::Invalid("decision_max_attempts must be between 1 and 1000000".into()));
         }
         let retry_policy = req.retry_policy.unwrap_or_default();
         retry_policy.validate().map_err(TpcError::Invalid)?;
@@ -245,6 +248,7 @@ impl TpcEngine {
         if participants.iter().any(|p| p.spec.participant_id == spec.participant_id) {
             return Err(TpcError::Invalid(format!("participant {:?} is already in the transaction", spec.participant_id)));
         }
+        self.inner.check_endpoint(tenant, &spec.endpoint).map_err(TpcError::EndpointRefused)?;
         if let Some(plugin) = &spec.plugin {
             let (_, component) = self.inner.catalog.resolve(tenant, plugin).await?;
             if !component.exports(Role::Participant) {
@@ -405,7 +409,7 @@ impl TpcEngine {
         );
         match task.await {
             Ok(result) => result,
-            Err(e) => Err(TpcError::Invalid(format!("2PC driver failed: {e}"))),
+            Err(e) => Err(TpcError::Internal(format!("2PC driver failed: {e}"))),
         }
     }
 

@@ -120,7 +120,7 @@ pub struct ParticipantSpec {
 impl ParticipantSpec {
     pub fn validate(&self) -> Result<(), String> {
         let id = &self.participant_id;
-        if id.trim().is_empty() || id.len() > 128 || id.contains(char::is_whitespace) {
+        if id.trim().is_empty() || id.len() > 128 || id.contains(char::is_whitespace) || id.contains(char::is_control) {
             return Err("participant_id must be 1-128 characters without spaces".into());
         }
         crate::saga::state::validate_target(&format!("participant {id:?}"), &self.plugin, &self.endpoint)?;

@@ -1,0 +1,164 @@
+//! What a request brings, read defensively: bodies within their caps (the route's and the
+//! tenant's, on the bytes actually read, chunked or not) and a deadline, ids in the path as
+//! checked text, headers and URIs of bounded size, and every error the router makes itself
+//! answered as the JSON error document.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+
+use super::ApiError;
+use super::error::code_for;
+use crate::text::{self, MAX_ID_LEN};
+
+/// Largest JSON body accepted.
+pub const MAX_JSON_BODY: usize = 1 << 20;
+/// Largest component upload accepted.
+pub const MAX_COMPONENT_BODY: usize = 64 << 20;
+/// How long a client may take to send its body once its headers arrived.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest sum of header names and values accepted.
+pub const MAX_HEADER_BYTES: usize = 32 << 10;
+/// Longest request URI accepted.
+pub const MAX_URI_BYTES: usize = 8 << 10;
+
+/// The tenant's own cap on JSON bodies, left in the request by the `Tenant` extractor.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TenantBodyCap(pub usize);
+
+/// A JSON endpoint's body: at most 1 MiB, and at most the tenant's `max_body_bytes`.
+pub(crate) struct JsonBody(pub Bytes);
+
+/// A component upload: at most 64 MiB (the tenant's `max_component_bytes` is checked after).
+pub(crate) struct UploadBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let cap = req.extensions().get::<TenantBodyCap>().map_or(MAX_JSON_BODY, |c| c.0.min(MAX_JSON_BODY));
+        read_body(req, cap).await.map(JsonBody)
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for UploadBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        read_body(req, MAX_COMPONENT_BODY).await.map(UploadBody)
+    }
+}
+
+async fn read_body(req: Request, cap: usize) -> Result<Bytes, ApiError> {
+    let too_large = |what: String| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", what);
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(length) = declared
+        && length > cap as u64
+    {
+        return Err(too_large(format!("the body is {length} bytes; this endpoint accepts at most {cap}")));
+    }
+    let limited = http_body_util::Limited::new(req.into_body(), cap);
+    match tokio::time::timeout(BODY_READ_TIMEOUT, limited.collect()).await {
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!("the body did not arrive within {} s", BODY_READ_TIMEOUT.as_secs()),
+        )),
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            Err(too_large(format!("the body is larger than the {cap} bytes this endpoint accepts")))
+        }
+        Ok(Err(e)) => Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("reading the body failed: {e}"))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// An id from the path, checked as text (no NUL or other control characters, at most 200
+/// bytes); a malformed one (not UTF-8 once decoded) is a 400 like any other.
+pub(crate) struct Id(pub String);
+
+/// Two ids from the path (`/v1/admin/tenants/{id}/keys/{key_id}`).
+pub(crate) struct IdPair(pub String, pub String);
+
+fn checked(id: String) -> Result<String, ApiError> {
+    text::check("an id in the path", &id, MAX_ID_LEN).map_err(|m| ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", m))?;
+    Ok(id)
+}
+
+fn path_error(e: axum::extract::rejection::PathRejection) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", e.body_text())
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state).await.map_err(path_error)?;
+        Ok(Id(checked(id)?))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for IdPair {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path((a, b)) = Path::<(String, String)>::from_request_parts(parts, state).await.map_err(path_error)?;
+        Ok(IdPair(checked(a)?, checked(b)?))
+    }
+}
+
+/// Refuses oversized headers (431) and URIs (414) before anything reads them.
+pub(crate) async fn bounded_request(req: Request, next: Next) -> Response {
+    let header_bytes: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("the request's headers are {header_bytes} bytes; at most {MAX_HEADER_BYTES} are accepted"),
+        )
+        .into_response();
+    }
+    let uri_bytes = req.uri().to_string().len();
+    if uri_bytes > MAX_URI_BYTES {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request URI is {uri_bytes} bytes; at most {MAX_URI_BYTES} are accepted"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Turns an error the router made itself (405, a rejected extractor's text) into the JSON
+/// error document every other error is; `Allow` and `Retry-After` are kept.
+pub(crate) async fn json_errors(req: Request, next: Next) -> Response {
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let keep: Vec<(header::HeaderName, HeaderValue)> = [header::ALLOW, header::RETRY_AFTER]
+        .into_iter()
+        .filter_map(|h| response.headers().get(&h).cloned().map(|v| (h, v)))
+        .collect();
+    let text = match response.into_body().collect().await {
+        Ok(body) => String::from_utf8_lossy(&body.to_bytes()[..]).chars().take(500).collect::<String>(),
+        Err(_) => String::new(),
+    };
+    let message = if text.trim().is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
+    let mut rewritten = ApiError::new(status, code_for(status), message).into_response();
+    for (name, value) in keep {
+        rewritten.headers_mut().insert(name, value);
+    }
+    rewritten
+}
