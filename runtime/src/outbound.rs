@@ -331,10 +331,9 @@ fn check(scope: &Scope, url: &str) -> Result<reqwest::Url, Refusal> {
         Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
         _ => None,
     };
+    // A name is judged by the addresses it resolves to, when connecting (`Guard`).
     if let Some(ip) = literal {
         scope.reach.permits(ip).map_err(|class| Refusal::Address { host, class })?;
-    } else if host == "localhost" || host.ends_with(".localhost") {
-        scope.reach.permits(IpAddr::V4(Ipv4Addr::LOCALHOST)).map_err(|class| Refusal::Address { host, class })?;
     }
     Ok(parsed)
 }
@@ -495,15 +494,31 @@ mod tests {
             "http://169.254.169.254/latest/meta-data",
             "http://0.0.0.0/",
             "http://[fd00::1]/",
-            "http://localhost:8080/",
-            "http://api.localhost/",
         ] {
             assert!(matches!(check(&open, internal), Err(Refusal::Address { .. })), "{internal}");
         }
         assert!(check(&open, "https://93.184.216.34/").is_ok());
+        assert!(check(&open, "http://localhost:8080/").is_ok(), "names are checked on their addresses, when connecting");
         let local = Scope { reach: Reach::Loopback, hosts: None };
         assert!(check(&local, "http://127.0.0.1:8080/").is_ok());
         assert!(check(&local, "http://10.0.0.1/").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_name_that_resolves_to_loopback_is_refused_when_connecting() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = tokio::spawn(async move { listener.accept().await.is_ok() });
+        let outbound = Outbound::new();
+        let open = Scope { reach: Reach::Public, hosts: None };
+        let url = format!("http://localhost:{port}/x");
+        let refused = outbound.post_json(&open, &url, &[], &serde_json::json!({}), Duration::from_secs(5), 1000).await;
+        let error = refused.unwrap_err();
+        assert!(error.contains("resolves to") && error.contains("loopback"), "{error}");
+        assert!(!accepted.is_finished(), "no connection reached the listener");
+        let local = Scope { reach: Reach::Loopback, hosts: None };
+        let reached = outbound.post_json(&local, &url, &[], &serde_json::json!({}), Duration::from_secs(5), 1000).await;
+        assert!(accepted.await.unwrap(), "with loopback allowed the same name connects ({reached:?})");
     }
 
     #[test]

@@ -20,6 +20,8 @@
 //! | `env` | tries to read environment variable `name` |
 //! | `connect` | tries to open a TCP connection to `addr` |
 //! | `http_get` | GETs `url` over wasi:http; success with `status` and `body` if allowed |
+//! | `print` | prints `lines` lines of 100 bytes to stdout with `println!`, then succeeds |
+//! | `big_output` | succeeds with a JSON string of `bytes` bytes |
 
 use serde_json::Value;
 use wasmtx_plugin_sdk::{Call, LogLevel, Outcome, Participant, Step, Vote, json, log};
@@ -107,6 +109,13 @@ fn run(call: &Call, phase: &str) -> Outcome {
             }
             Err(e) => Outcome::failure(format!("http_get denied or failed: {e:?}")),
         },
+        "print" => {
+            for i in 0..number("lines") {
+                println!("{i:>10} {}", "x".repeat(89));
+            }
+            Outcome::success(&json!({ "printed_lines": number("lines") }))
+        }
+        "big_output" => Outcome::success(&json!("y".repeat(number("bytes") as usize))),
         other => Outcome::failure(format!("unknown scripted instruction {other:?}")),
     }
 }

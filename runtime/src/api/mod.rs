@@ -297,7 +297,9 @@ fn parse<T: DeserializeOwned>(body: JsonBody) -> Result<T, ApiError> {
 
 fn parse_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // serde reads a struct from an array too; every body of the API is an object.
-    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
+        && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+    {
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "the body must be a JSON object"));
     }
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {

@@ -273,6 +273,7 @@ async fn bench_transactions(report: &mut Report, scenario: Scenario, load: Load)
         lease_ms: 10_000,
         fuel_metering: false,
         allow_private_endpoints: false,
+        max_instances: 1000,
     }
         .start()
         .await?;

@@ -70,6 +70,9 @@ pub struct NodeArgs {
     /// that single-tenant mode (no tenants) may call loopback, for local development.
     #[arg(long, env = "WASMTX_ALLOW_PRIVATE_ENDPOINTS")]
     pub allow_private_endpoints: bool,
+    /// Plugin instances live at once (the Wasm host's pool); a call beyond them waits for one.
+    #[arg(long, env = "WASMTX_MAX_INSTANCES", default_value_t = 1000)]
+    pub max_instances: u32,
 }
 
 /// The engines of one coordinator process.
@@ -94,6 +97,7 @@ impl NodeArgs {
         let host = PluginHost::new(HostConfig {
             cache_dir: Some(self.data_dir.join("cache")),
             fuel_metering: self.fuel_metering,
+            max_concurrent_instances: self.max_instances.max(1),
             ..HostConfig::default()
         })
             .map_err(anyhow::Error::from)

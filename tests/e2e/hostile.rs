@@ -1,0 +1,750 @@
+//! A hostile tenant or client harms nobody but itself: calls leave only where the outbound
+//! policy allows, answers and inputs are read with caps, tenants get fair shares of the Wasm
+//! host, limits hold however the work was started, connections that never finish their
+//! request are closed, and every mistake of the caller's is a 4xx with the JSON error document.
+
+mod common;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path as UrlPath, State};
+use axum::http::StatusCode as AxumStatus;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, post};
+use futures::StreamExt;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use wasmtx_testkit::{plugin_bytes, plugins};
+
+use common::{Server, client};
+
+const ADMIN: &str = "admin-secret-for-hostile-tests";
+
+/// Talks to a server as one tenant (or as the admin, or anonymously).
+struct Caller {
+    url: String,
+    key: Option<String>,
+}
+
+impl Caller {
+    fn anonymous(server: &Server) -> Caller {
+        Caller { url: server.url.clone(), key: None }
+    }
+
+    fn admin(server: &Server) -> Caller {
+        Caller { url: server.url.clone(), key: Some(ADMIN.into()) }
+    }
+
+    async fn send(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut r = client().request(method.parse().unwrap(), format!("{}{path}", self.url));
+        if let Some(key) = &self.key {
+            r = r.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            r = r.json(&body);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send("POST", path, Some(body)).await
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send("GET", path, None).await
+    }
+
+    async fn push(&self, name: &str, path: &str) -> (StatusCode, Value) {
+        let mut r = client().put(format!("{}/v1/plugins/{name}", self.url)).body(plugin_bytes(path));
+        if let Some(key) = &self.key {
+            r = r.bearer_auth(key);
+        }
+        let r = r.send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates a saga with `steps` in one request; returns its id.
+    async fn saga(&self, steps: Value) -> String {
+        let (status, created) = self.post("/v1/sagas", json!({"saga_name": "s", "steps": steps})).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        created["saga_id"].as_str().unwrap().to_string()
+    }
+
+    /// Polls the saga until `done` holds.
+    async fn saga_until(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let (_, doc) = self.get(&format!("/v1/sagas/{id}")).await;
+            if done(&doc) {
+                return doc;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "saga {id} never got there: {doc}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+/// Creates tenant `id` (with `extra` fields such as limits and allowed_hosts) and returns it.
+async fn tenant(server: &Server, id: &str, extra: Value) -> Caller {
+    let mut body = json!({"tenant_id": id});
+    body.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
+    let (status, created) = Caller::admin(server).post("/v1/admin/tenants", body).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    Caller { url: server.url.clone(), key: Some(created["api_key"].as_str().unwrap().into()) }
+}
+
+fn database(url: &str) -> Option<&str> {
+    url.starts_with("postgres").then_some(url)
+}
+
+/// An HTTP server that misbehaves on request, counting every call it gets:
+/// `/huge/{mb}/{declared}/{action}` answers `mb` MiB (streamed; with a Content-Length when
+/// `declared` is 1; a 2PC `commit` or `abort` is answered plainly), `/redirect/{code}/{port}/{action}` redirects to 127.0.0.1:`port`/secret,
+/// `/sized/{bytes}/{action}` answers a JSON string of `bytes` bytes, anything else
+/// (`/secret/…`) answers `{"secret": true}`.
+#[derive(Clone)]
+struct Misbehaving {
+    url: String,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Misbehaving {
+    async fn start() -> Misbehaving {
+        let calls = Arc::new(AtomicUsize::new(0));
+        async fn huge(State(calls): State<Arc<AtomicUsize>>, UrlPath((mb, declared, action)): UrlPath<(usize, u8, String)>) -> Response {
+            calls.fetch_add(1, Ordering::SeqCst);
+            // A 2PC decision is acknowledged plainly: only the vote is huge.
+            if action == "abort" || action == "commit" {
+                return axum::Json(json!({"ok": true})).into_response();
+            }
+            static CHUNK: [u8; 64 << 10] = [b'a'; 64 << 10];
+            let chunks = futures::stream::repeat_with(|| Ok::<_, Infallible>(Bytes::from_static(&CHUNK))).take(mb * 16);
+            let mut response = Body::from_stream(chunks).into_response();
+            if declared == 1 {
+                response.headers_mut().insert("content-length", (mb << 20).to_string().parse().unwrap());
+            }
+            response
+        }
+        async fn redirect(State(calls): State<Arc<AtomicUsize>>, UrlPath((code, port, _)): UrlPath<(u16, u16, String)>) -> Response {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let to = format!("http://127.0.0.1:{port}/secret");
+            (AxumStatus::from_u16(code).unwrap(), [("location", to)]).into_response()
+        }
+        async fn sized(State(calls): State<Arc<AtomicUsize>>, UrlPath((bytes, _)): UrlPath<(usize, String)>) -> Response {
+            calls.fetch_add(1, Ordering::SeqCst);
+            axum::Json(json!("z".repeat(bytes.saturating_sub(2)))).into_response()
+        }
+        async fn secret(State(calls): State<Arc<AtomicUsize>>) -> axum::Json<Value> {
+            calls.fetch_add(1, Ordering::SeqCst);
+            axum::Json(json!({"secret": true}))
+        }
+        let app = axum::Router::new()
+            .route("/huge/{mb}/{declared}/{action}", post(huge))
+            .route("/redirect/{code}/{port}/{action}", post(redirect))
+            .route("/sized/{bytes}/{action}", post(sized))
+            .fallback(any(secret))
+            .with_state(calls.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Misbehaving { url, calls }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
+    }
+}
+
+/// The peak resident memory of a process, in MiB.
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() / 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_outside_the_outbound_policy_are_refused_when_added_and_when_called() {
+    let dir = tempfile::tempdir().unwrap();
+    let internal = Misbehaving::start().await;
+    let port = internal.port();
+    let server = Server::start(dir.path(), None, &["--admin-token", ADMIN]).await;
+    let acme = tenant(
+        &server,
+        "acme",
+        json!({"allowed_hosts": [format!("127.0.0.1:{port}"), "localhost", "[::ffff:127.0.0.1]", "api.example.com"]}),
+    )
+    .await;
+    let (_, created) = acme.post("/v1/sagas", json!({"saga_name": "s"})).await;
+    let id = created["saga_id"].as_str().unwrap().to_string();
+    let (_, tx) = acme.post("/v1/2pc", json!({"transaction_name": "t"})).await;
+    let tpc = tx["transaction_id"].as_str().unwrap().to_string();
+    let (_, m) = acme.post("/v1/transactions", json!({"transaction_name": "m"})).await;
+    let managed = m["transaction_id"].as_str().unwrap().to_string();
+    for (endpoint, why) in [
+        (format!("http://127.0.0.1:{port}/"), "loopback"),
+        (format!("http://2130706433:{port}/"), "loopback"),
+        (format!("http://127.1:{port}/"), "loopback"),
+        (format!("http://[::ffff:127.0.0.1]:{port}/"), "loopback"),
+        ("http://169.254.169.254/latest/meta-data".to_string(), "allowed_hosts"),
+        ("http://10.0.0.1/".to_string(), "allowed_hosts"),
+        ("http://evil.example.org/".to_string(), "allowed_hosts"),
+    ] {
+        let step = json!({"name": "x", "endpoint": endpoint, "retry_count": 0});
+        let (status, err) = acme.post(&format!("/v1/sagas/{id}/steps"), step.clone()).await;
+        assert_eq!((status, err["error"]["code"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("endpoint_refused")), "{endpoint}: {err}");
+        assert!(err["error"]["message"].as_str().unwrap().contains(why), "{endpoint}: {err}");
+        let (status, err) = acme.post("/v1/sagas", json!({"saga_name": "s", "steps": [step]})).await;
+        assert_eq!((status, err["error"]["code"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("endpoint_refused")), "{err}");
+        let participant = json!({"participant_id": "p", "endpoint": endpoint});
+        let (status, err) = acme.post(&format!("/v1/2pc/{tpc}/participants"), participant.clone()).await;
+        assert_eq!((status, err["error"]["code"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("endpoint_refused")), "{err}");
+        let (status, err) = acme.post(&format!("/v1/transactions/{managed}/participants"), participant).await;
+        assert_eq!((status, err["error"]["code"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("endpoint_refused")), "{err}");
+    }
+    // A name is judged by what it resolves to, when the call is made: `localhost` is allowed
+    // by name, and refused because it resolves to loopback.
+    let step = json!({"name": "x", "endpoint": format!("http://localhost:{port}/secret"), "retry_count": 0});
+    let (status, body) = acme.post(&format!("/v1/sagas/{id}/steps"), step).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, doc) = acme.post(&format!("/v1/sagas/{id}/execute"), json!({})).await;
+    assert_eq!(doc["state"], "compensated", "{doc}");
+    let error = doc["steps"][0]["error"].as_str().unwrap();
+    assert!(error.contains("resolves to") && error.contains("loopback"), "{error}");
+    assert_eq!(internal.calls(), 0, "nothing reached the internal service");
+    server.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_answers_and_never_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bouncer, inside) = (Misbehaving::start().await, Misbehaving::start().await);
+    // Single-tenant mode may call loopback (local development), so the bounce is what is tested.
+    let server = Server::start(dir.path(), None, &[]).await;
+    let anyone = Caller::anonymous(&server);
+    for code in [302, 307, 308] {
+        let endpoint = format!("{}/redirect/{code}/{}", bouncer.url, inside.port());
+        let id = anyone.saga(json!([{"name": "bounce", "endpoint": endpoint, "action": "go", "retry_count": 0}])).await;
+        let (_, doc) = anyone.post(&format!("/v1/sagas/{id}/execute"), json!({})).await;
+        assert_eq!(doc["state"], "compensated", "{doc}");
+        assert!(doc["steps"][0]["error"].as_str().unwrap().contains(&format!("HTTP {code}")), "{doc}");
+    }
+    assert_eq!(bouncer.calls(), 3);
+    assert_eq!(inside.calls(), 0, "no redirect was followed");
+    server.kill().await;
+}
+
+on_both_stores!(huge_answers_fail_their_call_once_at_a_bounded_cost, |url: String| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = Misbehaving::start().await;
+    let server = Server::start(dir.path(), database(&url), &["--lease-ms", "500"]).await;
+    let pid = server.child.id().unwrap();
+    let anyone = Caller::anonymous(&server);
+    assert_eq!(anyone.push("scripted", plugins::SCRIPTED).await.0, StatusCode::CREATED);
+    let before = peak_rss_mib(pid);
+    let cases = [
+        ("1024/0", "larger than the 1048576 bytes accepted"),
+        ("64/1", "is 67108864 bytes, more than the 1048576 accepted"),
+    ];
+    for (shape, why) in cases {
+        let calls = huge.calls();
+        let id = anyone
+            .saga(json!([
+                {"name": "first", "plugin": "scripted"},
+                {"name": "flood", "endpoint": format!("{}/huge/{shape}", huge.url), "action": "go", "retry_count": 0}
+            ]))
+            .await;
+        let (status, doc) = anyone.post(&format!("/v1/sagas/{id}/execute"), json!({})).await;
+        assert_eq!(status, StatusCode::OK, "{doc}");
+        assert_eq!(doc["state"], "compensated", "{doc}");
+        let error = doc["steps"][1]["error"].as_str().unwrap();
+        assert!(error.contains(why), "{error}");
+        assert!(doc.get("steps").unwrap()[1].get("output").is_none(), "nothing of the answer was stored");
+        assert_eq!(doc["steps"][0]["state"], "compensated");
+        assert_eq!(huge.calls() - calls, 1, "called once: retry_count 0");
+    }
+    // A 512 MiB vote is no vote.
+    let participants = json!([{"participant_id": "flood", "endpoint": format!("{}/huge/512/0", huge.url)}]);
+    let (_, tx) = anyone.post("/v1/2pc", json!({"transaction_name": "t", "participants": participants})).await;
+    let tx = tx["transaction_id"].as_str().unwrap().to_string();
+    let (status, doc) = anyone.post(&format!("/v1/2pc/{tx}/execute"), json!({})).await;
+    assert_eq!((status, doc["state"].clone()), (StatusCode::OK, json!("aborted")), "{doc}");
+    assert!(doc["participants"][0]["vote_reason"].as_str().unwrap().contains("bytes accepted"), "{doc}");
+    // A plugin's output is capped the same way.
+    let id = anyone
+        .saga(json!([{"name": "big", "plugin": "scripted", "retry_count": 0,
+                      "parameters": {"script": {"execute": {"do": "big_output", "bytes": 2_000_000}}}}]))
+        .await;
+    let (_, doc) = anyone.post(&format!("/v1/sagas/{id}/execute"), json!({})).await;
+    assert_eq!(doc["state"], "compensated", "{doc}");
+    assert!(doc["steps"][0]["error"].as_str().unwrap().contains("more than the 1048576 accepted"), "{doc}");
+    let grown = peak_rss_mib(pid).saturating_sub(before);
+    assert!(grown < 256, "1.5 GiB of answers cost {grown} MiB of peak memory");
+    // Recovery passes (every 250 ms) leave ended sagas alone: nobody calls the flood again.
+    let calls = huge.calls();
+    let (_, fresh) = anyone.post("/v1/sagas", json!({"saga_name": "marker", "execute": true})).await;
+    anyone.saga_until(fresh["saga_id"].as_str().unwrap(), |d| d["state"] == "completed").await;
+    assert_eq!(huge.calls(), calls);
+    server.kill().await;
+});
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_answer_cap_is_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let sized = Misbehaving::start().await;
+    let host = format!("127.0.0.1:{}", sized.port());
+    let server = Server::start(dir.path(), None, &["--admin-token", ADMIN, "--allow-private-endpoints"]).await;
+    let small = tenant(&server, "small", json!({"limits": {"max_answer_bytes": 2000}, "allowed_hosts": [host]})).await;
+    let roomy = tenant(&server, "roomy", json!({"allowed_hosts": [host]})).await;
+    let step = |bytes: usize| json!([{"name": "get", "endpoint": format!("{}/sized/{bytes}", sized.url), "action": "go", "retry_count": 0}]);
+    for (caller, bytes, state) in [(&small, 1500, "completed"), (&small, 5000, "compensated"), (&roomy, 5000, "completed")] {
+        let id = caller.saga(step(bytes)).await;
+        let (_, doc) = caller.post(&format!("/v1/sagas/{id}/execute"), json!({})).await;
+        assert_eq!(doc["state"], state, "{bytes} bytes: {doc}");
+    }
+    let (status, err) = Caller::admin(&server).post("/v1/admin/tenants", json!({"tenant_id": "x", "limits": {"max_answer_bytes": 0}})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    server.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_flooding_the_host_waits_its_turn_and_others_keep_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None, &["--admin-token", ADMIN, "--max-instances", "8"]).await;
+    let flood = tenant(&server, "flood", json!({"limits": {"max_instances": 4}})).await;
+    let calm = tenant(&server, "calm", json!({})).await;
+    for t in [&flood, &calm] {
+        assert_eq!(t.push("scripted", plugins::SCRIPTED).await.0, StatusCode::CREATED);
+    }
+    let slow = json!([{"name": "slow", "plugin": "scripted", "retry_count": 0, "parameters": {"script": {"execute": {"do": "sleep", "ms": 1500}}}}]);
+    let mut flooding = Vec::new();
+    for _ in 0..16 {
+        let (status, created) = flood.post("/v1/sagas", json!({"saga_name": "flood", "steps": slow, "execute": true})).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        flooding.push(created["saga_id"].as_str().unwrap().to_string());
+    }
+    // 16 calls of 1.5 s through a share of 4 take 6 s; calm's sagas do not wait for them.
+    for _ in 0..3 {
+        let id = calm.saga(json!([{"name": "quick", "plugin": "scripted"}])).await;
+        let (_, doc) = calm.post(&format!("/v1/sagas/{id}/execute"), json!({})).await;
+        assert_eq!(doc["state"], "completed", "{doc}");
+    }
+    let mut still_running = 0;
+    for id in &flooding {
+        if flood.get(&format!("/v1/sagas/{id}")).await.1["state"] == "running" {
+            still_running += 1;
+        }
+    }
+    assert!(still_running > 0, "calm's sagas completed while the flood was still queued");
+    // Waiting is not failing: every flooding saga completes.
+    for id in &flooding {
+        let doc = flood.saga_until(id, |d| d["state"] != "running").await;
+        assert_eq!(doc["state"], "completed", "{doc}");
+    }
+    // A tenant without a share may take the whole pool, and still never fails for want of a slot.
+    let greedy = tenant(&server, "greedy", json!({})).await;
+    assert_eq!(greedy.push("scripted", plugins::SCRIPTED).await.0, StatusCode::CREATED);
+    let quick_sleep = json!([{"name": "nap", "plugin": "scripted", "retry_count": 0, "parameters": {"script": {"execute": {"do": "sleep", "ms": 300}}}}]);
+    let mut ids = Vec::new();
+    for _ in 0..24 {
+        let (_, created) = greedy.post("/v1/sagas", json!({"saga_name": "g", "steps": quick_sleep, "execute": true})).await;
+        ids.push(created["saga_id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        let doc = greedy.saga_until(id, |d| d["state"] != "running").await;
+        assert_eq!(doc["state"], "completed", "more calls than the pool's 8 slots wait instead of failing: {doc}");
+    }
+    server.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_compile_off_the_threads_that_answer_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None, &[]).await;
+    let started = tokio::time::Instant::now();
+    let uploads: Vec<_> = [("py", plugins::PYTHON_INVENTORY), ("js", plugins::JS_FRAUD_CHECK), ("pay", plugins::PAYMENT), ("led", plugins::LEDGER)]
+        .into_iter()
+        .map(|(name, path)| {
+            let url = format!("{}/v1/plugins/{name}", server.url);
+            let bytes = plugin_bytes(path);
+            tokio::spawn(async move {
+                let r = client().put(url).body(bytes).send().await.unwrap();
+                (r.status(), tokio::time::Instant::now())
+            })
+        })
+        .collect();
+    // While the compilations run, the server keeps answering.
+    let mut answered = Vec::new();
+    while answered.len() < 5 {
+        let r = client().get(format!("{}/healthz", server.url)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        answered.push(tokio::time::Instant::now());
+    }
+    let mut first_done = None::<tokio::time::Instant>;
+    for upload in uploads {
+        let (status, at) = upload.await.unwrap();
+        assert_eq!(status, StatusCode::CREATED);
+        first_done = Some(first_done.map_or(at, |f| f.min(at)));
+    }
+    let first_done = first_done.unwrap();
+    assert!(
+        answered.iter().filter(|at| **at < first_done).count() >= 3,
+        "health checks were answered while the first compilation ran ({:?} after the start)",
+        first_done - started
+    );
+    server.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_that_prints_past_the_capture_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None, &[]).await;
+    let anyone = Caller::anonymous(&server);
+    assert_eq!(anyone.push("scripted", plugins::SCRIPTED).await.0, StatusCode::CREATED);
+    // 2 000 lines of 100 bytes: three times the 64 KiB kept for the log.
+    let id = anyone
+        .saga(json!([{"name": "chatty", "plugin": "scripted", "retry_count": 0,
+                      "parameters": {"script": {"execute": {"do": "print", "lines": 2000}}}}]))
+        .await;
+    let (_, doc) = anyone.post(&format!("/v1/sagas/{id}/execute"), json!({})).await;
+    assert_eq!(doc["state"], "completed", "{doc}");
+    assert_eq!(doc["steps"][0]["output"]["printed_lines"], 2000);
+    server.kill().await;
+}
+
+on_both_stores!(max_concurrent_counts_every_running_transaction, |url: String| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), database(&url), &["--admin-token", ADMIN]).await;
+    let one = tenant(&server, "one", json!({"limits": {"max_concurrent": 1}})).await;
+    assert_eq!(one.push("scripted", plugins::SCRIPTED).await.0, StatusCode::CREATED);
+    let slow = json!([{"name": "slow", "plugin": "scripted", "parameters": {"script": {"execute": {"do": "sleep", "ms": 1500}}}}]);
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(one.saga(slow.clone()).await);
+    }
+    let one = Arc::new(one);
+    let executes: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (one, path) = (one.clone(), format!("/v1/sagas/{id}/execute"));
+            tokio::spawn(async move { one.post(&path, json!({"wait": false})).await })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for e in executes {
+        let (status, body) = e.await.unwrap();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(body["error"]["code"], "too_many_executions");
+        }
+        statuses.push(status);
+    }
+    statuses.sort();
+    assert_eq!(statuses, vec![StatusCode::ACCEPTED, StatusCode::TOO_MANY_REQUESTS, StatusCode::TOO_MANY_REQUESTS, StatusCode::TOO_MANY_REQUESTS, StatusCode::TOO_MANY_REQUESTS]);
+    // Creates that start at once count the same way, while the first one runs.
+    let creates: Vec<_> = (0..5)
+        .map(|_| {
+            let (one, slow) = (one.clone(), slow.clone());
+            tokio::spawn(async move { one.post("/v1/sagas", json!({"saga_name": "s", "steps": slow, "execute": true})).await })
+        })
+        .collect();
+    for c in creates {
+        let (status, body) = c.await.unwrap();
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "one saga is still running: {body}");
+    }
+    let (_, listed) = one.get("/v1/sagas?limit=100").await;
+    assert_eq!(listed["sagas"].as_array().unwrap().len(), 5, "a refused create created nothing");
+    for id in &ids {
+        one.saga_until(id, |d| d["state"] != "running").await;
+    }
+    let creates: Vec<_> = (0..5)
+        .map(|_| {
+            let (one, slow) = (one.clone(), slow.clone());
+            tokio::spawn(async move { one.post("/v1/sagas", json!({"saga_name": "s", "steps": slow, "execute": true})).await.0 })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for c in creates {
+        statuses.push(c.await.unwrap());
+    }
+    statuses.sort();
+    assert_eq!(statuses, vec![StatusCode::CREATED, StatusCode::TOO_MANY_REQUESTS, StatusCode::TOO_MANY_REQUESTS, StatusCode::TOO_MANY_REQUESTS, StatusCode::TOO_MANY_REQUESTS]);
+    server.kill().await;
+});
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_limits_count_the_bytes_read_not_the_declared_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None, &["--admin-token", ADMIN]).await;
+    let small = tenant(&server, "small", json!({"limits": {"max_body_bytes": 1000}})).await;
+    let chunked = |size: usize| {
+        let body = json!({"saga_name": "s", "context": {"blob": "x".repeat(size)}}).to_string().into_bytes();
+        let frames: Vec<Result<hyper::body::Frame<Bytes>, Infallible>> =
+            body.chunks(100).map(|c| Ok(hyper::body::Frame::data(Bytes::copy_from_slice(c)))).collect();
+        reqwest::Body::wrap(http_body_util::StreamBody::new(futures::stream::iter(frames)))
+    };
+    let send = |body: reqwest::Body| {
+        client().post(format!("{}/v1/sagas", server.url)).bearer_auth(small.key.clone().unwrap()).header("content-type", "application/json").body(body).send()
+    };
+    let r = send(chunked(5000)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "body_too_large");
+    let r = send(chunked(500)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    server.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_finish_their_request_are_closed_and_the_server_keeps_answering() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None, &["--max-connections", "64", "--header-timeout-ms", "500"]).await;
+    let pid = server.child.id().unwrap();
+    let addr = server.url.trim_start_matches("http://").to_string();
+    let mut sockets = Vec::new();
+    for _ in 0..600 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        sockets.push(s);
+    }
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
+    assert!(open < 64 + 100, "the server holds {open} descriptors with 600 half-open connections");
+    let r = client().get(format!("{}/healthz", server.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // The half-open connections are closed by the server, not left to hang.
+    for s in sockets.iter_mut().take(100) {
+        let mut buf = [0u8; 256];
+        let read = tokio::time::timeout(Duration::from_secs(60), s.read(&mut buf)).await.expect("the server closes it");
+        assert!(matches!(read, Ok(0) | Err(_)) || read.as_ref().is_ok_and(|n| buf[..*n].starts_with(b"HTTP/1.1 408")), "{read:?}");
+    }
+    drop(sockets);
+    // The store still opens files: the recovery loop and writes work.
+    let (status, _) = Caller::anonymous(&server).post("/v1/sagas", json!({"saga_name": "after"})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    server.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_router_refuses_is_answered_with_the_json_error_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None, &[]).await;
+    let big_header = "h".repeat(200_000);
+    let r = client().get(format!("{}/v1/sagas", server.url)).header("x-filler", big_header).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "headers_too_large");
+    let long = format!("{}/v1/sagas/{}", server.url, "a".repeat(10_000));
+    let r = client().get(long).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::URI_TOO_LONG);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "uri_too_long");
+    let r = client().delete(format!("{}/v1/sagas", server.url)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(r.headers().get("allow").is_some(), "the Allow header is kept");
+    let err: Value = r.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "method_not_allowed", "{err}");
+    for path in ["/v1/sagas/%FF", "/v1/sagas/%00", "/v1/plugins/a%00b", "/v1/2pc/%00/history", "/v1/transactions/a%0Ab"] {
+        let r = client().get(format!("{}{path}", server.url)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{path}");
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "invalid_path", "{path}: {err}");
+    }
+    let (_, created) = Caller::anonymous(&server).post("/v1/sagas", json!({"saga_name": "s"})).await;
+    let id = created["saga_id"].as_str().unwrap();
+    let r = client().post(format!("{}/v1/sagas/{id}/execute", server.url)).body("[true]").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "a JSON array is not an execute body");
+    server.kill().await;
+}
+
+/// `wasmtx serve --listen 0.0.0.0:0 ARGS`: its first stdout line, or its exit status and stderr.
+async fn serve_beyond_loopback(dir: &std::path::Path, args: &[&str]) -> Result<(tokio::process::Child, String), String> {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wasmtx"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(dir)
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("WASMTX_ADMIN_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    match lines.next_line().await.unwrap() {
+        Some(line) => {
+            let port = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().rsplit(':').next().unwrap().to_string();
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            Ok((child, format!("http://127.0.0.1:{port}")))
+        }
+        None => {
+            let output = child.wait_with_output().await.unwrap();
+            Err(format!("{}: {}", output.status, String::from_utf8_lossy(&output.stderr)))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_tenant_mode_beyond_loopback_needs_an_explicit_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let refused = serve_beyond_loopback(dir.path(), &[]).await.map(|_| ()).unwrap_err();
+    assert!(refused.contains("--allow-unauthenticated"), "{refused}");
+    let (mut child, url) = serve_beyond_loopback(dir.path(), &["--admin-token", ADMIN]).await.unwrap();
+    let r = client().get(format!("{url}/v1/sagas")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "no tenant yet, and no anonymous access beyond loopback");
+    child.kill().await.unwrap();
+    let (mut child, url) = serve_beyond_loopback(dir.path(), &["--allow-unauthenticated"]).await.unwrap();
+    let r = client().get(format!("{url}/v1/sagas")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    child.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tenant_named_default_is_reserved_and_keys_are_checked_as_rfc_7235_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None, &["--admin-token", ADMIN]).await;
+    let anyone = Caller::anonymous(&server);
+    let (_, made) = anyone.post("/v1/sagas", json!({"saga_name": "made-before-tenants"})).await;
+    let (status, err) = Caller::admin(&server).post("/v1/admin/tenants", json!({"tenant_id": "default"})).await;
+    assert_eq!((status, err["error"]["code"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("reserved_tenant_id")), "{err}");
+    let acme = tenant(&server, "acme", json!({})).await;
+    let (status, _) = acme.get(&format!("/v1/sagas/{}", made["saga_id"].as_str().unwrap())).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "single-tenant mode's work is nobody's to take");
+    let key = acme.key.clone().unwrap();
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let r = client().get(format!("{}/v1/sagas", server.url)).header("authorization", format!("{scheme} {key}")).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{scheme}");
+    }
+    for wrong in ["x", "admin-secret-for-hostile-test", "admin-secret-for-hostile-tests-and-more"] {
+        let r = client().post(format!("{}/v1/admin/tenants", server.url)).bearer_auth(wrong).json(&json!({"tenant_id": "z"})).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{wrong}");
+    }
+    server.kill().await;
+}
+
+on_both_stores!(nul_bytes_and_out_of_range_numbers_are_the_callers_errors, |url: String| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), database(&url), &["--admin-token", ADMIN]).await;
+    let anyone = Caller::anonymous(&server);
+    let (_, created) = anyone.post("/v1/sagas", json!({"saga_name": "s"})).await;
+    let id = created["saga_id"].as_str().unwrap().to_string();
+    let huge = json!(9_223_372_036_854_775_808u64);
+    let cases: Vec<(String, Value)> = vec![
+        ("/v1/sagas".into(), json!({"saga_name": "a\u{0}b"})),
+        ("/v1/sagas".into(), json!({"saga_name": "s", "timeout_ms": huge})),
+        ("/v1/sagas".into(), json!({"saga_name": "s", "timeout_ms": u64::MAX})),
+        ("/v1/2pc".into(), json!({"transaction_name": "a\u{0}"})),
+        ("/v1/2pc".into(), json!({"transaction_name": "t", "prepare_timeout_ms": huge})),
+        ("/v1/transactions".into(), json!({"transaction_name": "\u{0}"})),
+        ("/v1/transactions".into(), json!({"transaction_name": "t", "requirements": {"timeout_ms": huge}})),
+        (format!("/v1/sagas/{id}/steps"), json!({"name": "a\u{0}", "plugin": "payment"})),
+        (format!("/v1/sagas/{id}/steps"), json!({"name": "x", "endpoint": "http://a\u{0}b/"})),
+        (format!("/v1/sagas/{id}/steps"), json!({"name": "x", "endpoint": "http://a/", "timeout_ms": huge})),
+    ];
+    for (path, body) in cases {
+        let (status, err) = anyone.post(&path, body.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path} {body}: {err}");
+        assert_eq!(err["error"]["code"], "invalid_request", "{path} {body}: {err}");
+    }
+    let r = client().put(format!("{}/v1/plugins/a%00b", server.url)).body(plugin_bytes(plugins::PAYMENT)).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    for path in [format!("/v1/sagas/%00"), format!("/v1/sagas/%00/history"), format!("/v1/2pc/%00"), "/v1/plugins/a%00b".into()] {
+        let (status, err) = anyone.get(&path).await;
+        assert_eq!((status, err["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!("invalid_path")), "{path}");
+    }
+    let admin = Caller::admin(&server);
+    let (status, err) = admin.post("/v1/admin/tenants", json!({"tenant_id": "a\u{0}"})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    tenant(&server, "acme", json!({})).await;
+    let (status, err) = admin.post("/v1/admin/tenants/%00/keys", json!({})).await;
+    assert_eq!((status, err["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!("invalid_path")), "{err}");
+    let (status, err) = admin.send("DELETE", "/v1/admin/tenants/acme/keys/%00", None).await;
+    assert_eq!((status, err["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!("invalid_path")), "{err}");
+    server.kill().await;
+});
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_names_one_request_per_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None, &[]).await;
+    let send = |path: &str, body: Value| client().post(format!("{}{path}", server.url)).header("idempotency-key", "same-key").json(&body).send();
+    let saga: Value = send("/v1/sagas", json!({"saga_name": "s"})).await.unwrap().json().await.unwrap();
+    let r = send("/v1/2pc", json!({"transaction_name": "t"})).await.unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let tpc: Value = r.json().await.unwrap();
+    let id = tpc["transaction_id"].as_str().expect("the 2PC create answers a 2PC transaction");
+    assert_ne!(Some(id), saga["saga_id"].as_str());
+    let (status, doc) = Caller::anonymous(&server).get(&format!("/v1/2pc/{id}")).await;
+    assert_eq!((status, doc["transaction_name"].clone()), (StatusCode::OK, json!("t")));
+    let again: Value = send("/v1/sagas", json!({"saga_name": "s"})).await.unwrap().json().await.unwrap();
+    assert_eq!(again, saga, "the saga create's key still answers the saga");
+    server.kill().await;
+}
+
+on_both_stores!(plugin_uploads_succeed_while_everything_else_writes, |url: String| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), database(&url), &[]).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..6)
+        .map(|_| {
+            let (url, stop) = (server.url.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let r = client().post(format!("{url}/v1/sagas")).json(&json!({"saga_name": "load", "execute": true})).send().await.unwrap();
+                    assert_eq!(r.status(), StatusCode::CREATED);
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let bytes = plugin_bytes(plugins::PAYMENT);
+    for i in 0..10 {
+        let r = client().put(format!("{}/v1/plugins/p{i}", server.url)).body(bytes.clone()).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "upload {i}: {}", r.text().await.unwrap());
+    }
+    let concurrent: Vec<_> = (0..4)
+        .map(|i| {
+            let (url, bytes) = (format!("{}/v1/plugins/c{i}", server.url), bytes.clone());
+            tokio::spawn(async move { client().put(url).body(bytes).send().await.unwrap().status() })
+        })
+        .collect();
+    for c in concurrent {
+        assert_eq!(c.await.unwrap(), StatusCode::CREATED);
+    }
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        assert!(w.await.unwrap() > 0);
+    }
+    let (_, list) = Caller::anonymous(&server).get("/v1/plugins").await;
+    assert_eq!(list["plugins"].as_array().unwrap().len(), 14);
+    server.kill().await;
+});
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_trail_records_what_was_done_once_it_was_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None, &["--admin-token", ADMIN]).await;
+    let acme = tenant(&server, "acme", json!({})).await;
+    assert_eq!(acme.post("/v1/sagas/saga-nope/execute", json!({})).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(acme.post("/v1/sagas/saga-nope/cancel", json!({})).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(acme.post("/v1/2pc/nope/execute", json!({})).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(acme.post("/v1/sagas/saga-nope/steps", json!({"name": "x", "endpoint": "http://api.example.com"})).await.0, StatusCode::NOT_FOUND);
+    let (_, audit) = acme.get("/v1/audit").await;
+    let actions: Vec<&str> = audit["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert_eq!(actions, vec!["tenant_created"], "failed requests left no entries: {audit}");
+    let id = acme.saga(json!([])).await;
+    assert_eq!(acme.post(&format!("/v1/sagas/{id}/execute"), json!({})).await.0, StatusCode::OK);
+    let (_, audit) = acme.get("/v1/audit").await;
+    let executes = audit["entries"].as_array().unwrap().iter().filter(|e| e["action"] == "saga_execute").count();
+    assert_eq!(executes, 1, "{audit}");
+    server.kill().await;
+}
