@@ -108,7 +108,8 @@ fn database(url: &str) -> Option<&str> {
 /// An HTTP server that misbehaves on request, counting every call it gets:
 /// `/huge/{mb}/{declared}/{action}` answers `mb` MiB (streamed; with a Content-Length when
 /// `declared` is 1; a 2PC `commit` or `abort` is answered plainly), `/redirect/{code}/{port}/{action}` redirects to 127.0.0.1:`port`/secret,
-/// `/sized/{bytes}/{action}` answers a JSON string of `bytes` bytes, anything else
+/// `/sized/{bytes}/{action}` answers a JSON string of `bytes` bytes, `/slow/{ms}/{action}`
+/// answers after `ms` milliseconds, anything else
 /// (`/secret/…`) answers `{"secret": true}`.
 #[derive(Clone)]
 struct Misbehaving {
@@ -142,6 +143,11 @@ impl Misbehaving {
             calls.fetch_add(1, Ordering::SeqCst);
             axum::Json(json!("z".repeat(bytes.saturating_sub(2)))).into_response()
         }
+        async fn slow(State(calls): State<Arc<AtomicUsize>>, UrlPath((ms, _)): UrlPath<(u64, String)>) -> axum::Json<Value> {
+            calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            axum::Json(json!({"slept_ms": ms}))
+        }
         async fn secret(State(calls): State<Arc<AtomicUsize>>) -> axum::Json<Value> {
             calls.fetch_add(1, Ordering::SeqCst);
             axum::Json(json!({"secret": true}))
@@ -150,6 +156,7 @@ impl Misbehaving {
             .route("/huge/{mb}/{declared}/{action}", post(huge))
             .route("/redirect/{code}/{port}/{action}", post(redirect))
             .route("/sized/{bytes}/{action}", post(sized))
+            .route("/slow/{ms}/{action}", post(slow))
             .fallback(any(secret))
             .with_state(calls.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -746,5 +753,66 @@ async fn the_audit_trail_records_what_was_done_once_it_was_done() {
     let (_, audit) = acme.get("/v1/audit").await;
     let executes = audit["entries"].as_array().unwrap().iter().filter(|e| e["action"] == "saga_execute").count();
     assert_eq!(executes, 1, "{audit}");
+    server.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_memory_share_bounds_its_concurrent_calls() {
+    use wasmtx::model::CallContext;
+    use wasmtx::plugin::{CallLimits, CallTags, HostConfig, HostShare, PluginHost, Registry};
+    let host = PluginHost::new(HostConfig { max_concurrent_instances: 16, cache_dir: Some(wasmtx_testkit::compiled_cache_dir()), ..HostConfig::default() }).unwrap();
+    let registry = Registry::new(host.clone());
+    let (scripted, _) = registry.add("t", "scripted", &plugin_bytes(plugins::SCRIPTED)).await.unwrap();
+    // 32 MiB calls in a 64 MiB share: two at a time.
+    host.set_share("small", HostShare { max_instances: None, max_memory_bytes: Some(64 << 20) });
+    let limits = CallLimits { memory_bytes: 32 << 20, ..CallLimits::default() };
+    let most_at_once = |tenant: &'static str| {
+        let (host, component, limits) = (host.clone(), scripted.component.clone(), limits.clone());
+        async move {
+            let calls: Vec<_> = (0..6)
+                .map(|i| {
+                    let (host, component, limits) = (host.clone(), component.clone(), limits.clone());
+                    tokio::spawn(async move {
+                        let ctx = CallContext {
+                            tenant: tenant.into(),
+                            transaction_id: format!("tx-{i}"),
+                            step: "s".into(),
+                            action: "s".into(),
+                            attempt: 1,
+                            idempotency_key: format!("tx-{i}"),
+                            input: json!({"script": {"execute": {"do": "sleep", "ms": 300}}}).to_string(),
+                            deadline_ms: 30_000,
+                        };
+                        let tags = CallTags { tenant: tenant.into(), ..CallTags::default() };
+                        host.execute(&component, ctx, &limits, tags).await
+                    })
+                })
+                .collect();
+            let mut most = 0;
+            while calls.iter().any(|c| !c.is_finished()) {
+                most = most.max(host.instances_in_use());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            for c in calls {
+                assert!(matches!(c.await.unwrap(), Ok(wasmtx::model::Outcome::Success(_))), "every call completes");
+            }
+            most
+        }
+    };
+    assert_eq!(most_at_once("small").await, 2, "the share admits two 32 MiB calls at a time");
+    assert!(most_at_once("unbounded").await > 2, "a tenant without a share is bounded by the pool only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_its_deadline_is_answered_and_its_saga_keeps_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let slow = Misbehaving::start().await;
+    let server = Server::start(dir.path(), None, &["--request-timeout-ms", "1000"]).await;
+    let anyone = Caller::anonymous(&server);
+    let id = anyone.saga(json!([{"name": "slow", "endpoint": format!("{}/slow/3000", slow.url), "action": "go"}])).await;
+    let (status, err) = anyone.post(&format!("/v1/sagas/{id}/execute"), json!({"wait": true})).await;
+    assert_eq!((status, err["error"]["code"].clone()), (StatusCode::SERVICE_UNAVAILABLE, json!("request_timeout")), "{err}");
+    let doc = anyone.saga_until(&id, |d| d["state"] != "running").await;
+    assert_eq!(doc["state"], "completed", "{doc}");
     server.kill().await;
 }

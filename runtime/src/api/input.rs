@@ -55,27 +55,47 @@ impl<S: Send + Sync> FromRequest<S> for UploadBody {
     }
 }
 
+/// How much of a body beyond its cap is read (and dropped) before answering 413, so a
+/// client that writes its whole body before reading sees the answer, not a broken pipe.
+const DRAIN_BEYOND_CAP: usize = 4 << 20;
+
 async fn read_body(req: Request, cap: usize) -> Result<Bytes, ApiError> {
-    let too_large = |what: String| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", what);
+    let too_large = || {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", format!("the body is larger than the {cap} bytes this endpoint accepts"))
+    };
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if let Some(length) = declared
-        && length > cap as u64
-    {
-        return Err(too_large(format!("the body is {length} bytes; this endpoint accepts at most {cap}")));
+    if declared.is_some_and(|length| length > (cap + DRAIN_BEYOND_CAP) as u64) {
+        return Err(too_large());
     }
-    let limited = http_body_util::Limited::new(req.into_body(), cap);
-    match tokio::time::timeout(BODY_READ_TIMEOUT, limited.collect()).await {
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            format!("the body did not arrive within {} s", BODY_READ_TIMEOUT.as_secs()),
-        )),
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            Err(too_large(format!("the body is larger than the {cap} bytes this endpoint accepts")))
+    let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
+    let mut body = req.into_body();
+    let mut kept = bytes::BytesMut::new();
+    let mut total = 0usize;
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!("the body did not arrive within {} s", BODY_READ_TIMEOUT.as_secs()),
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("reading the body failed: {e}"))),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        total += data.len();
+        if total <= cap {
+            kept.extend_from_slice(&data);
+        } else if total > cap + DRAIN_BEYOND_CAP {
+            break;
         }
-        Ok(Err(e)) => Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("reading the body failed: {e}"))),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
     }
+    if total > cap {
+        return Err(too_large());
+    }
+    Ok(kept.freeze())
 }
 
 /// An id from the path, checked as text (no NUL or other control characters, at most 200
