@@ -141,7 +141,7 @@ on_both_stores!(an_idempotent_create_whose_answer_was_never_remembered_is_not_cr
     };
     let first: Value = create().await.unwrap().json().await.unwrap();
     let store = wasmtx::store::Store::open(&db).await.unwrap();
-    assert_eq!(store.forget_replies_for_tests().await.unwrap(), 1);
+    assert_eq!(store.forget_replies().await.unwrap(), 1);
 
     let retried = create().await.unwrap();
     assert_eq!(retried.status(), StatusCode::CREATED);

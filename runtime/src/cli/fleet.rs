@@ -18,12 +18,12 @@ use anyhow::Context;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
-use sqlx::{Connection, Row};
+use sqlx::Connection;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::bench::{Report, percentile, round1};
 use crate::saga::SagaState;
-use crate::store::{NewEvent, now_ms};
+use crate::store::now_ms;
 use crate::tpc::TpcState;
 
 const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -330,14 +330,13 @@ async fn start_participant(calls: Calls, delay: Duration) -> anyhow::Result<Stri
 /// Compares the journal with what the participants saw; prints each check and returns whether
 /// all passed.
 async fn check(report: &mut Report, db_url: &str, calls: &[Call]) -> anyhow::Result<bool> {
-    let mut db = sqlx::PgConnection::connect(db_url).await?;
+    let db = crate::store::Store::open(db_url).await?;
     let mut failures: Vec<String> = Vec::new();
 
     // 1. Every transaction ended.
     let mut states = BTreeMap::new();
     let mut unfinished = 0i64;
-    for row in sqlx::query("SELECT kind, state, COUNT(*) FROM transactions GROUP BY kind, state").fetch_all(&mut db).await? {
-        let (kind, state, n): (String, String, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+    for (kind, state, n) in db.state_counts().await? {
         if !ended(&state) {
             unfinished += n;
         }
@@ -351,21 +350,20 @@ async fn check(report: &mut Report, db_url: &str, calls: &[Call]) -> anyhow::Res
 
     // 2. Each 2PC decision taken once; participants heard only that decision.
     let mut decided: HashMap<String, (i64, i64)> = HashMap::new();
-    for (tx, at, _) in journal_events(&mut db, "2pc", "decision").await? {
+    for (tx, at, _) in db.journal_events("2pc", "decision").await? {
         let (n, first) = decided.entry(tx).or_insert((0, at));
         *n += 1;
         *first = (*first).min(at);
     }
-    let decisions: Vec<(String, i64, i64, String)> = sqlx::query("SELECT id, state FROM transactions WHERE kind = '2pc'")
-        .fetch_all(&mut db)
+    let decisions: Vec<(String, i64, i64, String)> = db
+        .states_of_kind("2pc")
         .await?
         .into_iter()
-        .map(|r| {
-            let (id, state): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+        .map(|(id, state)| {
             let (n, at) = decided.get(&id).copied().unwrap_or((0, 0));
-            Ok((id, n, at, state))
+            (id, n, at, state)
         })
-        .collect::<Result<_, sqlx::Error>>()?;
+        .collect();
     let mut by_tx: HashMap<&str, Vec<&Call>> = HashMap::new();
     for c in calls {
         by_tx.entry(c.transaction_id.as_str()).or_default().push(c);
@@ -424,7 +422,7 @@ async fn check(report: &mut Report, db_url: &str, calls: &[Call]) -> anyhow::Res
     // 4. No completed step executed again: no execute call for a step's key after the write
     //    that recorded its completion.
     let mut completed_at: HashMap<String, i64> = HashMap::new();
-    for (tx, at, event) in journal_events(&mut db, "saga", "step_completed").await? {
+    for (tx, at, event) in db.journal_events("saga", "step_completed").await? {
         let index = event.step.as_deref().unwrap_or_default().trim_start_matches('s');
         completed_at.insert(format!("{tx}:{index}:execute"), at);
     }
@@ -452,25 +450,6 @@ async fn check(report: &mut Report, db_url: &str, calls: &[Call]) -> anyhow::Res
     Ok(passed)
 }
 
-/// Every event of `kind` in the journals of transactions of `tx_kind`: (transaction, when
-/// written, the event).
-async fn journal_events(db: &mut sqlx::PgConnection, tx_kind: &str, kind: &str) -> anyhow::Result<Vec<(String, i64, NewEvent)>> {
-    let mut found = Vec::new();
-    for row in sqlx::query(
-        "SELECT j.tx_id, j.at, j.events FROM journal j JOIN transactions t ON t.id = j.tx_id
-         WHERE t.kind = $1 AND strpos(j.events, $2) > 0",
-    )
-    .bind(tx_kind)
-    .bind(format!("\"{kind}\""))
-    .fetch_all(&mut *db)
-    .await?
-    {
-        let (tx, at, events): (String, i64, String) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        let events: Vec<NewEvent> = serde_json::from_str(&events).with_context(|| format!("journal of {tx}"))?;
-        found.extend(events.into_iter().filter(|e| e.kind == kind).map(|e| (tx.clone(), at, e)));
-    }
-    Ok(found)
-}
 
 async fn fresh_database(admin_url: &str) -> anyhow::Result<(String, String)> {
     let mut conn = sqlx::PgConnection::connect(admin_url)

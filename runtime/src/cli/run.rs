@@ -153,7 +153,7 @@ async fn run_managed(node: Node, spec: ManagedSpec, started: Instant) -> anyhow:
 /// Opens the embedded store and registers the spec's plugins.
 async fn start(args: &RunArgs, base: &std::path::Path, plugins: &BTreeMap<String, PathBuf>, started: Instant) -> anyhow::Result<Node> {
     let node = args.node.start().await?;
-    eprintln!("store ready ({:?}) in {} ms", node.store.backend(), started.elapsed().as_millis());
+    eprintln!("store ready ({:?}) in {} ms", node.store.kind(), started.elapsed().as_millis());
     for (name, path) in plugins {
         let path = if path.is_absolute() { path.clone() } else { base.join(path) };
         let bytes = std::fs::read(&path).with_context(|| {

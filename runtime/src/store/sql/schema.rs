@@ -4,7 +4,7 @@
 
 use sqlx::{AnyPool, Row};
 
-use super::{Backend, Result};
+use super::{Dialect, Result};
 
 pub(super) const TABLES: &[&str] = &["components", "plugins", "transactions", "journal", "idempotency", "tenant_settings", "tenants", "api_keys", "audit"];
 
@@ -131,19 +131,19 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
     ],
 )];
 
-pub(super) async fn migrate(pool: &AnyPool, backend: Backend) -> Result<()> {
+pub(super) async fn migrate(pool: &AnyPool, backend: Dialect) -> Result<()> {
     let mut conn = pool.acquire().await?;
-    if backend == Backend::Postgres {
+    if backend == Dialect::Postgres {
         sqlx::query("SELECT pg_advisory_lock(727375)").execute(&mut *conn).await?;
     }
     let result = run(&mut conn, backend).await;
-    if backend == Backend::Postgres {
+    if backend == Dialect::Postgres {
         sqlx::query("SELECT pg_advisory_unlock(727375)").execute(&mut *conn).await?;
     }
     result
 }
 
-async fn run(conn: &mut sqlx::pool::PoolConnection<sqlx::Any>, backend: Backend) -> Result<()> {
+async fn run(conn: &mut sqlx::pool::PoolConnection<sqlx::Any>, backend: Dialect) -> Result<()> {
     sqlx::query("CREATE TABLE IF NOT EXISTS wasmtx_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
         .execute(&mut **conn)
         .await?;
@@ -152,8 +152,8 @@ async fn run(conn: &mut sqlx::pool::PoolConnection<sqlx::Any>, backend: Backend)
         .await?
         .try_get(0)?;
     let blob = match backend {
-        Backend::Sqlite => "BLOB",
-        Backend::Postgres => "BYTEA",
+        Dialect::Sqlite => "BLOB",
+        Dialect::Postgres => "BYTEA",
     };
     for (version, statements) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
         let mut tx = sqlx::Connection::begin(&mut **conn).await?;
@@ -161,8 +161,8 @@ async fn run(conn: &mut sqlx::pool::PoolConnection<sqlx::Any>, backend: Backend)
             // `postgres: …` and `sqlite: …` statements are for that backend only (storage
             // parameters, its JSON functions).
             let statement = match (statement.split_once(": "), backend) {
-                (Some(("postgres", pg)), Backend::Postgres) => pg,
-                (Some(("sqlite", lite)), Backend::Sqlite) => lite,
+                (Some(("postgres", pg)), Dialect::Postgres) => pg,
+                (Some(("sqlite", lite)), Dialect::Sqlite) => lite,
                 (Some(("postgres" | "sqlite", _)), _) => continue,
                 _ => statement,
             };
