@@ -72,6 +72,8 @@ impl<S: TxState, D: Serialize + DeserializeOwned> Record<S, D> {
 
 /// Rows this journal wrote last, kept to spare a read before the next change.
 const MAX_CACHED_ROWS: usize = 10_000;
+/// Larger documents are read again instead of kept: the cache stays within ~160 MiB.
+const MAX_CACHED_DOC_BYTES: usize = 16 << 10;
 
 /// Writes records and tells observers. Cheap to clone.
 #[derive(Clone)]
@@ -99,7 +101,7 @@ impl Journal {
 
     fn remember(&self, row: &TxRow, terminal: bool) {
         let mut written = self.written.lock().unwrap();
-        if terminal {
+        if terminal || row.doc.len() > MAX_CACHED_DOC_BYTES {
             written.remove(&row.id);
             return;
         }

@@ -27,8 +27,9 @@ use bytes::Bytes;
 pub const DEFAULT_MAX_ANSWER_BYTES: usize = 1 << 20;
 /// Largest answer cap a tenant may be given.
 pub const MAX_ANSWER_BYTES_LIMIT: usize = 16 << 20;
-/// Largest request body a plugin may send over wasi:http.
-const MAX_PLUGIN_REQUEST_BYTES: usize = 16 << 20;
+/// Largest request body a plugin may send over wasi:http (it is read before sending, on the
+/// host, outside the plugin's memory cap).
+const MAX_PLUGIN_REQUEST_BYTES: usize = 2 << 20;
 
 /// Which special-purpose addresses a request may reach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,16 +89,17 @@ impl HostRule {
         }
         let (host, port) = if let Some(rest) = entry.strip_prefix('[') {
             let (v6, after) = rest.split_once(']').ok_or_else(bad)?;
-            v6.parse::<Ipv6Addr>().map_err(|_| bad())?;
+            let v6 = v6.parse::<Ipv6Addr>().map_err(|_| bad())?.to_string();
             let port = match after {
                 "" => None,
                 p => Some(p.strip_prefix(':').ok_or_else(bad)?.parse::<u16>().map_err(|_| bad())?),
             };
             (format!("[{}]", v6.to_ascii_lowercase()), port)
         } else {
+            // `example.com.` (fully qualified) names the same host as `example.com`.
             match entry.rsplit_once(':') {
-                Some((h, p)) => (h.to_ascii_lowercase(), Some(p.parse::<u16>().map_err(|_| bad())?)),
-                None => (entry.to_ascii_lowercase(), None),
+                Some((h, p)) => (h.trim_end_matches('.').to_ascii_lowercase(), Some(p.parse::<u16>().map_err(|_| bad())?)),
+                None => (entry.trim_end_matches('.').to_ascii_lowercase(), None),
             }
         };
         let (wildcard, name) = match host.strip_prefix("*.") {
@@ -315,7 +317,7 @@ fn check(scope: &Scope, url: &str) -> Result<reqwest::Url, Refusal> {
         return Err(Refusal::BadUrl(url.into()));
     }
     let host = match parsed.host() {
-        Some(url::Host::Domain(d)) => d.to_ascii_lowercase(),
+        Some(url::Host::Domain(d)) => d.trim_end_matches('.').to_ascii_lowercase(),
         Some(url::Host::Ipv4(ip)) => ip.to_string(),
         Some(url::Host::Ipv6(ip)) => format!("[{ip}]"),
         None => return Err(Refusal::BadUrl(url.into())),
@@ -531,7 +533,10 @@ mod tests {
         for bad in ["", "http://x/y", "a b", "x:99999", "x:0", "user@host", "*.", "[::1", "a..b", "x\u{0}y"] {
             assert!(HostRule::parse(bad).is_err(), "{bad:?}");
         }
-        let v6 = HostRule::parse("[2001:DB8::1]:443").unwrap();
-        assert!(v6.matches("[2001:db8::1]", 443));
+        let v6 = HostRule::parse("[2001:DB8:0::1]:443").unwrap();
+        assert!(v6.matches("[2001:db8::1]", 443), "IPv6 entries match in their normal form");
+        let rules: Arc<[HostRule]> = parse_rules(&["api.example.com.".into()]).unwrap().into();
+        let scope = Scope { reach: Reach::Public, hosts: Some(rules) };
+        assert!(check(&scope, "https://api.example.com./x").is_ok() && check(&scope, "https://api.example.com/x").is_ok());
     }
 }

@@ -31,18 +31,20 @@ pub fn keep_lease(store: Store, id: String, owner: String, lease: Duration) -> A
     }))
 }
 
-/// Runs `pass` now with `own = true` (take back what this node held before a restart), then
-/// every `every` with `own = false`, until the returned guard is dropped.
-pub fn spawn_loop<F, Fut>(every: Duration, pass: F) -> AbortOnDrop
+/// Runs `pass` with `own = true` (take back what this node held before a restart) and
+/// returns when it is done — before the caller serves anything, since that pass claims every
+/// running transaction this node owns — then every `every` with `own = false`, until the
+/// returned guard is dropped.
+pub async fn spawn_loop<F, Fut>(every: Duration, pass: F) -> AbortOnDrop
 where
     F: Fn(bool) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = usize> + Send,
 {
+    let n = pass(true).await;
+    if n > 0 {
+        tracing::info!(claimed = n, "recovering in-flight transactions");
+    }
     AbortOnDrop(tokio::spawn(async move {
-        let n = pass(true).await;
-        if n > 0 {
-            tracing::info!(claimed = n, "recovering in-flight transactions");
-        }
         loop {
             tokio::time::sleep(every).await;
             pass(false).await;

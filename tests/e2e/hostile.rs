@@ -486,6 +486,23 @@ on_both_stores!(max_concurrent_counts_every_running_transaction, |url: String| a
     }
     statuses.sort();
     assert_eq!(statuses, vec![StatusCode::CREATED, StatusCode::TOO_MANY_REQUESTS, StatusCode::TOO_MANY_REQUESTS, StatusCode::TOO_MANY_REQUESTS, StatusCode::TOO_MANY_REQUESTS]);
+    // A failed saga runs again when resumed: that counts too.
+    let (_, listed) = one.get("/v1/sagas?state=running").await;
+    for doc in listed["sagas"].as_array().unwrap() {
+        one.saga_until(doc["saga_id"].as_str().unwrap(), |d| d["state"] != "running").await;
+    }
+    let failing = one
+        .saga(json!([
+            {"name": "a", "plugin": "scripted", "retry_count": 0, "parameters": {"script": {"compensate": {"do": "fail"}}}},
+            {"name": "b", "plugin": "scripted", "retry_count": 0, "parameters": {"script": {"execute": {"do": "fail"}}}}
+        ]))
+        .await;
+    let (_, doc) = one.post(&format!("/v1/sagas/{failing}/execute"), json!({})).await;
+    assert_eq!(doc["state"], "failed", "{doc}");
+    let busy = one.saga(slow.clone()).await;
+    assert_eq!(one.post(&format!("/v1/sagas/{busy}/execute"), json!({"wait": false})).await.0, StatusCode::ACCEPTED);
+    let (status, err) = one.post(&format!("/v1/sagas/{failing}/resume"), json!({})).await;
+    assert_eq!((status, err["error"]["code"].clone()), (StatusCode::TOO_MANY_REQUESTS, json!("too_many_executions")), "{err}");
     server.kill().await;
 });
 

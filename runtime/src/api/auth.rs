@@ -49,6 +49,9 @@ impl FromRequestParts<AppState> for Tenant {
         if let Some(max) = limits.max_body_bytes {
             parts.extensions.insert(super::input::TenantBodyCap(usize::try_from(max).unwrap_or(usize::MAX)));
         }
+        if let Some(max) = limits.max_component_bytes {
+            parts.extensions.insert(super::input::TenantUploadCap(max));
+        }
         Ok(Tenant(key.tenant_id, format!("key:{}", key.key_id)))
     }
 }
@@ -219,7 +222,7 @@ pub(super) async fn create_tenant(
         return Err(ApiError::new(StatusCode::CONFLICT, "tenant_exists", format!("tenant {} already exists", req.tenant_id)));
     }
     tracing::info!(tenant = %req.tenant_id, "tenant created");
-    s.inner.store.audit(&req.tenant_id, "admin", "tenant_created", &json!({"limits": row.limits, "key_id": key.key_id})).await?;
+    s.audit(&req.tenant_id, "admin", "tenant_created", json!({"limits": row.limits, "key_id": key.key_id})).await;
     let body = json!({"tenant_id": req.tenant_id, "api_key": api_key, "key_id": key.key_id});
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
@@ -231,7 +234,7 @@ pub(super) async fn add_key(State(s): State<AppState>, headers: HeaderMap, Id(te
     }
     let (key, api_key) = new_key(&tenant);
     s.inner.store.add_key(&key).await?;
-    s.inner.store.audit(&tenant, "admin", "key_added", &json!({"key_id": key.key_id})).await?;
+    s.audit(&tenant, "admin", "key_added", json!({"key_id": key.key_id})).await;
     Ok((StatusCode::CREATED, Json(json!({"tenant_id": tenant, "api_key": api_key, "key_id": key.key_id}))).into_response())
 }
 
@@ -244,7 +247,7 @@ pub(super) async fn revoke_key(
     if !s.inner.store.revoke_key(&tenant, &key_id, now_ms()).await? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("tenant {tenant:?} has no live key {key_id:?}")));
     }
-    s.inner.store.audit(&tenant, "admin", "key_revoked", &json!({"key_id": key_id})).await?;
+    s.audit(&tenant, "admin", "key_revoked", json!({"key_id": key_id})).await;
     Ok(Json(json!({"status": "success", "tenant_id": tenant, "key_id": key_id, "revoked": true})))
 }
 

@@ -35,8 +35,17 @@ pub(crate) struct TenantBodyCap(pub usize);
 /// A JSON endpoint's body: at most 1 MiB, and at most the tenant's `max_body_bytes`.
 pub(crate) struct JsonBody(pub Bytes);
 
-/// A component upload: at most 64 MiB (the tenant's `max_component_bytes` is checked after).
-pub(crate) struct UploadBody(pub Bytes);
+/// The tenant's own cap on component uploads, left in the request by the `Tenant` extractor.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TenantUploadCap(pub usize);
+
+/// Uploads read and compiled at once, server-wide: each holds up to 64 MiB (and its copies
+/// while it is hashed and compiled), so a flood of uploads waits here instead of in memory.
+static UPLOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// A component upload: at most 64 MiB, and at most the tenant's `max_component_bytes`; held
+/// with one of the server's upload slots until the request is answered.
+pub(crate) struct UploadBody(pub Bytes, pub tokio::sync::SemaphorePermit<'static>);
 
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
@@ -51,7 +60,9 @@ impl<S: Send + Sync> FromRequest<S> for UploadBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
-        read_body(req, MAX_COMPONENT_BODY).await.map(UploadBody)
+        let permit = UPLOADS.acquire().await.expect("never closed");
+        let cap = req.extensions().get::<TenantUploadCap>().map_or(MAX_COMPONENT_BODY, |c| c.0.min(MAX_COMPONENT_BODY));
+        Ok(UploadBody(read_body(req, cap).await?, permit))
     }
 }
 

@@ -122,25 +122,48 @@ impl AppState {
         Ok(tenants.len())
     }
 
-    /// Records what was done in the tenant's audit trail (after it was done).
-    async fn audit(&self, tenant: &str, actor: &str, action: &str, detail: Value) -> Result<(), ApiError> {
-        Ok(self.inner.store.audit(tenant, actor, action, &detail).await?)
+    /// Records what was done in the tenant's audit trail, once it was done. The write runs in
+    /// its own task, so a client hanging up cannot lose it; a failure to record is logged, not
+    /// answered (the action itself succeeded).
+    async fn audit(&self, tenant: &str, actor: &str, action: &str, detail: Value) {
+        let (store, tenant, actor, action) = (self.inner.store.clone(), tenant.to_string(), actor.to_string(), action.to_string());
+        let write = tokio::spawn(async move {
+            if let Err(e) = store.audit(&tenant, &actor, &action, &detail).await {
+                tracing::error!(tenant, action, "recording an audit entry failed: {e}");
+            }
+        });
+        let _ = write.await;
     }
 
-    /// Runs `run`, an execution that starts a transaction, under `tenant`'s `max_concurrent`:
-    /// 429 when that many of its sagas and 2PC transactions are running already (counted in
-    /// the store, so whatever started them and whichever coordinator drives them). Counting
-    /// and starting are one step per tenant in this process: the admission is held until the
-    /// start is durable — `run` returned, or the first write of `started`'s transaction was
-    /// announced. `run` is its own task, so a client hanging up never stops it half-way.
-    async fn execution<T, F>(&self, tenant: &str, started: Option<(broadcast::Receiver<Progress>, &str)>, run: F) -> Result<T, ApiError>
+    /// Runs `run`, an execution that starts a transaction, under `tenant`'s `max_concurrent`,
+    /// then records `audit` (actor, action, detail) once it succeeded. 429 when that many of
+    /// the tenant's sagas and 2PC transactions run already (counted in the store, so whatever
+    /// started them and whichever coordinator drives them). Counting and starting are one step
+    /// per tenant in this process: the admission is held until the start is durable — `run`
+    /// returned, or transaction `started` (or, for a managed transaction, its delegate) was
+    /// announced in a running state. `run` is its own task, so a client hanging up never
+    /// stops it half-way, nor loses its audit entry.
+    async fn execution<T, F>(&self, tenant: &str, admit: Admit<'_>, audit: Option<(&str, &str, Value)>, run: F) -> Result<T, ApiError>
     where
         T: Send + 'static,
         F: std::future::Future<Output = Result<T, ApiError>> + Send + 'static,
     {
         let _gauge = InFlight::count(self);
+        let run = {
+            let (state, tenant) = (self.clone(), tenant.to_string());
+            let audit = audit.map(|(actor, action, detail)| (actor.to_string(), action.to_string(), detail));
+            async move {
+                let done = run.await?;
+                if let Some((actor, action, detail)) = audit {
+                    state.audit(&tenant, &actor, &action, detail).await;
+                }
+                Ok(done)
+            }
+        };
         let max = self.inner.limits.read().unwrap().get(tenant).and_then(|l| l.max_concurrent);
-        let Some(max) = max else { return run.await };
+        let (Some(max), false) = (max, matches!(admit, Admit::No)) else {
+            return tokio::spawn(run).await.map_err(internal)?;
+        };
         let gate = self.inner.admissions.lock().unwrap().entry(tenant.to_string()).or_default().clone();
         let admitted = gate.lock().await;
         let running = self.inner.store.count_active(tenant).await?;
@@ -151,34 +174,71 @@ impl AppState {
                 format!("tenant {tenant} already runs its maximum of {max} transactions"),
             ));
         }
+        let progress = vec![self.inner.sagas.subscribe(), self.inner.tpc.subscribe(), self.inner.manager.subscribe()];
         let mut task = tokio::spawn(run);
-        let done = match started {
-            None => Some((&mut task).await),
-            Some((mut progress, id)) => tokio::select! {
+        let done = match admit {
+            Admit::No | Admit::UntilDone => Some((&mut task).await),
+            Admit::UntilRunning(id) => tokio::select! {
                 done = &mut task => Some(done),
-                () = first_write_of(&mut progress, id) => None,
+                // Missed announcements (a lagging receiver): keep the admission to the end.
+                true = running_announced(progress, id) => None,
             },
         };
-        drop(admitted);
         let done = match done {
             Some(done) => done,
-            None => task.await,
+            None => {
+                drop(admitted);
+                task.await
+            }
         };
-        done.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the execution failed: {e}")))?
+        done.map_err(internal)?
     }
 }
 
-/// Waits for the first durable write of transaction `id` announced on `progress`.
-async fn first_write_of(progress: &mut broadcast::Receiver<Progress>, id: &str) {
-    loop {
-        match progress.recv().await {
-            Ok(p) if p.tx_id == id => return,
-            Ok(_) => {}
-            // Missed announcements may have held it: stop waiting, the count is in the store.
-            Err(broadcast::error::RecvError::Lagged(_)) => return,
-            Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+/// How an execution is counted against `max_concurrent`.
+enum Admit<'a> {
+    /// It starts nothing that is not counted already (resuming a running saga).
+    No,
+    /// It has started what it starts when it returns (a create with `"execute": true`).
+    UntilDone,
+    /// Transaction `id` has started once it is announced running.
+    UntilRunning(&'a str),
+}
+
+fn internal(e: tokio::task::JoinError) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("the execution failed: {e}"))
+}
+
+/// Waits until transaction `id` is announced in a running state (or ended); a managed
+/// transaction's delegate, named when its pattern is selected, stands for it. `false` if
+/// announcements were missed, so the wait proves nothing.
+async fn running_announced(progress: Vec<broadcast::Receiver<Progress>>, id: &str) -> bool {
+    use futures::StreamExt;
+    const RUNNING: &[&str] = &["running", "compensating", "preparing", "committing", "aborting"];
+    let mut announced = futures::stream::select_all(progress.into_iter().map(|rx| {
+        Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            match rx.recv().await {
+                Ok(p) => Some((Some(p), rx)),
+                Err(broadcast::error::RecvError::Lagged(_)) => Some((None, rx)),
+                Err(broadcast::error::RecvError::Closed) => None,
+            }
+        }))
+    }));
+    let mut watched = vec![id.to_string()];
+    while let Some(p) = announced.next().await {
+        let Some(p) = p else { return false };
+        if !watched.contains(&p.tx_id) {
+            continue;
+        }
+        if let Some(delegate) = p.event.detail.get("delegate").and_then(Value::as_str) {
+            watched.push(delegate.to_string());
+            continue;
+        }
+        if p.terminal || RUNNING.contains(&p.state) {
+            return true;
         }
     }
+    std::future::pending().await
 }
 
 /// One execution in flight, for the metrics gauge.
@@ -323,7 +383,7 @@ async fn put_plugin(
     State(s): State<AppState>,
     Tenant(tenant, actor): Tenant,
     Id(name): Id,
-    UploadBody(bytes): UploadBody,
+    UploadBody(bytes, _slot): UploadBody,
 ) -> Result<Response, ApiError> {
     let limits = s.inner.limits.read().unwrap().get(&tenant).cloned().unwrap_or_default();
     if let Some(max) = limits.max_component_bytes
@@ -348,7 +408,7 @@ async fn put_plugin(
     }
     let (row, created) = s.inner.catalog.publish(&tenant, &name, &bytes).await?;
     let detail = json!({"name": row.name, "version": row.version, "digest": row.digest, "new_version": created});
-    s.inner.store.audit(&tenant, &actor, "plugin_uploaded", &detail).await?;
+    s.audit(&tenant, &actor, "plugin_uploaded", detail).await;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     let doc = json!({
         "name": row.name,
@@ -400,7 +460,7 @@ async fn create_saga(
         };
         // A create that also starts the saga is an execution, counted like one.
         let starts = serde_json::from_slice::<Value>(&bytes).ok().and_then(|v| v.get("execute")?.as_bool()) == Some(true);
-        let saga = if starts { s.execution(&tenant, None, create).await? } else { create.await? };
+        let saga = if starts { s.execution(&tenant, Admit::UntilDone, None, create).await? } else { create.await? };
         Ok(json!({"status": "success", "saga_id": saga.id(), "state": saga.state.as_str()}))
     })
     .await
@@ -446,7 +506,7 @@ where
     }
     let id = key.as_deref().map(|k| resource_id(tenant, k));
     let body = create(s.clone(), tenant.to_string(), bytes, id).await?;
-    s.inner.store.audit(tenant, actor, "created", &body).await?;
+    s.audit(tenant, actor, "created", body.clone()).await;
     if let Some(key) = &key {
         let reply = IdempotentReply { request_hash, status: 201, body: body.clone() };
         s.inner.store.remember_reply(tenant, key, &reply, now_ms()).await?;
@@ -482,7 +542,7 @@ async fn add_step(
 ) -> Result<Json<Value>, ApiError> {
     let spec: StepSpec = parse(body)?;
     let (index, total) = s.inner.sagas.add_step(&tenant, &id, spec).await?;
-    s.audit(&tenant, &actor, "step_added", json!({"id": id})).await?;
+    s.audit(&tenant, &actor, "step_added", json!({"id": id})).await;
     Ok(Json(json!({"status": "success", "step_index": index, "total_steps": total})))
 }
 
@@ -514,8 +574,7 @@ async fn execute_saga(
         let (engine, tenant, id) = (s.inner.sagas.clone(), tenant.clone(), id.clone());
         async move { Ok(engine.execute(&tenant, &id, req.wait).await?) }
     };
-    let saga = s.execution(&tenant, Some((s.inner.sagas.subscribe(), &id)), run).await?;
-    s.audit(&tenant, &actor, "saga_execute", json!({"id": id})).await?;
+    let saga = s.execution(&tenant, Admit::UntilRunning(&id), Some((&actor, "saga_execute", json!({"id": id}))), run).await?;
     let status = if req.wait { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((status, Json(saga.document())).into_response())
 }
@@ -525,16 +584,21 @@ async fn get_saga(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Id(
 }
 
 async fn resume_saga(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
-    // A resumed saga was counted as running when it started; resuming adds none.
-    let _gauge = InFlight::count(&s);
-    let saga = s.inner.sagas.resume(&tenant, &id).await?;
-    s.audit(&tenant, &actor, "saga_resume", json!({"id": id})).await?;
+    let run = {
+        let (engine, tenant, id) = (s.inner.sagas.clone(), tenant.clone(), id.clone());
+        async move { Ok(engine.resume(&tenant, &id).await?) }
+    };
+    // A running saga was counted when it started; one that failed runs again when resumed.
+    let counted = s.inner.sagas.get(&tenant, &id).await?.state == SagaState::Failed;
+    let audit = Some((actor.as_str(), "saga_resume", json!({"id": id})));
+    let admit = if counted { Admit::UntilRunning(&id) } else { Admit::No };
+    let saga = s.execution(&tenant, admit, audit, run).await?;
     Ok(Json(saga.document()))
 }
 
 async fn cancel_saga(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
     let saga = s.inner.sagas.cancel(&tenant, &id).await?;
-    s.audit(&tenant, &actor, "saga_cancel", json!({"id": id})).await?;
+    s.audit(&tenant, &actor, "saga_cancel", json!({"id": id})).await;
     Ok(Json(saga.document()))
 }
 
@@ -606,7 +670,7 @@ async fn add_participant(
 ) -> Result<Json<Value>, ApiError> {
     let spec: ParticipantSpec = parse(body)?;
     let total = s.inner.tpc.add_participant(&tenant, &id, spec).await?;
-    s.audit(&tenant, &actor, "participant_added", json!({"id": id})).await?;
+    s.audit(&tenant, &actor, "participant_added", json!({"id": id})).await;
     Ok(Json(json!({"status": "success", "total_participants": total})))
 }
 
@@ -615,22 +679,25 @@ async fn execute_tpc(State(s): State<AppState>, Tenant(tenant, actor): Tenant, I
         let (engine, tenant, id) = (s.inner.tpc.clone(), tenant.clone(), id.clone());
         async move { Ok(engine.execute(&tenant, &id).await?) }
     };
-    let tx = s.execution(&tenant, Some((s.inner.tpc.subscribe(), &id)), run).await?;
-    s.audit(&tenant, &actor, "tpc_execute", json!({"id": id})).await?;
+    let tx = s.execution(&tenant, Admit::UntilRunning(&id), Some((&actor, "tpc_execute", json!({"id": id}))), run).await?;
     Ok(Json(tx.document()))
 }
 
 async fn abort_tpc(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
     let tx = s.inner.tpc.abort(&tenant, &id).await?;
-    s.audit(&tenant, &actor, "tpc_abort", json!({"id": id})).await?;
+    s.audit(&tenant, &actor, "tpc_abort", json!({"id": id})).await;
     Ok(Json(tx.document()))
 }
 
 async fn recover_tpc(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
-    // A recovered transaction was counted as running when it started.
-    let _gauge = InFlight::count(&s);
-    let tx = s.inner.tpc.recover(&tenant, &id).await?;
-    s.audit(&tenant, &actor, "tpc_recover", json!({"id": id})).await?;
+    let run = {
+        let (engine, tenant, id) = (s.inner.tpc.clone(), tenant.clone(), id.clone());
+        async move { Ok(engine.recover(&tenant, &id).await?) }
+    };
+    // A running transaction was counted when it started; a failed one runs again.
+    let counted = s.inner.tpc.get(&tenant, &id).await?.state == crate::tpc::TpcState::Failed;
+    let admit = if counted { Admit::UntilRunning(&id) } else { Admit::No };
+    let tx = s.execution(&tenant, admit, Some((&actor, "tpc_recover", json!({"id": id}))), run).await?;
     Ok(Json(tx.document()))
 }
 
@@ -669,7 +736,7 @@ async fn add_managed_participant(
 ) -> Result<Json<Value>, ApiError> {
     let spec: ManagedParticipant = parse(body)?;
     let total = s.inner.manager.add_participant(&tenant, &id, spec).await?;
-    s.audit(&tenant, &actor, "participant_added", json!({"id": id})).await?;
+    s.audit(&tenant, &actor, "participant_added", json!({"id": id})).await;
     Ok(Json(json!({"status": "success", "total_participants": total})))
 }
 
@@ -695,8 +762,7 @@ async fn execute_managed(
         let (manager, tenant, id) = (s.inner.manager.clone(), tenant.clone(), id.clone());
         async move { Ok(manager.execute(&tenant, &id, req.pattern.as_deref()).await?) }
     };
-    let m = s.execution(&tenant, Some((s.inner.manager.subscribe(), &id)), run).await?;
-    s.audit(&tenant, &actor, "transaction_execute", json!({"id": id})).await?;
+    let m = s.execution(&tenant, Admit::UntilRunning(&id), Some((&actor, "transaction_execute", json!({"id": id}))), run).await?;
     managed_document(&s, &tenant, m).await
 }
 
@@ -707,14 +773,16 @@ async fn get_managed(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, 
 
 async fn abort_managed(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
     let m = s.inner.manager.abort(&tenant, &id).await?;
-    s.audit(&tenant, &actor, "transaction_abort", json!({"id": id})).await?;
+    s.audit(&tenant, &actor, "transaction_abort", json!({"id": id})).await;
     managed_document(&s, &tenant, m).await
 }
 
 async fn recover_managed(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
-    let _gauge = InFlight::count(&s);
-    let m = s.inner.manager.recover(&tenant, &id).await?;
-    s.audit(&tenant, &actor, "transaction_recover", json!({"id": id})).await?;
+    let run = {
+        let (manager, tenant, id) = (s.inner.manager.clone(), tenant.clone(), id.clone());
+        async move { Ok(manager.recover(&tenant, &id).await?) }
+    };
+    let m = s.execution(&tenant, Admit::No, Some((&actor, "transaction_recover", json!({"id": id}))), run).await?;
     managed_document(&s, &tenant, m).await
 }
 
@@ -761,7 +829,7 @@ async fn set_default_policy(
 ) -> Result<Json<Value>, ApiError> {
     let req: DefaultPolicy = parse(body)?;
     s.inner.manager.set_default_policy(&tenant, &req.policy).await?;
-    s.inner.store.audit(&tenant, &actor, "default_policy_set", &json!({"policy": req.policy})).await?;
+    s.audit(&tenant, &actor, "default_policy_set", json!({"policy": req.policy})).await;
     Ok(Json(json!({"status": "success", "policy": req.policy})))
 }
 

@@ -188,6 +188,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 a + b + c
             }
         })
+        .await
     };
     // Count every durable event of the three engines for /metrics.
     let _event_counter = {
@@ -265,6 +266,7 @@ async fn serve_connections(
         };
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let stream = Stalling { io: stream, stall: WRITE_STALL, timer: None };
         let connection = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
@@ -280,6 +282,69 @@ async fn serve_connections(
         });
     }
     let _ = stop_tx.send(true);
+}
+
+/// How long an answer may wait for a client that does not read it.
+const WRITE_STALL: Duration = Duration::from_secs(30);
+
+/// A connection whose writes must make progress: a client that stops reading its answers
+/// (pipelining requests it never reads) is disconnected after `stall` instead of holding its
+/// slot forever.
+struct Stalling<T> {
+    io: T,
+    stall: Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> Stalling<T> {
+    /// `Ready(Err)` once writes made no progress for `stall`; `Pending` until then.
+    fn stalled(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Error> {
+        let stall = self.stall;
+        let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+        timer.as_mut().poll(cx).map(|()| std::io::Error::new(std::io::ErrorKind::TimedOut, "the client stopped reading"))
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Stalling<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Stalling<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.io).poll_write(cx, buf) {
+            Poll::Ready(done) => {
+                self.timer = None;
+                Poll::Ready(done)
+            }
+            Poll::Pending => self.stalled(cx).map(Err),
+        }
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.io).poll_flush(cx) {
+            Poll::Ready(done) => {
+                self.timer = None;
+                Poll::Ready(done)
+            }
+            Poll::Pending => self.stalled(cx).map(Err),
+        }
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// `wanted` connections, if the process's file limit allows them with room for the store,

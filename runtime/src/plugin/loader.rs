@@ -117,9 +117,12 @@ pub(crate) async fn load(host: &PluginHost, bytes: &[u8]) -> Result<Arc<Componen
     check_header(bytes, host.config().max_component_bytes)?;
     // Hashing and compiling take up to seconds of CPU: on a blocking thread, a few at a time,
     // so uploads never stall the async workers that serve requests and drive transactions.
-    let _permit = host.compiles().acquire_owned().await.expect("never closed");
+    // The permit lives in the blocking task: a caller that goes away mid-compile does not
+    // free a slot while the compilation still runs.
+    let permit = host.compiles().acquire_owned().await.expect("never closed");
     let (owned, on_pool) = (bytes.to_vec(), host.clone());
     let compiled = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let host = on_pool;
         let digest = digest_of(&owned);
         let compiled = compile_cached(&host, &owned, &digest)?;

@@ -64,7 +64,7 @@ impl CallState {
         CallState {
             wasi,
             http: WasiHttpCtx::new(),
-            hooks: Allowlist { tags: tags.clone() },
+            hooks: Allowlist { tags: tags.clone(), in_flight: Arc::default() },
             table: ResourceTable::new(),
             limiter: MemoryLimiter { cap: memory_cap, hit: false },
             stdout,
@@ -162,7 +162,12 @@ impl WasiHttpView for CallState {
 /// Outbound HTTP through the one outbound policy (`crate::outbound`); every refusal is logged.
 struct Allowlist {
     tags: CallTags,
+    /// Requests of this call in flight (their bodies are held on the host).
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Outbound requests one call may have in flight at once.
+const MAX_REQUESTS_IN_FLIGHT: usize = 8;
 
 type SendFuture = Box<
     dyn std::future::Future<
@@ -182,6 +187,12 @@ impl WasiHttpHooks for Allowlist {
     ) -> SendFuture {
         _ = fut;
         let tags = self.tags.clone();
+        use std::sync::atomic::Ordering;
+        let in_flight = self.in_flight.clone();
+        if in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_REQUESTS_IN_FLIGHT {
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+            return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
+        }
         // The whole exchange gets the plugin's first-byte timeout, or the call's own deadline
         // ends it first.
         let timeout = options.and_then(|o| o.first_byte_timeout).unwrap_or(std::time::Duration::from_secs(600));
@@ -191,6 +202,7 @@ impl WasiHttpHooks for Allowlist {
                 Some(grant) => grant.outbound.send_plugin_request(&grant.scope, request, timeout).await,
                 None => Err(wasmtime_wasi_http::Error::HttpRequestDenied),
             };
+            in_flight.fetch_sub(1, Ordering::SeqCst);
             if let Err(e @ (wasmtime_wasi_http::Error::HttpRequestDenied | wasmtime_wasi_http::Error::DestinationIpProhibited)) = &result {
                 tracing::warn!(
                     target: "wasmtx::plugin::http",

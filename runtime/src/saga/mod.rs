@@ -35,7 +35,7 @@ const MAX_CONTEXT_BYTES: usize = 256 * 1024;
 pub const MAX_SAGA_TIMEOUT_MS: u64 = 7 * 24 * 3_600_000;
 /// Most bytes of step outputs one saga keeps; an output that would pass it is refused as
 /// the step's answer (a retry), so a saga document stays storable.
-pub const MAX_SAGA_OUTPUT_BYTES: usize = 8 << 20;
+pub const MAX_SAGA_OUTPUT_BYTES: usize = 2 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SagaError {

@@ -147,12 +147,17 @@ pub const DEFAULT_STEP_TIMEOUT_MS: u64 = 30_000;
 pub const MAX_STEP_TIMEOUT_MS: u64 = 3_600_000;
 pub const MAX_STEPS: usize = 100;
 pub const MAX_RETRY_COUNT: u32 = 100;
+/// Largest step (or participant) description, parameters included, as JSON.
+pub const MAX_SPEC_BYTES: usize = 32 << 10;
 
 impl StepSpec {
     /// Checks what can be checked without the store; the plugin's existence is checked by
     /// the engine.
     pub fn validate(&self) -> Result<(), String> {
         crate::text::check("step name", &self.name, 128)?;
+        if serde_json::to_vec(self).map_or(0, |v| v.len()) > MAX_SPEC_BYTES {
+            return Err(format!("step {:?} is larger than {MAX_SPEC_BYTES} bytes as JSON", self.name));
+        }
         validate_target(&format!("step {:?}", self.name), &self.plugin, &self.endpoint)?;
         if self.timeout_ms.is_some_and(|t| t == 0 || t > MAX_STEP_TIMEOUT_MS) {
             return Err(format!("step {:?}: timeout_ms must be between 1 and {MAX_STEP_TIMEOUT_MS}", self.name));

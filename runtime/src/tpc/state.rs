@@ -124,6 +124,9 @@ impl ParticipantSpec {
             return Err("participant_id must be 1-128 characters without spaces".into());
         }
         crate::saga::state::validate_target(&format!("participant {id:?}"), &self.plugin, &self.endpoint)?;
+        if serde_json::to_vec(self).map_or(0, |v| v.len()) > crate::saga::state::MAX_SPEC_BYTES {
+            return Err(format!("participant {id:?} is larger than {} bytes as JSON", crate::saga::state::MAX_SPEC_BYTES));
+        }
         if self.timeout_ms.is_some_and(|t| t == 0 || t > crate::saga::state::MAX_STEP_TIMEOUT_MS) {
             return Err(format!("participant {id:?}: timeout_ms is out of range"));
         }

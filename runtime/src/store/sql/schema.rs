@@ -6,7 +6,6 @@ use sqlx::{AnyPool, Row};
 
 use super::{Dialect, Result};
 
-pub(super) const TABLES: &[&str] = &["components", "plugins", "transactions", "journal", "idempotency", "tenant_settings", "tenants", "api_keys", "audit"];
 
 /// (version, statements). `{blob}` is the binary column type of the backend.
 const MIGRATIONS: &[(i64, &[&str])] = &[(
