@@ -9,19 +9,17 @@
 
 pub mod api;
 pub mod cli;
-mod engine;
-pub mod journal;
 pub mod manager;
 pub mod metrics;
 pub mod model;
 pub mod outbound;
 pub mod participant;
 pub mod plugin;
-pub mod recovery;
 pub mod saga;
 pub mod tpc;
 pub mod store;
 pub mod text;
+pub mod txn;
 
 /// The tenant of single-tenant mode (no tenants configured).
 pub fn api_tenant() -> &'static str {

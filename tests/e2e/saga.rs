@@ -269,7 +269,7 @@ on_both_stores!(a_pending_saga_can_be_cancelled_and_a_finished_one_cannot_run_ag
     n.sagas.execute(TENANT, &id, true).await.unwrap();
     assert!(matches!(n.sagas.execute(TENANT, &id, true).await, Err(wasmtx::saga::SagaError::WrongState { .. })));
     assert!(matches!(n.sagas.add_step(TENANT, &id, step(json!({"name": "b", "plugin": "scripted"}))).await, Err(wasmtx::saga::SagaError::WrongState { .. })));
-    assert!(matches!(n.sagas.get("another-tenant", &id).await, Err(wasmtx::saga::SagaError::NotFound(_))));
+    assert!(matches!(n.sagas.get("another-tenant", &id).await, Err(wasmtx::saga::SagaError::NotFound { .. })));
 });
 
 on_both_stores!(a_running_saga_pins_the_plugin_version_it_started_with, |url: String| async move {

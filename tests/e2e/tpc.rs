@@ -189,7 +189,7 @@ on_both_stores!(out_of_order_requests_are_refused_and_change_nothing, |url: Stri
     let late = serde_json::from_value(json!({"participant_id": "late", "plugin": "ledger"})).unwrap();
     assert!(matches!(n.tpc.add_participant(TENANT, &id, late).await, Err(TpcError::WrongState { .. })));
     assert!(matches!(n.tpc.abort(TENANT, &id).await, Err(TpcError::DecidedCommit(_))));
-    assert!(matches!(n.tpc.get(TENANT, "tpc-nope").await, Err(TpcError::NotFound(_))));
+    assert!(matches!(n.tpc.get(TENANT, "tpc-nope").await, Err(TpcError::NotFound { .. })));
     assert_eq!(n.tpc.get(TENANT, &id).await.unwrap().state, TpcState::Committed);
     let empty = transaction(&n, json!({}), vec![]).await;
     assert!(matches!(n.tpc.execute(TENANT, &empty).await, Err(TpcError::Invalid(_))));

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::plugin::{CatalogError, LookupError};
-use crate::saga::SagaError;
+use crate::txn::TxError;
 use crate::store::StoreError;
 
 #[derive(Debug)]
@@ -88,49 +88,51 @@ impl From<CatalogError> for ApiError {
     }
 }
 
-impl From<SagaError> for ApiError {
-    fn from(e: SagaError) -> Self {
-        match e {
-            SagaError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
-            SagaError::WrongState { .. } => ApiError::new(StatusCode::CONFLICT, "wrong_state", e.to_string()),
-            SagaError::Busy(_) => ApiError::new(StatusCode::CONFLICT, "busy", e.to_string()),
-            SagaError::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.to_string()),
-            SagaError::EndpointRefused(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "endpoint_refused", e.to_string()),
-            SagaError::Internal(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
-            SagaError::Plugin(e) => e.into(),
-            SagaError::Store(e) => e.into(),
-        }
+/// Each kind of engine error, mapped once.
+impl From<TxError> for ApiError {
+    fn from(e: TxError) -> Self {
+        let (status, code) = match &e {
+            TxError::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            TxError::WrongState { .. } => (StatusCode::CONFLICT, "wrong_state"),
+            TxError::DecidedCommit(_) => (StatusCode::CONFLICT, "decided_commit"),
+            TxError::Busy(_) => (StatusCode::CONFLICT, "busy"),
+            TxError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request"),
+            TxError::EndpointRefused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "endpoint_refused"),
+            TxError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            TxError::Plugin(_) | TxError::Store(_) => {
+                return match e {
+                    TxError::Plugin(e) => e.into(),
+                    TxError::Store(e) => e.into(),
+                    _ => unreachable!("matched above"),
+                };
+            }
+        };
+        ApiError::new(status, code, e.to_string())
     }
 }
 
-impl From<crate::tpc::TpcError> for ApiError {
-    fn from(e: crate::tpc::TpcError) -> Self {
-        use crate::tpc::TpcError;
-        match e {
-            TpcError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
-            TpcError::WrongState { .. } => ApiError::new(StatusCode::CONFLICT, "wrong_state", e.to_string()),
-            TpcError::DecidedCommit(_) => ApiError::new(StatusCode::CONFLICT, "decided_commit", e.to_string()),
-            TpcError::Busy(_) => ApiError::new(StatusCode::CONFLICT, "busy", e.to_string()),
-            TpcError::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.to_string()),
-            TpcError::EndpointRefused(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "endpoint_refused", e.to_string()),
-            TpcError::Internal(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
-            TpcError::Plugin(e) => e.into(),
-            TpcError::Store(e) => e.into(),
-        }
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl From<crate::manager::ManagerError> for ApiError {
-    fn from(e: crate::manager::ManagerError) -> Self {
-        use crate::manager::ManagerError;
-        match e {
-            ManagerError::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()),
-            ManagerError::WrongState { .. } => ApiError::new(StatusCode::CONFLICT, "wrong_state", e.to_string()),
-            ManagerError::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e.to_string()),
-            ManagerError::Plugin(e) => e.into(),
-            ManagerError::Store(e) => e.into(),
-            ManagerError::Saga(e) => e.into(),
-            ManagerError::Tpc(e) => e.into(),
-        }
+    fn mapped(e: TxError) -> (u16, &'static str) {
+        let api: ApiError = e.into();
+        (api.status.as_u16(), api.code)
+    }
+
+    #[test]
+    fn each_kind_of_engine_error_has_its_status_and_code() {
+        let id = || "t-1".to_string();
+        assert_eq!(mapped(TxError::NotFound { kind: "saga", id: id() }), (404, "not_found"));
+        assert_eq!(mapped(TxError::WrongState { id: id(), state: "running", action: "execute" }), (409, "wrong_state"));
+        assert_eq!(mapped(TxError::DecidedCommit(id())), (409, "decided_commit"));
+        assert_eq!(mapped(TxError::Busy(id())), (409, "busy"));
+        assert_eq!(mapped(TxError::Invalid("no".into())), (422, "invalid_request"));
+        assert_eq!(mapped(TxError::EndpointRefused("no".into())), (422, "endpoint_refused"));
+        assert_eq!(mapped(TxError::Internal("saga driver failed".into())), (500, "internal"), "a driver failure is the server's");
+        assert_eq!(mapped(TxError::Store(StoreError::Closed)), (500, "store_error"));
+        let unknown = CatalogError::Lookup(LookupError::UnknownPlugin("p".into()));
+        assert_eq!(mapped(TxError::Plugin(unknown)), (422, "unknown_plugin"));
+        assert_eq!(mapped(crate::txn::IllegalTransition { from: "Completed".into(), to: "Running".into() }.into()), (500, "internal"));
     }
 }

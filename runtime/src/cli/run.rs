@@ -177,7 +177,7 @@ fn print_progress(streams: Vec<tokio::sync::broadcast::Receiver<Progress>>, id: 
     use futures::StreamExt;
     tokio::spawn(async move {
         let t0 = Instant::now();
-        let mut merged = crate::journal::merged(streams);
+        let mut merged = crate::txn::journal::merged(streams);
         while let Some(p) = merged.next().await {
             if id.as_ref().is_some_and(|id| *id != p.tx_id) {
                 continue;

@@ -166,7 +166,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let (sagas, tpc, manager) = (node.sagas.clone(), node.tpc.clone(), node.manager.clone());
         let every = Duration::from_millis((args.node.lease_ms / 2).clamp(100, 2_000));
         let state = state.clone();
-        crate::recovery::spawn_loop(every, move |own| {
+        crate::txn::recovery::spawn_loop(every, move |own| {
             let (sagas, tpc, manager, state) = (sagas.clone(), tpc.clone(), manager.clone(), state.clone());
             async move {
                 // Tenants created on another coordinator: their work may be recovered here.
@@ -194,8 +194,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let _event_counter = {
         let metrics = node.invoker.metrics().clone();
         let streams = vec![node.sagas.subscribe(), node.tpc.subscribe(), node.manager.subscribe()];
-        crate::recovery::AbortOnDrop(tokio::spawn(async move {
-            let mut merged = crate::journal::merged(streams);
+        crate::txn::recovery::AbortOnDrop(tokio::spawn(async move {
+            let mut merged = crate::txn::journal::merged(streams);
             while let Some(p) = futures::StreamExt::next(&mut merged).await {
                 metrics.count_event(&p.event.kind);
             }

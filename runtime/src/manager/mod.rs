@@ -14,9 +14,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::model::{Availability, Consistency, Decision as PolicyDecision, Pattern, Profile, RetryPolicy};
-use crate::plugin::{CallLimits, CallTags, Catalog, CatalogError, Role};
+use crate::plugin::{CallLimits, CallTags, Catalog, Role};
 use crate::saga::{CreateSaga, SagaEngine, SagaError, SagaState, StepSpec};
-use crate::journal::{Journal, Record, TxState};
+use crate::txn::Transition;
+use crate::txn::journal::{Journal, Record, TxState};
 use crate::store::{Lease, NewEvent, Store, StoreError, now_ms};
 use crate::tpc::{CreateTpc, ParticipantSpec, TpcEngine, TpcError, TpcState};
 use select::{Capability, Selection};
@@ -27,23 +28,8 @@ pub const DEFAULT_POLICY_SETTING: &str = "default_policy";
 /// How long a policy may think.
 const POLICY_TIMEOUT: Duration = Duration::from_secs(2);
 
-#[derive(Debug, thiserror::Error)]
-pub enum ManagerError {
-    #[error("no transaction {0}")]
-    NotFound(String),
-    #[error("transaction {id} is {state}: {action} is not possible")]
-    WrongState { id: String, state: &'static str, action: &'static str },
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Plugin(#[from] CatalogError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error(transparent)]
-    Saga(#[from] SagaError),
-    #[error(transparent)]
-    Tpc(#[from] TpcError),
-}
+/// The manager's errors: the one error of the engines.
+pub type ManagerError = crate::txn::TxError;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -143,6 +129,20 @@ impl Status {
 
     pub fn is_terminal(self) -> bool {
         !matches!(self, Status::Pending | Status::Running)
+    }
+}
+
+impl crate::txn::Transition for Status {
+    /// A managed transaction starts (or is rejected, or aborted before it starts), then
+    /// follows its delegate: the delegate's end is its end, and a failed delegate that an
+    /// operator resumes or recovers takes it back to running, or straight to the end it
+    /// reached meanwhile.
+    fn can_become(self, to: Status) -> bool {
+        use Status::*;
+        matches!(
+            (self, to),
+            (Pending, Running | Failed | Aborted) | (Running, Committed | Compensated | Aborted | Failed) | (Failed, Running | Committed | Compensated | Aborted)
+        )
     }
 }
 
@@ -264,7 +264,7 @@ impl Manager {
     }
 
     pub async fn get(&self, tenant: &str, id: &str) -> Result<Managed, ManagerError> {
-        let row = self.store.get_tx(tenant, KIND, id).await?.ok_or_else(|| ManagerError::NotFound(id.into()))?;
+        let row = self.store.get_tx(tenant, KIND, id).await?.ok_or_else(|| ManagerError::NotFound { kind: "transaction", id: id.into() })?;
         Ok(Managed::from_row(row)?)
     }
 
@@ -343,7 +343,7 @@ impl Manager {
         m.doc.started_at_ms = Some(now_ms());
         let pattern = match selection {
             Selection::Reject(reason) => {
-                m.state = Status::Failed;
+                m.state.become_(Status::Failed)?;
                 m.doc.rejected = true;
                 m.doc.error = Some(reason.clone());
                 m.doc.reason = Some(reason.clone());
@@ -359,7 +359,7 @@ impl Manager {
         let delegate_id = self.create_delegate(tenant, &m, pattern).await?;
         m.doc.selected_pattern = Some(pattern);
         m.doc.delegate_id = Some(delegate_id.clone());
-        m.state = Status::Running;
+        m.state.become_(Status::Running)?;
         m.row.owner = Some(self.sagas.node_id().to_string());
         events.push(NewEvent::new(
             "pattern_selected",
@@ -367,7 +367,7 @@ impl Manager {
             json!({"pattern": pattern, "reason": m.doc.reason, "policy": m.doc.policy_used, "delegate": delegate_id}),
         ));
         self.persist(&mut m, events).await?;
-        let _renewal = crate::recovery::keep_lease(self.store.clone(), m.row.id.clone(), self.sagas.node_id().into(), self.lease());
+        let _renewal = crate::txn::recovery::keep_lease(self.store.clone(), m.row.id.clone(), self.sagas.node_id().into(), self.lease());
         match pattern {
             Pattern::Saga => {
                 self.sagas.execute(tenant, &delegate_id, true).await?;
@@ -485,7 +485,7 @@ impl Manager {
                 let req = CreateTpc {
                     transaction_name: m.row.name.clone(),
                     context: Some(m.doc.context.clone()),
-                    prepare_timeout_ms: Some(m.doc.requirements.timeout_ms.min(crate::saga::state::MAX_STEP_TIMEOUT_MS)),
+                    prepare_timeout_ms: Some(m.doc.requirements.timeout_ms.min(crate::txn::spec::MAX_CALL_TIMEOUT_MS)),
                     retry_policy: m.doc.retry_policy.clone(),
                     decision_max_attempts: None,
                     participants: Some(specs),
@@ -502,7 +502,7 @@ impl Manager {
         let mut m = self.get(tenant, id).await?;
         match (m.state, m.doc.selected_pattern, m.doc.delegate_id.clone()) {
             (Status::Pending, _, _) => {
-                m.state = Status::Aborted;
+                m.state.become_(Status::Aborted)?;
                 m.doc.error = Some("aborted before it started".into());
                 self.persist(&mut m, vec![NewEvent::new("aborted", None, json!({}))]).await?;
                 Ok(m)
@@ -571,7 +571,7 @@ impl Manager {
             if status == m.state {
                 return Ok(m);
             }
-            m.state = status;
+            m.state.become_(status)?;
             m.doc.error = error;
             if status.is_terminal() {
                 m.row.owner = None;
@@ -735,5 +735,31 @@ fn as_step(p: &ManagedParticipant) -> StepSpec {
         timeout_ms: p.timeout_ms,
         retry_count: p.retry_count,
         output_key: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn managed_statuses_move_only_as_the_table_says() {
+        use Status::*;
+        crate::txn::transition::assert_table(
+            &[Pending, Running, Committed, Compensated, Aborted, Failed],
+            &[
+                (Pending, Running),
+                (Pending, Failed),
+                (Pending, Aborted),
+                (Running, Committed),
+                (Running, Compensated),
+                (Running, Aborted),
+                (Running, Failed),
+                (Failed, Running),
+                (Failed, Committed),
+                (Failed, Compensated),
+                (Failed, Aborted),
+            ],
+        );
     }
 }

@@ -16,16 +16,17 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
-use crate::journal::{Record, wait_for_end};
-use crate::engine::{EngineCore, from_remembered_row};
-pub use crate::engine::EngineConfig;
+use crate::txn::journal::{Record, wait_for_end};
+use crate::txn::Transition;
+use crate::txn::core::{EngineCore, from_remembered_row};
+pub use crate::txn::core::EngineConfig;
 use tracing::Instrument;
 
 pub use crate::model::Progress;
 use crate::model::{CallContext, RetryPolicy};
 use crate::participant::{Invoker, Phase, Target};
-use crate::plugin::{Catalog, CatalogError};
-use crate::store::{EventRow, Lease, NewEvent, Store, StoreError, now_ms};
+use crate::plugin::Catalog;
+use crate::store::{EventRow, Lease, NewEvent, Store, now_ms};
 pub use state::{SagaDoc, SagaState, StepRecord, StepSpec, StepState};
 use state::{MAX_STEPS, Next, Verdict, judge};
 
@@ -37,39 +38,8 @@ pub const MAX_SAGA_TIMEOUT_MS: u64 = 7 * 24 * 3_600_000;
 /// the step's answer (a retry), so a saga document stays storable.
 pub const MAX_SAGA_OUTPUT_BYTES: usize = 2 << 20;
 
-#[derive(Debug, thiserror::Error)]
-pub enum SagaError {
-    #[error("no saga {0}")]
-    NotFound(String),
-    #[error("saga {id} is {state}: {action} is not possible")]
-    WrongState { id: String, state: &'static str, action: &'static str },
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Plugin(#[from] CatalogError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("saga {0} is being driven by another coordinator")]
-    Busy(String),
-    #[error("{0}")]
-    EndpointRefused(String),
-    /// The server failed, not the request (a driver task that panicked).
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl SagaError {
-    /// Another writer changed the transaction since it was read.
-    pub fn is_conflict(&self) -> bool {
-        matches!(self, SagaError::Store(StoreError::Conflict { .. }))
-    }
-}
-
-impl crate::engine::Conflicting for SagaError {
-    fn is_conflict(&self) -> bool {
-        SagaError::is_conflict(self)
-    }
-}
+/// The saga engine's errors: the one error of the engines.
+pub type SagaError = crate::txn::TxError;
 
 /// The body of "create saga" (API.md).
 #[derive(Debug, Clone, Deserialize)]
@@ -143,9 +113,7 @@ impl Saga {
     }
 }
 
-pub fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
+pub use crate::txn::rfc3339;
 
 #[derive(Clone)]
 pub struct SagaEngine {
@@ -229,7 +197,7 @@ impl SagaEngine {
     }
 
     pub async fn get(&self, tenant: &str, id: &str) -> Result<Saga, SagaError> {
-        let row = self.inner.store.get_tx(tenant, KIND, id).await?.ok_or_else(|| SagaError::NotFound(id.into()))?;
+        let row = self.inner.store.get_tx(tenant, KIND, id).await?.ok_or_else(|| SagaError::NotFound { kind: "saga", id: id.into() })?;
         Ok(Saga::from_row(row)?)
     }
 
@@ -324,7 +292,7 @@ impl SagaEngine {
                 step.plugin_version = Some(format!("{}@{}", row.name, row.version));
             }
         }
-        saga.state.become_(SagaState::Running).expect("pending -> running is legal");
+        saga.state.become_(SagaState::Running)?;
         saga.doc.started_at_ms = Some(now_ms());
         saga.row.owner = Some(self.inner.config.node_id.clone());
         let pins: Vec<Value> = saga.doc.steps.iter().filter_map(|s| s.plugin_version.clone().map(Value::String)).collect();
@@ -357,10 +325,10 @@ impl SagaEngine {
             }
             SagaState::Failed => {
                 for step in saga.doc.steps.iter_mut().filter(|s| s.state == StepState::CompensationFailed) {
-                    step.state.become_(StepState::Compensating).expect("legal");
+                    step.state.become_(StepState::Compensating)?;
                     step.compensation_attempts = 0;
                 }
-                saga.state.become_(SagaState::Compensating).expect("failed -> compensating is legal");
+                saga.state.become_(SagaState::Compensating)?;
                 saga.row.owner = Some(self.node_id().into());
                 self.persist(&mut saga, vec![NewEvent::new("saga_resumed", None, json!({ "owner": self.node_id() }))])
                     .await
@@ -377,7 +345,7 @@ impl SagaEngine {
         let mut saga = self.get(tenant, id).await?;
         match saga.state {
             SagaState::Pending => {
-                saga.state.become_(SagaState::Compensated).expect("legal");
+                saga.state.become_(SagaState::Compensated)?;
                 saga.doc.error = Some("cancelled before it started".into());
                 self.persist(&mut saga, vec![NewEvent::new("saga_cancelled", None, json!({}))])
                     .await
@@ -393,7 +361,7 @@ impl SagaEngine {
                 if saga.row.lease_until_ms > now_ms() && saga.row.owner.as_deref() != Some(self.node_id()) {
                     return Err(SagaError::Busy(id.into()));
                 }
-                saga.state.become_(SagaState::Compensating).expect("legal");
+                saga.state.become_(SagaState::Compensating)?;
                 saga.doc.error = Some("cancelled".into());
                 saga.row.owner = Some(self.node_id().into());
                 self.persist(&mut saga, vec![NewEvent::new("saga_cancelled", None, json!({}))])
@@ -466,7 +434,7 @@ impl SagaEngine {
     }
 
     async fn drive(&self, mut saga: Saga, cancel: &AtomicBool, mut started: bool) -> Result<Saga, SagaError> {
-        let _renewal = crate::recovery::keep_lease(
+        let _renewal = crate::txn::recovery::keep_lease(
             self.inner.store.clone(),
             saga.id().to_string(),
             self.node_id().to_string(),
@@ -478,7 +446,7 @@ impl SagaEngine {
                 Next::Execute(i) if std::mem::take(&mut started) => self.run_step(&mut saga, i).await?,
                 Next::Execute(i) => {
                     if let Some(reason) = self.should_stop(&saga, cancel) {
-                        saga.state.become_(SagaState::Compensating).expect("legal");
+                        saga.state.become_(SagaState::Compensating)?;
                         saga.doc.error = Some(reason.clone());
                         self.persist(&mut saga, vec![NewEvent::new("saga_compensating", None, json!({ "reason": reason }))])
                             .await?;
@@ -488,12 +456,12 @@ impl SagaEngine {
                 }
                 Next::Compensate(i) => self.compensate_step(&mut saga, i).await?,
                 Next::Complete => {
-                    saga.state.become_(SagaState::Completed).expect("legal");
+                    saga.state.become_(SagaState::Completed)?;
                     self.finish(&mut saga, "saga_completed").await?;
                     break;
                 }
                 Next::Compensated => {
-                    saga.state.become_(SagaState::Compensated).expect("legal");
+                    saga.state.become_(SagaState::Compensated)?;
                     self.finish(&mut saga, "saga_compensated").await?;
                     break;
                 }
@@ -529,7 +497,7 @@ impl SagaEngine {
     /// Marks step `i` running, one more attempt; returns the event to write before acting.
     fn begin_step(saga: &mut Saga, i: usize) -> Result<NewEvent, SagaError> {
         let step = &mut saga.doc.steps[i];
-        step.state.become_(StepState::Running).map_err(|e| SagaError::Invalid(e.to_string()))?;
+        step.state.become_(StepState::Running)?;
         step.attempts += 1;
         Ok(NewEvent::new("step_started", Some(&step.spec.name), json!({ "attempt": step.attempts })))
     }
@@ -555,7 +523,7 @@ impl SagaEngine {
         let step = &mut saga.doc.steps[i];
         match judge(outcome, attempt, allowed) {
             Verdict::Completed(output) => {
-                step.state.become_(StepState::Completed).expect("legal");
+                step.state.become_(StepState::Completed)?;
                 step.error = None;
                 if let Some(key) = step.spec.output_key.clone() {
                     saga.doc.context.insert(key, output.clone());
@@ -574,9 +542,9 @@ impl SagaEngine {
                 Ok(())
             }
             Verdict::Failed(reason) => {
-                step.state.become_(StepState::Failed).expect("legal");
+                step.state.become_(StepState::Failed)?;
                 step.error = Some(reason.clone());
-                saga.state.become_(SagaState::Compensating).expect("legal");
+                saga.state.become_(SagaState::Compensating)?;
                 saga.doc.error = Some(format!("step {name} failed: {reason}"));
                 let events = vec![
                     NewEvent::new("step_failed", Some(&name), json!({ "attempt": attempt, "reason": reason })),
@@ -589,7 +557,7 @@ impl SagaEngine {
 
     async fn compensate_step(&self, saga: &mut Saga, i: usize) -> Result<(), SagaError> {
         let step = &mut saga.doc.steps[i];
-        step.state.become_(StepState::Compensating).map_err(|e| SagaError::Invalid(e.to_string()))?;
+        step.state.become_(StepState::Compensating)?;
         step.compensation_attempts += 1;
         let (name, attempt) = (step.spec.name.clone(), step.compensation_attempts);
         let allowed = step.spec.attempts_allowed(&saga.doc.retry_policy);
@@ -602,7 +570,7 @@ impl SagaEngine {
         let step = &mut saga.doc.steps[i];
         match outcome {
             crate::model::Outcome::Success(payload) => {
-                step.state.become_(StepState::Compensated).expect("legal");
+                step.state.become_(StepState::Compensated)?;
                 // What the compensation reported goes to the history (a refund id, say); a
                 // payload that is not JSON is kept as the string it is.
                 let output = serde_json::from_str::<Value>(&payload).unwrap_or(Value::String(payload));
@@ -619,9 +587,9 @@ impl SagaEngine {
                 Ok(())
             }
             crate::model::Outcome::Failure(reason) | crate::model::Outcome::Retry(reason) => {
-                step.state.become_(StepState::CompensationFailed).expect("legal");
+                step.state.become_(StepState::CompensationFailed)?;
                 step.error = Some(reason.clone());
-                saga.state.become_(SagaState::Failed).expect("legal");
+                saga.state.become_(SagaState::Failed)?;
                 saga.doc.error = Some(format!(
                     "compensation of step {name} failed after {attempt} attempts: {reason}; an operator must act (resume retries it)"
                 ));

@@ -5,6 +5,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::model::{Outcome, RetryPolicy};
+use crate::txn::Transition;
+use crate::txn::spec::{MAX_CALL_TIMEOUT_MS, check_size, validate_target};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -29,14 +31,7 @@ pub enum StepState {
     CompensationFailed,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("illegal transition {from} -> {to}")]
-pub struct IllegalTransition {
-    pub from: String,
-    pub to: String,
-}
-
-impl crate::journal::TxState for SagaState {
+impl crate::txn::journal::TxState for SagaState {
     fn as_str(self) -> &'static str {
         SagaState::as_str(self)
     }
@@ -68,8 +63,11 @@ impl SagaState {
         matches!(self, SagaState::Completed | SagaState::Compensated | SagaState::Failed)
     }
 
+}
+
+impl Transition for SagaState {
     /// The transitions DESIGN.md allows, written once.
-    pub fn can_become(self, to: SagaState) -> bool {
+    fn can_become(self, to: SagaState) -> bool {
         use SagaState::*;
         matches!(
             (self, to),
@@ -83,17 +81,10 @@ impl SagaState {
         )
     }
 
-    pub fn become_(&mut self, to: SagaState) -> Result<(), IllegalTransition> {
-        if !self.can_become(to) {
-            return Err(IllegalTransition { from: self.as_str().into(), to: to.as_str().into() });
-        }
-        *self = to;
-        Ok(())
-    }
 }
 
-impl StepState {
-    pub fn can_become(self, to: StepState) -> bool {
+impl Transition for StepState {
+    fn can_become(self, to: StepState) -> bool {
         use StepState::*;
         matches!(
             (self, to),
@@ -109,13 +100,6 @@ impl StepState {
         )
     }
 
-    pub fn become_(&mut self, to: StepState) -> Result<(), IllegalTransition> {
-        if !self.can_become(to) {
-            return Err(IllegalTransition { from: format!("{self:?}"), to: format!("{to:?}") });
-        }
-        *self = to;
-        Ok(())
-    }
 }
 
 /// A step as the caller described it (API.md "Step").
@@ -144,23 +128,18 @@ pub struct StepSpec {
 }
 
 pub const DEFAULT_STEP_TIMEOUT_MS: u64 = 30_000;
-pub const MAX_STEP_TIMEOUT_MS: u64 = 3_600_000;
 pub const MAX_STEPS: usize = 100;
 pub const MAX_RETRY_COUNT: u32 = 100;
-/// Largest step (or participant) description, parameters included, as JSON.
-pub const MAX_SPEC_BYTES: usize = 32 << 10;
 
 impl StepSpec {
     /// Checks what can be checked without the store; the plugin's existence is checked by
     /// the engine.
     pub fn validate(&self) -> Result<(), String> {
         crate::text::check("step name", &self.name, 128)?;
-        if serde_json::to_vec(self).map_or(0, |v| v.len()) > MAX_SPEC_BYTES {
-            return Err(format!("step {:?} is larger than {MAX_SPEC_BYTES} bytes as JSON", self.name));
-        }
+        check_size(&format!("step {:?}", self.name), self)?;
         validate_target(&format!("step {:?}", self.name), &self.plugin, &self.endpoint)?;
-        if self.timeout_ms.is_some_and(|t| t == 0 || t > MAX_STEP_TIMEOUT_MS) {
-            return Err(format!("step {:?}: timeout_ms must be between 1 and {MAX_STEP_TIMEOUT_MS}", self.name));
+        if self.timeout_ms.is_some_and(|t| t == 0 || t > MAX_CALL_TIMEOUT_MS) {
+            return Err(format!("step {:?}: timeout_ms must be between 1 and {MAX_CALL_TIMEOUT_MS}", self.name));
         }
         if self.retry_count.is_some_and(|r| r > MAX_RETRY_COUNT) {
             return Err(format!("step {:?}: retry_count must be at most {MAX_RETRY_COUNT}", self.name));
@@ -190,24 +169,6 @@ impl StepSpec {
     /// Tries the step gets in all: its own `retry_count` + 1, or the saga's policy.
     pub fn attempts_allowed(&self, policy: &RetryPolicy) -> u32 {
         self.retry_count.map_or(policy.max_attempts, |r| r + 1)
-    }
-}
-
-/// What runs a step or participant: exactly one of a plugin and an http(s) endpoint.
-/// `what` names it in the error ("step \"charge\"", "participant \"bank\"").
-pub(crate) fn validate_target(what: &str, plugin: &Option<String>, endpoint: &Option<String>) -> Result<(), String> {
-    match (plugin, endpoint) {
-        (Some(_), Some(_)) => Err(format!("{what}: give exactly one of plugin and endpoint, not both")),
-        (None, None) => Err(format!("{what}: give exactly one of plugin and endpoint")),
-        (None, Some(url))
-            if !(url.starts_with("http://") || url.starts_with("https://"))
-                || url.len() > 2048
-                || url.contains(char::is_control)
-                || reqwest::Url::parse(url).is_err() =>
-        {
-            Err(format!("{what}: endpoint must be an http:// or https:// URL"))
-        }
-        _ => Ok(()),
     }
 }
 
@@ -333,6 +294,42 @@ fn preview(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn saga_states_move_only_as_the_table_says() {
+        use SagaState::*;
+        crate::txn::transition::assert_table(
+            &[Pending, Running, Completed, Compensating, Compensated, Failed],
+            &[
+                (Pending, Running),
+                (Pending, Compensated),
+                (Running, Completed),
+                (Running, Compensating),
+                (Compensating, Compensated),
+                (Compensating, Failed),
+                (Failed, Compensating),
+            ],
+        );
+    }
+
+    #[test]
+    fn step_states_move_only_as_the_table_says() {
+        use StepState::*;
+        crate::txn::transition::assert_table(
+            &[Pending, Running, Completed, Failed, Compensating, Compensated, CompensationFailed],
+            &[
+                (Pending, Running),
+                (Running, Running),
+                (Running, Completed),
+                (Running, Failed),
+                (Completed, Compensating),
+                (Compensating, Compensating),
+                (Compensating, Compensated),
+                (Compensating, CompensationFailed),
+                (CompensationFailed, Compensating),
+            ],
+        );
+    }
     use serde_json::json;
 
     fn spec(name: &str) -> StepSpec {

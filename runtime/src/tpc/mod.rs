@@ -17,55 +17,23 @@ use serde_json::{Map, Value, json};
 use futures::future::join_all;
 use tokio::sync::broadcast;
 
-use crate::journal::{Record, wait_for_end};
-use crate::engine::{EngineCore, from_remembered_row};
+use crate::txn::journal::{Record, wait_for_end};
+use crate::txn::Transition;
+use crate::txn::core::{EngineCore, from_remembered_row};
 use tracing::Instrument;
 
 use crate::model::{CallContext, Outcome, Progress, RetryPolicy, Vote};
 use crate::participant::{Invoker, Phase, Target};
-use crate::plugin::{Catalog, CatalogError, Role};
+use crate::plugin::{Catalog, Role};
 use crate::saga::EngineConfig;
-use crate::store::{EventRow, Lease, NewEvent, Store, StoreError, now_ms};
+use crate::store::{EventRow, Lease, NewEvent, Store, now_ms};
 pub use state::{Decision, ParticipantRecord, ParticipantSpec, ParticipantState, TpcDoc, TpcState};
 use state::{DEFAULT_PREPARE_TIMEOUT_MS, MAX_PARTICIPANTS};
 
 const KIND: &str = "2pc";
 
-#[derive(Debug, thiserror::Error)]
-pub enum TpcError {
-    #[error("no 2PC transaction {0}")]
-    NotFound(String),
-    #[error("transaction {id} is {state}: {action} is not possible")]
-    WrongState { id: String, state: &'static str, action: &'static str },
-    #[error("transaction {0} already decided to commit; it cannot be aborted")]
-    DecidedCommit(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Plugin(#[from] CatalogError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("transaction {0} is being driven by another coordinator")]
-    Busy(String),
-    #[error("{0}")]
-    EndpointRefused(String),
-    /// The server failed, not the request (a driver task that panicked).
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl TpcError {
-    /// Another writer changed the transaction since it was read.
-    pub fn is_conflict(&self) -> bool {
-        matches!(self, TpcError::Store(StoreError::Conflict { .. }))
-    }
-}
-
-impl crate::engine::Conflicting for TpcError {
-    fn is_conflict(&self) -> bool {
-        TpcError::is_conflict(self)
-    }
-}
+/// The 2PC engine's errors: the one error of the engines.
+pub type TpcError = crate::txn::TxError;
 
 /// The body of "begin" (API.md).
 #[derive(Debug, Clone, Deserialize)]
@@ -131,8 +99,8 @@ impl Tpc {
             "state": self.state,
             "participants": participants,
             "context": self.doc.context,
-            "created_at": crate::saga::rfc3339(self.row.created_at_ms),
-            "updated_at": crate::saga::rfc3339(self.row.updated_at_ms),
+            "created_at": crate::txn::rfc3339(self.row.created_at_ms),
+            "updated_at": crate::txn::rfc3339(self.row.updated_at_ms),
         });
         if let Some(d) = self.doc.decision {
             doc["decision"] = json!(d);
@@ -146,15 +114,15 @@ impl Tpc {
 
 /// Presumed abort: a transaction found preparing with no coordinator has no durable decision,
 /// so no participant can have been told to commit; it is aborted. Returns the decision event.
-fn presume_abort(tx: &mut Tpc) -> Option<NewEvent> {
+fn presume_abort(tx: &mut Tpc) -> Result<Option<NewEvent>, TpcError> {
     if tx.state != TpcState::Preparing {
-        return None;
+        return Ok(None);
     }
     let reason = "the coordinator stopped before deciding: presumed abort";
     tx.doc.decision = Some(Decision::Abort);
     tx.doc.error = Some(reason.into());
-    tx.state.become_(TpcState::Aborting).expect("preparing -> aborting is legal");
-    Some(NewEvent::new("decision", None, json!({"decision": "abort", "reason": reason})))
+    tx.state.become_(TpcState::Aborting)?;
+    Ok(Some(NewEvent::new("decision", None, json!({"decision": "abort", "reason": reason}))))
 }
 
 #[derive(Clone)]
@@ -184,7 +152,7 @@ impl TpcEngine {
     pub async fn create_with_id(&self, tenant: &str, req: CreateTpc, id: Option<uuid::Uuid>) -> Result<Tpc, TpcError> {
         crate::text::check("transaction_name", &req.transaction_name, 256).map_err(TpcError::Invalid)?;
         let prepare_timeout_ms = req.prepare_timeout_ms.unwrap_or(DEFAULT_PREPARE_TIMEOUT_MS);
-        if prepare_timeout_ms == 0 || prepare_timeout_ms > crate::saga::state::MAX_STEP_TIMEOUT_MS {
+        if prepare_timeout_ms == 0 || prepare_timeout_ms > crate::txn::spec::MAX_CALL_TIMEOUT_MS {
             return Err(TpcError::Invalid("prepare_timeout_ms is out of range".into()));
         }
         if req.decision_max_attempts.is_some_and(|n| n == 0 || n > 1_000_000) {
@@ -215,7 +183,7 @@ impl TpcEngine {
     }
 
     pub async fn get(&self, tenant: &str, id: &str) -> Result<Tpc, TpcError> {
-        let row = self.inner.store.get_tx(tenant, KIND, id).await?.ok_or_else(|| TpcError::NotFound(id.into()))?;
+        let row = self.inner.store.get_tx(tenant, KIND, id).await?.ok_or_else(|| TpcError::NotFound { kind: "2PC transaction", id: id.into() })?;
         Ok(Tpc::from_row(row)?)
     }
 
@@ -301,7 +269,7 @@ impl TpcEngine {
                 p.plugin_version = Some(format!("{}@{}", row.name, row.version));
             }
         }
-        tx.state.become_(TpcState::Preparing).expect("legal");
+        tx.state.become_(TpcState::Preparing)?;
         tx.row.owner = Some(self.node_id().into());
         self.persist(&mut tx, vec![NewEvent::new("prepare_started", None, json!({"owner": self.node_id()}))]).await?;
         Ok(tx)
@@ -312,7 +280,7 @@ impl TpcEngine {
         let mut tx = self.get(tenant, id).await?;
         match tx.state {
             TpcState::Init => {
-                tx.state.become_(TpcState::Aborted).expect("legal");
+                tx.state.become_(TpcState::Aborted)?;
                 tx.doc.decision = Some(Decision::Abort);
                 tx.doc.error = Some("aborted before it started".into());
                 self.persist(&mut tx, vec![NewEvent::new("decision", None, json!({"decision": "abort", "reason": "aborted by request"}))])
@@ -356,14 +324,14 @@ impl TpcEngine {
         }
         if tx.state == TpcState::Failed {
             // An operator asks to try the decision again, with a fresh budget.
-            tx.state = if tx.doc.decision == Some(Decision::Commit) { TpcState::Committing } else { TpcState::Aborting };
+            tx.state.become_(if tx.doc.decision == Some(Decision::Commit) { TpcState::Committing } else { TpcState::Aborting })?;
             for p in tx.doc.participants.iter_mut() {
                 p.attempts = 0;
             }
         }
         tx.row.owner = Some(self.node_id().into());
         let mut events = vec![NewEvent::new("recovery_started", None, json!({"owner": self.node_id()}))];
-        events.extend(presume_abort(&mut tx));
+        events.extend(presume_abort(&mut tx)?);
         self.persist(&mut tx, events).await.map_err(|_| TpcError::Busy(id.into()))?;
         self.spawn_drive(tx).await
     }
@@ -381,7 +349,7 @@ impl TpcEngine {
             let mut tx = Tpc::from_row(row)?;
             tracing::info!(transaction_id = %tx.id(), state = tx.state.as_str(), "recovering 2PC transaction");
             let mut events = vec![NewEvent::new("transaction_recovered", None, json!({"owner": self.node_id()}))];
-            events.extend(presume_abort(&mut tx));
+            events.extend(presume_abort(&mut tx)?);
             if self.persist(&mut tx, events).await.is_ok() {
                 let engine = self.clone();
                 tokio::spawn(async move {
@@ -414,7 +382,7 @@ impl TpcEngine {
     }
 
     async fn drive(&self, mut tx: Tpc, abort_requested: &AtomicBool) -> Result<Tpc, TpcError> {
-        let _renewal = crate::recovery::keep_lease(
+        let _renewal = crate::txn::recovery::keep_lease(
             self.inner.store.clone(),
             tx.id().to_string(),
             self.node_id().to_string(),
@@ -479,8 +447,7 @@ impl TpcEngine {
         tx.state.become_(match decision {
             Decision::Commit => TpcState::Prepared,
             Decision::Abort => TpcState::Aborting,
-        })
-        .expect("legal");
+        })?;
         events.push(NewEvent::new("decision", None, json!({"decision": decision, "reason": reason})));
         self.persist(tx, events).await
     }
@@ -555,7 +522,7 @@ impl TpcEngine {
                 Decision::Abort => TpcState::Aborting,
             }
         };
-        tx.state.become_(next).expect("legal");
+        tx.state.become_(next)?;
         if next.is_terminal() {
             tx.row.owner = None;
             tx.row.lease_until_ms = 0;

@@ -20,7 +20,7 @@ pub enum TpcState {
     Failed,
 }
 
-impl crate::journal::TxState for TpcState {
+impl crate::txn::journal::TxState for TpcState {
     fn as_str(self) -> &'static str {
         TpcState::as_str(self)
     }
@@ -54,7 +54,10 @@ impl TpcState {
         matches!(self, TpcState::Committed | TpcState::Aborted | TpcState::Failed)
     }
 
-    pub fn can_become(self, to: TpcState) -> bool {
+}
+
+impl crate::txn::Transition for TpcState {
+    fn can_become(self, to: TpcState) -> bool {
         use TpcState::*;
         matches!(
             (self, to),
@@ -71,16 +74,12 @@ impl TpcState {
                 | (Aborting, Aborting)
                 | (Aborting, Aborted)
                 | (Aborting, Failed)
+                // `recover` tries a failed decision again, with a fresh budget.
+                | (Failed, Committing)
+                | (Failed, Aborting)
         )
     }
 
-    pub fn become_(&mut self, to: TpcState) -> Result<(), crate::saga::state::IllegalTransition> {
-        if !self.can_become(to) {
-            return Err(crate::saga::state::IllegalTransition { from: self.as_str().into(), to: to.as_str().into() });
-        }
-        *self = to;
-        Ok(())
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,11 +122,9 @@ impl ParticipantSpec {
         if id.trim().is_empty() || id.len() > 128 || id.contains(char::is_whitespace) || id.contains(char::is_control) {
             return Err("participant_id must be 1-128 characters without spaces".into());
         }
-        crate::saga::state::validate_target(&format!("participant {id:?}"), &self.plugin, &self.endpoint)?;
-        if serde_json::to_vec(self).map_or(0, |v| v.len()) > crate::saga::state::MAX_SPEC_BYTES {
-            return Err(format!("participant {id:?} is larger than {} bytes as JSON", crate::saga::state::MAX_SPEC_BYTES));
-        }
-        if self.timeout_ms.is_some_and(|t| t == 0 || t > crate::saga::state::MAX_STEP_TIMEOUT_MS) {
+        crate::txn::spec::validate_target(&format!("participant {id:?}"), &self.plugin, &self.endpoint)?;
+        crate::txn::spec::check_size(&format!("participant {id:?}"), self)?;
+        if self.timeout_ms.is_some_and(|t| t == 0 || t > crate::txn::spec::MAX_CALL_TIMEOUT_MS) {
             return Err(format!("participant {id:?}: timeout_ms is out of range"));
         }
         Ok(())
@@ -199,7 +196,33 @@ impl TpcDoc {
 
 #[cfg(test)]
 mod tests {
+    use crate::txn::Transition;
     use super::*;
+
+    #[test]
+    fn tpc_states_move_only_as_the_table_says() {
+        use TpcState::*;
+        crate::txn::transition::assert_table(
+            &[Init, Preparing, Prepared, Committing, Committed, Aborting, Aborted, Failed],
+            &[
+                (Init, Preparing),
+                (Init, Aborted),
+                (Preparing, Prepared),
+                (Preparing, Aborting),
+                (Prepared, Committing),
+                (Prepared, Committed),
+                (Prepared, Failed),
+                (Committing, Committing),
+                (Committing, Committed),
+                (Committing, Failed),
+                (Aborting, Aborting),
+                (Aborting, Aborted),
+                (Aborting, Failed),
+                (Failed, Committing),
+                (Failed, Aborting),
+            ],
+        );
+    }
 
     #[test]
     fn only_unanimous_prepared_votes_commit() {

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::journal::Journal;
+use crate::txn::journal::Journal;
 use crate::participant::Invoker;
 use crate::plugin::Catalog;
-use crate::recovery::Drivers;
+use crate::txn::recovery::Drivers;
 use crate::store::Store;
 
 /// Engine settings.
@@ -51,18 +51,12 @@ impl EngineCore {
     }
 }
 
-/// An engine error that can say "another writer changed the transaction since it was read".
-pub(crate) trait Conflicting {
-    fn is_conflict(&self) -> bool;
-}
-
 /// Runs a read-modify-write `change` starting from the row this node last wrote (`true`), and
 /// once more from the stored row (`false`) when another writer changed it meanwhile — the one
 /// place that decides how far the journal's remembered rows are trusted.
-pub(crate) async fn from_remembered_row<T, E, Fut>(change: impl Fn(bool) -> Fut) -> Result<T, E>
+pub(crate) async fn from_remembered_row<T, Fut>(change: impl Fn(bool) -> Fut) -> Result<T, super::TxError>
 where
-    E: Conflicting,
-    Fut: std::future::Future<Output = Result<T, E>>,
+    Fut: std::future::Future<Output = Result<T, super::TxError>>,
 {
     match change(true).await {
         Err(e) if e.is_conflict() => change(false).await,

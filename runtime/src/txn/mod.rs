@@ -1,0 +1,25 @@
+//! What every protocol has, written once: the record (`Record<S, D>`) and its states'
+//! transition table ([`Transition`], [`IllegalTransition`]), the journal every write goes
+//! through, the engine core (store, catalog, invoker, settings, drivers), lease keeping and the
+//! recovery loop, the checks every participant spec shares, time formatting, and the one error
+//! type ([`TxError`]) whose kinds the API maps to status codes once.
+//!
+//! The protocols (`saga`, `tpc`, `manager`) build on this module; it knows none of them, and it
+//! never touches a driver (SQL, wasmtime, HTTP) directly.
+
+pub(crate) mod core;
+mod error;
+pub mod journal;
+pub mod recovery;
+pub mod spec;
+pub(crate) mod transition;
+
+pub use core::EngineConfig;
+pub use error::TxError;
+pub use journal::{Journal, Record, TxState, merged, wait_for_end};
+pub use transition::{IllegalTransition, Transition};
+
+/// RFC 3339 with milliseconds, UTC: how documents show times.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
