@@ -161,6 +161,20 @@ impl Invoker {
         }
     }
 
+    /// Asks a selection policy to choose a pattern, under the tenant's plugin limits and with
+    /// no outbound HTTP: a policy decides from the profile alone.
+    pub async fn select(
+        &self,
+        component: &Component,
+        profile: crate::model::Profile,
+        transaction_id: &str,
+        timeout: Duration,
+    ) -> Result<crate::model::Decision, crate::plugin::CallError> {
+        let limits = self.limits_for(&profile.tenant, timeout);
+        let tags = CallTags { tenant: profile.tenant.clone(), transaction_id: transaction_id.into(), step: "policy".into(), http: None };
+        self.host.select(component, profile, &limits, tags).await
+    }
+
     pub fn host(&self) -> &PluginHost {
         &self.host
     }

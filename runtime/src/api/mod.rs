@@ -5,6 +5,7 @@
 mod auth;
 mod error;
 mod input;
+mod render;
 
 use std::sync::Arc;
 

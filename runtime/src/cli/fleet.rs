@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use sqlx::Connection;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use super::bench::{Report, percentile, round1};
+use super::report::{Report, percentile, round1};
 use crate::saga::SagaState;
 use crate::store::now_ms;
 use crate::tpc::TpcState;

@@ -4,6 +4,7 @@
 mod bench;
 mod client;
 mod fleet;
+mod report;
 mod run;
 mod serve;
 

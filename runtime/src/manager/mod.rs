@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::model::{Availability, Consistency, Decision as PolicyDecision, Pattern, Profile, RetryPolicy};
-use crate::plugin::{CallLimits, CallTags, Catalog, Role};
+use crate::plugin::{Catalog, Role};
 use crate::saga::{CreateSaga, SagaEngine, SagaError, SagaState, StepSpec};
 use crate::txn::Transition;
 use crate::txn::journal::{Journal, Record, TxState};
@@ -178,6 +178,22 @@ pub struct ManagedDoc {
 
 /// A managed transaction as loaded from the store.
 pub type Managed = Record<Status, ManagedDoc>;
+
+/// What a managed transaction's document shows: the record, its delegate and its status now.
+#[derive(Debug, Clone)]
+pub struct ManagedView {
+    pub managed: Managed,
+    pub delegate: Option<Delegate>,
+    /// The delegate's progress while the record says `running`; the record's status otherwise.
+    pub status: Status,
+}
+
+/// The saga or 2PC transaction a managed transaction runs as.
+#[derive(Debug, Clone)]
+pub enum Delegate {
+    Saga(crate::saga::Saga),
+    Tpc(crate::tpc::Tpc),
+}
 
 impl TxState for Status {
     fn as_str(self) -> &'static str {
@@ -423,10 +439,7 @@ impl Manager {
                 .collect(),
             context: Value::Object(m.doc.context.clone()).to_string(),
         };
-        let limits = CallLimits { timeout: POLICY_TIMEOUT, ..CallLimits::default() };
-        // Policies decide from the profile alone: no outbound HTTP.
-        let tags = CallTags { tenant: tenant.into(), transaction_id: m.row.id.clone(), step: "policy".into(), http: None };
-        let answer = self.catalog.cache().host().select(&component, profile, &limits, tags).await;
+        let answer = self.sagas.invoker().select(&component, profile, &m.row.id, POLICY_TIMEOUT).await;
         Ok(match answer {
             Err(e) => fallback(events, m, format!("policy {name} failed: {e}")),
             Ok(PolicyDecision::Reject(reason)) => {
@@ -588,79 +601,24 @@ impl Manager {
         }
     }
 
-    /// The transaction document of API.md, with each participant's state from its engine.
-    pub async fn document(&self, tenant: &str, m: &Managed) -> Result<Value, ManagerError> {
-        let mut participants: Vec<Value> = m
-            .doc
-            .participants
-            .iter()
-            .map(|p| json!({"participant_id": p.spec.participant_id, "state": "pending", "attempts": 0}))
-            .collect();
-        let mut status_now = m.state;
-        match (m.doc.selected_pattern, &m.doc.delegate_id) {
+
+    /// The transaction with its delegate as stored now, and its status as the delegate says
+    /// it is: what its document shows.
+    pub async fn view(&self, tenant: &str, m: &Managed) -> Result<ManagedView, ManagerError> {
+        let (delegate, status) = match (m.doc.selected_pattern, &m.doc.delegate_id) {
             (Some(Pattern::Saga), Some(d)) => {
                 let saga = self.sagas.get(tenant, d).await?;
-                if m.state == Status::Running {
-                    status_now = saga_status(saga.state);
-                }
-                let steps = saga.document()["steps"].clone();
-                for v in participants.iter_mut() {
-                    if let Some(step) = steps.as_array().into_iter().flatten().find(|s| s["name"] == v["participant_id"]) {
-                        v["state"] = step["state"].clone();
-                        v["attempts"] = step["attempts"].clone();
-                        for k in ["output", "error", "plugin_version"] {
-                            if let Some(x) = step.get(k) {
-                                v[k] = x.clone();
-                            }
-                        }
-                    }
-                }
+                let now = if m.state == Status::Running { saga_status(saga.state) } else { m.state };
+                (Some(Delegate::Saga(saga)), now)
             }
             (Some(Pattern::TwoPhaseCommit), Some(d)) => {
                 let tx = self.tpc.get(tenant, d).await?;
-                if m.state == Status::Running {
-                    status_now = tpc_status(tx.state);
-                }
-                let doc = tx.document();
-                for v in participants.iter_mut() {
-                    if let Some(p) = doc["participants"].as_array().into_iter().flatten().find(|p| p["participant_id"] == v["participant_id"]) {
-                        for k in ["state", "attempts", "vote", "error", "plugin_version"] {
-                            if let Some(x) = p.get(k) {
-                                v[k] = x.clone();
-                            }
-                        }
-                    }
-                }
+                let now = if m.state == Status::Running { tpc_status(tx.state) } else { m.state };
+                (Some(Delegate::Tpc(tx)), now)
             }
-            _ => {}
-        }
-        let status = if m.doc.rejected {
-            "error"
-        } else {
-            match status_now {
-                Status::Committed => "success",
-                Status::Aborted => "aborted",
-                Status::Compensated | Status::Failed => "failed",
-                _ => "success",
-            }
+            _ => (None, m.state),
         };
-        let mut doc = json!({
-            "status": status,
-            "transaction_id": m.row.id,
-            "transaction_name": m.row.name,
-            "selected_pattern": m.doc.selected_pattern,
-            "transaction_status": status_now,
-            "requirements": m.doc.requirements,
-            "context": m.doc.context,
-            "participants": participants,
-            "policy": m.doc.policy_used.clone().or(m.doc.policy.clone()).unwrap_or_else(|| "builtin".into()),
-        });
-        for (k, v) in [("execution_time_ms", m.doc.execution_time_ms.map(Value::from)), ("error", m.doc.error.clone().map(Value::from)), ("reason", m.doc.reason.clone().map(Value::from)), ("delegate_id", m.doc.delegate_id.clone().map(Value::from))] {
-            if let Some(v) = v {
-                doc[k] = v;
-            }
-        }
-        Ok(doc)
+        Ok(ManagedView { managed: m.clone(), delegate, status })
     }
 
     /// Sets (or, with `builtin`, clears) the tenant's default policy; it must export `policy`.

@@ -65,53 +65,6 @@ pub struct CreateSaga {
 /// A saga as loaded from the store.
 pub type Saga = Record<SagaState, SagaDoc>;
 
-impl Saga {
-    /// The saga document of API.md.
-    pub fn document(&self) -> Value {
-        let status = match self.state {
-            SagaState::Completed => "success",
-            SagaState::Compensated => "failed",
-            SagaState::Failed => "error",
-            _ => "success",
-        };
-        let steps: Vec<Value> = self
-            .doc
-            .steps
-            .iter()
-            .map(|s| {
-                let mut v = json!({ "name": s.spec.name, "state": s.state, "attempts": s.attempts });
-                let o = v.as_object_mut().unwrap();
-                if let Some(out) = &s.output {
-                    o.insert("output".into(), out.clone());
-                }
-                if let Some(e) = &s.error {
-                    o.insert("error".into(), json!(e));
-                }
-                if let Some(p) = &s.plugin_version {
-                    o.insert("plugin_version".into(), json!(p));
-                }
-                if s.compensation_attempts > 0 {
-                    o.insert("compensation_attempts".into(), json!(s.compensation_attempts));
-                }
-                v
-            })
-            .collect();
-        let mut doc = json!({
-            "status": status,
-            "saga_id": self.row.id,
-            "saga_name": self.row.name,
-            "state": self.state,
-            "context": self.doc.context,
-            "steps": steps,
-            "created_at": rfc3339(self.row.created_at_ms),
-            "updated_at": rfc3339(self.row.updated_at_ms),
-        });
-        if let Some(e) = &self.doc.error {
-            doc["error"] = json!(e);
-        }
-        doc
-    }
-}
 
 pub use crate::txn::rfc3339;
 
@@ -127,6 +80,11 @@ impl SagaEngine {
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// The invoker its calls go through (the manager's policy calls too).
+    pub(crate) fn invoker(&self) -> &Invoker {
+        &self.inner.invoker
     }
 
     /// Refuses an HTTP endpoint `tenant` may not call (see `crate::outbound`).

@@ -25,7 +25,7 @@ use tracing::Instrument;
 use crate::model::{CallContext, Outcome, Progress, RetryPolicy, Vote};
 use crate::participant::{Invoker, Phase, Target};
 use crate::plugin::{Catalog, Role};
-use crate::saga::EngineConfig;
+use crate::txn::EngineConfig;
 use crate::store::{EventRow, Lease, NewEvent, Store, now_ms};
 pub use state::{Decision, ParticipantRecord, ParticipantSpec, ParticipantState, TpcDoc, TpcState};
 use state::{DEFAULT_PREPARE_TIMEOUT_MS, MAX_PARTICIPANTS};
@@ -59,58 +59,6 @@ pub struct CreateTpc {
 /// A 2PC transaction as loaded from the store.
 pub type Tpc = Record<TpcState, TpcDoc>;
 
-impl Tpc {
-    /// The 2PC document of API.md.
-    pub fn document(&self) -> Value {
-        let status = match self.state {
-            TpcState::Committed => "success",
-            TpcState::Aborted | TpcState::Aborting => "aborted",
-            TpcState::Failed => "error",
-            _ => "success",
-        };
-        let participants: Vec<Value> = self
-            .doc
-            .participants
-            .iter()
-            .map(|p| {
-                let mut v = json!({"participant_id": p.spec.participant_id, "state": p.state, "attempts": p.attempts});
-                if let Some(vote) = &p.vote {
-                    v["vote"] = match vote {
-                        Vote::Prepared => json!("prepared"),
-                        Vote::Abort(_) => json!("abort"),
-                    };
-                    if let Vote::Abort(reason) = vote {
-                        v["vote_reason"] = json!(reason);
-                    }
-                }
-                if let Some(e) = &p.error {
-                    v["error"] = json!(e);
-                }
-                if let Some(pv) = &p.plugin_version {
-                    v["plugin_version"] = json!(pv);
-                }
-                v
-            })
-            .collect();
-        let mut doc = json!({
-            "status": status,
-            "transaction_id": self.row.id,
-            "transaction_name": self.row.name,
-            "state": self.state,
-            "participants": participants,
-            "context": self.doc.context,
-            "created_at": crate::txn::rfc3339(self.row.created_at_ms),
-            "updated_at": crate::txn::rfc3339(self.row.updated_at_ms),
-        });
-        if let Some(d) = self.doc.decision {
-            doc["decision"] = json!(d);
-        }
-        if let Some(e) = &self.doc.error {
-            doc["error"] = json!(e);
-        }
-        doc
-    }
-}
 
 /// Presumed abort: a transaction found preparing with no coordinator has no durable decision,
 /// so no participant can have been told to commit; it is aborted. Returns the decision event.

@@ -1,0 +1,114 @@
+//! How a benchmark reports: the machine, versions and build it ran on, then each figure as it
+//! comes (text) or all of them at the end (`--json`), and the statistics the figures use.
+//! Shared by every `wasmtx bench` command, so none of them imports another.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+/// The figures of one benchmark run, printed as they come (text) or at the end (`--json`).
+pub(crate) struct Report {
+    json: bool,
+    fields: Map<String, Value>,
+}
+
+impl Report {
+    /// A report that starts with the machine, the versions and the build profile.
+    pub(crate) fn new(json: bool) -> Report {
+        let mut report = Report { json, fields: Map::new() };
+        let machine = Machine::read();
+        report.add(
+            "machine",
+            json!({"cores": machine.cores, "cpu": machine.cpu, "memory_gib": machine.memory_gib}),
+            format!("{} cores ({}), {:.1} GiB memory", machine.cores, machine.cpu, machine.memory_gib),
+        );
+        report.add(
+            "versions",
+            json!({"wasmtx": env!("CARGO_PKG_VERSION"), "wasmtime": "48"}),
+            format!("wasmtx {}, wasmtime 48", env!("CARGO_PKG_VERSION")),
+        );
+        let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+        report.add("build", profile, profile);
+        report
+    }
+
+    /// Records one figure: `value` for JSON, `text` for people.
+    pub(crate) fn add(&mut self, key: &str, value: impl Into<Value>, text: impl std::fmt::Display) {
+        if !self.json {
+            println!("{:<13} {text}", format!("{}:", label(key)));
+        }
+        self.fields.insert(key.to_string(), value.into());
+    }
+
+    /// Records the peak resident set size so far.
+    pub(crate) fn add_peak_rss(&mut self) {
+        let kib = peak_rss();
+        let text = kib.map_or("unknown".into(), |kb| format!("{:.1} MiB", kb as f64 / 1024.0));
+        self.add("peak_rss_mib", kib.map(|kb| (kb as f64 / 1024.0 * 10.0).round() / 10.0), text);
+    }
+
+    pub(crate) fn finish(self) -> anyhow::Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&Value::Object(self.fields))?);
+        }
+        Ok(())
+    }
+}
+
+/// The text label of a JSON key: `calls_per_s` → `calls/s`, `p50_us` → `p50`, `peak_rss_mib` → `peak RSS`.
+fn label(key: &str) -> String {
+    let key = key.replace("_per_s", "/s").replace("rss", "RSS");
+    let key = ["_mib", "_ms", "_us", "_s"].iter().find_map(|unit| key.strip_suffix(unit)).unwrap_or(&key);
+    key.replace('_', " ")
+}
+
+/// Rounds to two decimals (millisecond latencies in the JSON figures).
+pub(crate) fn round2(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+/// Rounds to one decimal for the JSON figures.
+pub(crate) fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+struct Machine {
+    cores: usize,
+    cpu: String,
+    memory_gib: f64,
+}
+
+impl Machine {
+    fn read() -> Machine {
+        let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+        let memory_gib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| m.lines().next().and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()))
+            .map_or(0.0, |kb| round1(kb as f64 / 1024.0 / 1024.0));
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|c| {
+                c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        Machine { cores, cpu, memory_gib }
+    }
+}
+
+
+/// The `q` quantile of sorted latencies.
+pub(crate) fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+
+/// Peak resident set size in KiB, from /proc (Linux).
+pub(crate) fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
