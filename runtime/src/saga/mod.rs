@@ -18,19 +18,20 @@ use tokio::sync::broadcast;
 
 use crate::txn::journal::{Record, wait_for_end};
 use crate::txn::Transition;
-use crate::txn::core::{EngineCore, from_remembered_row};
+use crate::txn::core::{EngineCore, Kind, from_remembered_row};
 pub use crate::txn::core::EngineConfig;
 use tracing::Instrument;
 
 pub use crate::model::Progress;
 use crate::model::{CallContext, RetryPolicy};
-use crate::participant::{Invoker, Phase, Target};
+use crate::participant::{Invoker, Phase};
 use crate::plugin::Catalog;
 use crate::store::{EventRow, Lease, NewEvent, Store, now_ms};
 pub use state::{SagaDoc, SagaState, StepRecord, StepSpec, StepState};
 use state::{MAX_STEPS, Next, Verdict, judge};
 
 const KIND: &str = "saga";
+const SAGAS: Kind = Kind { store: KIND, name: "saga" };
 const MAX_CONTEXT_BYTES: usize = 256 * 1024;
 /// Longest saga-wide timeout: 7 days.
 pub const MAX_SAGA_TIMEOUT_MS: u64 = 7 * 24 * 3_600_000;
@@ -155,8 +156,7 @@ impl SagaEngine {
     }
 
     pub async fn get(&self, tenant: &str, id: &str) -> Result<Saga, SagaError> {
-        let row = self.inner.store.get_tx(tenant, KIND, id).await?.ok_or_else(|| SagaError::NotFound { kind: "saga", id: id.into() })?;
-        Ok(Saga::from_row(row)?)
+        self.inner.get(tenant, SAGAS, id).await
     }
 
     pub async fn list(&self, tenant: &str, state: Option<SagaState>, limit: i64) -> Result<Vec<Saga>, SagaError> {
@@ -165,16 +165,12 @@ impl SagaEngine {
     }
 
     pub async fn history(&self, tenant: &str, id: &str) -> Result<Vec<EventRow>, SagaError> {
-        self.get(tenant, id).await?;
-        Ok(self.inner.store.events(id).await?)
+        self.inner.history(tenant, SAGAS, id).await
     }
 
-    /// A saga to change: as this node last wrote it when it has it (`cached`), else as stored.
+    /// A saga to change (see `EngineCore::get_for_update`).
     async fn get_for_update(&self, tenant: &str, id: &str, cached: bool) -> Result<Saga, SagaError> {
-        match self.inner.journal.last_written(tenant, KIND, id).filter(|_| cached) {
-            Some(row) => Ok(Saga::from_row(row)?),
-            None => self.get(tenant, id).await,
-        }
+        self.inner.get_for_update(tenant, SAGAS, id, cached).await
     }
 
     /// Appends a step to a pending saga; returns (its index, the step count).
@@ -194,13 +190,7 @@ impl SagaEngine {
         }
         self.inner.check_endpoint(tenant, &spec.endpoint).map_err(SagaError::EndpointRefused)?;
         if let Some(plugin) = &spec.plugin {
-            let (_, component) = self.inner.catalog.resolve(tenant, plugin).await?;
-            if !component.exports(crate::plugin::Role::Step) {
-                return Err(SagaError::Invalid(format!(
-                    "plugin {plugin} does not export `step` (it exports: {})",
-                    component.export_names().join(", ")
-                )));
-            }
+            self.inner.check_plugin(tenant, plugin, crate::plugin::Role::Step).await?;
         }
         Ok(())
     }
@@ -246,8 +236,7 @@ impl SagaEngine {
     async fn begin_run(&self, tenant: &str, saga: &mut Saga) -> Result<Vec<NewEvent>, SagaError> {
         for step in saga.doc.steps.iter_mut() {
             if let Some(plugin) = &step.spec.plugin {
-                let (row, _) = self.inner.catalog.resolve(tenant, plugin).await?;
-                step.plugin_version = Some(format!("{}@{}", row.name, row.version));
+                step.plugin_version = Some(self.inner.pin(tenant, plugin).await?);
             }
         }
         saga.state.become_(SagaState::Running)?;
@@ -564,13 +553,9 @@ impl SagaEngine {
 
     async fn call(&self, saga: &Saga, i: usize, phase: Phase, attempt: u32, input: Value) -> crate::model::Outcome {
         let step = &saga.doc.steps[i];
-        let target = match (&step.plugin_version, &step.spec.endpoint) {
-            (Some(pinned), _) => match self.inner.catalog.resolve(&saga.row.tenant, pinned).await {
-                Ok((_, component)) => Target::Plugin(component),
-                Err(e) => return crate::model::Outcome::Retry(format!("plugin {pinned} unavailable: {e}")),
-            },
-            (None, Some(endpoint)) => Target::Http { endpoint: endpoint.clone() },
-            (None, None) => return crate::model::Outcome::Failure("step has neither a plugin nor an endpoint".into()),
+        let target = match self.inner.target(&saga.row.tenant, step.plugin_version.clone(), step.spec.endpoint.clone(), "step").await {
+            Ok(target) => target,
+            Err(e) => return crate::model::Outcome::Retry(e),
         };
         let action = match phase {
             Phase::Compensate => step.spec.compensation(),

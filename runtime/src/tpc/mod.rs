@@ -19,7 +19,7 @@ use tokio::sync::broadcast;
 
 use crate::txn::journal::{Record, wait_for_end};
 use crate::txn::Transition;
-use crate::txn::core::{EngineCore, from_remembered_row};
+use crate::txn::core::{EngineCore, Kind, from_remembered_row};
 use tracing::Instrument;
 
 use crate::model::{CallContext, Outcome, Progress, RetryPolicy, Vote};
@@ -31,6 +31,7 @@ pub use state::{Decision, ParticipantRecord, ParticipantSpec, ParticipantState, 
 use state::{DEFAULT_PREPARE_TIMEOUT_MS, MAX_PARTICIPANTS};
 
 const KIND: &str = "2pc";
+const TRANSACTIONS: Kind = Kind { store: KIND, name: "2PC transaction" };
 
 /// The 2PC engine's errors: the one error of the engines.
 pub type TpcError = crate::txn::TxError;
@@ -131,13 +132,11 @@ impl TpcEngine {
     }
 
     pub async fn get(&self, tenant: &str, id: &str) -> Result<Tpc, TpcError> {
-        let row = self.inner.store.get_tx(tenant, KIND, id).await?.ok_or_else(|| TpcError::NotFound { kind: "2PC transaction", id: id.into() })?;
-        Ok(Tpc::from_row(row)?)
+        self.inner.get(tenant, TRANSACTIONS, id).await
     }
 
     pub async fn history(&self, tenant: &str, id: &str) -> Result<Vec<EventRow>, TpcError> {
-        self.get(tenant, id).await?;
-        Ok(self.inner.store.events(id).await?)
+        self.inner.history(tenant, TRANSACTIONS, id).await
     }
 
     /// Adds a participant to a transaction that has not started; returns the count.
@@ -147,12 +146,9 @@ impl TpcEngine {
         added.map_err(|e| if e.is_conflict() { TpcError::Busy(id.into()) } else { e })
     }
 
-    /// A transaction to change: as this node last wrote it when it has it (`cached`), else as stored.
+    /// A transaction to change (see `EngineCore::get_for_update`).
     async fn get_for_update(&self, tenant: &str, id: &str, cached: bool) -> Result<Tpc, TpcError> {
-        match self.inner.journal.last_written(tenant, KIND, id).filter(|_| cached) {
-            Some(row) => Ok(Tpc::from_row(row)?),
-            None => self.get(tenant, id).await,
-        }
+        self.inner.get_for_update(tenant, TRANSACTIONS, id, cached).await
     }
 
     /// Whether `spec` may join `participants`: room left, a new id, a plugin that exports
@@ -166,13 +162,7 @@ impl TpcEngine {
         }
         self.inner.check_endpoint(tenant, &spec.endpoint).map_err(TpcError::EndpointRefused)?;
         if let Some(plugin) = &spec.plugin {
-            let (_, component) = self.inner.catalog.resolve(tenant, plugin).await?;
-            if !component.exports(Role::Participant) {
-                return Err(TpcError::Invalid(format!(
-                    "plugin {plugin} does not export `participant` (it exports: {})",
-                    component.export_names().join(", ")
-                )));
-            }
+            self.inner.check_plugin(tenant, plugin, Role::Participant).await?;
         }
         Ok(())
     }
@@ -213,8 +203,7 @@ impl TpcEngine {
         }
         for p in tx.doc.participants.iter_mut() {
             if let Some(plugin) = &p.spec.plugin {
-                let (row, _) = self.inner.catalog.resolve(tenant, plugin).await?;
-                p.plugin_version = Some(format!("{}@{}", row.name, row.version));
+                p.plugin_version = Some(self.inner.pin(tenant, plugin).await?);
             }
         }
         tx.state.become_(TpcState::Preparing)?;
@@ -479,22 +468,9 @@ impl TpcEngine {
         self.persist(tx, events).await
     }
 
-    fn target(&self, tx: &Tpc, i: usize) -> impl std::future::Future<Output = Result<Target, String>> + use<> {
+    fn target(&self, tx: &Tpc, i: usize) -> impl std::future::Future<Output = Result<Target, String>> + Send + use<> {
         let p = &tx.doc.participants[i];
-        let catalog = self.inner.catalog.clone();
-        let tenant = tx.row.tenant.clone();
-        let pinned = p.plugin_version.clone();
-        let endpoint = p.spec.endpoint.clone();
-        async move {
-            match (pinned, endpoint) {
-                (Some(pinned), _) => match catalog.resolve(&tenant, &pinned).await {
-                    Ok((_, component)) => Ok(Target::Plugin(component)),
-                    Err(e) => Err(format!("plugin {pinned} unavailable: {e}")),
-                },
-                (None, Some(endpoint)) => Ok(Target::Http { endpoint }),
-                (None, None) => Err("participant has neither a plugin nor an endpoint".into()),
-            }
-        }
+        self.inner.target(&tx.row.tenant, p.plugin_version.clone(), p.spec.endpoint.clone(), "participant")
     }
 
     fn context(&self, tx: &Tpc, i: usize, phase: Phase, attempt: u32, timeout: Duration) -> CallContext {

@@ -4,11 +4,22 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Record, TxError, TxState};
+use crate::participant::{Invoker, Target};
+use crate::plugin::{Catalog, Role};
+use crate::store::{EventRow, Store};
 use crate::txn::journal::Journal;
-use crate::participant::Invoker;
-use crate::plugin::Catalog;
 use crate::txn::recovery::Drivers;
-use crate::store::Store;
+
+/// A protocol's transactions: their `kind` in the store, and how errors name one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Kind {
+    pub(crate) store: &'static str,
+    pub(crate) name: &'static str,
+}
 
 /// Engine settings.
 #[derive(Debug, Clone)]
@@ -39,6 +50,77 @@ impl EngineCore {
     pub(crate) fn new(store: Store, catalog: Catalog, invoker: Invoker, config: EngineConfig) -> Arc<Self> {
         let journal = Journal::new(store.clone(), config.lease);
         Arc::new(EngineCore { store, catalog, invoker, config, journal, driving: Arc::default() })
+    }
+
+    /// Transaction `id` of `kind`, if it is `tenant`'s.
+    pub(crate) async fn get<S: TxState, D: Serialize + DeserializeOwned>(&self, tenant: &str, kind: Kind, id: &str) -> Result<Record<S, D>, TxError> {
+        let row = self.store.get_tx(tenant, kind.store, id).await?.ok_or_else(|| TxError::NotFound { kind: kind.name, id: id.into() })?;
+        Ok(Record::from_row(row)?)
+    }
+
+    /// Transaction `id` to change: as this node last wrote it when it has it (and `cached`),
+    /// else as stored.
+    pub(crate) async fn get_for_update<S: TxState, D: Serialize + DeserializeOwned>(
+        &self,
+        tenant: &str,
+        kind: Kind,
+        id: &str,
+        cached: bool,
+    ) -> Result<Record<S, D>, TxError> {
+        match self.journal.last_written(tenant, kind.store, id).filter(|_| cached) {
+            Some(row) => Ok(Record::from_row(row)?),
+            None => self.get(tenant, kind, id).await,
+        }
+    }
+
+    /// The history of transaction `id`, if it is `tenant`'s.
+    pub(crate) async fn history(&self, tenant: &str, kind: Kind, id: &str) -> Result<Vec<EventRow>, TxError> {
+        if self.store.get_tx(tenant, kind.store, id).await?.is_none() {
+            return Err(TxError::NotFound { kind: kind.name, id: id.into() });
+        }
+        Ok(self.store.events(id).await?)
+    }
+
+    /// Refuses a plugin reference that does not resolve, or whose component does not export
+    /// `role`.
+    pub(crate) async fn check_plugin(&self, tenant: &str, plugin: &str, role: Role) -> Result<(), TxError> {
+        let (_, component) = self.catalog.resolve(tenant, plugin).await?;
+        if !component.exports(role) {
+            return Err(TxError::Invalid(format!(
+                "plugin {plugin} does not export `{}` (it exports: {})",
+                role.as_str(),
+                component.export_names().join(", ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// The version of `plugin` a transaction runs from its start on: `name@version`.
+    pub(crate) async fn pin(&self, tenant: &str, plugin: &str) -> Result<String, TxError> {
+        let (row, _) = self.catalog.resolve(tenant, plugin).await?;
+        Ok(format!("{}@{}", row.name, row.version))
+    }
+
+    /// What runs a call: the pinned plugin version, else the endpoint (`what` names the step
+    /// or participant in the error). Owns what it needs, so calls can run in parallel.
+    pub(crate) fn target(
+        &self,
+        tenant: &str,
+        pinned: Option<String>,
+        endpoint: Option<String>,
+        what: &'static str,
+    ) -> impl std::future::Future<Output = Result<Target, String>> + Send + use<> {
+        let (catalog, tenant) = (self.catalog.clone(), tenant.to_string());
+        async move {
+            match (pinned, endpoint) {
+                (Some(pinned), _) => match catalog.resolve(&tenant, &pinned).await {
+                    Ok((_, component)) => Ok(Target::Plugin(component)),
+                    Err(e) => Err(format!("plugin {pinned} unavailable: {e}")),
+                },
+                (None, Some(endpoint)) => Ok(Target::Http { endpoint }),
+                (None, None) => Err(format!("{what} has neither a plugin nor an endpoint")),
+            }
+        }
     }
 
     /// Refuses an HTTP endpoint the tenant's outbound policy does not let it call (checked
