@@ -17,12 +17,14 @@ use crate::model::{Availability, Consistency, Decision as PolicyDecision, Patter
 use crate::plugin::{Catalog, Role};
 use crate::saga::{CreateSaga, SagaEngine, SagaError, SagaState, StepSpec};
 use crate::txn::Transition;
-use crate::txn::journal::{Journal, Record, TxState};
+use crate::txn::core::{EngineCore, Kind};
+use crate::txn::journal::{Record, TxState};
 use crate::store::{Lease, NewEvent, Store, StoreError, now_ms};
 use crate::tpc::{CreateTpc, ParticipantSpec, TpcEngine, TpcError, TpcState};
 use select::{Capability, Selection};
 
 const KIND: &str = "transaction";
+const MANAGED: Kind = Kind { store: KIND, name: "transaction" };
 /// The tenant setting naming the default policy plugin.
 pub const DEFAULT_POLICY_SETTING: &str = "default_policy";
 /// How long a policy may think.
@@ -219,22 +221,20 @@ impl Managed {
 
 #[derive(Clone)]
 pub struct Manager {
-    journal: Journal,
-    store: Store,
-    catalog: Catalog,
+    inner: std::sync::Arc<EngineCore>,
     sagas: SagaEngine,
     tpc: TpcEngine,
 }
 
 impl Manager {
     pub fn new(store: Store, catalog: Catalog, sagas: SagaEngine, tpc: TpcEngine) -> Self {
-        let journal = Journal::new(store.clone(), sagas.config().lease);
-        Manager { journal, store, catalog, sagas, tpc }
+        let inner = EngineCore::new(store, catalog, sagas.invoker().clone(), sagas.config().clone());
+        Manager { inner, sagas, tpc }
     }
 
     /// Every durable change of a managed transaction, as it is committed.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<crate::model::Progress> {
-        self.journal.subscribe()
+        self.inner.journal.subscribe()
     }
 
     pub async fn create(&self, tenant: &str, req: CreateManaged) -> Result<Managed, ManagerError> {
@@ -275,17 +275,16 @@ impl Manager {
         let id = format!("tx-{}", id.unwrap_or_else(uuid::Uuid::now_v7));
         let mut m = Managed::create(tenant, KIND, id, &req.transaction_name, Status::Pending, doc);
         let event = NewEvent::new("transaction_created", None, json!({"transaction_name": req.transaction_name}));
-        self.journal.insert(&mut m, vec![event]).await?;
+        self.inner.journal.insert(&mut m, vec![event]).await?;
         Ok(m)
     }
 
     pub async fn get(&self, tenant: &str, id: &str) -> Result<Managed, ManagerError> {
-        let row = self.store.get_tx(tenant, KIND, id).await?.ok_or_else(|| ManagerError::NotFound { kind: "transaction", id: id.into() })?;
-        Ok(Managed::from_row(row)?)
+        self.inner.get(tenant, MANAGED, id).await
     }
 
     pub async fn list(&self, tenant: &str, status: Option<Status>, limit: i64) -> Result<Vec<Managed>, ManagerError> {
-        let rows = self.store.list_tx(tenant, KIND, status.map(Status::as_str), limit).await?;
+        let rows = self.inner.store.list_tx(tenant, KIND, status.map(Status::as_str), limit).await?;
         Ok(rows.into_iter().map(Managed::from_row).collect::<Result<_, _>>()?)
     }
 
@@ -306,7 +305,7 @@ impl Manager {
         }
         let (exports_2pc, exports_saga) = match &spec.plugin {
             Some(plugin) => {
-                let (_, c) = self.catalog.resolve(tenant, plugin).await?;
+                let (_, c) = self.inner.catalog.resolve(tenant, plugin).await?;
                 (c.exports(Role::Participant), c.exports(Role::Step))
             }
             None => (false, true),
@@ -383,7 +382,7 @@ impl Manager {
             json!({"pattern": pattern, "reason": m.doc.reason, "policy": m.doc.policy_used, "delegate": delegate_id}),
         ));
         self.persist(&mut m, events).await?;
-        let _renewal = crate::txn::recovery::keep_lease(self.store.clone(), m.row.id.clone(), self.sagas.node_id().into(), self.lease());
+        let _renewal = crate::txn::recovery::keep_lease(self.inner.store.clone(), m.row.id.clone(), self.sagas.node_id().into(), self.lease());
         match pattern {
             Pattern::Saga => {
                 self.sagas.execute(tenant, &delegate_id, true).await?;
@@ -408,7 +407,7 @@ impl Manager {
         let builtin = select::builtin(req.consistency, req.availability, caps);
         let policy = match &m.doc.policy {
             Some(p) => Some(p.clone()),
-            None => self.store.setting(tenant, DEFAULT_POLICY_SETTING).await?,
+            None => self.inner.store.setting(tenant, DEFAULT_POLICY_SETTING).await?,
         };
         let Some(policy) = policy.filter(|p| p != "builtin") else {
             m.doc.policy_used = Some("builtin".into());
@@ -460,7 +459,7 @@ impl Manager {
 
     /// Resolves a policy reference to `name@version` and its component; it must export `policy`.
     async fn policy_component(&self, tenant: &str, reference: &str) -> Result<(String, std::sync::Arc<crate::plugin::Component>), ManagerError> {
-        let (row, component) = self.catalog.resolve(tenant, reference).await?;
+        let (row, component) = self.inner.catalog.resolve(tenant, reference).await?;
         if !component.exports(Role::Policy) {
             return Err(ManagerError::Invalid(format!("plugin {reference} does not export `policy`")));
         }
@@ -626,24 +625,23 @@ impl Manager {
         if policy != "builtin" {
             self.policy_component(tenant, policy).await?;
         }
-        self.store.put_setting(tenant, DEFAULT_POLICY_SETTING, policy).await?;
+        self.inner.store.put_setting(tenant, DEFAULT_POLICY_SETTING, policy).await?;
         Ok(())
     }
 
     pub async fn history(&self, tenant: &str, id: &str) -> Result<Vec<crate::store::EventRow>, ManagerError> {
-        self.get(tenant, id).await?;
-        Ok(self.store.events(id).await?)
+        self.inner.history(tenant, MANAGED, id).await
     }
 
     fn lease(&self) -> Duration {
-        self.journal.lease()
+        self.inner.journal.lease()
     }
 
     /// Claims running managed transactions whose coordinator stopped renewing their lease
     /// and finishes them in the background. Returns how many.
     pub async fn recover_expired(&self, own: bool) -> Result<usize, ManagerError> {
         let lease = Lease { owner: self.sagas.node_id().into(), until_ms: now_ms() + self.lease().as_millis() as i64 };
-        let claimed = self.store.claim_expired(KIND, &["running"], &lease, now_ms(), 64, own).await?;
+        let claimed = self.inner.store.claim_expired(KIND, &["running"], &lease, now_ms(), 64, own).await?;
         let n = claimed.len();
         for row in claimed {
             let manager = self.clone();
@@ -657,7 +655,7 @@ impl Manager {
     }
 
     async fn persist(&self, m: &mut Managed, events: Vec<NewEvent>) -> Result<(), ManagerError> {
-        Ok(self.journal.persist(m, events).await?)
+        Ok(self.inner.journal.persist(m, events).await?)
     }
 }
 
