@@ -351,3 +351,35 @@ on_both_stores!(a_change_made_by_another_coordinator_is_not_lost_to_a_remembered
     let ended = a.tpc.execute(TENANT, tx.id()).await.unwrap();
     assert_eq!(ended.doc.participants.len(), 3);
 });
+
+/// A clock that stands still and numbers ids 1, 2, 3…
+#[derive(Debug, Default)]
+struct StillClock(std::sync::atomic::AtomicU64);
+
+impl wasmtx::txn::Clock for StillClock {
+    fn now_ms(&self) -> i64 {
+        1_700_000_000_000
+    }
+
+    fn new_id(&self) -> uuid::Uuid {
+        uuid::Uuid::from_u128(u128::from(self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1))
+    }
+}
+
+on_both_stores!(an_engine_takes_its_time_and_ids_from_its_clock, |url: String| async move {
+    use wasmtx::participant::Invoker;
+    use wasmtx::plugin::{CallLimits, Catalog, ComponentCache};
+    use wasmtx::saga::{EngineConfig, SagaEngine};
+    let store = wasmtx::store::Store::open(&url).await.unwrap();
+    let catalog = Catalog::new(store.clone(), ComponentCache::new(common::host()));
+    let config = EngineConfig { clock: std::sync::Arc::new(StillClock::default()), ..EngineConfig::default() };
+    let sagas = SagaEngine::new(store, catalog, Invoker::new(common::host(), CallLimits::default()), config);
+    for n in 1..=2 {
+        let req: CreateSaga = serde_json::from_value(json!({"saga_name": "still", "execute": true})).unwrap();
+        let done = sagas.run(TENANT, req).await.unwrap();
+        assert_eq!(done.id(), format!("saga-00000000-0000-0000-0000-00000000000{n}"));
+        let doc = done.document();
+        assert_eq!((doc["created_at"].clone(), doc["updated_at"].clone()), (json!("2023-11-14T22:13:20.000Z"), json!("2023-11-14T22:13:20.000Z")));
+        assert_eq!(doc["state"], "completed");
+    }
+});

@@ -110,7 +110,7 @@ impl NodeArgs {
         let invoker = Invoker::new(host, CallLimits::default())
             .with_node_id(&node_id)
             .allow_private_endpoints(self.allow_private_endpoints);
-        let config = EngineConfig { node_id, lease: Duration::from_millis(self.lease_ms.max(100)) };
+        let config = EngineConfig { node_id, lease: Duration::from_millis(self.lease_ms.max(100)), ..EngineConfig::default() };
         let sagas = SagaEngine::new(store.clone(), catalog.clone(), invoker.clone(), config.clone());
         let tpc = TpcEngine::new(store.clone(), catalog.clone(), invoker.clone(), config);
         let manager = Manager::new(store.clone(), catalog.clone(), sagas.clone(), tpc.clone());

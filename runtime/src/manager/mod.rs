@@ -19,7 +19,7 @@ use crate::saga::{CreateSaga, SagaEngine, SagaError, SagaState, StepSpec};
 use crate::txn::Transition;
 use crate::txn::core::{EngineCore, Kind};
 use crate::txn::journal::{Record, TxState};
-use crate::store::{Lease, NewEvent, Store, StoreError, now_ms};
+use crate::store::{Lease, NewEvent, Store, StoreError};
 use crate::tpc::{CreateTpc, ParticipantSpec, TpcEngine, TpcError, TpcState};
 use select::{Capability, Selection};
 
@@ -272,8 +272,8 @@ impl Manager {
             execution_time_ms: None,
             retry_policy: req.retry_policy,
         };
-        let id = format!("tx-{}", id.unwrap_or_else(uuid::Uuid::now_v7));
-        let mut m = Managed::create(tenant, KIND, id, &req.transaction_name, Status::Pending, doc);
+        let id = format!("tx-{}", id.unwrap_or_else(|| self.inner.new_id()));
+        let mut m = Managed::create(tenant, KIND, id, &req.transaction_name, Status::Pending, doc, self.inner.now());
         let event = NewEvent::new("transaction_created", None, json!({"transaction_name": req.transaction_name}));
         self.inner.journal.insert(&mut m, vec![event]).await?;
         Ok(m)
@@ -355,7 +355,7 @@ impl Manager {
                 Selection::Choose(p, "pattern forced by the caller")
             }
         };
-        m.doc.started_at_ms = Some(now_ms());
+        m.doc.started_at_ms = Some(self.inner.now());
         let pattern = match selection {
             Selection::Reject(reason) => {
                 m.state.become_(Status::Failed)?;
@@ -589,7 +589,7 @@ impl Manager {
                 m.row.owner = None;
             }
             if let Some(started) = m.doc.started_at_ms {
-                m.doc.execution_time_ms = Some(now_ms() - started);
+                m.doc.execution_time_ms = Some(self.inner.now() - started);
             }
             let event = NewEvent::new(&format!("transaction_{}", status.as_str()), None, json!({}));
             match self.persist(&mut m, vec![event]).await {
@@ -640,8 +640,8 @@ impl Manager {
     /// Claims running managed transactions whose coordinator stopped renewing their lease
     /// and finishes them in the background. Returns how many.
     pub async fn recover_expired(&self, own: bool) -> Result<usize, ManagerError> {
-        let lease = Lease { owner: self.sagas.node_id().into(), until_ms: now_ms() + self.lease().as_millis() as i64 };
-        let claimed = self.inner.store.claim_expired(KIND, &["running"], &lease, now_ms(), 64, own).await?;
+        let lease = Lease { owner: self.sagas.node_id().into(), until_ms: self.inner.now() + self.lease().as_millis() as i64 };
+        let claimed = self.inner.store.claim_expired(KIND, &["running"], &lease, self.inner.now(), 64, own).await?;
         let n = claimed.len();
         for row in claimed {
             let manager = self.clone();

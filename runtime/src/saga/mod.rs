@@ -26,7 +26,7 @@ pub use crate::model::Progress;
 use crate::model::{CallContext, RetryPolicy};
 use crate::participant::{Invoker, Phase};
 use crate::plugin::Catalog;
-use crate::store::{EventRow, Lease, NewEvent, Store, now_ms};
+use crate::store::{EventRow, Lease, NewEvent, Store};
 pub use state::{SagaDoc, SagaState, StepRecord, StepSpec, StepState};
 use state::{MAX_STEPS, Next, Verdict, judge};
 
@@ -144,8 +144,8 @@ impl SagaEngine {
             events.push(NewEvent::new("step_added", Some(&spec.name), json!({ "index": doc.steps.len() })));
             doc.steps.push(StepRecord::new(spec));
         }
-        let id = format!("saga-{}", id.unwrap_or_else(uuid::Uuid::now_v7));
-        let mut saga = Saga::create(tenant, KIND, id, &req.saga_name, SagaState::Pending, doc);
+        let id = format!("saga-{}", id.unwrap_or_else(|| self.inner.new_id()));
+        let mut saga = Saga::create(tenant, KIND, id, &req.saga_name, SagaState::Pending, doc, self.inner.now());
         if !req.execute {
             self.inner.journal.insert(&mut saga, events).await?;
             return Ok(saga);
@@ -240,7 +240,7 @@ impl SagaEngine {
             }
         }
         saga.state.become_(SagaState::Running)?;
-        saga.doc.started_at_ms = Some(now_ms());
+        saga.doc.started_at_ms = Some(self.inner.now());
         saga.row.owner = Some(self.inner.config.node_id.clone());
         let pins: Vec<Value> = saga.doc.steps.iter().filter_map(|s| s.plugin_version.clone().map(Value::String)).collect();
         let mut events = vec![NewEvent::new("saga_started", None, json!({ "owner": self.node_id(), "plugins": pins }))];
@@ -262,7 +262,7 @@ impl SagaEngine {
                     return Err(SagaError::Busy(id.into()));
                 }
                 let mine = saga.row.owner.as_deref() == Some(self.node_id());
-                if !mine && saga.row.lease_until_ms > now_ms() {
+                if !mine && saga.row.lease_until_ms > self.inner.now() {
                     return Err(SagaError::Busy(id.into()));
                 }
                 saga.row.owner = Some(self.node_id().into());
@@ -305,7 +305,7 @@ impl SagaEngine {
                     wait_for_end(&mut progress, id).await;
                     return self.get(tenant, id).await;
                 }
-                if saga.row.lease_until_ms > now_ms() && saga.row.owner.as_deref() != Some(self.node_id()) {
+                if saga.row.lease_until_ms > self.inner.now() && saga.row.owner.as_deref() != Some(self.node_id()) {
                     return Err(SagaError::Busy(id.into()));
                 }
                 saga.state.become_(SagaState::Compensating)?;
@@ -323,11 +323,11 @@ impl SagaEngine {
     /// Claims running or compensating sagas whose lease expired (and, with `own`, those this
     /// node held before a restart) and drives them in the background. Returns how many.
     pub async fn recover_expired(&self, own: bool) -> Result<usize, SagaError> {
-        let lease = Lease { owner: self.node_id().into(), until_ms: now_ms() + self.inner.config.lease.as_millis() as i64 };
+        let lease = Lease { owner: self.node_id().into(), until_ms: self.inner.now() + self.inner.config.lease.as_millis() as i64 };
         let claimed = self
             .inner
             .store
-            .claim_expired(KIND, &["running", "compensating"], &lease, now_ms(), 64, own)
+            .claim_expired(KIND, &["running", "compensating"], &lease, self.inner.now(), 64, own)
             .await?;
         let n = claimed.len();
         for row in claimed {
@@ -426,7 +426,7 @@ impl SagaEngine {
             return Some("cancelled".into());
         }
         let (Some(timeout), Some(started)) = (saga.doc.timeout_ms, saga.doc.started_at_ms) else { return None };
-        (now_ms() - started > timeout as i64).then(|| format!("saga timed out after {timeout} ms"))
+        (self.inner.now() - started > timeout as i64).then(|| format!("saga timed out after {timeout} ms"))
     }
 
     async fn finish(&self, saga: &mut Saga, kind: &str) -> Result<(), SagaError> {

@@ -26,7 +26,7 @@ use crate::model::{CallContext, Outcome, Progress, RetryPolicy, Vote};
 use crate::participant::{Invoker, Phase, Target};
 use crate::plugin::{Catalog, Role};
 use crate::txn::EngineConfig;
-use crate::store::{EventRow, Lease, NewEvent, Store, now_ms};
+use crate::store::{EventRow, Lease, NewEvent, Store};
 pub use state::{Decision, ParticipantRecord, ParticipantSpec, ParticipantState, TpcDoc, TpcState};
 use state::{DEFAULT_PREPARE_TIMEOUT_MS, MAX_PARTICIPANTS};
 
@@ -125,8 +125,8 @@ impl TpcEngine {
             events.push(NewEvent::new("participant_added", Some(&spec.participant_id), json!({})));
             doc.participants.push(ParticipantRecord::new(spec));
         }
-        let id = format!("tpc-{}", id.unwrap_or_else(uuid::Uuid::now_v7));
-        let mut tx = Tpc::create(tenant, KIND, id, &req.transaction_name, TpcState::Init, doc);
+        let id = format!("tpc-{}", id.unwrap_or_else(|| self.inner.new_id()));
+        let mut tx = Tpc::create(tenant, KIND, id, &req.transaction_name, TpcState::Init, doc, self.inner.now());
         self.inner.journal.insert(&mut tx, events).await?;
         Ok(tx)
     }
@@ -256,7 +256,7 @@ impl TpcEngine {
             return self.get(tenant, id).await;
         }
         let mine = tx.row.owner.as_deref() == Some(self.node_id());
-        if !mine && tx.row.owner.is_some() && tx.row.lease_until_ms > now_ms() {
+        if !mine && tx.row.owner.is_some() && tx.row.lease_until_ms > self.inner.now() {
             return Err(TpcError::Busy(id.into()));
         }
         if tx.state == TpcState::Failed {
@@ -275,9 +275,9 @@ impl TpcEngine {
 
     /// Claims transactions whose lease expired and drives them in the background.
     pub async fn recover_expired(&self, own: bool) -> Result<usize, TpcError> {
-        let lease = Lease { owner: self.node_id().into(), until_ms: now_ms() + self.inner.config.lease.as_millis() as i64 };
+        let lease = Lease { owner: self.node_id().into(), until_ms: self.inner.now() + self.inner.config.lease.as_millis() as i64 };
         let states = ["preparing", "prepared", "committing", "aborting"];
-        let claimed = self.inner.store.claim_expired(KIND, &states, &lease, now_ms(), 64, own).await?;
+        let claimed = self.inner.store.claim_expired(KIND, &states, &lease, self.inner.now(), 64, own).await?;
         let n = claimed.len();
         for row in claimed {
             if self.inner.driving.contains(&row.id) {

@@ -28,11 +28,13 @@ pub struct EngineConfig {
     pub node_id: String,
     /// How long a lease lasts without renewal (default 10 s).
     pub lease: Duration,
+    /// The time and new ids (default: the system's).
+    pub clock: Arc<dyn super::Clock>,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { node_id: uuid::Uuid::new_v4().to_string(), lease: Duration::from_secs(10) }
+        EngineConfig { node_id: uuid::Uuid::new_v4().to_string(), lease: Duration::from_secs(10), clock: Arc::new(super::SystemClock) }
     }
 }
 
@@ -48,8 +50,18 @@ pub(crate) struct EngineCore {
 
 impl EngineCore {
     pub(crate) fn new(store: Store, catalog: Catalog, invoker: Invoker, config: EngineConfig) -> Arc<Self> {
-        let journal = Journal::new(store.clone(), config.lease);
+        let journal = Journal::new(store.clone(), config.lease, config.clock.clone());
         Arc::new(EngineCore { store, catalog, invoker, config, journal, driving: Arc::default() })
+    }
+
+    /// Now, by the engine's clock.
+    pub(crate) fn now(&self) -> i64 {
+        self.config.clock.now_ms()
+    }
+
+    /// The unique part of a new transaction's id.
+    pub(crate) fn new_id(&self) -> uuid::Uuid {
+        self.config.clock.new_id()
     }
 
     /// Transaction `id` of `kind`, if it is `tenant`'s.

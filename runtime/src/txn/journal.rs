@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
 use crate::model::Progress;
-use crate::store::{NewEvent, Store, StoreError, TxRow, now_ms};
+use crate::store::{NewEvent, Store, StoreError, TxRow};
 
 /// The state enum of a transaction kind.
 pub trait TxState: Copy + Send + Sync + 'static {
@@ -37,8 +37,7 @@ impl<S: TxState, D: Serialize + DeserializeOwned> Record<S, D> {
     }
 
     /// A new, unowned record of `kind` for `tenant`, not yet stored.
-    pub fn create(tenant: &str, kind: &str, id: String, name: &str, state: S, doc: D) -> Self {
-        let now = now_ms();
+    pub fn create(tenant: &str, kind: &str, id: String, name: &str, state: S, doc: D, now: i64) -> Self {
         let row = TxRow {
             tenant: tenant.into(),
             id,
@@ -80,6 +79,7 @@ const MAX_CACHED_DOC_BYTES: usize = 16 << 10;
 pub struct Journal {
     store: Store,
     lease: Duration,
+    clock: std::sync::Arc<dyn super::Clock>,
     progress: broadcast::Sender<Progress>,
     /// The row as this journal last wrote it, per transaction not yet at an end state. Only a
     /// starting point for a change: the write is revision-checked like any other, and a
@@ -88,9 +88,9 @@ pub struct Journal {
 }
 
 impl Journal {
-    pub fn new(store: Store, lease: Duration) -> Self {
+    pub fn new(store: Store, lease: Duration, clock: std::sync::Arc<dyn super::Clock>) -> Self {
         let (progress, _) = broadcast::channel(4096);
-        Journal { store, lease, progress, written: Default::default() }
+        Journal { store, lease, clock, progress, written: Default::default() }
     }
 
     /// The row this journal last wrote for `id`, if it is still the last one it knows of.
@@ -139,7 +139,7 @@ impl Journal {
 
     /// Brings the row up to the record: state, document, time, and the lease if owned.
     fn stamp<S: TxState, D: Serialize>(&self, rec: &mut Record<S, D>) {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         rec.row.state = rec.state.as_str().into();
         rec.row.doc = serde_json::to_string(&rec.doc).expect("documents serialise");
         rec.row.updated_at_ms = now;

@@ -7,6 +7,7 @@
 //! The protocols (`saga`, `tpc`, `manager`) build on this module; it knows none of them, and it
 //! never touches a driver (SQL, wasmtime, HTTP) directly.
 
+mod clock;
 pub(crate) mod core;
 mod error;
 pub mod journal;
@@ -14,6 +15,7 @@ pub mod recovery;
 pub mod spec;
 pub(crate) mod transition;
 
+pub use clock::{Clock, SystemClock};
 pub use core::EngineConfig;
 pub use error::TxError;
 pub use journal::{Journal, Record, TxState, merged, wait_for_end};
