@@ -252,7 +252,7 @@ async fn redirects_are_answers_and_never_followed() {
     server.kill().await;
 }
 
-on_both_stores!(huge_answers_fail_their_call_once_at_a_bounded_cost, |url: String| async move {
+on_every_store!(huge_answers_fail_their_call_once_at_a_bounded_cost, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
     let huge = Misbehaving::start().await;
     let server = Server::start(dir.path(), database(&url), &["--lease-ms", "500"]).await;
@@ -430,7 +430,7 @@ async fn a_plugin_that_prints_past_the_capture_completes() {
     server.kill().await;
 }
 
-on_both_stores!(max_concurrent_counts_every_running_transaction, |url: String| async move {
+on_every_store!(max_concurrent_counts_every_running_transaction, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), database(&url), &["--admin-token", ADMIN]).await;
     let one = tenant(&server, "one", json!({"limits": {"max_concurrent": 1}})).await;
@@ -653,7 +653,7 @@ async fn the_tenant_named_default_is_reserved_and_keys_are_checked_as_rfc_7235_s
     server.kill().await;
 }
 
-on_both_stores!(nul_bytes_and_out_of_range_numbers_are_the_callers_errors, |url: String| async move {
+on_every_store!(nul_bytes_and_out_of_range_numbers_are_the_callers_errors, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), database(&url), &["--admin-token", ADMIN]).await;
     let anyone = Caller::anonymous(&server);
@@ -712,7 +712,7 @@ async fn an_idempotency_key_names_one_request_per_endpoint() {
     server.kill().await;
 }
 
-on_both_stores!(plugin_uploads_succeed_while_everything_else_writes, |url: String| async move {
+on_every_store!(plugin_uploads_succeed_while_everything_else_writes, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), database(&url), &[]).await;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -49,7 +49,7 @@ async fn events(n: &Node, id: &str) -> Vec<wasmtx::store::EventRow> {
     n.manager.history(TENANT, id).await.unwrap()
 }
 
-on_both_stores!(the_seed_examples_pick_their_patterns_and_report_one_document, |url: String| async move {
+on_every_store!(the_seed_examples_pick_their_patterns_and_report_one_document, |url: String| async move {
     let n = with_plugins(&url).await;
     // E-commerce order: mixed capabilities → saga, completed → committed.
     let order = managed(&n, json!({"context": {"amount": 5}}), vec![
@@ -91,7 +91,7 @@ on_both_stores!(the_seed_examples_pick_their_patterns_and_report_one_document, |
     assert_eq!(listed.len(), 2, "the integration and the failing order");
 });
 
-on_both_stores!(immediate_consistency_without_2pc_is_rejected_naming_the_participants, |url: String| async move {
+on_every_store!(immediate_consistency_without_2pc_is_rejected_naming_the_participants, |url: String| async move {
     let n = with_plugins(&url).await;
     let id = managed(&n, json!({"requirements": {"consistency": "immediate"}}), vec![
         json!({"participant_id": "ledger", "plugin": "ledger"}),
@@ -105,7 +105,7 @@ on_both_stores!(immediate_consistency_without_2pc_is_rejected_naming_the_partici
     assert!(error.contains("warehouse") && !error.contains("ledger"), "{error}");
 });
 
-on_both_stores!(forced_patterns_are_checked_against_capabilities, |url: String| async move {
+on_every_store!(forced_patterns_are_checked_against_capabilities, |url: String| async move {
     let n = with_plugins(&url).await;
     let id = managed(&n, json!({}), vec![
         json!({"participant_id": "pay", "plugin": "payment"}),
@@ -122,7 +122,7 @@ on_both_stores!(forced_patterns_are_checked_against_capabilities, |url: String| 
     assert_eq!((doc["selected_pattern"].clone(), doc["transaction_status"].clone()), (json!("two_phase_commit"), json!("committed")));
 });
 
-on_both_stores!(capabilities_default_to_exports_and_flags_may_narrow_but_not_claim, |url: String| async move {
+on_every_store!(capabilities_default_to_exports_and_flags_may_narrow_but_not_claim, |url: String| async move {
     let n = with_plugins(&url).await;
     let id = managed(&n, json!({"requirements": {"consistency": "strong", "availability": "low"}}), vec![]).await;
     let claim = serde_json::from_value(json!({"participant_id": "x", "plugin": "inventory", "supports_2pc": true})).unwrap();
@@ -133,7 +133,7 @@ on_both_stores!(capabilities_default_to_exports_and_flags_may_narrow_but_not_cla
     assert_eq!(doc["selected_pattern"], "saga", "narrowed to saga only, strong consistency → saga");
 });
 
-on_both_stores!(saga_steps_run_in_ascending_priority_stable_for_equal, |url: String| async move {
+on_every_store!(saga_steps_run_in_ascending_priority_stable_for_equal, |url: String| async move {
     let n = with_plugins(&url).await;
     let id = managed(&n, json!({}), vec![
         json!({"participant_id": "c", "plugin": "scripted", "priority": 3}),
@@ -147,7 +147,7 @@ on_both_stores!(saga_steps_run_in_ascending_priority_stable_for_equal, |url: Str
     assert_eq!(order, ["a1", "a2", "b", "c"]);
 });
 
-on_both_stores!(policies_choose_reject_or_fall_back_to_the_builtin_rules_with_a_record, |url: String| async move {
+on_every_store!(policies_choose_reject_or_fall_back_to_the_builtin_rules_with_a_record, |url: String| async move {
     let n = with_plugins(&url).await;
     let ledgers = || vec![json!({"participant_id": "d", "plugin": "ledger"}), json!({"participant_id": "c", "plugin": "ledger"})];
     let mixed = || vec![json!({"participant_id": "pay", "plugin": "payment"}), json!({"participant_id": "stock", "plugin": "inventory"})];
@@ -181,7 +181,7 @@ on_both_stores!(policies_choose_reject_or_fall_back_to_the_builtin_rules_with_a_
     assert_eq!(doc["selected_pattern"], "two_phase_commit");
 });
 
-on_both_stores!(abort_and_recover_in_each_pattern, |url: String| async move {
+on_every_store!(abort_and_recover_in_each_pattern, |url: String| async move {
     let n = with_plugins(&url).await;
     let pending = managed(&n, json!({}), vec![json!({"participant_id": "a", "plugin": "scripted"})]).await;
     let m = n.manager.abort(TENANT, &pending).await.unwrap();
@@ -243,7 +243,7 @@ async fn new_transaction(server: &Server, body: Value, participants: &[Value]) -
     id
 }
 
-on_both_stores!(the_default_policy_hot_swaps_on_a_running_server, |url: String| async move {
+on_every_store!(the_default_policy_hot_swaps_on_a_running_server, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), url.starts_with("postgres").then_some(url.as_str()), &[]).await;
     put_plugin(&server, "payment", plugins::PAYMENT).await;
@@ -287,7 +287,7 @@ on_both_stores!(the_default_policy_hot_swaps_on_a_running_server, |url: String| 
     server.kill().await;
 });
 
-on_both_stores!(a_managed_2pc_killed_during_prepare_is_recovered_to_aborted, |url: String| async move {
+on_every_store!(a_managed_2pc_killed_during_prepare_is_recovered_to_aborted, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
     let db = url.starts_with("postgres").then_some(url.as_str());
     let mut script = Script::default();
@@ -308,7 +308,7 @@ on_both_stores!(a_managed_2pc_killed_during_prepare_is_recovered_to_aborted, |ur
     restarted.kill().await;
 });
 
-on_both_stores!(a_transaction_that_exceeds_its_timeout_is_compensated_or_aborted, |url: String| async move {
+on_every_store!(a_transaction_that_exceeds_its_timeout_is_compensated_or_aborted, |url: String| async move {
     let n = with_plugins(&url).await;
     // Saga: the deadline passes during the slow step; the next step never starts.
     let id = managed(&n, json!({"requirements": {"timeout_ms": 200}}), vec![

@@ -157,7 +157,7 @@ async fn saga(n: &Node, steps: Vec<Value>) -> String {
     s.id().to_string()
 }
 
-on_both_stores!(a_rust_python_rust_saga_completes_through_a_python_retry, |url: String| async move {
+on_every_store!(a_rust_python_rust_saga_completes_through_a_python_retry, |url: String| async move {
     let n = polyglot_node(&url).await;
     let id = saga(
         &n,
@@ -180,7 +180,7 @@ on_both_stores!(a_rust_python_rust_saga_completes_through_a_python_retry, |url: 
     assert!(ctx["shipment"]["tracking_number"].is_string());
 });
 
-on_both_stores!(a_failure_after_the_python_step_compensates_across_languages, |url: String| async move {
+on_every_store!(a_failure_after_the_python_step_compensates_across_languages, |url: String| async move {
     let n = polyglot_node(&url).await;
     let id = saga(
         &n,
@@ -214,7 +214,7 @@ on_both_stores!(a_failure_after_the_python_step_compensates_across_languages, |u
     assert!(compensated[1].1.is_object(), "the Rust refund reported: {:?}", compensated[1].1);
 });
 
-on_both_stores!(a_python_exception_fails_the_step_with_its_message, |url: String| async move {
+on_every_store!(a_python_exception_fails_the_step_with_its_message, |url: String| async move {
     let n = polyglot_node(&url).await;
     let id = saga(
         &n,
@@ -247,7 +247,7 @@ async fn transfer(n: &Node, amount: u64) -> String {
     tx.id().to_string()
 }
 
-on_both_stores!(a_rust_and_js_two_phase_commit_commits_below_the_threshold_and_aborts_above, |url: String| async move {
+on_every_store!(a_rust_and_js_two_phase_commit_commits_below_the_threshold_and_aborts_above, |url: String| async move {
     let n = polyglot_node(&url).await;
 
     let ok = n.tpc.execute(TENANT, &transfer(&n, 200).await).await.unwrap();

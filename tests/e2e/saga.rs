@@ -55,7 +55,7 @@ async fn kinds(n: &Node, id: &str) -> Vec<String> {
         .collect()
 }
 
-on_both_stores!(runs_steps_in_order_and_merges_outputs_into_the_context, |url: String| async move {
+on_every_store!(runs_steps_in_order_and_merges_outputs_into_the_context, |url: String| async move {
     let n = with_plugins(&url).await;
     let id = saga(
         &n,
@@ -89,7 +89,7 @@ on_both_stores!(runs_steps_in_order_and_merges_outputs_into_the_context, |url: S
     assert_eq!(n.sagas.get(TENANT, &id).await.unwrap().document()["steps"], doc["steps"]);
 });
 
-on_both_stores!(compensates_completed_steps_in_reverse_order_when_step_3_fails, |url: String| async move {
+on_every_store!(compensates_completed_steps_in_reverse_order_when_step_3_fails, |url: String| async move {
     let n = with_plugins(&url).await;
     let id = saga(
         &n,
@@ -119,7 +119,7 @@ on_both_stores!(compensates_completed_steps_in_reverse_order_when_step_3_fails, 
     );
 });
 
-on_both_stores!(retries_with_the_same_idempotency_key_until_success, |url: String| async move {
+on_every_store!(retries_with_the_same_idempotency_key_until_success, |url: String| async move {
     let n = with_plugins(&url).await;
     let id = saga(
         &n,
@@ -138,7 +138,7 @@ on_both_stores!(retries_with_the_same_idempotency_key_until_success, |url: Strin
     assert_eq!(retries, 2);
 });
 
-on_both_stores!(a_spent_retry_budget_fails_the_step_and_compensates, |url: String| async move {
+on_every_store!(a_spent_retry_budget_fails_the_step_and_compensates, |url: String| async move {
     let n = with_plugins(&url).await;
     let id = saga(
         &n,
@@ -156,7 +156,7 @@ on_both_stores!(a_spent_retry_budget_fails_the_step_and_compensates, |url: Strin
     assert_eq!(done.doc.steps[0].state, StepState::Compensated);
 });
 
-on_both_stores!(a_compensation_that_keeps_failing_ends_failed_naming_the_step, |url: String| async move {
+on_every_store!(a_compensation_that_keeps_failing_ends_failed_naming_the_step, |url: String| async move {
     let n = with_plugins(&url).await;
     let id = saga(
         &n,
@@ -182,7 +182,7 @@ on_both_stores!(a_compensation_that_keeps_failing_ends_failed_naming_the_step, |
     assert_eq!(again.doc.steps[1].attempts, 1, "resume never re-runs forward steps");
 });
 
-on_both_stores!(traps_timeouts_and_memory_bombs_are_retried_then_fail, |url: String| async move {
+on_every_store!(traps_timeouts_and_memory_bombs_are_retried_then_fail, |url: String| async move {
     let n = with_plugins(&url).await;
     for (name, instruction, expect) in [
         ("trap", json!({"do": "trap", "message": "kaboom"}), "kaboom"),
@@ -208,7 +208,7 @@ on_both_stores!(traps_timeouts_and_memory_bombs_are_retried_then_fail, |url: Str
     }
 });
 
-on_both_stores!(invalid_json_output_fails_the_step, |url: String| async move {
+on_every_store!(invalid_json_output_fails_the_step, |url: String| async move {
     let n = with_plugins(&url).await;
     let id = saga(
         &n,
@@ -222,7 +222,7 @@ on_both_stores!(invalid_json_output_fails_the_step, |url: String| async move {
     assert_eq!(done.doc.steps[0].attempts, 1, "garbage is not retried");
 });
 
-on_both_stores!(http_steps_follow_the_participant_protocol, |url: String| async move {
+on_every_store!(http_steps_follow_the_participant_protocol, |url: String| async move {
     let n = with_plugins(&url).await;
     let mut script = Script::default();
     script.0.insert(
@@ -259,7 +259,7 @@ on_both_stores!(http_steps_follow_the_participant_protocol, |url: String| async 
     assert_eq!(undo[0]["input"]["step_output"]["reservation"], "r-1");
 });
 
-on_both_stores!(a_pending_saga_can_be_cancelled_and_a_finished_one_cannot_run_again, |url: String| async move {
+on_every_store!(a_pending_saga_can_be_cancelled_and_a_finished_one_cannot_run_again, |url: String| async move {
     let n = with_plugins(&url).await;
     let id = saga(&n, json!({}), vec![json!({"name": "a", "plugin": "scripted"})]).await;
     let cancelled = n.sagas.cancel(TENANT, &id).await.unwrap();
@@ -272,7 +272,7 @@ on_both_stores!(a_pending_saga_can_be_cancelled_and_a_finished_one_cannot_run_ag
     assert!(matches!(n.sagas.get("another-tenant", &id).await, Err(wasmtx::saga::SagaError::NotFound { .. })));
 });
 
-on_both_stores!(a_running_saga_pins_the_plugin_version_it_started_with, |url: String| async move {
+on_every_store!(a_running_saga_pins_the_plugin_version_it_started_with, |url: String| async move {
     let n = with_plugins(&url).await;
     n.catalog.publish(TENANT, "svc", &plugin_bytes(plugins::SCRIPTED)).await.unwrap();
     let id = saga(
@@ -310,7 +310,7 @@ on_both_stores!(a_running_saga_pins_the_plugin_version_it_started_with, |url: St
     }
 });
 
-on_both_stores!(the_catalog_answers_a_publish_at_once_and_keeps_pinned_versions, |url: String| async move {
+on_every_store!(the_catalog_answers_a_publish_at_once_and_keeps_pinned_versions, |url: String| async move {
     // Lookups are cached (plugin rows are read on every step); a publish through the same
     // catalog must still be the next saga's version at once.
     let n = node(&url).await;
@@ -325,7 +325,7 @@ on_both_stores!(the_catalog_answers_a_publish_at_once_and_keeps_pinned_versions,
     assert!(n.catalog.resolve("another-tenant", "pay").await.is_err(), "cached rows stay per tenant");
 });
 
-on_both_stores!(a_change_made_by_another_coordinator_is_not_lost_to_a_remembered_row, |url: String| async move {
+on_every_store!(a_change_made_by_another_coordinator_is_not_lost_to_a_remembered_row, |url: String| async move {
     // Each engine starts a change from the row it last wrote (sparing a read); when another
     // coordinator wrote since, the revision check fails and the change is made again from
     // the stored row — never a lost step, never a spurious "busy".
@@ -366,7 +366,7 @@ impl wasmtx::txn::Clock for StillClock {
     }
 }
 
-on_both_stores!(an_engine_takes_its_time_and_ids_from_its_clock, |url: String| async move {
+on_every_store!(an_engine_takes_its_time_and_ids_from_its_clock, |url: String| async move {
     use wasmtx::participant::Invoker;
     use wasmtx::plugin::{CallLimits, Catalog, ComponentCache};
     use wasmtx::saga::{EngineConfig, SagaEngine};

@@ -45,7 +45,7 @@ async fn raw(server: &Server, method: &str, path: &str, body: Vec<u8>) -> (Statu
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-on_both_stores!(the_http_api_runs_a_saga_end_to_end, |url: String| async move {
+on_every_store!(the_http_api_runs_a_saga_end_to_end, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
     let db = url.starts_with("postgres").then_some(url.as_str());
     let server = Server::start(dir.path(), db, &[]).await;
@@ -109,7 +109,7 @@ on_both_stores!(the_http_api_runs_a_saga_end_to_end, |url: String| async move {
     server.kill().await;
 });
 
-on_both_stores!(idempotency_keys_never_create_two_sagas, |url: String| async move {
+on_every_store!(idempotency_keys_never_create_two_sagas, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), url.starts_with("postgres").then_some(url.as_str()), &[]).await;
     let create = |body: Value| {
@@ -126,7 +126,7 @@ on_both_stores!(idempotency_keys_never_create_two_sagas, |url: String| async mov
     server.kill().await;
 });
 
-on_both_stores!(an_idempotent_create_whose_answer_was_never_remembered_is_not_created_twice, |url: String| async move {
+on_every_store!(an_idempotent_create_whose_answer_was_never_remembered_is_not_created_twice, |url: String| async move {
     // A coordinator that dies after committing the saga but before remembering its answer
     // leaves exactly this behind: the saga, and no idempotency record. (Found by
     // `wasmtx bench fleet`, which SIGKILLs a coordinator under load.)
@@ -154,7 +154,7 @@ on_both_stores!(an_idempotent_create_whose_answer_was_never_remembered_is_not_cr
     server.kill().await;
 });
 
-on_both_stores!(bad_input_gets_a_4xx_and_changes_nothing, |url: String| async move {
+on_every_store!(bad_input_gets_a_4xx_and_changes_nothing, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), url.starts_with("postgres").then_some(url.as_str()), &[]).await;
     push(&server, "payment", plugins::PAYMENT).await;
@@ -244,7 +244,7 @@ fn hang_then_answer() -> Script {
     script
 }
 
-on_both_stores!(a_server_killed_mid_step_finishes_the_saga_after_restart_without_rerunning_completed_steps, |url: String| async move {
+on_every_store!(a_server_killed_mid_step_finishes_the_saga_after_restart_without_rerunning_completed_steps, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
     let db = url.starts_with("postgres").then_some(url.as_str());
     let http = HttpParticipant::start(hang_then_answer()).await;
@@ -352,7 +352,7 @@ async fn the_client_commands_talk_to_a_running_server() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no answer from http://127.0.0.1:9"));
 }
 
-on_both_stores!(a_saga_can_be_created_with_its_steps_in_one_request, |url: String| async move {
+on_every_store!(a_saga_can_be_created_with_its_steps_in_one_request, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), url.starts_with("postgres").then_some(url.as_str()), &[]).await;
     push(&server, "payment", plugins::PAYMENT).await;
@@ -386,7 +386,7 @@ on_both_stores!(a_saga_can_be_created_with_its_steps_in_one_request, |url: Strin
     server.kill().await;
 });
 
-on_both_stores!(a_saga_created_with_execute_starts_in_the_create_write_and_survives_a_kill, |url: String| async move {
+on_every_store!(a_saga_created_with_execute_starts_in_the_create_write_and_survives_a_kill, |url: String| async move {
     // `execute: true` on the create: the create's one write also starts the saga and its
     // first step, so a coordinator killed during that step leaves a record that explains it.
     let dir = tempfile::tempdir().unwrap();
@@ -418,7 +418,7 @@ on_both_stores!(a_saga_created_with_execute_starts_in_the_create_write_and_survi
     restarted.kill().await;
 });
 
-on_both_stores!(a_two_phase_commit_can_be_created_with_its_participants_in_one_request, |url: String| async move {
+on_every_store!(a_two_phase_commit_can_be_created_with_its_participants_in_one_request, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), url.starts_with("postgres").then_some(url.as_str()), &[]).await;
     push(&server, "ledger", plugins::LEDGER).await;

@@ -68,7 +68,7 @@ async fn new_tenant(server: &Server, id: &str, limits: Value) -> (String, String
     (body["api_key"].as_str().unwrap().to_string(), body["key_id"].as_str().unwrap().to_string())
 }
 
-on_both_stores!(tenants_are_isolated_and_keys_are_checked, |url: String| async move {
+on_every_store!(tenants_are_isolated_and_keys_are_checked, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
     let db = url.starts_with("postgres").then_some(url.as_str());
     let server = Server::start(dir.path(), db, &["--admin-token", ADMIN]).await;
@@ -171,7 +171,7 @@ on_both_stores!(tenants_are_isolated_and_keys_are_checked, |url: String| async m
     server.kill().await;
 });
 
-on_both_stores!(limits_touch_only_their_own_tenant, |url: String| async move {
+on_every_store!(limits_touch_only_their_own_tenant, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
     let db = url.starts_with("postgres").then_some(url.as_str());
     let server = Server::start(dir.path(), db, &["--admin-token", ADMIN]).await;
@@ -283,7 +283,7 @@ async fn without_an_admin_token_the_admin_api_is_off_and_single_tenant_mode_need
     server.kill().await;
 }
 
-on_both_stores!(plugins_reach_only_their_tenants_allowed_hosts, |url: String| async move {
+on_every_store!(plugins_reach_only_their_tenants_allowed_hosts, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
     let db = url.starts_with("postgres").then_some(url.as_str());
     let target = common::HttpParticipant::start(common::Script::default()).await;
@@ -315,7 +315,7 @@ on_both_stores!(plugins_reach_only_their_tenants_allowed_hosts, |url: String| as
     server.kill().await;
 });
 
-on_both_stores!(fuel_and_body_limits_apply_per_tenant, |url: String| async move {
+on_every_store!(fuel_and_body_limits_apply_per_tenant, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
     let db = url.starts_with("postgres").then_some(url.as_str());
     let server = Server::start(dir.path(), db, &["--admin-token", ADMIN, "--fuel-metering"]).await;

@@ -35,7 +35,7 @@ fn ok_script() -> Script {
     Script::default()
 }
 
-on_both_stores!(all_prepared_commits_and_each_participant_hears_prepare_then_commit_once, |url: String| async move {
+on_every_store!(all_prepared_commits_and_each_participant_hears_prepare_then_commit_once, |url: String| async move {
     let n = with_plugins(&url).await;
     let http = HttpParticipant::start(ok_script()).await;
     let mut script = Script::default();
@@ -62,7 +62,7 @@ on_both_stores!(all_prepared_commits_and_each_participant_hears_prepare_then_com
     assert!(http.calls.lock().unwrap().is_empty());
 });
 
-on_both_stores!(every_kind_of_no_aborts_everyone_and_nobody_commits, |url: String| async move {
+on_every_store!(every_kind_of_no_aborts_everyone_and_nobody_commits, |url: String| async move {
     let n = with_plugins(&url).await;
     let no_votes: Vec<(&str, Value, Script)> = {
         let mut abort_vote = Script::default();
@@ -106,7 +106,7 @@ on_both_stores!(every_kind_of_no_aborts_everyone_and_nobody_commits, |url: Strin
     }
 });
 
-on_both_stores!(a_trapping_or_refusing_plugin_participant_aborts_the_transaction, |url: String| async move {
+on_every_store!(a_trapping_or_refusing_plugin_participant_aborts_the_transaction, |url: String| async move {
     let n = with_plugins(&url).await;
     for (what, params) in [
         ("trap", json!({"script": {"prepare": {"do": "trap", "message": "ledger corrupted"}}})),
@@ -130,7 +130,7 @@ on_both_stores!(a_trapping_or_refusing_plugin_participant_aborts_the_transaction
     }
 });
 
-on_both_stores!(commit_is_retried_until_acknowledged_with_retries_in_the_history, |url: String| async move {
+on_every_store!(commit_is_retried_until_acknowledged_with_retries_in_the_history, |url: String| async move {
     let n = with_plugins(&url).await;
     let mut script = Script::default();
     script.0.insert("prepare".into(), vec![Answer::Status(200, json!({"vote": "prepared"}))]);
@@ -153,7 +153,7 @@ on_both_stores!(commit_is_retried_until_acknowledged_with_retries_in_the_history
     assert_eq!(history.iter().filter(|e| e.kind == "decision_retry").count(), 2);
 });
 
-on_both_stores!(a_participant_that_never_acknowledges_is_visible_and_fails_after_the_budget, |url: String| async move {
+on_every_store!(a_participant_that_never_acknowledges_is_visible_and_fails_after_the_budget, |url: String| async move {
     let n = with_plugins(&url).await;
     let mut script = Script::default();
     script.0.insert("prepare".into(), vec![Answer::Status(200, json!({"vote": "prepared"}))]);
@@ -169,7 +169,7 @@ on_both_stores!(a_participant_that_never_acknowledges_is_visible_and_fails_after
     assert!(matches!(n.tpc.abort(TENANT, &id).await, Err(TpcError::DecidedCommit(_))));
 });
 
-on_both_stores!(out_of_order_requests_are_refused_and_change_nothing, |url: String| async move {
+on_every_store!(out_of_order_requests_are_refused_and_change_nothing, |url: String| async move {
     let n = with_plugins(&url).await;
     let id = transaction(&n, json!({}), vec![json!({"participant_id": "a", "plugin": "ledger"})]).await;
     let bad_participants = [
@@ -227,7 +227,7 @@ fn end_state(d: &Value) -> bool {
     matches!(d["state"].as_str(), Some("committed" | "aborted" | "failed"))
 }
 
-on_both_stores!(a_server_killed_after_the_commit_decision_commits_everyone_after_restart, |url: String| async move {
+on_every_store!(a_server_killed_after_the_commit_decision_commits_everyone_after_restart, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
     let db = url.starts_with("postgres").then_some(url.as_str());
     let mut script = Script::default();
@@ -252,7 +252,7 @@ on_both_stores!(a_server_killed_after_the_commit_decision_commits_everyone_after
     restarted.kill().await;
 });
 
-on_both_stores!(a_server_killed_during_prepare_aborts_everyone_after_restart, |url: String| async move {
+on_every_store!(a_server_killed_during_prepare_aborts_everyone_after_restart, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
     let db = url.starts_with("postgres").then_some(url.as_str());
     let mut script = Script::default();

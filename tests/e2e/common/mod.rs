@@ -76,9 +76,11 @@ pub async fn node(url: &str) -> Node {
     Node { store, catalog, sagas, tpc, manager }
 }
 
-/// Generates `mod $name { sqlite, postgres }` running the same async scenario on each store.
+/// Generates `mod $name { sqlite, postgres }` running the same async scenario on every store
+/// the project has: a new backend adds its test function here and its kind to
+/// `fresh_store_url`, and the whole end-to-end suite runs on it.
 #[macro_export]
-macro_rules! on_both_stores {
+macro_rules! on_every_store {
     ($name:ident, $scenario:expr) => {
         mod $name {
             #[allow(unused_imports)]
