@@ -1,11 +1,15 @@
 //! wasmtx: a distributed-transaction coordinator whose business logic is sandboxed WebAssembly.
 //!
-//! The crate's public face:
-//! - [`plugin`]: the Wasm host — load, validate, version and call plugin components under limits.
+//! The crate's public face, from the bottom up:
 //! - [`model`]: the data a call carries (context, outcome, vote, selection profile).
-//! - [`saga`]: the durable saga engine; [`participant`]: plugin or HTTP endpoint behind one call.
-//! - [`store`]: SQLite / PostgreSQL persistence; [`api`]: the HTTP server.
-//! - [`cli`]: the `wasmtx` command line.
+//! - [`store`]: durable state behind traits, with SQLite / PostgreSQL in [`store::sql`].
+//! - [`plugin`]: the Wasm host — load, validate, version and call plugin components under limits.
+//! - [`outbound`]: the one policy for HTTP calls made on a tenant's behalf;
+//!   [`participant`]: a plugin or an HTTP endpoint behind one call.
+//! - [`txn`]: what every protocol shares (record, transitions, journal, leases, recovery,
+//!   clock, [`txn::TxError`]).
+//! - [`saga`], [`tpc`], [`manager`]: the protocols.
+//! - [`api`]: the HTTP server; [`cli`]: the `wasmtx` command line.
 
 pub mod api;
 pub mod cli;

@@ -16,7 +16,7 @@ pub fn validate_target(what: &str, plugin: &Option<String>, endpoint: &Option<St
             if !(url.starts_with("http://") || url.starts_with("https://"))
                 || url.len() > 2048
                 || url.contains(char::is_control)
-                || reqwest::Url::parse(url).is_err() =>
+                || url::Url::parse(url).is_err() =>
         {
             Err(format!("{what}: endpoint must be an http:// or https:// URL"))
         }
