@@ -79,6 +79,14 @@ impl Call {
     pub fn input_json(&self) -> Value {
         serde_json::from_str(&self.input).unwrap_or(Value::Null)
     }
+
+    /// In a compensation: whether the forward call may not have happened. The host gave up on
+    /// it without a clear answer (a timeout, a lost connection, a trap, retries spent), so the
+    /// compensation must tolerate a step that never ran — undo what is there, and succeed when
+    /// there is nothing to undo. `false` when the step completed (or outside compensations).
+    pub fn forward_outcome_unknown(&self) -> bool {
+        self.input_json().get("forward_outcome").and_then(Value::as_str) == Some("unknown")
+    }
 }
 
 /// What a step, compensation, commit or abort reports.

@@ -280,6 +280,14 @@ impl Invoker {
             "idempotency_key": ctx.idempotency_key,
             "input": input,
         });
+        // A compensation is told whether the forward call's outcome was known (see
+        // `SagaDoc::compensate_input`).
+        let mut body = body;
+        if phase == Phase::Compensate
+            && let Some(outcome) = body["input"].get("forward_outcome").cloned()
+        {
+            body["forward_outcome"] = outcome;
+        }
         let mut headers = vec![("Idempotency-Key", ctx.idempotency_key.as_str())];
         if let Some(node) = &self.node_id {
             headers.push(("Wasmtx-Node", node));

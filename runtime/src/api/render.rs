@@ -52,6 +52,9 @@ fn step(s: &StepRecord) -> Value {
     if s.compensation_attempts > 0 {
         v["compensation_attempts"] = json!(s.compensation_attempts);
     }
+    if s.outcome_unknown {
+        v["forward_outcome"] = json!("unknown");
+    }
     v
 }
 

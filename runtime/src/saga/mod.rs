@@ -488,13 +488,19 @@ impl SagaEngine {
                 tokio::time::sleep(delay).await;
                 Ok(())
             }
-            Verdict::Failed(reason) => {
-                step.state.become_(StepState::Failed)?;
+            verdict @ (Verdict::Failed(_) | Verdict::Uncertain(_)) => {
+                let (reason, state, kind, what) = match verdict {
+                    Verdict::Uncertain(reason) => (reason, StepState::Uncertain, "step_uncertain", "failed with an unknown outcome"),
+                    Verdict::Failed(reason) => (reason, StepState::Failed, "step_failed", "failed"),
+                    _ => unreachable!("matched above"),
+                };
+                step.state.become_(state)?;
+                step.outcome_unknown = state == StepState::Uncertain;
                 step.error = Some(reason.clone());
                 saga.state.become_(SagaState::Compensating)?;
-                saga.doc.error = Some(format!("step {name} failed: {reason}"));
+                saga.doc.error = Some(format!("step {name} {what}: {reason}"));
                 let events = vec![
-                    NewEvent::new("step_failed", Some(&name), json!({ "attempt": attempt, "reason": reason })),
+                    NewEvent::new(kind, Some(&name), json!({ "attempt": attempt, "reason": reason })),
                     NewEvent::new("saga_compensating", None, json!({ "failed_step": name })),
                 ];
                 self.persist(saga, events).await

@@ -29,6 +29,10 @@ pub enum StepState {
     Compensating,
     Compensated,
     CompensationFailed,
+    /// Its last attempt ended without a clear answer (a timeout, a lost connection, a trap, or
+    /// the budget spent on `retry` answers): it may have done its work, so it is compensated
+    /// like a completed step, its compensation told that the outcome is unknown.
+    Uncertain,
 }
 
 impl crate::txn::journal::TxState for SagaState {
@@ -92,7 +96,9 @@ impl Transition for StepState {
                 | (Running, Running)
                 | (Running, Completed)
                 | (Running, Failed)
+                | (Running, Uncertain)
                 | (Completed, Compensating)
+                | (Uncertain, Compensating)
                 | (Compensating, Compensating)
                 | (Compensating, Compensated)
                 | (Compensating, CompensationFailed)
@@ -185,11 +191,24 @@ pub struct StepRecord {
     /// `name@version`, pinned when the saga starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin_version: Option<String>,
+    /// The forward call's outcome was not known when the step was given up (it was
+    /// `Uncertain`); its compensation is told so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub outcome_unknown: bool,
 }
 
 impl StepRecord {
     pub fn new(spec: StepSpec) -> Self {
-        StepRecord { spec, state: StepState::Pending, attempts: 0, compensation_attempts: 0, output: None, error: None, plugin_version: None }
+        StepRecord {
+            spec,
+            state: StepState::Pending,
+            attempts: 0,
+            compensation_attempts: 0,
+            output: None,
+            error: None,
+            plugin_version: None,
+            outcome_unknown: false,
+        }
     }
 }
 
@@ -231,10 +250,10 @@ impl SagaDoc {
                 Some(i) => Next::Execute(i),
                 None => Next::Complete,
             },
-            // Reverse order: the last step that completed (or whose compensation is under way)
-            // is undone first.
+            // Reverse order: the last step that completed, may have (uncertain), or whose
+            // compensation is under way, is undone first.
             SagaState::Compensating => {
-                match self.steps.iter().rposition(|s| matches!(s.state, StepState::Completed | StepState::Compensating)) {
+                match self.steps.iter().rposition(|s| matches!(s.state, StepState::Completed | StepState::Uncertain | StepState::Compensating)) {
                     Some(i) => Next::Compensate(i),
                     None => Next::Compensated,
                 }
@@ -254,13 +273,17 @@ impl SagaDoc {
     }
 
     /// Compensation input: the execute input, overlaid by `compensation_parameters`, with the
-    /// step's own output under `step_output`.
+    /// step's own output under `step_output` and whether the forward call's outcome is known
+    /// under `forward_outcome` (`success`, or `unknown`: the step may never have happened, and
+    /// its compensation must then do nothing and succeed — a null compensation).
     pub fn compensate_input(&self, i: usize) -> Value {
         let Value::Object(mut input) = self.execute_input(i) else { unreachable!() };
-        if let Some(params) = &self.steps[i].spec.compensation_parameters {
+        let step = &self.steps[i];
+        if let Some(params) = &step.spec.compensation_parameters {
             input.extend(params.clone());
         }
-        input.insert("step_output".into(), self.steps[i].output.clone().unwrap_or(Value::Null));
+        input.insert("step_output".into(), step.output.clone().unwrap_or(Value::Null));
+        input.insert("forward_outcome".into(), Value::from(if step.outcome_unknown { "unknown" } else { "success" }));
         Value::Object(input)
     }
 }
@@ -270,7 +293,10 @@ impl SagaDoc {
 pub enum Verdict {
     Completed(Value),
     RetryLater(String),
+    /// A definite no (`failure`, 409/422, an output that is not JSON): nothing to undo.
     Failed(String),
+    /// Given up without a clear answer: the step may have done its work.
+    Uncertain(String),
 }
 
 /// Judges an answer of try `attempt` out of `allowed`. A success whose payload is not JSON
@@ -283,7 +309,7 @@ pub fn judge(outcome: Outcome, attempt: u32, allowed: u32) -> Verdict {
         },
         Outcome::Failure(reason) => Verdict::Failed(reason),
         Outcome::Retry(reason) if attempt < allowed => Verdict::RetryLater(reason),
-        Outcome::Retry(reason) => Verdict::Failed(format!("gave up after {attempt} attempts: {reason}")),
+        Outcome::Retry(reason) => Verdict::Uncertain(format!("gave up after {attempt} attempts: {reason}")),
     }
 }
 
@@ -316,13 +342,15 @@ mod tests {
     fn step_states_move_only_as_the_table_says() {
         use StepState::*;
         crate::txn::transition::assert_table(
-            &[Pending, Running, Completed, Failed, Compensating, Compensated, CompensationFailed],
+            &[Pending, Running, Completed, Failed, Compensating, Compensated, CompensationFailed, Uncertain],
             &[
                 (Pending, Running),
                 (Running, Running),
                 (Running, Completed),
                 (Running, Failed),
+                (Running, Uncertain),
                 (Completed, Compensating),
+                (Uncertain, Compensating),
                 (Compensating, Compensating),
                 (Compensating, Compensated),
                 (Compensating, CompensationFailed),
@@ -401,7 +429,7 @@ mod tests {
         assert_eq!(judge(Outcome::Success("{\"a\":1}".into()), 1, 3), Verdict::Completed(json!({"a": 1})));
         assert!(matches!(judge(Outcome::Success("{nope".into()), 1, 3), Verdict::Failed(m) if m.contains("not valid JSON")));
         assert_eq!(judge(Outcome::Retry("busy".into()), 2, 3), Verdict::RetryLater("busy".into()));
-        assert!(matches!(judge(Outcome::Retry("busy".into()), 3, 3), Verdict::Failed(m) if m.contains("after 3 attempts")));
+        assert!(matches!(judge(Outcome::Retry("busy".into()), 3, 3), Verdict::Uncertain(m) if m.contains("after 3 attempts")));
         assert_eq!(judge(Outcome::Failure("no".into()), 1, 3), Verdict::Failed("no".into()));
     }
 

@@ -110,6 +110,8 @@ pub enum Answer {
     Status(u16, Value),
     /// Tell the test the call arrived, then never answer.
     Hang,
+    /// Do the work (the call is recorded), then answer after this many ms.
+    Late(u64, u16, Value),
 }
 
 /// An HTTP participant for tests: answers as scripted and records every call it receives.
@@ -138,6 +140,10 @@ impl HttpParticipant {
             let answer = answers.get(n - 1).or(answers.last()).cloned().unwrap_or(Answer::Status(200, json!({"ok": true})));
             match answer {
                 Answer::Status(code, body) => (StatusCode::from_u16(code).unwrap(), Json(body)),
+                Answer::Late(ms, code, body) => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    (StatusCode::from_u16(code).unwrap(), Json(body))
+                }
                 Answer::Hang => {
                     s.hung.notify_one();
                     std::future::pending::<()>().await;
