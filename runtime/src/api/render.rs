@@ -55,6 +55,9 @@ fn step(s: &StepRecord) -> Value {
     if s.outcome_unknown {
         v["forward_outcome"] = json!("unknown");
     }
+    if let Some(deps) = &s.spec.depends_on {
+        v["depends_on"] = json!(deps);
+    }
     v
 }
 

@@ -142,6 +142,7 @@ impl Scenario {
                     retry_policy: None,
                     steps: Some(steps),
                     execute: true,
+                    max_parallel: None,
                 };
                 // Created and started in one write (the `execute` extension of the create).
                 let end = node.sagas.run(tenant, req).await?;

@@ -111,6 +111,8 @@ struct ManagedSpec {
     policy: Option<String>,
     #[serde(default)]
     retry_policy: Option<RetryPolicy>,
+    #[serde(default)]
+    parallel: bool,
     participants: Vec<ManagedParticipant>,
     #[serde(default)]
     pattern: Option<String>,
@@ -124,6 +126,7 @@ async fn run_managed(node: Node, spec: ManagedSpec, started: Instant) -> anyhow:
         context: spec.context,
         policy: spec.policy,
         retry_policy: spec.retry_policy,
+        parallel: spec.parallel,
     };
     let m = node.manager.create(tenant, req).await?;
     for p in spec.participants {
@@ -222,7 +225,7 @@ async fn run_saga(node: Node, spec: SagaSpec, started: Instant) -> anyhow::Resul
     let tenant = crate::api_tenant();
     let saga = node
         .sagas
-        .create(tenant, CreateSaga { saga_name: spec.saga_name, context: spec.context, timeout_ms: spec.timeout_ms, retry_policy: spec.retry_policy, steps: None, execute: false })
+        .create(tenant, CreateSaga { max_parallel: None, saga_name: spec.saga_name, context: spec.context, timeout_ms: spec.timeout_ms, retry_policy: spec.retry_policy, steps: None, execute: false })
         .await?;
     for step in spec.steps {
         node.sagas.add_step(tenant, saga.id(), step).await?;

@@ -66,6 +66,10 @@ pub struct CreateManaged {
     pub policy: Option<String>,
     #[serde(default)]
     pub retry_policy: Option<RetryPolicy>,
+    /// With the saga pattern, participants of the same `priority` run at once (each group
+    /// after the one before) instead of one after another.
+    #[serde(default)]
+    pub parallel: bool,
 }
 
 /// A participant as the caller described it (API.md, managed transactions).
@@ -167,6 +171,9 @@ pub struct ManagedDoc {
     pub reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Participants of the same priority run at once under the saga pattern.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub parallel: bool,
     /// Set when the transaction was refused (status `error`).
     #[serde(default)]
     pub rejected: bool,
@@ -267,6 +274,7 @@ impl Manager {
             delegate_id: None,
             reason: None,
             error: None,
+            parallel: req.parallel,
             rejected: false,
             started_at_ms: None,
             execution_time_ms: None,
@@ -470,15 +478,26 @@ impl Manager {
         let mut participants: Vec<&ParticipantRecord> = m.doc.participants.iter().collect();
         match pattern {
             Pattern::Saga => {
-                // Ascending priority; equal priorities keep the order they were added in.
+                // Ascending priority; equal priorities keep the order they were added in, or
+                // (`parallel`) run at once, each group after the one before.
                 participants.sort_by_key(|p| p.spec.priority);
+                let mut steps: Vec<StepSpec> = participants.iter().map(|p| as_step(&p.spec)).collect();
+                if m.doc.parallel {
+                    for (i, step) in steps.iter_mut().enumerate() {
+                        let priority = participants[i].spec.priority;
+                        let before = participants.iter().map(|p| p.spec.priority).filter(|&q| q < priority).max();
+                        let group = participants.iter().filter(|p| Some(p.spec.priority) == before);
+                        step.depends_on = Some(group.map(|p| p.spec.participant_id.clone()).collect());
+                    }
+                }
                 let req = CreateSaga {
                     saga_name: m.row.name.clone(),
                     context: Some(m.doc.context.clone()),
                     timeout_ms: Some(m.doc.requirements.timeout_ms),
                     retry_policy: m.doc.retry_policy.clone(),
-                    steps: Some(participants.iter().map(|p| as_step(&p.spec)).collect()),
+                    steps: Some(steps),
                     execute: false,
+                    max_parallel: None,
                 };
                 let saga = self.sagas.create(tenant, req).await?;
                 Ok(saga.id().to_string())
@@ -691,6 +710,7 @@ fn as_step(p: &ManagedParticipant) -> StepSpec {
         timeout_ms: p.timeout_ms,
         retry_count: p.retry_count,
         output_key: None,
+        depends_on: None,
     }
 }
 

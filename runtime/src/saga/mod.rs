@@ -7,9 +7,9 @@
 //! conditional on the revision it read, so a coordinator that lost its lease stops at its next
 //! write. This module must never touch sqlx, wasmtime or reqwest directly.
 
+mod drive;
 pub mod state;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -23,12 +23,12 @@ pub use crate::txn::core::EngineConfig;
 use tracing::Instrument;
 
 pub use crate::model::Progress;
-use crate::model::{CallContext, RetryPolicy};
-use crate::participant::{Invoker, Phase};
+use crate::model::RetryPolicy;
+use crate::participant::Invoker;
 use crate::plugin::Catalog;
 use crate::store::{EventRow, Lease, NewEvent, Store};
 pub use state::{SagaDoc, SagaState, StepRecord, StepSpec, StepState};
-use state::{MAX_STEPS, Next, Verdict, judge};
+use state::{MAX_STEPS, check_dag};
 
 const KIND: &str = "saga";
 const SAGAS: Kind = Kind { store: KIND, name: "saga" };
@@ -61,6 +61,9 @@ pub struct CreateSaga {
     /// right after the create would — but in the create's own durable write.
     #[serde(default)]
     pub execute: bool,
+    /// Extension: steps of a DAG saga running at once, at most (default 8).
+    #[serde(default)]
+    pub max_parallel: Option<usize>,
 }
 
 /// A saga as loaded from the store.
@@ -136,11 +139,26 @@ impl SagaEngine {
         }
         let retry_policy = req.retry_policy.unwrap_or_default();
         retry_policy.validate().map_err(SagaError::Invalid)?;
-        let mut doc = SagaDoc { context, steps: vec![], error: None, timeout_ms: req.timeout_ms, retry_policy, started_at_ms: None };
+        if req.max_parallel.is_some_and(|n| !(1..=MAX_STEPS).contains(&n)) {
+            return Err(SagaError::Invalid(format!("max_parallel must be between 1 and {MAX_STEPS}")));
+        }
+        let mut doc = SagaDoc {
+            context,
+            steps: vec![],
+            error: None,
+            timeout_ms: req.timeout_ms,
+            retry_policy,
+            started_at_ms: None,
+            max_parallel: req.max_parallel,
+            initial_context: None,
+        };
         let mut events = vec![NewEvent::new("saga_created", None, json!({ "saga_name": req.saga_name }))];
-        for spec in req.steps.unwrap_or_default() {
+        let steps = req.steps.unwrap_or_default();
+        // The steps given together may name each other in any order; check them as a whole.
+        check_dag(&steps.iter().collect::<Vec<_>>()).map_err(SagaError::Invalid)?;
+        for spec in steps {
             spec.validate().map_err(SagaError::Invalid)?;
-            self.check_new_step(tenant, &doc.steps, &spec).await?;
+            self.check_new_step(tenant, &doc.steps, &spec, false).await?;
             events.push(NewEvent::new("step_added", Some(&spec.name), json!({ "index": doc.steps.len() })));
             doc.steps.push(StepRecord::new(spec));
         }
@@ -180,13 +198,19 @@ impl SagaEngine {
         added.map_err(|e| if e.is_conflict() { SagaError::Busy(id.into()) } else { e })
     }
 
-    /// Whether `spec` may follow `steps`: room left, a new name, a plugin that exports `step`.
-    async fn check_new_step(&self, tenant: &str, steps: &[StepRecord], spec: &StepSpec) -> Result<(), SagaError> {
+    /// Whether `spec` may follow `steps`: room left, a new name, dependencies on steps that
+    /// exist (with `dag`: checked here; a create checks its steps as a whole), an endpoint the
+    /// tenant may call, a plugin that exports `step`.
+    async fn check_new_step(&self, tenant: &str, steps: &[StepRecord], spec: &StepSpec, dag: bool) -> Result<(), SagaError> {
         if steps.len() >= MAX_STEPS {
             return Err(SagaError::Invalid(format!("a saga has at most {MAX_STEPS} steps")));
         }
         if steps.iter().any(|s| s.spec.name == spec.name) {
             return Err(SagaError::Invalid(format!("the saga already has a step named {:?}", spec.name)));
+        }
+        if dag {
+            let all: Vec<&StepSpec> = steps.iter().map(|s| &s.spec).chain([spec]).collect();
+            check_dag(&all).map_err(SagaError::Invalid)?;
         }
         self.inner.check_endpoint(tenant, &spec.endpoint).map_err(SagaError::EndpointRefused)?;
         if let Some(plugin) = &spec.plugin {
@@ -200,7 +224,7 @@ impl SagaEngine {
         if saga.state != SagaState::Pending {
             return Err(SagaError::WrongState { id: id.into(), state: saga.state.as_str(), action: "adding a step" });
         }
-        self.check_new_step(tenant, &saga.doc.steps, &spec).await?;
+        self.check_new_step(tenant, &saga.doc.steps, &spec, true).await?;
         let name = spec.name.clone();
         saga.doc.steps.push(StepRecord::new(spec));
         let index = saga.doc.steps.len() - 1;
@@ -243,11 +267,13 @@ impl SagaEngine {
         saga.doc.started_at_ms = Some(self.inner.now());
         saga.row.owner = Some(self.inner.config.node_id.clone());
         let pins: Vec<Value> = saga.doc.steps.iter().filter_map(|s| s.plugin_version.clone().map(Value::String)).collect();
-        let mut events = vec![NewEvent::new("saga_started", None, json!({ "owner": self.node_id(), "plugins": pins }))];
-        // The first step starts in the same write: nothing happens between the two.
-        if let Next::Execute(0) = saga.doc.next(saga.state) {
-            events.push(Self::begin_step(saga, 0)?);
+        if saga.doc.is_dag() {
+            saga.doc.initial_context = Some(saga.doc.context.clone());
         }
+        let mut events = vec![NewEvent::new("saga_started", None, json!({ "owner": self.node_id(), "plugins": pins }))];
+        // The first steps start in the same write: nothing happens between the two.
+        let first = saga.doc.startable(&Default::default(), saga.doc.max_parallel());
+        events.extend(drive::begin_steps(saga, &first)?);
         Ok(events)
     }
 
@@ -378,208 +404,6 @@ impl SagaEngine {
             Ok(result) => result,
             Err(e) => Err(SagaError::Internal(format!("saga driver failed: {e}"))),
         }
-    }
-
-    async fn drive(&self, mut saga: Saga, cancel: &AtomicBool, mut started: bool) -> Result<Saga, SagaError> {
-        let _renewal = crate::txn::recovery::keep_lease(
-            self.inner.store.clone(),
-            saga.id().to_string(),
-            self.node_id().to_string(),
-            self.inner.config.lease,
-        );
-        loop {
-            match saga.doc.next(saga.state) {
-                // Begun and written by `start` a moment ago.
-                Next::Execute(i) if std::mem::take(&mut started) => self.run_step(&mut saga, i).await?,
-                Next::Execute(i) => {
-                    if let Some(reason) = self.should_stop(&saga, cancel) {
-                        saga.state.become_(SagaState::Compensating)?;
-                        saga.doc.error = Some(reason.clone());
-                        self.persist(&mut saga, vec![NewEvent::new("saga_compensating", None, json!({ "reason": reason }))])
-                            .await?;
-                        continue;
-                    }
-                    self.execute_step(&mut saga, i).await?;
-                }
-                Next::Compensate(i) => self.compensate_step(&mut saga, i).await?,
-                Next::Complete => {
-                    saga.state.become_(SagaState::Completed)?;
-                    self.finish(&mut saga, "saga_completed").await?;
-                    break;
-                }
-                Next::Compensated => {
-                    saga.state.become_(SagaState::Compensated)?;
-                    self.finish(&mut saga, "saga_compensated").await?;
-                    break;
-                }
-                Next::Idle => break,
-            }
-        }
-        if !saga.pending.is_empty() {
-            self.persist(&mut saga, Vec::new()).await?;
-        }
-        Ok(saga)
-    }
-
-    fn should_stop(&self, saga: &Saga, cancel: &AtomicBool) -> Option<String> {
-        if cancel.load(Ordering::SeqCst) {
-            return Some("cancelled".into());
-        }
-        let (Some(timeout), Some(started)) = (saga.doc.timeout_ms, saga.doc.started_at_ms) else { return None };
-        (self.inner.now() - started > timeout as i64).then(|| format!("saga timed out after {timeout} ms"))
-    }
-
-    async fn finish(&self, saga: &mut Saga, kind: &str) -> Result<(), SagaError> {
-        saga.row.owner = None;
-        saga.row.lease_until_ms = 0;
-        self.persist(saga, vec![NewEvent::new(kind, None, json!({}))]).await
-    }
-
-    async fn execute_step(&self, saga: &mut Saga, i: usize) -> Result<(), SagaError> {
-        let started = Self::begin_step(saga, i)?;
-        self.persist(saga, vec![started]).await?;
-        self.run_step(saga, i).await
-    }
-
-    /// Marks step `i` running, one more attempt; returns the event to write before acting.
-    fn begin_step(saga: &mut Saga, i: usize) -> Result<NewEvent, SagaError> {
-        let step = &mut saga.doc.steps[i];
-        step.state.become_(StepState::Running)?;
-        step.attempts += 1;
-        Ok(NewEvent::new("step_started", Some(&step.spec.name), json!({ "attempt": step.attempts })))
-    }
-
-    /// Calls step `i` (begun and written) and records what it answered.
-    async fn run_step(&self, saga: &mut Saga, i: usize) -> Result<(), SagaError> {
-        let step = &saga.doc.steps[i];
-        let (name, attempt) = (step.spec.name.clone(), step.attempts);
-        let allowed = step.spec.attempts_allowed(&saga.doc.retry_policy);
-
-        let input = saga.doc.execute_input(i);
-        let outcome = match self.call(saga, i, Phase::Execute, attempt, input).await {
-            crate::model::Outcome::Success(payload) if payload.len() > 64 << 10 && {
-                let kept: usize = saga.doc.steps.iter().filter_map(|s| s.output.as_ref()).map(|o| o.to_string().len()).sum();
-                kept + payload.len() > MAX_SAGA_OUTPUT_BYTES
-            } => crate::model::Outcome::Retry(format!(
-                "the step's output ({} bytes) would take the saga's outputs past {MAX_SAGA_OUTPUT_BYTES} bytes",
-                payload.len()
-            )),
-            other => other,
-        };
-        let policy = saga.doc.retry_policy.clone();
-        let step = &mut saga.doc.steps[i];
-        match judge(outcome, attempt, allowed) {
-            Verdict::Completed(output) => {
-                step.state.become_(StepState::Completed)?;
-                step.error = None;
-                if let Some(key) = step.spec.output_key.clone() {
-                    saga.doc.context.insert(key, output.clone());
-                }
-                saga.doc.steps[i].output = Some(output);
-                // Written with the next step's start (or the saga's end): nothing acts between.
-                saga.defer(vec![NewEvent::new("step_completed", Some(&name), json!({ "attempt": attempt }))]);
-                Ok(())
-            }
-            Verdict::RetryLater(reason) => {
-                step.error = Some(reason.clone());
-                let delay = policy.delay(attempt, rand::random::<f64>());
-                let detail = json!({ "attempt": attempt, "reason": reason, "delay_ms": delay.as_millis() as u64 });
-                self.persist(saga, vec![NewEvent::new("step_retry", Some(&name), detail)]).await?;
-                tokio::time::sleep(delay).await;
-                Ok(())
-            }
-            verdict @ (Verdict::Failed(_) | Verdict::Uncertain(_)) => {
-                let (reason, state, kind, what) = match verdict {
-                    Verdict::Uncertain(reason) => (reason, StepState::Uncertain, "step_uncertain", "failed with an unknown outcome"),
-                    Verdict::Failed(reason) => (reason, StepState::Failed, "step_failed", "failed"),
-                    _ => unreachable!("matched above"),
-                };
-                step.state.become_(state)?;
-                step.outcome_unknown = state == StepState::Uncertain;
-                step.error = Some(reason.clone());
-                saga.state.become_(SagaState::Compensating)?;
-                saga.doc.error = Some(format!("step {name} {what}: {reason}"));
-                let events = vec![
-                    NewEvent::new(kind, Some(&name), json!({ "attempt": attempt, "reason": reason })),
-                    NewEvent::new("saga_compensating", None, json!({ "failed_step": name })),
-                ];
-                self.persist(saga, events).await
-            }
-        }
-    }
-
-    async fn compensate_step(&self, saga: &mut Saga, i: usize) -> Result<(), SagaError> {
-        let step = &mut saga.doc.steps[i];
-        step.state.become_(StepState::Compensating)?;
-        step.compensation_attempts += 1;
-        let (name, attempt) = (step.spec.name.clone(), step.compensation_attempts);
-        let allowed = step.spec.attempts_allowed(&saga.doc.retry_policy);
-        self.persist(saga, vec![NewEvent::new("compensation_started", Some(&name), json!({ "attempt": attempt }))])
-            .await?;
-
-        let input = saga.doc.compensate_input(i);
-        let outcome = self.call(saga, i, Phase::Compensate, attempt, input).await;
-        let policy = saga.doc.retry_policy.clone();
-        let step = &mut saga.doc.steps[i];
-        match outcome {
-            crate::model::Outcome::Success(payload) => {
-                step.state.become_(StepState::Compensated)?;
-                // What the compensation reported goes to the history (a refund id, say); a
-                // payload that is not JSON is kept as the string it is.
-                let output = serde_json::from_str::<Value>(&payload).unwrap_or(Value::String(payload));
-                let detail = json!({ "attempt": attempt, "output": output });
-                // Written with the next compensation's start (or the saga's end).
-                saga.defer(vec![NewEvent::new("step_compensated", Some(&name), detail)]);
-                Ok(())
-            }
-            crate::model::Outcome::Failure(reason) | crate::model::Outcome::Retry(reason) if attempt < allowed => {
-                let delay = policy.delay(attempt, rand::random::<f64>());
-                let detail = json!({ "attempt": attempt, "reason": reason, "delay_ms": delay.as_millis() as u64 });
-                self.persist(saga, vec![NewEvent::new("compensation_retry", Some(&name), detail)]).await?;
-                tokio::time::sleep(delay).await;
-                Ok(())
-            }
-            crate::model::Outcome::Failure(reason) | crate::model::Outcome::Retry(reason) => {
-                step.state.become_(StepState::CompensationFailed)?;
-                step.error = Some(reason.clone());
-                saga.state.become_(SagaState::Failed)?;
-                saga.doc.error = Some(format!(
-                    "compensation of step {name} failed after {attempt} attempts: {reason}; an operator must act (resume retries it)"
-                ));
-                saga.row.owner = None;
-                saga.row.lease_until_ms = 0;
-                let events = vec![
-                    NewEvent::new("compensation_failed", Some(&name), json!({ "attempt": attempt, "reason": reason })),
-                    NewEvent::new("saga_failed", None, json!({ "step": name })),
-                ];
-                self.persist(saga, events).await
-            }
-        }
-    }
-
-    async fn call(&self, saga: &Saga, i: usize, phase: Phase, attempt: u32, input: Value) -> crate::model::Outcome {
-        let step = &saga.doc.steps[i];
-        let target = match self.inner.target(&saga.row.tenant, step.plugin_version.clone(), step.spec.endpoint.clone(), "step").await {
-            Ok(target) => target,
-            Err(e) => return crate::model::Outcome::Retry(e),
-        };
-        let action = match phase {
-            Phase::Compensate => step.spec.compensation(),
-            _ => step.spec.action().to_string(),
-        };
-        let timeout = step.spec.timeout();
-        let ctx = CallContext {
-            tenant: saga.row.tenant.clone(),
-            transaction_id: saga.row.id.clone(),
-            step: step.spec.name.clone(),
-            action,
-            attempt,
-            idempotency_key: format!("{}:{}:{}", saga.row.id, i, phase.as_str()),
-            input: input.to_string(),
-            deadline_ms: timeout.as_millis() as u64,
-        };
-        let span = tracing::info_span!("phase", tenant = %ctx.tenant, transaction_id = %ctx.transaction_id, step = %ctx.step, phase = phase.as_str());
-        self.inner.invoker.outcome(&target, phase, ctx, timeout).instrument(span).await
     }
 
     /// Commits the saga's new state with `events` (see `Journal::persist`).

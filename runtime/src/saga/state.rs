@@ -131,9 +131,16 @@ pub struct StepSpec {
     pub retry_count: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_key: Option<String>,
+    /// The steps this one follows (by name). When no step of a saga has any, each step
+    /// follows the one before it; once one has, the steps form a DAG and a step without
+    /// `depends_on` starts at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depends_on: Option<Vec<String>>,
 }
 
 pub const DEFAULT_STEP_TIMEOUT_MS: u64 = 30_000;
+/// Steps of a DAG saga running at once unless the saga says otherwise (`max_parallel`).
+pub const DEFAULT_MAX_PARALLEL: usize = 8;
 pub const MAX_STEPS: usize = 100;
 pub const MAX_RETRY_COUNT: u32 = 100;
 
@@ -226,46 +233,151 @@ pub struct SagaDoc {
     /// When execution started (ms since epoch), for the saga-wide timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at_ms: Option<i64>,
+    /// Steps running at once, at most (DAG sagas; default `DEFAULT_MAX_PARALLEL`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<usize>,
+    /// A DAG saga's context as it started, before any output was merged into `context`:
+    /// what its steps' inputs are built from, so they do not depend on which branch ended first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_context: Option<Map<String, Value>>,
 }
 
-/// What the driver does next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Next {
-    /// Run step `i` forward.
-    Execute(usize),
-    /// Compensate step `i`.
-    Compensate(usize),
-    /// Every step completed.
-    Complete,
-    /// Nothing left to compensate.
-    Compensated,
-    /// Nothing to do in this state.
-    Idle,
-}
-
-impl SagaDoc {
-    pub fn next(&self, state: SagaState) -> Next {
-        match state {
-            SagaState::Running => match self.steps.iter().position(|s| s.state != StepState::Completed) {
-                Some(i) => Next::Execute(i),
-                None => Next::Complete,
-            },
-            // Reverse order: the last step that completed, may have (uncertain), or whose
-            // compensation is under way, is undone first.
-            SagaState::Compensating => {
-                match self.steps.iter().rposition(|s| matches!(s.state, StepState::Completed | StepState::Uncertain | StepState::Compensating)) {
-                    Some(i) => Next::Compensate(i),
-                    None => Next::Compensated,
-                }
+/// Checks that `steps` form a DAG: every `depends_on` names another step of the saga, and no
+/// step depends on itself, directly or through others. The error names what is wrong.
+pub fn check_dag(steps: &[&StepSpec]) -> Result<(), String> {
+    let index: std::collections::HashMap<&str, usize> = steps.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    let mut edges: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+    for (i, s) in steps.iter().enumerate() {
+        for d in s.depends_on.iter().flatten() {
+            match index.get(d.as_str()) {
+                None => return Err(format!("step {:?} depends on {d:?}, which is not a step of this saga", s.name)),
+                Some(&j) if j == i => return Err(format!("step {:?} depends on itself", s.name)),
+                Some(&j) => edges[i].push(j),
             }
-            _ => Next::Idle,
         }
     }
+    // Depth-first search; a node met again while on the path closes a cycle.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnPath,
+        Done,
+    }
+    fn visit(i: usize, edges: &[Vec<usize>], marks: &mut [Mark], path: &mut Vec<usize>) -> Option<Vec<usize>> {
+        marks[i] = Mark::OnPath;
+        path.push(i);
+        for &j in &edges[i] {
+            match marks[j] {
+                Mark::OnPath => {
+                    let start = path.iter().position(|&p| p == j).expect("on the path");
+                    let mut cycle = path[start..].to_vec();
+                    cycle.push(j);
+                    return Some(cycle);
+                }
+                Mark::New => {
+                    if let Some(cycle) = visit(j, edges, marks, path) {
+                        return Some(cycle);
+                    }
+                }
+                Mark::Done => {}
+            }
+        }
+        path.pop();
+        marks[i] = Mark::Done;
+        None
+    }
+    let mut marks = vec![Mark::New; steps.len()];
+    for i in 0..steps.len() {
+        if marks[i] == Mark::New
+            && let Some(cycle) = visit(i, &edges, &mut marks, &mut Vec::new())
+        {
+            let names: Vec<&str> = cycle.iter().rev().map(|&k| steps[k].name.as_str()).collect();
+            return Err(format!("the steps' dependencies form a cycle: {}", names.join(" → ")));
+        }
+    }
+    Ok(())
+}
+
+
+impl SagaDoc {
+    /// Whether any step declares `depends_on` (the steps form a DAG rather than a sequence).
+    pub fn is_dag(&self) -> bool {
+        self.steps.iter().any(|s| s.spec.depends_on.is_some())
+    }
+
+    /// The steps step `i` follows directly: the one before it in a sequence, its `depends_on`
+    /// in a DAG.
+    pub fn deps(&self, i: usize) -> Vec<usize> {
+        if !self.is_dag() {
+            return if i == 0 { Vec::new() } else { vec![i - 1] };
+        }
+        let names = self.steps[i].spec.depends_on.iter().flatten();
+        names.filter_map(|n| self.steps.iter().position(|s| &s.spec.name == n)).collect()
+    }
+
+    /// Everything step `i` follows, directly or through others, in ascending order.
+    pub fn ancestors(&self, i: usize) -> Vec<usize> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut todo = self.deps(i);
+        while let Some(j) = todo.pop() {
+            if seen.insert(j) {
+                todo.extend(self.deps(j));
+            }
+        }
+        seen.into_iter().collect()
+    }
+
+    pub fn max_parallel(&self) -> usize {
+        self.max_parallel.unwrap_or(DEFAULT_MAX_PARALLEL).max(1)
+    }
+
+    /// Steps to start now, in order, at most `room`: not yet completed, not `busy` (called or
+    /// waiting to retry), every step they follow completed. A step found running but not
+    /// busy lost its coordinator mid-call and is started again.
+    pub fn startable(&self, busy: &std::collections::HashSet<usize>, room: usize) -> Vec<usize> {
+        (0..self.steps.len())
+            .filter(|i| !busy.contains(i) && matches!(self.steps[*i].state, StepState::Pending | StepState::Running))
+            .filter(|&i| self.deps(i).iter().all(|&d| self.steps[d].state == StepState::Completed))
+            .take(room)
+            .collect()
+    }
+
+    /// Whether a step failed (or was given up) in the forward phase: nothing new starts then.
+    pub fn has_failed_step(&self) -> bool {
+        self.steps.iter().any(|s| matches!(s.state, StepState::Failed | StepState::Uncertain))
+    }
+
+    /// Steps to compensate now, last first, at most `room`: done or possibly done (completed,
+    /// uncertain, or with a compensation under way), not `busy`, and every step that follows
+    /// them undone already (compensated) or never done (pending, failed). A step behind a
+    /// compensation that failed stays as it is.
+    pub fn compensable(&self, busy: &std::collections::HashSet<usize>, room: usize) -> Vec<usize> {
+        let undone = |j: usize| matches!(self.steps[j].state, StepState::Compensated | StepState::Pending | StepState::Failed);
+        (0..self.steps.len())
+            .rev()
+            .filter(|i| !busy.contains(i) && matches!(self.steps[*i].state, StepState::Completed | StepState::Uncertain | StepState::Compensating))
+            .filter(|&i| (0..self.steps.len()).filter(|&j| self.deps(j).contains(&i)).all(undone))
+            .take(room)
+            .collect()
+    }
+
 
     /// Step input: the context (holding earlier outputs under their `output_key`) overlaid
-    /// by the step's own parameters.
+    /// by the step's own parameters. In a DAG, the context as it started overlaid with the
+    /// outputs of the steps this one follows, directly or not, in step order.
     pub fn execute_input(&self, i: usize) -> Value {
-        let mut input = self.context.clone();
+        let mut input = match (&self.initial_context, self.is_dag()) {
+            (Some(initial), true) => {
+                let mut input = initial.clone();
+                for j in self.ancestors(i) {
+                    if let (Some(key), Some(output)) = (&self.steps[j].spec.output_key, &self.steps[j].output) {
+                        input.insert(key.clone(), output.clone());
+                    }
+                }
+                input
+            }
+            _ => self.context.clone(),
+        };
         if let Some(params) = &self.steps[i].spec.parameters {
             input.extend(params.clone());
         }
@@ -376,26 +488,99 @@ mod tests {
             timeout_ms: None,
             retry_policy: RetryPolicy::default(),
             started_at_ms: None,
+            max_parallel: None,
+            initial_context: None,
         }
     }
 
-    #[test]
-    fn runs_the_first_step_that_is_not_completed() {
-        use StepState::*;
-        assert_eq!(doc(&[Completed, Running, Pending]).next(SagaState::Running), Next::Execute(1));
-        assert_eq!(doc(&[Completed, Completed]).next(SagaState::Running), Next::Complete);
-        assert_eq!(doc(&[]).next(SagaState::Running), Next::Complete);
+    /// `doc`, its steps following `deps` (step i depends on the steps named by index).
+    fn dag(states: &[StepState], deps: &[&[usize]]) -> SagaDoc {
+        let mut d = doc(states);
+        for (i, ds) in deps.iter().enumerate() {
+            d.steps[i].spec.depends_on = Some(ds.iter().map(|j| format!("s{j}")).collect());
+        }
+        d
+    }
+
+    fn none() -> std::collections::HashSet<usize> {
+        Default::default()
     }
 
     #[test]
-    fn compensates_completed_steps_in_reverse_order() {
+    fn a_sequence_runs_the_first_step_that_is_not_completed() {
+        use StepState::*;
+        assert_eq!(doc(&[Completed, Running, Pending]).startable(&none(), 8), vec![1]);
+        assert_eq!(doc(&[Completed, Pending, Pending]).startable(&none(), 8), vec![1], "one at a time");
+        assert!(doc(&[Completed, Running]).startable(&[1].into(), 8).is_empty(), "a busy step is not started twice");
+        assert!(doc(&[Completed, Completed]).startable(&none(), 8).is_empty());
+    }
+
+    #[test]
+    fn a_sequence_compensates_completed_steps_in_reverse_order() {
         use StepState::*;
         let mut d = doc(&[Completed, Completed, Failed]);
-        assert_eq!(d.next(SagaState::Compensating), Next::Compensate(1));
+        assert_eq!(d.compensable(&none(), 8), vec![1]);
         d.steps[1].state = Compensated;
-        assert_eq!(d.next(SagaState::Compensating), Next::Compensate(0));
+        assert_eq!(d.compensable(&none(), 8), vec![0]);
         d.steps[0].state = Compensated;
-        assert_eq!(d.next(SagaState::Compensating), Next::Compensated);
+        assert!(d.compensable(&none(), 8).is_empty());
+        let blocked = doc(&[Completed, CompensationFailed]);
+        assert!(blocked.compensable(&none(), 8).is_empty(), "nothing is undone behind a compensation that failed");
+    }
+
+    #[test]
+    fn a_dag_starts_every_step_whose_dependencies_completed() {
+        use StepState::*;
+        // s0 → (s1, s2, s3) → s4
+        let fan = |states: &[StepState]| dag(states, &[&[], &[0], &[0], &[0], &[1, 2, 3]]);
+        assert_eq!(fan(&[Pending; 5]).startable(&none(), 8), vec![0]);
+        assert_eq!(fan(&[Completed, Pending, Pending, Pending, Pending]).startable(&none(), 8), vec![1, 2, 3]);
+        assert_eq!(fan(&[Completed, Pending, Pending, Pending, Pending]).startable(&none(), 2), vec![1, 2], "max_parallel");
+        assert!(fan(&[Completed, Completed, Running, Completed, Pending]).startable(&[2].into(), 8).is_empty(), "s4 waits for s2");
+        assert_eq!(fan(&[Completed, Completed, Completed, Completed, Pending]).startable(&none(), 8), vec![4]);
+    }
+
+    #[test]
+    fn a_dag_undoes_a_step_only_after_every_step_that_follows_it() {
+        use StepState::*;
+        // s0 → (s1, s2) → s3; s1 and s2 done, s3 failed: s1 and s2 together, then s0.
+        let mut d = dag(&[Completed, Completed, Uncertain, Failed], &[&[], &[0], &[0], &[1, 2]]);
+        assert_eq!(d.compensable(&none(), 8), vec![2, 1]);
+        d.steps[2].state = Compensated;
+        assert_eq!(d.compensable(&[1].into(), 8), Vec::<usize>::new(), "s0 waits for s1's compensation");
+        d.steps[1].state = Compensated;
+        assert_eq!(d.compensable(&none(), 8), vec![0]);
+    }
+
+    #[test]
+    fn a_dag_step_sees_the_outputs_of_what_it_follows_only() {
+        let mut d = dag(&[StepState::Completed, StepState::Completed, StepState::Completed, StepState::Pending], &[&[], &[0], &[0], &[1]]);
+        d.initial_context = Some(json!({"order": 7}).as_object().cloned().unwrap());
+        for (i, key) in ["a", "b", "c"].iter().enumerate() {
+            d.steps[i].spec.output_key = Some(key.to_string());
+            d.steps[i].output = Some(json!(i));
+            d.context.insert(key.to_string(), json!(i));
+        }
+        assert_eq!(d.ancestors(3), vec![0, 1]);
+        assert_eq!(d.execute_input(3), json!({"order": 7, "a": 0, "b": 1}), "not c: s3 does not follow s2");
+    }
+
+    #[test]
+    fn dependencies_must_name_steps_and_form_no_cycle() {
+        let with = |name: &str, deps: &[&str]| {
+            let mut s = spec(name);
+            s.depends_on = Some(deps.iter().map(|d| d.to_string()).collect());
+            s
+        };
+        let ok = [with("a", &[]), with("b", &["a"]), with("c", &["a", "b"])];
+        assert!(check_dag(&ok.iter().collect::<Vec<_>>()).is_ok());
+        let unknown = [with("a", &["ghost"])];
+        assert!(check_dag(&unknown.iter().collect::<Vec<_>>()).unwrap_err().contains("\"ghost\""));
+        let selfish = [with("a", &["a"])];
+        assert!(check_dag(&selfish.iter().collect::<Vec<_>>()).unwrap_err().contains("depends on itself"));
+        let cycle = [with("a", &["c"]), with("b", &["a"]), with("c", &["b"])];
+        let err = check_dag(&cycle.iter().collect::<Vec<_>>()).unwrap_err();
+        assert!(err.contains("cycle") && err.contains("a") && err.contains("b") && err.contains("c"), "{err}");
     }
 
     #[test]

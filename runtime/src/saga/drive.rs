@@ -1,0 +1,358 @@
+//! The saga driver: it keeps the record, decides from its pure state (`state.rs`: which steps
+//! may start, which may be undone, what an answer means), persists each decision, and only
+//! then acts — starts calls, which run concurrently, up to the saga's `max_parallel`.
+//!
+//! One task owns the record and makes every write, so writes stay ordered; the calls run as
+//! futures beside it and come back as answers. Steps of a sequence follow each other (each
+//! depends on the one before), so a sequential saga makes exactly the writes it always made: a
+//! step's completion is written with the next step's start. In a DAG every step whose
+//! dependencies completed starts, the starts of one moment share one write, and a failure stops
+//! new starts, waits for the calls in flight, then undoes what was (or may have been) done,
+//! each compensation after those of the steps that follow it, independent ones in parallel.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use serde_json::{Value, json};
+use tracing::Instrument;
+
+use super::state::{StepState, Verdict, judge};
+use super::{MAX_SAGA_OUTPUT_BYTES, Saga, SagaEngine, SagaError, SagaState};
+use crate::model::{CallContext, Outcome};
+use crate::participant::Phase;
+use crate::store::NewEvent;
+use crate::txn::Transition;
+
+/// What comes back to the driver: an answer, or the end of a retry's wait.
+enum Done {
+    Answer { i: usize, attempt: u32, outcome: Outcome },
+    Waited { i: usize },
+}
+
+/// The calls and retry waits in flight, and the steps they belong to.
+#[derive(Default)]
+struct Flight {
+    futures: FuturesUnordered<BoxFuture<'static, Done>>,
+    busy: HashSet<usize>,
+}
+
+impl Flight {
+    fn add(&mut self, i: usize, future: BoxFuture<'static, Done>) {
+        self.busy.insert(i);
+        self.futures.push(future);
+    }
+
+    async fn next(&mut self) -> Done {
+        let done = self.futures.next().await.expect("something is in flight");
+        let (Done::Answer { i, .. } | Done::Waited { i }) = &done;
+        self.busy.remove(i);
+        done
+    }
+}
+
+/// Marks steps `steps` running, one more attempt each; returns the events to write before
+/// calling them. Steps started together name each other (`with`): the history shows what ran
+/// at once.
+pub(super) fn begin_steps(saga: &mut Saga, steps: &[usize]) -> Result<Vec<NewEvent>, SagaError> {
+    let names: Vec<String> = steps.iter().map(|&i| saga.doc.steps[i].spec.name.clone()).collect();
+    let mut events = Vec::with_capacity(steps.len());
+    for &i in steps {
+        let step = &mut saga.doc.steps[i];
+        step.state.become_(StepState::Running)?;
+        step.attempts += 1;
+        let mut detail = json!({ "attempt": step.attempts });
+        let with: Vec<&String> = names.iter().filter(|n| **n != step.spec.name).collect();
+        if !with.is_empty() {
+            detail["with"] = json!(with);
+        }
+        events.push(NewEvent::new("step_started", Some(&step.spec.name), detail));
+    }
+    Ok(events)
+}
+
+impl SagaEngine {
+    /// Drives `saga` to an end state (or until another coordinator takes it). With `started`,
+    /// its running steps were begun (and written) by `start` a moment ago and are called at
+    /// once; otherwise a running step lost its call and starts again, one attempt more.
+    pub(super) async fn drive(&self, mut saga: Saga, cancel: &AtomicBool, started: bool) -> Result<Saga, SagaError> {
+        let _renewal = crate::txn::recovery::keep_lease(
+            self.inner.store.clone(),
+            saga.id().to_string(),
+            self.node_id().to_string(),
+            self.inner.config.lease,
+        );
+        let mut flight = Flight::default();
+        if started && saga.state == SagaState::Running {
+            let begun: Vec<usize> = (0..saga.doc.steps.len()).filter(|&i| saga.doc.steps[i].state == StepState::Running).collect();
+            for i in begun {
+                self.launch(&saga, i, Phase::Execute, &mut flight);
+            }
+        }
+        loop {
+            let room = saga.doc.max_parallel().saturating_sub(flight.busy.len());
+            match saga.state {
+                SagaState::Running => {
+                    let stop = self.should_stop(&saga, cancel);
+                    if stop.is_none() && !saga.doc.has_failed_step() {
+                        let ready = saga.doc.startable(&flight.busy, room);
+                        if !ready.is_empty() {
+                            let events = begin_steps(&mut saga, &ready)?;
+                            self.persist(&mut saga, events).await?;
+                            for i in ready {
+                                self.launch(&saga, i, Phase::Execute, &mut flight);
+                            }
+                            continue;
+                        }
+                    }
+                    if flight.busy.is_empty() {
+                        if stop.is_none() && saga.doc.steps.iter().all(|s| s.state == StepState::Completed) {
+                            saga.state.become_(SagaState::Completed)?;
+                            self.finish(&mut saga, "saga_completed").await?;
+                            break;
+                        }
+                        // A step failed, or the saga was cancelled or timed out: undo.
+                        saga.state.become_(SagaState::Compensating)?;
+                        let detail = match (&stop, saga.doc.steps.iter().find(|s| matches!(s.state, StepState::Failed | StepState::Uncertain))) {
+                            (_, Some(failed)) => json!({ "failed_step": failed.spec.name }),
+                            (Some(reason), None) => {
+                                saga.doc.error = Some(reason.clone());
+                                json!({ "reason": reason })
+                            }
+                            (None, None) => json!({ "reason": "stopped" }),
+                        };
+                        self.persist(&mut saga, vec![NewEvent::new("saga_compensating", None, detail)]).await?;
+                        continue;
+                    }
+                    let done = flight.next().await;
+                    self.absorb_forward(&mut saga, done, stop.is_some(), &mut flight).await?;
+                }
+                SagaState::Compensating => {
+                    let ready = saga.doc.compensable(&flight.busy, room);
+                    if !ready.is_empty() {
+                        let mut events = Vec::with_capacity(ready.len());
+                        for &i in &ready {
+                            let step = &mut saga.doc.steps[i];
+                            step.state.become_(StepState::Compensating)?;
+                            step.compensation_attempts += 1;
+                            events.push(NewEvent::new("compensation_started", Some(&step.spec.name), json!({ "attempt": step.compensation_attempts })));
+                        }
+                        self.persist(&mut saga, events).await?;
+                        for i in ready {
+                            self.launch(&saga, i, Phase::Compensate, &mut flight);
+                        }
+                        continue;
+                    }
+                    if flight.busy.is_empty() {
+                        self.end_compensation(&mut saga).await?;
+                        break;
+                    }
+                    let done = flight.next().await;
+                    self.absorb_compensation(&mut saga, done, &mut flight).await?;
+                }
+                _ => break,
+            }
+        }
+        if !saga.pending.is_empty() {
+            self.persist(&mut saga, Vec::new()).await?;
+        }
+        Ok(saga)
+    }
+
+    /// Records a forward answer (or the end of a retry's wait). `stopping`: nothing new starts,
+    /// so a step due to retry is given up instead — its last answer was unclear.
+    async fn absorb_forward(&self, saga: &mut Saga, done: Done, stopping: bool, flight: &mut Flight) -> Result<(), SagaError> {
+        let (i, attempt, outcome) = match done {
+            Done::Waited { i } if stopping || saga.doc.has_failed_step() => {
+                let step = &mut saga.doc.steps[i];
+                step.state.become_(StepState::Uncertain)?;
+                step.outcome_unknown = true;
+                let detail = json!({ "attempt": step.attempts, "reason": step.error.clone().unwrap_or_default() });
+                let event = NewEvent::new("step_uncertain", Some(&step.spec.name), detail);
+                saga.defer(vec![event]);
+                return Ok(());
+            }
+            Done::Waited { i } => {
+                let events = begin_steps(saga, &[i])?;
+                self.persist(saga, events).await?;
+                self.launch(saga, i, Phase::Execute, flight);
+                return Ok(());
+            }
+            Done::Answer { i, attempt, outcome } => (i, attempt, outcome),
+        };
+        let outcome = match outcome {
+            Outcome::Success(payload) if payload.len() > 64 << 10 && {
+                let kept: usize = saga.doc.steps.iter().filter_map(|s| s.output.as_ref()).map(|o| o.to_string().len()).sum();
+                kept + payload.len() > MAX_SAGA_OUTPUT_BYTES
+            } => Outcome::Retry(format!(
+                "the step's output ({} bytes) would take the saga's outputs past {MAX_SAGA_OUTPUT_BYTES} bytes",
+                payload.len()
+            )),
+            other => other,
+        };
+        let allowed = saga.doc.steps[i].spec.attempts_allowed(&saga.doc.retry_policy);
+        let policy = saga.doc.retry_policy.clone();
+        let name = saga.doc.steps[i].spec.name.clone();
+        let step = &mut saga.doc.steps[i];
+        match judge(outcome, attempt, allowed) {
+            Verdict::Completed(output) => {
+                step.state.become_(StepState::Completed)?;
+                step.error = None;
+                if let Some(key) = step.spec.output_key.clone() {
+                    saga.doc.context.insert(key, output.clone());
+                }
+                saga.doc.steps[i].output = Some(output);
+                // Written with the next step's start (or the saga's end): nothing acts between.
+                saga.defer(vec![NewEvent::new("step_completed", Some(&name), json!({ "attempt": attempt }))]);
+            }
+            Verdict::RetryLater(reason) => {
+                step.error = Some(reason.clone());
+                let delay = policy.delay(attempt, rand::random::<f64>());
+                let detail = json!({ "attempt": attempt, "reason": reason, "delay_ms": delay.as_millis() as u64 });
+                self.persist(saga, vec![NewEvent::new("step_retry", Some(&name), detail)]).await?;
+                flight.add(i, Box::pin(async move {
+                    tokio::time::sleep(delay).await;
+                    Done::Waited { i }
+                }));
+            }
+            verdict @ (Verdict::Failed(_) | Verdict::Uncertain(_)) => {
+                let (reason, state, kind, what) = match verdict {
+                    Verdict::Uncertain(reason) => (reason, StepState::Uncertain, "step_uncertain", "failed with an unknown outcome"),
+                    Verdict::Failed(reason) => (reason, StepState::Failed, "step_failed", "failed"),
+                    _ => unreachable!("matched above"),
+                };
+                step.state.become_(state)?;
+                step.outcome_unknown = state == StepState::Uncertain;
+                step.error = Some(reason.clone());
+                if saga.doc.error.is_none() {
+                    saga.doc.error = Some(format!("step {name} {what}: {reason}"));
+                }
+                // Written with the saga's turn to compensating, before anything is undone.
+                saga.defer(vec![NewEvent::new(kind, Some(&name), json!({ "attempt": attempt, "reason": reason }))]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Records a compensation's answer (or the end of its retry's wait).
+    async fn absorb_compensation(&self, saga: &mut Saga, done: Done, flight: &mut Flight) -> Result<(), SagaError> {
+        let (i, attempt, outcome) = match done {
+            Done::Waited { i } => {
+                let step = &mut saga.doc.steps[i];
+                step.compensation_attempts += 1;
+                let event = NewEvent::new("compensation_started", Some(&step.spec.name), json!({ "attempt": step.compensation_attempts }));
+                self.persist(saga, vec![event]).await?;
+                self.launch(saga, i, Phase::Compensate, flight);
+                return Ok(());
+            }
+            Done::Answer { i, attempt, outcome } => (i, attempt, outcome),
+        };
+        let allowed = saga.doc.steps[i].spec.attempts_allowed(&saga.doc.retry_policy);
+        let policy = saga.doc.retry_policy.clone();
+        let step = &mut saga.doc.steps[i];
+        let name = step.spec.name.clone();
+        match outcome {
+            Outcome::Success(payload) => {
+                step.state.become_(StepState::Compensated)?;
+                // What the compensation reported goes to the history (a refund id, say); a
+                // payload that is not JSON is kept as the string it is.
+                let output = serde_json::from_str::<Value>(&payload).unwrap_or(Value::String(payload));
+                // Written with the next compensation's start (or the saga's end).
+                saga.defer(vec![NewEvent::new("step_compensated", Some(&name), json!({ "attempt": attempt, "output": output }))]);
+            }
+            Outcome::Failure(reason) | Outcome::Retry(reason) if attempt < allowed => {
+                let delay = policy.delay(attempt, rand::random::<f64>());
+                let detail = json!({ "attempt": attempt, "reason": reason, "delay_ms": delay.as_millis() as u64 });
+                self.persist(saga, vec![NewEvent::new("compensation_retry", Some(&name), detail)]).await?;
+                flight.add(i, Box::pin(async move {
+                    tokio::time::sleep(delay).await;
+                    Done::Waited { i }
+                }));
+            }
+            Outcome::Failure(reason) | Outcome::Retry(reason) => {
+                step.state.become_(StepState::CompensationFailed)?;
+                step.error = Some(reason.clone());
+                saga.defer(vec![NewEvent::new("compensation_failed", Some(&name), json!({ "attempt": attempt, "reason": reason }))]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Nothing is left to undo: the saga is compensated, or failed naming every step whose
+    /// compensation failed (and, behind them, the steps that could not be undone first).
+    async fn end_compensation(&self, saga: &mut Saga) -> Result<(), SagaError> {
+        let failed: Vec<&super::StepRecord> = saga.doc.steps.iter().filter(|s| s.state == StepState::CompensationFailed).collect();
+        if failed.is_empty() {
+            saga.state.become_(SagaState::Compensated)?;
+            return self.finish(saga, "saga_compensated").await;
+        }
+        let said: Vec<String> = failed
+            .iter()
+            .map(|s| format!("step {} failed after {} attempts: {}", s.spec.name, s.compensation_attempts, s.error.as_deref().unwrap_or("")))
+            .collect();
+        let names: Vec<String> = failed.iter().map(|s| s.spec.name.clone()).collect();
+        let blocked: Vec<String> = saga
+            .doc
+            .steps
+            .iter()
+            .filter(|s| matches!(s.state, StepState::Completed | StepState::Uncertain))
+            .map(|s| s.spec.name.clone())
+            .collect();
+        let mut error = format!("compensation of {}; an operator must act (resume retries it)", said.join("; "));
+        if !blocked.is_empty() {
+            error.push_str(&format!("; not undone behind it: {}", blocked.join(", ")));
+        }
+        saga.state.become_(SagaState::Failed)?;
+        saga.doc.error = Some(error);
+        saga.row.owner = None;
+        saga.row.lease_until_ms = 0;
+        let detail = json!({ "step": names[0], "steps": names, "not_undone": blocked });
+        self.persist(saga, vec![NewEvent::new("saga_failed", None, detail)]).await
+    }
+
+    fn should_stop(&self, saga: &Saga, cancel: &AtomicBool) -> Option<String> {
+        if cancel.load(Ordering::SeqCst) {
+            return Some("cancelled".into());
+        }
+        let (Some(timeout), Some(started)) = (saga.doc.timeout_ms, saga.doc.started_at_ms) else { return None };
+        (self.inner.now() - started > timeout as i64).then(|| format!("saga timed out after {timeout} ms"))
+    }
+
+    async fn finish(&self, saga: &mut Saga, kind: &str) -> Result<(), SagaError> {
+        saga.row.owner = None;
+        saga.row.lease_until_ms = 0;
+        self.persist(saga, vec![NewEvent::new(kind, None, json!({}))]).await
+    }
+
+    /// Starts the call of step `i`'s `phase` (begun and written), in flight beside the driver.
+    fn launch(&self, saga: &Saga, i: usize, phase: Phase, flight: &mut Flight) {
+        let step = &saga.doc.steps[i];
+        let (attempt, input, action) = match phase {
+            Phase::Compensate => (step.compensation_attempts, saga.doc.compensate_input(i), step.spec.compensation()),
+            _ => (step.attempts, saga.doc.execute_input(i), step.spec.action().to_string()),
+        };
+        let target = self.inner.target(&saga.row.tenant, step.plugin_version.clone(), step.spec.endpoint.clone(), "step");
+        let timeout = step.spec.timeout();
+        let ctx = CallContext {
+            tenant: saga.row.tenant.clone(),
+            transaction_id: saga.row.id.clone(),
+            step: step.spec.name.clone(),
+            action,
+            attempt,
+            idempotency_key: format!("{}:{}:{}", saga.row.id, i, phase.as_str()),
+            input: input.to_string(),
+            deadline_ms: timeout.as_millis() as u64,
+        };
+        let span = tracing::info_span!("phase", tenant = %ctx.tenant, transaction_id = %ctx.transaction_id, step = %ctx.step, phase = phase.as_str());
+        let invoker = self.inner.invoker.clone();
+        flight.add(i, Box::pin(async move {
+            let outcome = match target.await {
+                Ok(target) => invoker.outcome(&target, phase, ctx, timeout).instrument(span).await,
+                Err(e) => Outcome::Retry(e),
+            };
+            Done::Answer { i, attempt, outcome }
+        }));
+    }
+}
