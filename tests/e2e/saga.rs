@@ -421,3 +421,85 @@ on_every_store!(a_step_that_answers_too_late_is_compensated_and_told_its_outcome
     assert!(http.calls_to("undo_c").is_empty(), "a definite failure is not compensated");
     assert_eq!(http.calls_to("undo_a").len(), 2);
 });
+
+/// A step of a DAG saga at the test participant, answering `{"from": name}`.
+fn branch(http: &HttpParticipant, name: &str, deps: &[&str]) -> Value {
+    json!({"name": name, "endpoint": http.url, "action": format!("do_{name}"), "compensation": format!("undo_{name}"),
+           "output_key": name, "retry_count": 0, "depends_on": deps})
+}
+
+fn from(names: &[&str], late_ms: u64) -> Script {
+    Script(names.iter().map(|n| (format!("do_{n}"), vec![Answer::Late(late_ms, 200, json!({"from": n}))])).collect())
+}
+
+on_every_store!(a_diamond_runs_its_branches_at_once_each_seeing_what_it_follows, |url: String| async move {
+    let n = with_plugins(&url).await;
+    let http = HttpParticipant::start(from(&["a", "b", "c", "e", "d"], 200)).await;
+    // a → (b, c, e) → d
+    let steps = vec![
+        branch(&http, "a", &[]),
+        branch(&http, "b", &["a"]),
+        branch(&http, "c", &["a"]),
+        branch(&http, "e", &["a"]),
+        branch(&http, "d", &["b", "c", "e"]),
+    ];
+    let req: CreateSaga = serde_json::from_value(json!({"saga_name": "diamond", "context": {"order": 7}, "steps": steps})).unwrap();
+    let created = n.sagas.create(TENANT, req).await.unwrap();
+    let done = n.sagas.execute(TENANT, created.id(), true).await.unwrap();
+    assert_eq!(done.state, SagaState::Completed, "{:?}", done.doc.error);
+    let input = |step: &str| http.calls_to(&format!("do_{step}"))[0]["input"].clone();
+    assert_eq!(input("a"), json!({"order": 7}));
+    assert_eq!(input("b"), json!({"order": 7, "a": {"from": "a"}}), "b sees a, not its siblings");
+    assert_eq!(input("c"), json!({"order": 7, "a": {"from": "a"}}));
+    assert_eq!(input("d"), json!({"order": 7, "a": {"from": "a"}, "b": {"from": "b"}, "c": {"from": "c"}, "e": {"from": "e"}}));
+    // b, c and e started in one write, each naming the others.
+    let history = n.sagas.history(TENANT, created.id()).await.unwrap();
+    let starts: Vec<&wasmtx::store::EventRow> = history.iter().filter(|e| e.kind == "step_started").collect();
+    let at = |s: &str| starts.iter().find(|e| e.step.as_deref() == Some(s)).unwrap().at_ms;
+    assert!(at("b") == at("c") && at("c") == at("e") && at("a") < at("b") && at("e") < at("d"), "{history:?}");
+    let with_b = &starts.iter().find(|e| e.step.as_deref() == Some("b")).unwrap().detail["with"];
+    assert_eq!(with_b, &json!(["c", "e"]));
+    assert_eq!(done.document()["steps"][4]["depends_on"], json!(["b", "c", "e"]));
+});
+
+on_every_store!(a_failing_branch_stops_new_starts_awaits_the_others_and_undoes_in_reverse_dependency_order, |url: String| async move {
+    let n = with_plugins(&url).await;
+    let mut script = from(&["a", "c", "d"], 0);
+    script.0.insert("do_b".into(), vec![Answer::Status(422, json!({"error": "no stock"}))]);
+    script.0.insert("do_c".into(), vec![Answer::Late(700, 200, json!({"from": "c"}))]);
+    let http = HttpParticipant::start(script).await;
+    // a → (b, c) → d; b fails at once while c still runs.
+    let steps = vec![branch(&http, "a", &[]), branch(&http, "b", &["a"]), branch(&http, "c", &["a"]), branch(&http, "d", &["b", "c"])];
+    let req: CreateSaga = serde_json::from_value(json!({"saga_name": "fails", "steps": steps})).unwrap();
+    let created = n.sagas.create(TENANT, req).await.unwrap();
+    let done = n.sagas.execute(TENANT, created.id(), true).await.unwrap();
+    assert_eq!(done.state, SagaState::Compensated, "{:?}", done.doc.error);
+    let states: Vec<StepState> = done.doc.steps.iter().map(|s| s.state).collect();
+    assert_eq!(states, [StepState::Compensated, StepState::Failed, StepState::Compensated, StepState::Pending]);
+    let paths: Vec<String> = http.calls.lock().unwrap().iter().map(|c| c["path"].as_str().unwrap().to_string()).collect();
+    assert!(!paths.contains(&"do_d".to_string()), "nothing starts after a failure: {paths:?}");
+    assert!(!paths.contains(&"undo_b".to_string()), "a definite failure is not undone: {paths:?}");
+    let pos = |p: &str| paths.iter().position(|x| x == p).unwrap_or_else(|| panic!("{p} in {paths:?}"));
+    assert!(pos("do_c") < pos("undo_c") && pos("undo_c") < pos("undo_a"), "c is awaited, then undone before a: {paths:?}");
+    assert!(done.doc.error.as_deref().unwrap().contains("step b failed"), "{:?}", done.doc.error);
+});
+
+on_every_store!(dependencies_on_unknown_steps_or_in_a_cycle_are_refused, |url: String| async move {
+    let n = with_plugins(&url).await;
+    let refused = |steps: Value| {
+        let req: CreateSaga = serde_json::from_value(json!({"saga_name": "bad", "steps": steps})).unwrap();
+        let sagas = n.sagas.clone();
+        async move { sagas.create(TENANT, req).await.map(|_| ()).unwrap_err().to_string() }
+    };
+    let step = |name: &str, deps: &[&str]| json!({"name": name, "plugin": "scripted", "depends_on": deps});
+    assert!(refused(json!([step("a", &["ghost"])])).await.contains("\"ghost\""));
+    assert!(refused(json!([step("a", &["a"])])).await.contains("itself"));
+    let cycle = refused(json!([step("a", &["c"]), step("b", &["a"]), step("c", &["b"])])).await;
+    assert!(cycle.contains("cycle"), "{cycle}");
+    let req: CreateSaga = serde_json::from_value(json!({"saga_name": "ok", "steps": [step("a", &[])]})).unwrap();
+    let ok = n.sagas.create(TENANT, req).await.unwrap();
+    let added = n.sagas.add_step(TENANT, ok.id(), serde_json::from_value(step("b", &["nope"])).unwrap()).await;
+    assert!(matches!(added, Err(wasmtx::saga::SagaError::Invalid(m)) if m.contains("\"nope\"")));
+    let req: CreateSaga = serde_json::from_value(json!({"saga_name": "x", "max_parallel": 0})).unwrap();
+    assert!(n.sagas.create(TENANT, req).await.is_err(), "max_parallel 0");
+});

@@ -443,3 +443,40 @@ on_every_store!(a_two_phase_commit_can_be_created_with_its_participants_in_one_r
     }
     server.kill().await;
 });
+
+on_every_store!(a_server_killed_with_three_branches_in_flight_finishes_them_after_restart, |url: String| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let db = url.starts_with("postgres").then_some(url.as_str());
+    let mut script = Script::default();
+    for b in ["b", "c", "d"] {
+        script.0.insert(format!("do_{b}"), vec![Answer::Hang, Answer::Status(200, json!({"branch": b}))]);
+    }
+    let http = HttpParticipant::start(script).await;
+    let server = Server::start(dir.path(), db, &["--lease-ms", "1000"]).await;
+    let step = |name: &str, deps: &[&str]| json!({"name": name, "endpoint": http.url, "action": format!("do_{name}"), "depends_on": deps});
+    let steps = json!([step("a", &[]), step("b", &["a"]), step("c", &["a"]), step("d", &["a"]), step("e", &["b", "c", "d"])]);
+    let (status, created) = post(&server, "/v1/sagas", json!({"saga_name": "branches", "steps": steps, "execute": true})).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["saga_id"].as_str().unwrap().to_string();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while ["do_b", "do_c", "do_d"].iter().any(|p| http.calls_to(p).is_empty()) {
+        assert!(tokio::time::Instant::now() < deadline, "the three branches never all started");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    server.kill().await;
+
+    let (restarted, doc) = restart_until_saga_ends(dir.path(), db, &id).await;
+    assert_eq!(doc["state"], "completed", "{doc}");
+    assert_eq!(http.calls_to("do_a").len(), 1, "the completed step is never re-run");
+    for b in ["do_b", "do_c", "do_d"] {
+        let calls = http.calls_to(b);
+        assert_eq!(calls.len(), 2, "{b}: in flight at the kill, invoked once more");
+        assert_eq!(calls[0]["idempotency_key"], calls[1]["idempotency_key"], "{b}");
+    }
+    assert_eq!(http.calls_to("do_e").len(), 1);
+    // Refused through the API too, naming what is wrong.
+    let (status, err) = post(&restarted, "/v1/sagas", json!({"saga_name": "bad", "steps": [step("x", &["y"])]})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(err["error"]["message"].as_str().unwrap().contains("\"y\""), "{err}");
+    restarted.kill().await;
+});
