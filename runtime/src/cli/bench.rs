@@ -56,9 +56,14 @@ pub enum BenchCommand {
     },
     /// Durable sagas of Rust step plugins end to end: create, add steps, execute, on a store.
     Saga {
-        /// Steps per saga (cycling payment, inventory, shipping).
+        /// Steps per saga (cycling payment, inventory, shipping); with `--shape fan-out`, the
+        /// steps that run at once between a first and a last step.
         #[arg(long, default_value_t = 3)]
         steps: usize,
+        /// `sequence` (each step after the one before) or `fan-out` (one step, then `--steps`
+        /// at once, then one after them).
+        #[arg(long, value_enum, default_value_t = Shape::Sequence)]
+        shape: Shape,
         #[command(flatten)]
         load: Load,
     },
@@ -87,7 +92,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         BenchCommand::Plugin { component, calls, warmup, input } => {
             bench_plugin(&mut report, component, calls, warmup, input).await?
         }
-        BenchCommand::Saga { steps, load } => bench_transactions(&mut report, Scenario::Saga { steps }, load).await?,
+        BenchCommand::Saga { steps, shape, load } => bench_transactions(&mut report, Scenario::Saga { steps, shape }, load).await?,
         BenchCommand::Tpc { participants, load } => {
             bench_transactions(&mut report, Scenario::Tpc { participants }, load).await?
         }
@@ -104,9 +109,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
 /// The step plugins a benchmark saga cycles through.
 const SAGA_PLUGINS: [&str; 3] = ["payment", "inventory", "shipping"];
 
+/// How a benchmark saga's steps follow each other.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    Sequence,
+    FanOut,
+}
+
 #[derive(Clone, Copy)]
 enum Scenario {
-    Saga { steps: usize },
+    Saga { steps: usize, shape: Shape },
     Tpc { participants: usize },
 }
 
@@ -120,7 +132,7 @@ impl Scenario {
 
     fn size(self) -> usize {
         match self {
-            Scenario::Saga { steps } => steps,
+            Scenario::Saga { steps, .. } => steps,
             Scenario::Tpc { participants } => participants,
         }
     }
@@ -129,12 +141,20 @@ impl Scenario {
     async fn run_one(self, node: &super::serve::Node, tenant: &str) -> anyhow::Result<()> {
         use serde_json::json;
         match self {
-            Scenario::Saga { steps } => {
+            Scenario::Saga { steps, shape } => {
                 // The steps come with the create (an extension of API.md): one durable write
                 // where one per `POST …/steps` would be `steps` more, and the start with it.
-                let steps = (0..steps)
-                    .map(|i| serde_json::from_value(json!({"name": format!("step{i}"), "plugin": SAGA_PLUGINS[i % 3]})))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let specs: Vec<serde_json::Value> = match shape {
+                    Shape::Sequence => (0..steps).map(|i| json!({"name": format!("step{i}"), "plugin": SAGA_PLUGINS[i % 3]})).collect(),
+                    Shape::FanOut => {
+                        let middle: Vec<String> = (0..steps).map(|i| format!("branch{i}")).collect();
+                        std::iter::once(json!({"name": "first", "plugin": "payment", "depends_on": []}))
+                            .chain(middle.iter().enumerate().map(|(i, n)| json!({"name": n, "plugin": SAGA_PLUGINS[i % 3], "depends_on": ["first"]})))
+                            .chain(std::iter::once(json!({"name": "last", "plugin": "shipping", "depends_on": middle})))
+                            .collect()
+                    }
+                };
+                let steps = specs.into_iter().map(serde_json::from_value).collect::<Result<Vec<_>, _>>()?;
                 let req = crate::saga::CreateSaga {
                     saga_name: "bench".into(),
                     context: json!({"amount": 10, "quantity": 1}).as_object().cloned(),
@@ -198,7 +218,8 @@ async fn bench_transactions(report: &mut Report, scenario: Scenario, load: Load)
         node.catalog.publish(&tenant, name, &bytes).await?;
     }
     let (what, unit) = match scenario {
-        Scenario::Saga { steps } => (format!("sagas of {steps} steps"), "sagas"),
+        Scenario::Saga { steps, shape: Shape::Sequence } => (format!("sagas of {steps} steps"), "sagas"),
+        Scenario::Saga { steps, shape: Shape::FanOut } => (format!("sagas of 1 step, {steps} at once, then 1"), "sagas"),
         Scenario::Tpc { participants } => (format!("2PC transactions of {participants} participants"), "tx"),
     };
     eprintln!("running {count} {what}, {concurrency} at a time…");
