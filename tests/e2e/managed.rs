@@ -326,3 +326,25 @@ on_every_store!(a_transaction_that_exceeds_its_timeout_is_compensated_or_aborted
     let doc = run(&n, &id, Some("two_phase_commit")).await;
     assert_eq!(doc["transaction_status"], "aborted", "{doc}");
 });
+
+on_every_store!(parallel_runs_participants_of_equal_priority_at_once_under_the_saga_pattern, |url: String| async move {
+    let n = with_plugins(&url).await;
+    let http = HttpParticipant::start(Script::default()).await;
+    let p = |id: &str, priority: i64| json!({"participant_id": id, "endpoint": http.url, "action": format!("do_{id}"), "priority": priority});
+    let id = managed(&n, json!({"parallel": true}), vec![p("charge", 1), p("reserve", 1), p("ship", 2)]).await;
+    let doc = run(&n, &id, Some("saga")).await;
+    assert_eq!(doc["transaction_status"], "committed", "{doc}");
+    let saga = doc["delegate_id"].as_str().unwrap();
+    let history = n.sagas.history(TENANT, saga).await.unwrap();
+    let starts: Vec<_> = history.iter().filter(|e| e.kind == "step_started").collect();
+    let at = |s: &str| starts.iter().find(|e| e.step.as_deref() == Some(s)).unwrap().at_ms;
+    assert_eq!(at("charge"), at("reserve"), "equal priorities start in one write");
+    assert!(at("reserve") < at("ship"), "the next priority waits for the group before");
+    let delegate = n.sagas.get(TENANT, saga).await.unwrap();
+    assert_eq!(delegate.doc.steps[2].spec.depends_on, Some(vec!["charge".to_string(), "reserve".to_string()]));
+    // Without `parallel`, the same participants run one after another.
+    let id = managed(&n, json!({}), vec![p("charge", 1), p("reserve", 1), p("ship", 2)]).await;
+    let doc = run(&n, &id, Some("saga")).await;
+    let sequential = n.sagas.get(TENANT, doc["delegate_id"].as_str().unwrap()).await.unwrap();
+    assert!(sequential.doc.steps.iter().all(|s| s.spec.depends_on.is_none()));
+});
