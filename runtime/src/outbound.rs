@@ -206,6 +206,24 @@ pub enum Refusal {
     Address { host: String, class: &'static str },
 }
 
+/// Why an exchange gave no answer to act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoAnswer {
+    /// The policy refused the request: nothing was sent, so nothing happened.
+    Refused(String),
+    /// It may have been received and acted on: a timeout, a lost connection, an answer too
+    /// large to read.
+    Unclear(String),
+}
+
+impl std::fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoAnswer::Refused(s) | NoAnswer::Unclear(s) => f.write_str(s),
+        }
+    }
+}
+
 /// The outbound HTTP client. Cheap to clone; connections are pooled per [`Reach`].
 #[derive(Clone)]
 pub struct Outbound {
@@ -259,15 +277,19 @@ impl Outbound {
         body: &serde_json::Value,
         timeout: Duration,
         max_answer: usize,
-    ) -> Result<(u16, String), String> {
-        let target = self.check(scope, url).map_err(|r| format!("POST {url} refused: {r}"))?;
+    ) -> Result<(u16, String), NoAnswer> {
+        let target = self.check(scope, url).map_err(|r| NoAnswer::Refused(format!("POST {url} refused: {r}")))?;
         let mut request = self.client(scope.reach).post(target).timeout(timeout).json(body);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let response = request.send().await.map_err(|e| describe(&e, url, timeout))?;
+        let response = request.send().await.map_err(|e| match is_refused(&e) {
+            // Refused in the resolver: no connection was made.
+            true => NoAnswer::Refused(describe(&e, url, timeout)),
+            false => NoAnswer::Unclear(describe(&e, url, timeout)),
+        })?;
         let status = response.status().as_u16();
-        let text = read_capped(response, max_answer).await.map_err(|e| format!("POST {url}: {e}"))?;
+        let text = read_capped(response, max_answer).await.map_err(|e| NoAnswer::Unclear(format!("POST {url}: {e}")))?;
         Ok((status, text))
     }
 
@@ -516,6 +538,8 @@ mod tests {
         let url = format!("http://localhost:{port}/x");
         let refused = outbound.post_json(&open, &url, &[], &serde_json::json!({}), Duration::from_secs(5), 1000).await;
         let error = refused.unwrap_err();
+        assert!(matches!(&error, NoAnswer::Refused(_)), "refused before connecting: {error:?}");
+        let error = error.to_string();
         assert!(error.contains("resolves to") && error.contains("loopback"), "{error}");
         assert!(!accepted.is_finished(), "no connection reached the listener");
         let local = Scope { reach: Reach::Loopback, hosts: None };

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::model::{CallContext, Outcome, Vote};
-use crate::outbound::{DEFAULT_MAX_ANSWER_BYTES, HostRule, Outbound, Reach, Scope};
+use crate::outbound::{DEFAULT_MAX_ANSWER_BYTES, HostRule, NoAnswer, Outbound, Reach, Scope};
 use crate::plugin::{CallLimits, CallTags, Component, PluginHost};
 
 /// Who makes an outbound request: the coordinator calling an HTTP participant, or a plugin.
@@ -219,7 +219,9 @@ impl Invoker {
                     other => other.as_str().to_string(),
                 };
                 match self.post(endpoint, &path, phase, &ctx, timeout).await {
-                    Err(e) => Outcome::Retry(e),
+                    // Refused by the outbound policy: nothing was sent, a definite no.
+                    Err(NoAnswer::Refused(e)) => Outcome::Failure(e),
+                    Err(NoAnswer::Unclear(e)) => Outcome::Retry(e),
                     Ok((status, body)) if (200..300).contains(&status) => {
                         Outcome::Success(if body.trim().is_empty() { "null".into() } else { body })
                     }
@@ -249,7 +251,7 @@ impl Invoker {
                 self.host.prepare(component, ctx, &limits, tags).await.unwrap_or_else(|e| Vote::Abort(e.to_string()))
             }
             Target::Http { endpoint } => match self.post(endpoint, "prepare", Phase::Prepare, &ctx, timeout).await {
-                Err(e) => Vote::Abort(e),
+                Err(e) => Vote::Abort(e.to_string()),
                 Ok((status, body)) if (200..300).contains(&status) => {
                     match serde_json::from_str::<Value>(&body).ok().as_ref().and_then(|v| v.get("vote")).and_then(Value::as_str) {
                         Some("prepared") => Vote::Prepared,
@@ -268,7 +270,7 @@ impl Invoker {
         phase: Phase,
         ctx: &CallContext,
         timeout: Duration,
-    ) -> Result<(u16, String), String> {
+    ) -> Result<(u16, String), NoAnswer> {
         let url = format!("{}/{}", endpoint.trim_end_matches('/'), path.trim_start_matches('/'));
         let input: Value = serde_json::from_str(&ctx.input).unwrap_or(Value::Null);
         let body = json!({

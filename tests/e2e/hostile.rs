@@ -107,7 +107,8 @@ fn database(url: &str) -> Option<&str> {
 
 /// An HTTP server that misbehaves on request, counting every call it gets:
 /// `/huge/{mb}/{declared}/{action}` answers `mb` MiB (streamed; with a Content-Length when
-/// `declared` is 1; a 2PC `commit` or `abort` is answered plainly), `/redirect/{code}/{port}/{action}` redirects to 127.0.0.1:`port`/secret,
+/// `declared` is 1) to `go` and `prepare`, and plainly to anything else (a compensation, a 2PC
+/// decision); the other routes misbehave for `go` only: `/redirect/{code}/{port}/{action}` redirects to 127.0.0.1:`port`/secret,
 /// `/sized/{bytes}/{action}` answers a JSON string of `bytes` bytes, `/slow/{ms}/{action}`
 /// answers after `ms` milliseconds, anything else
 /// (`/secret/…`) answers `{"secret": true}`.
@@ -122,8 +123,9 @@ impl Misbehaving {
         let calls = Arc::new(AtomicUsize::new(0));
         async fn huge(State(calls): State<Arc<AtomicUsize>>, UrlPath((mb, declared, action)): UrlPath<(usize, u8, String)>) -> Response {
             calls.fetch_add(1, Ordering::SeqCst);
-            // A 2PC decision is acknowledged plainly: only the vote is huge.
-            if action == "abort" || action == "commit" {
+            // A 2PC decision and a compensation are answered plainly: only `go` and the vote
+            // are huge.
+            if action != "go" && action != "prepare" {
                 return axum::Json(json!({"ok": true})).into_response();
             }
             static CHUNK: [u8; 64 << 10] = [b'a'; 64 << 10];
@@ -134,13 +136,17 @@ impl Misbehaving {
             }
             response
         }
-        async fn redirect(State(calls): State<Arc<AtomicUsize>>, UrlPath((code, port, _)): UrlPath<(u16, u16, String)>) -> Response {
+        async fn redirect(State(calls): State<Arc<AtomicUsize>>, UrlPath((code, port, action)): UrlPath<(u16, u16, String)>) -> Response {
             calls.fetch_add(1, Ordering::SeqCst);
+            if action != "go" {
+                return axum::Json(json!({"undone": true})).into_response();
+            }
             let to = format!("http://127.0.0.1:{port}/secret");
             (AxumStatus::from_u16(code).unwrap(), [("location", to)]).into_response()
         }
-        async fn sized(State(calls): State<Arc<AtomicUsize>>, UrlPath((bytes, _)): UrlPath<(usize, String)>) -> Response {
+        async fn sized(State(calls): State<Arc<AtomicUsize>>, UrlPath((bytes, action)): UrlPath<(usize, String)>) -> Response {
             calls.fetch_add(1, Ordering::SeqCst);
+            let bytes = if action == "go" { bytes } else { 10 };
             axum::Json(json!("z".repeat(bytes.saturating_sub(2)))).into_response()
         }
         async fn slow(State(calls): State<Arc<AtomicUsize>>, UrlPath((ms, _)): UrlPath<(u64, String)>) -> axum::Json<Value> {
@@ -247,7 +253,8 @@ async fn redirects_are_answers_and_never_followed() {
         assert_eq!(doc["state"], "compensated", "{doc}");
         assert!(doc["steps"][0]["error"].as_str().unwrap().contains(&format!("HTTP {code}")), "{doc}");
     }
-    assert_eq!(bouncer.calls(), 3);
+    // Each bounced step's outcome is unknown, so it is compensated too (plainly answered).
+    assert_eq!(bouncer.calls(), 6);
     assert_eq!(inside.calls(), 0, "no redirect was followed");
     server.kill().await;
 }
@@ -279,7 +286,8 @@ on_every_store!(huge_answers_fail_their_call_once_at_a_bounded_cost, |url: Strin
         assert!(error.contains(why), "{error}");
         assert!(doc.get("steps").unwrap()[1].get("output").is_none(), "nothing of the answer was stored");
         assert_eq!(doc["steps"][0]["state"], "compensated");
-        assert_eq!(huge.calls() - calls, 1, "called once: retry_count 0");
+        assert_eq!(huge.calls() - calls, 2, "called once (retry_count 0), then compensated: its outcome is unknown");
+        assert_eq!(doc["steps"][1]["forward_outcome"], "unknown");
     }
     // A 512 MiB vote is no vote.
     let participants = json!([{"participant_id": "flood", "endpoint": format!("{}/huge/512/0", huge.url)}]);

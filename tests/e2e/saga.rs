@@ -154,6 +154,32 @@ on_every_store!(a_spent_retry_budget_fails_the_step_and_compensates, |url: Strin
     assert_eq!(done.doc.steps[1].attempts, 2, "retry_count 1 = two attempts");
     assert!(done.doc.steps[1].error.as_deref().unwrap().contains("gave up after 2 attempts"));
     assert_eq!(done.doc.steps[0].state, StepState::Compensated);
+    // `retry` answers until the budget is spent leave the outcome unknown: compensated too.
+    assert_eq!((done.doc.steps[1].state, done.doc.steps[1].compensation_attempts), (StepState::Compensated, 1));
+    assert!(kinds(&n, &id).await.contains(&"step_uncertain busy".to_string()));
+});
+
+on_every_store!(a_plugins_compensation_is_told_whether_its_step_completed, |url: String| async move {
+    let n = with_plugins(&url).await;
+    let echo = json!({"compensate": {"do": "echo_input"}});
+    let id = saga(
+        &n,
+        json!({}),
+        vec![
+            json!({"name": "done", "plugin": "scripted", "parameters": {"script": echo}}),
+            json!({"name": "late", "plugin": "scripted", "retry_count": 0, "timeout_ms": 200,
+                   "parameters": {"script": {"execute": {"do": "spin"}, "compensate": {"do": "echo_input"}}}}),
+        ],
+    )
+    .await;
+    let done = n.sagas.execute(TENANT, &id, true).await.unwrap();
+    assert_eq!(done.state, SagaState::Compensated);
+    let history = n.sagas.history(TENANT, &id).await.unwrap();
+    let told = |step: &str| {
+        history.iter().find(|e| e.kind == "step_compensated" && e.step.as_deref() == Some(step)).unwrap().detail["output"]["forward_outcome"].clone()
+    };
+    assert_eq!(told("late"), "unknown");
+    assert_eq!(told("done"), "success");
 });
 
 on_every_store!(a_compensation_that_keeps_failing_ends_failed_naming_the_step, |url: String| async move {

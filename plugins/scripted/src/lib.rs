@@ -22,6 +22,7 @@
 //! | `http_get` | GETs `url` over wasi:http; success with `status` and `body` if allowed |
 //! | `print` | prints `lines` lines of 100 bytes to stdout with `println!`, then succeeds |
 //! | `big_output` | succeeds with a JSON string of `bytes` bytes |
+//! | `echo_input` | succeeds with its input and `forward_outcome` as the SDK reads it |
 
 use serde_json::Value;
 use wasmtx_plugin_sdk::{Call, LogLevel, Outcome, Participant, Step, Vote, json, log};
@@ -116,6 +117,10 @@ fn run(call: &Call, phase: &str) -> Outcome {
             Outcome::success(&json!({ "printed_lines": number("lines") }))
         }
         "big_output" => Outcome::success(&json!("y".repeat(number("bytes") as usize))),
+        "echo_input" => Outcome::success(&json!({
+            "forward_outcome": if call.forward_outcome_unknown() { "unknown" } else { "success" },
+            "input": call.input_json(),
+        })),
         other => Outcome::failure(format!("unknown scripted instruction {other:?}")),
     }
 }
