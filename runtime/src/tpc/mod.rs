@@ -360,32 +360,7 @@ impl TpcEngine {
             }
         });
         let votes: Vec<Vote> = join_all(calls).await;
-        let mut decision = TpcDoc::decide(&votes);
-        let mut reason = None;
-        if abort_requested.load(Ordering::SeqCst) && decision == Decision::Commit {
-            decision = Decision::Abort;
-            reason = Some("aborted by request during prepare".to_string());
-        }
-        let mut events = Vec::new();
-        for (p, vote) in tx.doc.participants.iter_mut().zip(votes) {
-            p.state = if vote == Vote::Prepared { ParticipantState::Prepared } else { ParticipantState::VotedAbort };
-            let detail = match &vote {
-                Vote::Prepared => json!({"vote": "prepared"}),
-                Vote::Abort(r) => {
-                    reason.get_or_insert_with(|| format!("participant {} voted abort: {r}", p.spec.participant_id));
-                    json!({"vote": "abort", "reason": r})
-                }
-            };
-            events.push(NewEvent::new("vote", Some(&p.spec.participant_id), detail));
-            p.vote = Some(vote);
-        }
-        tx.doc.decision = Some(decision);
-        tx.doc.error = reason.clone();
-        tx.state.become_(match decision {
-            Decision::Commit => TpcState::Prepared,
-            Decision::Abort => TpcState::Aborting,
-        })?;
-        events.push(NewEvent::new("decision", None, json!({"decision": decision, "reason": reason})));
+        let events = tx.doc.apply_votes(&mut tx.state, votes, abort_requested.load(Ordering::SeqCst))?;
         self.persist(tx, events).await
     }
 
@@ -396,7 +371,7 @@ impl TpcEngine {
             Decision::Commit => Phase::Commit,
             Decision::Abort => Phase::Abort,
         };
-        let pending: Vec<usize> = (0..tx.doc.participants.len()).filter(|&i| tx.doc.participants[i].awaits(decision)).collect();
+        let pending = tx.doc.awaiting(decision);
         let calls = pending.iter().map(|&i| {
             let attempt = tx.doc.participants[i].attempts + 1;
             let timeout = Duration::from_millis(tx.doc.participants[i].spec.timeout_ms.unwrap_or(30_000));
@@ -411,59 +386,10 @@ impl TpcEngine {
             }
         });
         let outcomes = join_all(calls).await;
-        let mut events = Vec::new();
-        let mut exhausted = Vec::new();
-        for (&i, outcome) in pending.iter().zip(outcomes) {
-            let p = &mut tx.doc.participants[i];
-            p.attempts += 1;
-            let pid = p.spec.participant_id.clone();
-            match outcome {
-                Outcome::Success(_) => {
-                    p.state = match decision {
-                        Decision::Commit => ParticipantState::Committed,
-                        Decision::Abort => ParticipantState::Aborted,
-                    };
-                    p.error = None;
-                    events.push(NewEvent::new("acknowledged", Some(&pid), json!({"decision": decision, "attempt": p.attempts})));
-                }
-                Outcome::Failure(reason) | Outcome::Retry(reason) => {
-                    events.push(NewEvent::new(
-                        "decision_retry",
-                        Some(&pid),
-                        json!({"decision": decision, "attempt": p.attempts, "reason": reason}),
-                    ));
-                    p.error = Some(reason);
-                    if tx.doc.decision_max_attempts.is_some_and(|max| p.attempts >= max) {
-                        exhausted.push(pid);
-                    }
-                }
-            }
-        }
-        let all_acked = tx.doc.participants.iter().all(|p| !p.awaits(decision));
-        let next = if all_acked {
-            match decision {
-                Decision::Commit => TpcState::Committed,
-                Decision::Abort => TpcState::Aborted,
-            }
-        } else if !exhausted.is_empty() {
-            let what = if decision == Decision::Commit { "commit" } else { "abort" };
-            tx.doc.error = Some(format!(
-                "participant(s) {} did not acknowledge {what}; the decision stands and an operator must act (recover retries)",
-                exhausted.join(", ")
-            ));
-            events.push(NewEvent::new("alert", None, json!({"unacknowledged": exhausted, "decision": decision})));
-            TpcState::Failed
-        } else {
-            match decision {
-                Decision::Commit => TpcState::Committing,
-                Decision::Abort => TpcState::Aborting,
-            }
-        };
-        tx.state.become_(next)?;
-        if next.is_terminal() {
+        let events = tx.doc.apply_acks(&mut tx.state, decision, &pending, outcomes)?;
+        if tx.state.is_terminal() {
             tx.row.owner = None;
             tx.row.lease_until_ms = 0;
-            events.push(NewEvent::new(&format!("transaction_{}", next.as_str()), None, json!({})));
         }
         self.persist(tx, events).await
     }

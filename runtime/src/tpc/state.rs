@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::model::{RetryPolicy, Vote};
+use crate::model::{Outcome, RetryPolicy, Vote};
+use crate::store::NewEvent;
+use crate::txn::{IllegalTransition, Transition};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -192,12 +194,174 @@ impl TpcDoc {
         }
         Value::Object(input)
     }
+
+    /// Phase one's end, pure: records every participant's vote and the decision they imply
+    /// (abort when `abort_requested`), moves `state` on, and returns the events to write —
+    /// before anyone hears the decision.
+    pub fn apply_votes(&mut self, state: &mut TpcState, votes: Vec<Vote>, abort_requested: bool) -> Result<Vec<NewEvent>, IllegalTransition> {
+        let mut decision = TpcDoc::decide(&votes);
+        let mut reason = None;
+        if abort_requested && decision == Decision::Commit {
+            decision = Decision::Abort;
+            reason = Some("aborted by request during prepare".to_string());
+        }
+        let mut events = Vec::new();
+        for (p, vote) in self.participants.iter_mut().zip(votes) {
+            p.state = if vote == Vote::Prepared { ParticipantState::Prepared } else { ParticipantState::VotedAbort };
+            let detail = match &vote {
+                Vote::Prepared => serde_json::json!({"vote": "prepared"}),
+                Vote::Abort(r) => {
+                    reason.get_or_insert_with(|| format!("participant {} voted abort: {r}", p.spec.participant_id));
+                    serde_json::json!({"vote": "abort", "reason": r})
+                }
+            };
+            events.push(NewEvent::new("vote", Some(&p.spec.participant_id), detail));
+            p.vote = Some(vote);
+        }
+        state.become_(match decision {
+            Decision::Commit => TpcState::Prepared,
+            Decision::Abort => TpcState::Aborting,
+        })?;
+        self.decision = Some(decision);
+        self.error = reason.clone();
+        events.push(NewEvent::new("decision", None, serde_json::json!({"decision": decision, "reason": reason})));
+        Ok(events)
+    }
+
+    /// The participants still to hear `decision`.
+    pub fn awaiting(&self, decision: Decision) -> Vec<usize> {
+        (0..self.participants.len()).filter(|&i| self.participants[i].awaits(decision)).collect()
+    }
+
+    /// A decision round's end, pure: records the answers of participants `asked` (in order),
+    /// moves `state` on — ended when all acknowledged, `failed` with an alert when one ran out
+    /// of `decision_max_attempts`, else another round — and returns the events to write.
+    pub fn apply_acks(
+        &mut self,
+        state: &mut TpcState,
+        decision: Decision,
+        asked: &[usize],
+        answers: Vec<Outcome>,
+    ) -> Result<Vec<NewEvent>, IllegalTransition> {
+        let mut events = Vec::new();
+        let mut exhausted = Vec::new();
+        for (&i, outcome) in asked.iter().zip(answers) {
+            let p = &mut self.participants[i];
+            p.attempts += 1;
+            let pid = p.spec.participant_id.clone();
+            match outcome {
+                Outcome::Success(_) => {
+                    p.state = match decision {
+                        Decision::Commit => ParticipantState::Committed,
+                        Decision::Abort => ParticipantState::Aborted,
+                    };
+                    p.error = None;
+                    events.push(NewEvent::new("acknowledged", Some(&pid), serde_json::json!({"decision": decision, "attempt": p.attempts})));
+                }
+                Outcome::Failure(reason) | Outcome::Retry(reason) => {
+                    let detail = serde_json::json!({"decision": decision, "attempt": p.attempts, "reason": reason});
+                    events.push(NewEvent::new("decision_retry", Some(&pid), detail));
+                    p.error = Some(reason);
+                    if self.decision_max_attempts.is_some_and(|max| p.attempts >= max) {
+                        exhausted.push(pid);
+                    }
+                }
+            }
+        }
+        let next = if self.participants.iter().all(|p| !p.awaits(decision)) {
+            match decision {
+                Decision::Commit => TpcState::Committed,
+                Decision::Abort => TpcState::Aborted,
+            }
+        } else if !exhausted.is_empty() {
+            let what = if decision == Decision::Commit { "commit" } else { "abort" };
+            self.error = Some(format!(
+                "participant(s) {} did not acknowledge {what}; the decision stands and an operator must act (recover retries)",
+                exhausted.join(", ")
+            ));
+            events.push(NewEvent::new("alert", None, serde_json::json!({"unacknowledged": exhausted, "decision": decision})));
+            TpcState::Failed
+        } else {
+            match decision {
+                Decision::Commit => TpcState::Committing,
+                Decision::Abort => TpcState::Aborting,
+            }
+        };
+        state.become_(next)?;
+        if next.is_terminal() {
+            events.push(NewEvent::new(&format!("transaction_{}", next.as_str()), None, serde_json::json!({})));
+        }
+        Ok(events)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use crate::txn::Transition;
     use super::*;
+
+    fn doc_of(n: usize, max: Option<u32>) -> TpcDoc {
+        let participants = (0..n)
+            .map(|i| ParticipantRecord::new(serde_json::from_value(serde_json::json!({"participant_id": format!("p{i}"), "plugin": "ledger"})).unwrap()))
+            .collect();
+        TpcDoc {
+            context: Map::new(),
+            participants,
+            prepare_timeout_ms: DEFAULT_PREPARE_TIMEOUT_MS,
+            decision: None,
+            error: None,
+            retry_policy: RetryPolicy::default(),
+            decision_max_attempts: max,
+        }
+    }
+
+    fn kinds(events: &[NewEvent]) -> Vec<&str> {
+        events.iter().map(|e| e.kind.as_str()).collect()
+    }
+
+    #[test]
+    fn votes_decide_commit_only_when_all_prepared_and_nobody_asked_to_abort() {
+        let mut d = doc_of(2, None);
+        let mut state = TpcState::Preparing;
+        let events = d.apply_votes(&mut state, vec![Vote::Prepared, Vote::Prepared], false).unwrap();
+        assert_eq!((state, d.decision), (TpcState::Prepared, Some(Decision::Commit)));
+        assert_eq!(kinds(&events), ["vote", "vote", "decision"]);
+
+        let mut d = doc_of(2, None);
+        let mut state = TpcState::Preparing;
+        d.apply_votes(&mut state, vec![Vote::Prepared, Vote::Abort("no funds".into())], false).unwrap();
+        assert_eq!((state, d.decision), (TpcState::Aborting, Some(Decision::Abort)));
+        assert!(d.error.as_deref().unwrap().contains("p1 voted abort: no funds"));
+        assert_eq!(d.participants[1].state, ParticipantState::VotedAbort);
+
+        let mut d = doc_of(1, None);
+        let mut state = TpcState::Preparing;
+        d.apply_votes(&mut state, vec![Vote::Prepared], true).unwrap();
+        assert_eq!((state, d.decision), (TpcState::Aborting, Some(Decision::Abort)), "an abort request wins over unanimous votes");
+        let mut done = TpcState::Committed;
+        assert!(doc_of(1, None).apply_votes(&mut done, vec![Vote::Prepared], false).is_err(), "votes after the end are refused");
+    }
+
+    #[test]
+    fn acknowledgements_end_the_transaction_or_ask_again_or_fail_it() {
+        let mut d = doc_of(2, Some(2));
+        let mut state = TpcState::Prepared;
+        let asked = d.awaiting(Decision::Commit);
+        let events = d.apply_acks(&mut state, Decision::Commit, &asked, vec![Outcome::Success("{}".into()), Outcome::Retry("down".into())]).unwrap();
+        assert_eq!(state, TpcState::Committing, "one acknowledged, one to ask again");
+        assert_eq!(kinds(&events), ["acknowledged", "decision_retry"]);
+        assert_eq!(d.awaiting(Decision::Commit), vec![1]);
+        let events = d.apply_acks(&mut state, Decision::Commit, &[1], vec![Outcome::Retry("down".into())]).unwrap();
+        assert_eq!(state, TpcState::Failed, "decision_max_attempts 2 spent");
+        assert_eq!(kinds(&events), ["decision_retry", "alert", "transaction_failed"]);
+        assert!(d.error.as_deref().unwrap().contains("p1 did not acknowledge commit"));
+
+        let mut d = doc_of(1, None);
+        let mut state = TpcState::Aborting;
+        let events = d.apply_acks(&mut state, Decision::Abort, &[0], vec![Outcome::Success("{}".into())]).unwrap();
+        assert_eq!((state, d.participants[0].state), (TpcState::Aborted, ParticipantState::Aborted));
+        assert_eq!(kinds(&events), ["acknowledged", "transaction_aborted"]);
+    }
 
     #[test]
     fn tpc_states_move_only_as_the_table_says() {
