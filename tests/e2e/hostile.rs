@@ -784,9 +784,9 @@ async fn the_audit_trail_records_what_was_done_once_it_was_done() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenants_memory_share_bounds_its_concurrent_calls() {
     use wasmtx::model::CallContext;
-    use wasmtx::plugin::{CallLimits, CallTags, HostConfig, HostShare, PluginHost, Registry};
+    use wasmtx::plugin::{CallLimits, CallTags, Catalog, HostConfig, HostShare, PluginHost};
     let host = PluginHost::new(HostConfig { max_concurrent_instances: 16, cache_dir: Some(wasmtx_testkit::compiled_cache_dir()), ..HostConfig::default() }).unwrap();
-    let registry = Registry::new(host.clone());
+    let registry = Catalog::in_memory(host.clone());
     let (scripted, _) = registry.add("t", "scripted", &plugin_bytes(plugins::SCRIPTED)).await.unwrap();
     // 32 MiB calls in a 64 MiB share: two at a time.
     host.set_share("small", HostShare { max_instances: None, max_memory_bytes: Some(64 << 20) });

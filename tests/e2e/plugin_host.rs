@@ -7,20 +7,28 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use wasmtx::model::{Availability, Candidate, CallContext, Consistency, Decision, Outcome, Pattern, Profile, Vote};
 use wasmtx::plugin::{
-    CallError, CallLimits, CallTags, Component, HostConfig, LoadError, LookupError, PluginHost, Registry,
+    CallError, CallLimits, CallTags, Catalog, CatalogError, Component, HostConfig, LoadError, LookupError, PluginHost,
 };
 use wasmtx_testkit::{plugin_bytes, plugins};
 
 const TENANT: &str = "default";
 
 /// One host per test binary: engines are process-wide in production too.
+/// The load error behind a catalog's refusal (what these tests provoke).
+fn load_error(e: CatalogError) -> LoadError {
+    match e {
+        CatalogError::Load(e) => e,
+        other => panic!("expected a load error, got {other}"),
+    }
+}
+
 fn host() -> PluginHost {
     static HOST: OnceLock<PluginHost> = OnceLock::new();
     HOST.get_or_init(|| PluginHost::new(HostConfig { cache_dir: Some(wasmtx_testkit::compiled_cache_dir()), ..HostConfig::default() }).expect("host")).clone()
 }
 
-async fn registered(name: &str, path: &str) -> (Registry, Arc<Component>) {
-    let registry = Registry::new(host());
+async fn registered(name: &str, path: &str) -> (Catalog, Arc<Component>) {
+    let registry = Catalog::in_memory(host());
     let (version, created) = registry.add(TENANT, name, &plugin_bytes(path)).await.expect("valid plugin");
     assert!(created);
     (registry, version.component.clone())
@@ -68,7 +76,7 @@ async fn exports_decide_the_roles_of_each_plugin() {
         ("scripted", plugins::SCRIPTED, &["step", "participant"]),
         ("cost-aware", plugins::COST_AWARE, &["policy"]),
     ];
-    let registry = Registry::new(host());
+    let registry = Catalog::in_memory(host());
     for (name, path, roles) in cases {
         let (v, _) = registry.add(TENANT, name, &plugin_bytes(path)).await.unwrap();
         assert_eq!(v.exports, roles, "{name}");
@@ -186,7 +194,7 @@ async fn a_memory_bomb_hits_the_cap() {
 async fn fuel_bounds_computation_when_metering_is_on() {
     let host = PluginHost::new(HostConfig { fuel_metering: true, max_concurrent_instances: 16, ..HostConfig::default() })
         .unwrap();
-    let registry = Registry::new(host.clone());
+    let registry = Catalog::in_memory(host.clone());
     let (v, _) = registry.add(TENANT, "scripted", &plugin_bytes(plugins::SCRIPTED)).await.unwrap();
     let limits = CallLimits { fuel: Some(5_000_000), ..CallLimits::default() };
     let err = host
@@ -268,7 +276,7 @@ fn wat(text: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn garbage_is_refused_with_a_reason() {
-    let registry = Registry::new(host());
+    let registry = Catalog::in_memory(host());
     let cases: Vec<(&str, Vec<u8>, fn(&LoadError) -> bool)> = vec![
         ("empty", vec![], |e| matches!(e, LoadError::Empty)),
         ("random bytes", (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect(), |e| {
@@ -298,27 +306,27 @@ async fn garbage_is_refused_with_a_reason() {
         ),
     ];
     for (what, bytes, expected) in cases {
-        let err = registry.add(TENANT, "garbage", &bytes).await.expect_err(what);
+        let err = registry.add(TENANT, "garbage", &bytes).await.map_err(load_error).expect_err(what);
         assert!(expected(&err), "{what}: unexpected error {err:?}");
         assert!(!err.to_string().is_empty());
     }
-    assert!(registry.versions(TENANT, "garbage").is_empty(), "nothing was registered");
+    assert!(registry.versions(TENANT, "garbage").await.unwrap().is_empty(), "nothing was registered");
 }
 
 #[tokio::test]
 async fn oversized_components_and_bad_names_are_refused() {
     let host = PluginHost::new(HostConfig { max_component_bytes: 1024, max_concurrent_instances: 16, ..HostConfig::default() })
         .unwrap();
-    let registry = Registry::new(host);
-    let err = registry.add(TENANT, "payment", &plugin_bytes(plugins::PAYMENT)).await.unwrap_err();
+    let registry = Catalog::in_memory(host);
+    let err = registry.add(TENANT, "payment", &plugin_bytes(plugins::PAYMENT)).await.map_err(load_error).unwrap_err();
     assert!(matches!(err, LoadError::TooLarge { limit: 1024, .. }), "{err:?}");
-    let err = Registry::new(self::host()).add(TENANT, "Bad Name", &plugin_bytes(plugins::PAYMENT)).await.unwrap_err();
+    let err = Catalog::in_memory(self::host()).add(TENANT, "Bad Name", &plugin_bytes(plugins::PAYMENT)).await.map_err(load_error).unwrap_err();
     assert!(matches!(err, LoadError::BadName(_)), "{err:?}");
 }
 
 #[tokio::test]
 async fn versions_are_numbered_and_identical_bytes_are_not_a_new_version() {
-    let registry = Registry::new(host());
+    let registry = Catalog::in_memory(host());
     let (v1, created) = registry.add(TENANT, "svc", &plugin_bytes(plugins::SHIPPING)).await.unwrap();
     assert!(created);
     let (again, created) = registry.add(TENANT, "svc", &plugin_bytes(plugins::SHIPPING)).await.unwrap();
@@ -327,20 +335,20 @@ async fn versions_are_numbered_and_identical_bytes_are_not_a_new_version() {
     let (v2, created) = registry.add(TENANT, "svc", &plugin_bytes(plugins::INVENTORY)).await.unwrap();
     assert!(created);
     assert_eq!(v2.version, 2);
-    assert_eq!(registry.resolve(TENANT, "svc").unwrap().version, 2);
-    assert_eq!(registry.resolve(TENANT, "svc@1").unwrap().digest, v1.digest);
-    assert!(matches!(registry.resolve(TENANT, "svc@3"), Err(LookupError::UnknownVersion { version: 3, .. })));
-    assert!(matches!(registry.resolve(TENANT, "nope"), Err(LookupError::UnknownPlugin(_))));
-    assert!(matches!(registry.resolve("other-tenant", "svc"), Err(LookupError::UnknownPlugin(_))));
-    assert_eq!(registry.versions(TENANT, "svc").len(), 2);
-    assert_eq!(registry.list(TENANT).len(), 1);
+    assert_eq!(registry.version(TENANT, "svc").await.unwrap().version, 2);
+    assert_eq!(registry.version(TENANT, "svc@1").await.unwrap().digest, v1.digest);
+    assert!(matches!(registry.version(TENANT, "svc@3").await, Err(CatalogError::Lookup(LookupError::UnknownVersion { version: 3, .. }))));
+    assert!(matches!(registry.version(TENANT, "nope").await, Err(CatalogError::Lookup(LookupError::UnknownPlugin(_)))));
+    assert!(matches!(registry.version("other-tenant", "svc").await, Err(CatalogError::Lookup(LookupError::UnknownPlugin(_)))));
+    assert_eq!(registry.versions(TENANT, "svc").await.unwrap().len(), 2);
+    assert_eq!(registry.list(TENANT).await.unwrap().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_swap_serves_new_calls_while_a_call_in_flight_finishes_on_its_version() {
-    let registry = Registry::new(host());
+    let registry = Catalog::in_memory(host());
     registry.add(TENANT, "svc", &plugin_bytes(plugins::SCRIPTED)).await.unwrap();
-    let v1 = registry.resolve(TENANT, "svc").unwrap();
+    let v1 = registry.version(TENANT, "svc").await.unwrap();
 
     let in_flight = {
         let component = v1.component.clone();
@@ -352,7 +360,7 @@ async fn hot_swap_serves_new_calls_while_a_call_in_flight_finishes_on_its_versio
     assert!(created && v2.version == 2);
     assert!(!in_flight.is_finished(), "the swap happened while the v1 call was running");
 
-    let newest = registry.resolve(TENANT, "svc").unwrap();
+    let newest = registry.version(TENANT, "svc").await.unwrap();
     assert_eq!(newest.version, 2);
     let out = success_json(execute(&newest.component, json!({"amount": 1}), &CallLimits::default()).await.unwrap());
     assert!(out.get("charge_id").is_some(), "new calls run v2 (payment): {out}");
@@ -386,7 +394,7 @@ async fn concurrent_calls_each_get_their_own_instance() {
 async fn compiled_components_are_cached_on_disk_by_digest_and_engine() {
     let dir = tempfile::tempdir().unwrap();
     let config = HostConfig { cache_dir: Some(dir.path().to_path_buf()), max_concurrent_instances: 16, ..HostConfig::default() };
-    let first = Registry::new(PluginHost::new(config.clone()).unwrap());
+    let first = Catalog::in_memory(PluginHost::new(config.clone()).unwrap());
     first.add(TENANT, "payment", &plugin_bytes(plugins::PAYMENT)).await.unwrap();
     let entries = || std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect::<Vec<_>>();
     assert_eq!(entries().len(), 1, "{:?}", entries());
@@ -394,7 +402,7 @@ async fn compiled_components_are_cached_on_disk_by_digest_and_engine() {
 
     // A new process (host) with the same cache directory loads the artifact and it works.
     let host = PluginHost::new(config).unwrap();
-    let second = Registry::new(host.clone());
+    let second = Catalog::in_memory(host.clone());
     let (v, _) = second.add(TENANT, "payment", &plugin_bytes(plugins::PAYMENT)).await.unwrap();
     assert_eq!(entries().len(), 1);
     let out = host.execute(&v.component, ctx("s", json!({"amount": 3})), &CallLimits::default(), CallTags::default()).await;
@@ -403,7 +411,7 @@ async fn compiled_components_are_cached_on_disk_by_digest_and_engine() {
     // A corrupt cache entry is ignored and replaced, not trusted.
     let path = dir.path().join(&entries()[0]);
     std::fs::write(&path, b"garbage").unwrap();
-    let third = Registry::new(PluginHost::new(HostConfig { cache_dir: Some(dir.path().into()), max_concurrent_instances: 16, ..HostConfig::default() }).unwrap());
+    let third = Catalog::in_memory(PluginHost::new(HostConfig { cache_dir: Some(dir.path().into()), max_concurrent_instances: 16, ..HostConfig::default() }).unwrap());
     third.add(TENANT, "payment", &plugin_bytes(plugins::PAYMENT)).await.unwrap();
     assert!(std::fs::read(&path).unwrap().len() > 1000);
 }

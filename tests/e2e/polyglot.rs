@@ -8,12 +8,20 @@ use std::sync::OnceLock;
 
 use serde_json::{Value, json};
 use wasmtx::model::{CallContext, Outcome, Vote};
-use wasmtx::plugin::{CallError, CallLimits, CallTags, HostConfig, LoadError, PluginHost, Registry, Role};
+use wasmtx::plugin::{CallError, CallLimits, CallTags, Catalog, CatalogError, HostConfig, LoadError, PluginHost, Role};
 use wasmtx::saga::{CreateSaga, SagaState, StepState};
 use wasmtx::tpc::{CreateTpc, Decision, ParticipantState, TpcState};
 use wasmtx_testkit::{plugin_bytes, plugins};
 
 use common::{Node, TENANT, node};
+
+/// The load error behind a catalog's refusal (what these tests provoke).
+fn load_error(e: CatalogError) -> LoadError {
+    match e {
+        CatalogError::Load(e) => e,
+        other => panic!("expected a load error, got {other}"),
+    }
+}
 
 fn host() -> PluginHost {
     static HOST: OnceLock<PluginHost> = OnceLock::new();
@@ -43,7 +51,7 @@ fn success(outcome: Outcome) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_step_reserves_retries_on_a_lock_conflict_and_releases() {
-    let registry = Registry::new(host());
+    let registry = Catalog::in_memory(host());
     let (v, _) = registry.add(TENANT, "inventory", &plugin_bytes(plugins::PYTHON_INVENTORY)).await.unwrap();
     let c = v.component.clone();
     assert_eq!(c.roles, [Role::Step]);
@@ -69,7 +77,7 @@ async fn the_python_step_reserves_retries_on_a_lock_conflict_and_releases() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_js_participant_votes_on_the_amount_against_its_threshold() {
-    let registry = Registry::new(host());
+    let registry = Catalog::in_memory(host());
     let (v, _) = registry.add(TENANT, "fraud-check", &plugin_bytes(plugins::JS_FRAUD_CHECK)).await.unwrap();
     let c = v.component.clone();
     assert_eq!(c.roles, [Role::Participant]);
@@ -90,7 +98,7 @@ async fn the_js_participant_votes_on_the_amount_against_its_threshold() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_exception_and_a_js_throw_reach_the_error_with_their_message() {
-    let registry = Registry::new(host());
+    let registry = Catalog::in_memory(host());
     let (py, _) = registry.add(TENANT, "inventory", &plugin_bytes(plugins::PYTHON_INVENTORY)).await.unwrap();
     let (js, _) = registry.add(TENANT, "fraud-check", &plugin_bytes(plugins::JS_FRAUD_CHECK)).await.unwrap();
     let (limits, tags) = (CallLimits::default(), CallTags::default());
@@ -116,8 +124,8 @@ async fn a_python_exception_and_a_js_throw_reach_the_error_with_their_message() 
 
 #[tokio::test]
 async fn a_component_built_against_a_stale_copy_of_the_wit_is_refused_naming_the_mismatch() {
-    let registry = Registry::new(host());
-    let err = registry.add(TENANT, "drifted", &plugin_bytes(plugins::DRIFTED_CONTRACT)).await.unwrap_err();
+    let registry = Catalog::in_memory(host());
+    let err = registry.add(TENANT, "drifted", &plugin_bytes(plugins::DRIFTED_CONTRACT)).await.map_err(load_error).unwrap_err();
     let LoadError::BadExport { role: "step", reason } = &err else { panic!("expected BadExport, got {err:?}") };
     let text = err.to_string();
     assert!(text.contains("`step` export does not match the contract"), "{text}");
@@ -126,7 +134,7 @@ async fn a_component_built_against_a_stale_copy_of_the_wit_is_refused_naming_the
         "the reason names the function and the missing field: {reason}"
     );
     assert!(reason.contains("rebuild it against wit/plugin.wit"), "{reason}");
-    assert!(registry.versions(TENANT, "drifted").is_empty());
+    assert!(registry.versions(TENANT, "drifted").await.unwrap().is_empty());
 }
 
 async fn polyglot_node(url: &str) -> Node {

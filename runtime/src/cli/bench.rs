@@ -9,7 +9,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use crate::model::{CallContext, Outcome, Vote};
-use crate::plugin::{CallLimits, CallTags, Component, HostConfig, PluginHost, Registry, Role};
+use crate::plugin::{CallLimits, CallTags, Catalog, Component, HostConfig, PluginHost, Role};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -285,14 +285,14 @@ async fn bench_plugin(
     eprintln!("loading {} (validate + compile)…", path.display());
     let first = PluginHost::new(config.clone()).map_err(anyhow::Error::from)?;
     let started = Instant::now();
-    Registry::new(first.clone()).add("bench", "bench", &bytes).await?;
+    Catalog::in_memory(first.clone()).add("bench", "bench", &bytes).await?;
     let first_load = started.elapsed();
     report.add("first_load_ms", round1(ms(first_load)), format!("{:.1} ms (validate + compile + write the cache)", ms(first_load)));
     drop(first);
 
     let host = PluginHost::new(config).map_err(anyhow::Error::from)?;
     let started = Instant::now();
-    let (plugin, _) = Registry::new(host.clone()).add("bench", "bench", &bytes).await?;
+    let (plugin, _) = Catalog::in_memory(host.clone()).add("bench", "bench", &bytes).await?;
     let cached_load = started.elapsed();
     let _ = std::fs::remove_dir_all(&cache);
     report.add("cached_load_ms", round1(ms(cached_load)), format!("{:.1} ms (validate + load compiled code from the cache)", ms(cached_load)));

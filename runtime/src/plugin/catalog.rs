@@ -1,6 +1,9 @@
-//! Plugin versions as the whole fleet sees them: names and numbered versions live in the
-//! store (so every coordinator on one database agrees), compiled components in the process's
-//! `ComponentCache`, fetched from the store by digest on first use.
+//! The plugin registry: names and numbered versions live in a `PluginStore` — the store, so
+//! every coordinator on one database agrees, or memory (`Catalog::in_memory`) where no
+//! database is wanted — compiled components in the process's `ComponentCache`, fetched from the
+//! store by digest on first use. Content-addressed: identical bytes are one version of a name
+//! and one compiled component however many names point at them; a new version is an atomic
+//! swap for new lookups, and a caller holding an older version keeps it.
 //!
 //! Lookups are cached: `name@version` forever (a version never changes), `name` — the newest
 //! version — for `LATEST_TTL`. A publish through this catalog takes effect here at once; one
@@ -10,8 +13,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{Component, ComponentCache, LoadError, LookupError, PluginRef, valid_name};
-use crate::store::{PluginRow, Store, StoreError, now_ms};
+use super::{Component, ComponentCache, LoadError, LookupError, PluginHost, PluginRef, valid_name};
+use crate::store::{PluginRow, PluginStore, Store, StoreError, now_ms};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -33,14 +36,63 @@ type Rows = HashMap<(String, String, Option<i64>), (PluginRow, Instant)>;
 
 #[derive(Clone)]
 pub struct Catalog {
-    store: Store,
+    store: Arc<dyn PluginStore>,
     cache: ComponentCache,
     rows: Arc<Mutex<Rows>>,
 }
 
+/// One version of a named plugin, with its compiled component.
+#[derive(Debug, Clone)]
+pub struct PluginVersion {
+    pub name: String,
+    pub version: i64,
+    pub digest: String,
+    pub exports: Vec<String>,
+    pub created_at_ms: i64,
+    pub component: Arc<Component>,
+}
+
+impl PluginVersion {
+    fn of(row: PluginRow, component: Arc<Component>) -> Self {
+        PluginVersion { name: row.name, version: row.version, digest: row.digest, exports: row.exports, created_at_ms: row.created_at_ms, component }
+    }
+}
+
 impl Catalog {
     pub fn new(store: Store, cache: ComponentCache) -> Self {
-        Catalog { store, cache, rows: Arc::default() }
+        Catalog { store: store.plugins(), cache, rows: Arc::default() }
+    }
+
+    /// A catalog whose versions live in this process only (benchmarks, tests of the host).
+    pub fn in_memory(host: PluginHost) -> Self {
+        let store: Arc<dyn PluginStore> = Arc::new(crate::store::memory::MemoryPlugins::default());
+        Catalog { store, cache: ComponentCache::new(host), rows: Arc::default() }
+    }
+
+    pub fn host(&self) -> &PluginHost {
+        self.cache.host()
+    }
+
+    /// `publish`, answering the version with its compiled component.
+    pub async fn add(&self, tenant: &str, name: &str, bytes: &[u8]) -> Result<(PluginVersion, bool), CatalogError> {
+        let (row, created, component) = self.publish_compiled(tenant, name, bytes).await?;
+        Ok((PluginVersion::of(row, component), created))
+    }
+
+    /// `resolve`, as one version with its compiled component.
+    pub async fn version(&self, tenant: &str, reference: &str) -> Result<PluginVersion, CatalogError> {
+        let (row, component) = self.resolve(tenant, reference).await?;
+        Ok(PluginVersion::of(row, component))
+    }
+
+    /// Every version of `name`, oldest first.
+    pub async fn versions(&self, tenant: &str, name: &str) -> Result<Vec<PluginRow>, CatalogError> {
+        Ok(self.store.plugin_versions(tenant, name).await?)
+    }
+
+    /// The newest version of each of `tenant`'s plugins, by name.
+    pub async fn list(&self, tenant: &str) -> Result<Vec<PluginRow>, CatalogError> {
+        Ok(self.store.latest_plugins(tenant).await?)
     }
 
     pub fn cache(&self) -> &ComponentCache {
@@ -50,14 +102,19 @@ impl Catalog {
     /// Validates `bytes` and records them as the next version of `name` (or returns the
     /// version that already has these bytes, with `false`).
     pub async fn publish(&self, tenant: &str, name: &str, bytes: &[u8]) -> Result<(PluginRow, bool), CatalogError> {
+        let (row, created, _) = self.publish_compiled(tenant, name, bytes).await?;
+        Ok((row, created))
+    }
+
+    async fn publish_compiled(&self, tenant: &str, name: &str, bytes: &[u8]) -> Result<(PluginRow, bool, Arc<Component>), CatalogError> {
         if !valid_name(name) {
             return Err(LoadError::BadName(name.to_string()).into());
         }
         let component = self.cache.load(bytes).await?;
         let exports = component.export_names();
-        let published = self.store.put_plugin(tenant, name, &component.digest, bytes, &exports, now_ms()).await?;
+        let (row, created) = self.store.put_plugin(tenant, name, &component.digest, bytes, &exports, now_ms()).await?;
         self.rows.lock().unwrap().remove(&(tenant.to_string(), name.to_string(), None));
-        Ok(published)
+        Ok((row, created, component))
     }
 
     /// The stored row of `name` (newest) or `name@version`, from memory when it may be.

@@ -9,13 +9,13 @@
 //!
 //! ```no_run
 //! # async fn demo(bytes: Vec<u8>) -> anyhow::Result<()> {
-//! use wasmtx::plugin::{CallLimits, CallTags, HostConfig, PluginHost, Registry};
+//! use wasmtx::plugin::{CallLimits, CallTags, Catalog, HostConfig, PluginHost};
 //! use wasmtx::model::CallContext;
 //!
 //! let host = PluginHost::new(HostConfig::default())?;
-//! let registry = Registry::new(host.clone());
-//! let (added, _new) = registry.add("default", "payment", &bytes).await?;
-//! let plugin = registry.resolve("default", "payment")?;
+//! let catalog = Catalog::in_memory(host.clone());
+//! let (added, _new) = catalog.add("default", "payment", &bytes).await?;
+//! let plugin = catalog.version("default", "payment").await?;
 //! let ctx = CallContext {
 //!     tenant: "default".into(), transaction_id: "t1".into(), step: "charge".into(),
 //!     action: "charge".into(), attempt: 1, idempotency_key: "t1/charge/execute".into(),
@@ -46,10 +46,10 @@ use crate::model::{CallContext, Decision, Outcome, Pattern, Profile, Vote};
 use bindings::{wit_host, wit_policy, wit_types};
 use sandbox::CallState;
 
-pub use catalog::{Catalog, CatalogError};
+pub use catalog::{Catalog, CatalogError, PluginVersion};
 pub use error::{CallError, LoadError, LookupError};
 pub use loader::{Component, Role, digest_of, digest_off_thread, inspect};
-pub use registry::{ComponentCache, PluginRef, PluginVersion, Registry, valid_name};
+pub use registry::{ComponentCache, PluginRef, valid_name};
 pub use sandbox::{CallTags, HttpGrant};
 
 /// How often the epoch advances; deadlines are enforced to this granularity.

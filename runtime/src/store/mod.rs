@@ -12,6 +12,7 @@
 //! anything, and no driver type leaves a backend's folder.
 
 pub(crate) mod commit;
+pub mod memory;
 pub mod sql;
 
 use std::sync::Arc;
@@ -304,6 +305,11 @@ impl Store {
     /// A store over another backend.
     pub fn new(backend: Arc<dyn Backend>) -> Store {
         Store(backend)
+    }
+
+    /// The plugin part of this store.
+    pub fn plugins(&self) -> Arc<dyn PluginStore> {
+        self.0.clone()
     }
 }
 
