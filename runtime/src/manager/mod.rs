@@ -19,7 +19,7 @@ use crate::saga::{CreateSaga, SagaEngine, SagaError, SagaState, StepSpec};
 use crate::txn::Transition;
 use crate::txn::core::{EngineCore, Kind};
 use crate::txn::journal::{Record, TxState};
-use crate::store::{Lease, NewEvent, Store, StoreError};
+use crate::store::{NewEvent, Store, StoreError};
 use crate::tpc::{CreateTpc, ParticipantSpec, TpcEngine, TpcError, TpcState};
 use select::{Capability, Selection};
 
@@ -659,14 +659,12 @@ impl Manager {
     /// Claims running managed transactions whose coordinator stopped renewing their lease
     /// and finishes them in the background. Returns how many.
     pub async fn recover_expired(&self, own: bool) -> Result<usize, ManagerError> {
-        let lease = Lease { owner: self.sagas.node_id().into(), until_ms: self.inner.now() + self.lease().as_millis() as i64 };
-        let claimed = self.inner.store.claim_expired(KIND, &["running"], &lease, self.inner.now(), 64, own).await?;
-        let n = claimed.len();
-        for row in claimed {
+        let (n, claimed) = self.inner.claim_expired::<Status, ManagedDoc>(MANAGED, &["running"], own).await?;
+        for m in claimed {
             let manager = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = manager.recover(&row.tenant, &row.id).await {
-                    tracing::warn!(transaction_id = %row.id, "recovering managed transaction failed: {e}");
+                if let Err(e) = manager.recover(&m.row.tenant, m.id()).await {
+                    tracing::warn!(transaction_id = %m.row.id, "recovering managed transaction failed: {e}");
                 }
             });
         }

@@ -26,7 +26,7 @@ pub use crate::model::Progress;
 use crate::model::RetryPolicy;
 use crate::participant::Invoker;
 use crate::plugin::Catalog;
-use crate::store::{EventRow, Lease, NewEvent, Store};
+use crate::store::{EventRow, NewEvent, Store};
 pub use state::{SagaDoc, SagaState, StepRecord, StepSpec, StepState};
 use state::{MAX_STEPS, check_dag};
 
@@ -349,18 +349,8 @@ impl SagaEngine {
     /// Claims running or compensating sagas whose lease expired (and, with `own`, those this
     /// node held before a restart) and drives them in the background. Returns how many.
     pub async fn recover_expired(&self, own: bool) -> Result<usize, SagaError> {
-        let lease = Lease { owner: self.node_id().into(), until_ms: self.inner.now() + self.inner.config.lease.as_millis() as i64 };
-        let claimed = self
-            .inner
-            .store
-            .claim_expired(KIND, &["running", "compensating"], &lease, self.inner.now(), 64, own)
-            .await?;
-        let n = claimed.len();
-        for row in claimed {
-            if self.is_driving(&row.id) {
-                continue;
-            }
-            let mut saga = Saga::from_row(row)?;
+        let (n, claimed) = self.inner.claim_expired::<SagaState, SagaDoc>(SAGAS, &["running", "compensating"], own).await?;
+        for mut saga in claimed {
             tracing::info!(saga_id = %saga.id(), state = saga.state.as_str(), "recovering saga");
             let event = NewEvent::new("saga_recovered", None, json!({ "owner": self.node_id() }));
             if self.persist(&mut saga, vec![event]).await.is_ok() {

@@ -26,7 +26,7 @@ use crate::model::{CallContext, Outcome, Progress, RetryPolicy, Vote};
 use crate::participant::{Invoker, Phase, Target};
 use crate::plugin::{Catalog, Role};
 use crate::txn::EngineConfig;
-use crate::store::{EventRow, Lease, NewEvent, Store};
+use crate::store::{EventRow, NewEvent, Store};
 pub use state::{Decision, ParticipantRecord, ParticipantSpec, ParticipantState, TpcDoc, TpcState};
 use state::{DEFAULT_PREPARE_TIMEOUT_MS, MAX_PARTICIPANTS};
 
@@ -275,15 +275,9 @@ impl TpcEngine {
 
     /// Claims transactions whose lease expired and drives them in the background.
     pub async fn recover_expired(&self, own: bool) -> Result<usize, TpcError> {
-        let lease = Lease { owner: self.node_id().into(), until_ms: self.inner.now() + self.inner.config.lease.as_millis() as i64 };
         let states = ["preparing", "prepared", "committing", "aborting"];
-        let claimed = self.inner.store.claim_expired(KIND, &states, &lease, self.inner.now(), 64, own).await?;
-        let n = claimed.len();
-        for row in claimed {
-            if self.inner.driving.contains(&row.id) {
-                continue;
-            }
-            let mut tx = Tpc::from_row(row)?;
+        let (n, claimed) = self.inner.claim_expired::<TpcState, TpcDoc>(TRANSACTIONS, &states, own).await?;
+        for mut tx in claimed {
             tracing::info!(transaction_id = %tx.id(), state = tx.state.as_str(), "recovering 2PC transaction");
             let mut events = vec![NewEvent::new("transaction_recovered", None, json!({"owner": self.node_id()}))];
             events.extend(presume_abort(&mut tx)?);

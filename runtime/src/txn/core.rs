@@ -93,6 +93,23 @@ impl EngineCore {
         Ok(self.store.events(id).await?)
     }
 
+    /// Claims up to 64 transactions of `kind` in `states` whose lease expired — with `own`,
+    /// also those this node held before it restarted — for this node; returns how many were
+    /// claimed and those this process is not driving already, to recover.
+    pub(crate) async fn claim_expired<S: TxState, D: Serialize + DeserializeOwned>(
+        &self,
+        kind: Kind,
+        states: &[&str],
+        own: bool,
+    ) -> Result<(usize, Vec<Record<S, D>>), TxError> {
+        let now = self.now();
+        let lease = crate::store::Lease { owner: self.config.node_id.clone(), until_ms: now + self.config.lease.as_millis() as i64 };
+        let claimed = self.store.claim_expired(kind.store, states, &lease, now, 64, own).await?;
+        let n = claimed.len();
+        let records = claimed.into_iter().filter(|row| !self.driving.contains(&row.id)).map(Record::from_row).collect::<Result<_, _>>()?;
+        Ok((n, records))
+    }
+
     /// Refuses a plugin reference that does not resolve, or whose component does not export
     /// `role`.
     pub(crate) async fn check_plugin(&self, tenant: &str, plugin: &str, role: Role) -> Result<(), TxError> {
