@@ -18,7 +18,7 @@ use crate::plugin::{Catalog, Role};
 use crate::saga::{CreateSaga, SagaEngine, SagaError, SagaState, StepSpec};
 use crate::txn::Transition;
 use crate::txn::core::{EngineCore, Kind};
-use crate::txn::journal::{Record, TxState};
+use crate::txn::journal::Record;
 use crate::store::{NewEvent, Store, StoreError};
 use crate::tpc::{CreateTpc, ParticipantSpec, TpcEngine, TpcError, TpcState};
 use select::{Capability, Selection};
@@ -204,17 +204,7 @@ pub enum Delegate {
     Tpc(crate::tpc::Tpc),
 }
 
-impl TxState for Status {
-    fn as_str(self) -> &'static str {
-        Status::as_str(self)
-    }
-    fn parse(s: &str) -> Option<Self> {
-        Status::parse(s)
-    }
-    fn is_terminal(self) -> bool {
-        Status::is_terminal(self)
-    }
-}
+crate::txn::tx_state!(Status);
 
 impl Managed {
     fn caps(&self) -> Vec<Capability> {

@@ -35,17 +35,7 @@ pub enum StepState {
     Uncertain,
 }
 
-impl crate::txn::journal::TxState for SagaState {
-    fn as_str(self) -> &'static str {
-        SagaState::as_str(self)
-    }
-    fn parse(s: &str) -> Option<Self> {
-        SagaState::parse(s)
-    }
-    fn is_terminal(self) -> bool {
-        SagaState::is_terminal(self)
-    }
-}
+crate::txn::tx_state!(SagaState);
 
 impl SagaState {
     pub fn as_str(self) -> &'static str {

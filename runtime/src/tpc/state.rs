@@ -22,17 +22,7 @@ pub enum TpcState {
     Failed,
 }
 
-impl crate::txn::journal::TxState for TpcState {
-    fn as_str(self) -> &'static str {
-        TpcState::as_str(self)
-    }
-    fn parse(s: &str) -> Option<Self> {
-        TpcState::parse(s)
-    }
-    fn is_terminal(self) -> bool {
-        TpcState::is_terminal(self)
-    }
-}
+crate::txn::tx_state!(TpcState);
 
 impl TpcState {
     pub fn as_str(self) -> &'static str {

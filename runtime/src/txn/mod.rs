@@ -7,6 +7,24 @@
 //! The protocols (`saga`, `tpc`, `manager`) build on this module; it knows none of them, and it
 //! never touches a driver (SQL, wasmtime, HTTP) directly.
 
+/// Implements [`TxState`] for a state enum from its own `as_str`, `parse` and `is_terminal`.
+macro_rules! tx_state {
+    ($state:ty) => {
+        impl $crate::txn::TxState for $state {
+            fn as_str(self) -> &'static str {
+                <$state>::as_str(self)
+            }
+            fn parse(s: &str) -> Option<Self> {
+                <$state>::parse(s)
+            }
+            fn is_terminal(self) -> bool {
+                <$state>::is_terminal(self)
+            }
+        }
+    };
+}
+pub(crate) use tx_state;
+
 mod clock;
 pub(crate) mod core;
 mod error;
