@@ -1,8 +1,11 @@
-//! The saga engine: forward steps in order, compensation of completed steps in reverse,
-//! retries with backoff, resume and recovery, on the durable store.
+//! The saga engine: steps in order or as a DAG (`depends_on`, up to `max_parallel` at once),
+//! compensation in reverse dependency order of what completed or may have (`uncertain`),
+//! retries with backoff, resume and recovery, on the durable store. `state.rs` decides (what
+//! may start, what may be undone, what an answer means); `drive.rs` persists, then acts.
 //!
 //! Every call to a participant is preceded by a committed record that explains it
-//! (`step_started`, `compensation_started`), and its answer is committed before the next call.
+//! (`step_started`, `compensation_started`), and its answer is committed before anything acts
+//! on it.
 //! A saga is driven by exactly one coordinator: the one holding its lease; every write is
 //! conditional on the revision it read, so a coordinator that lost its lease stops at its next
 //! write. This module must never touch sqlx, wasmtime or reqwest directly.
