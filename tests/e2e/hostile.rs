@@ -102,7 +102,7 @@ async fn tenant(server: &Server, id: &str, extra: Value) -> Caller {
 }
 
 fn database(url: &str) -> Option<&str> {
-    url.starts_with("postgres").then_some(url)
+    common::server_db(url)
 }
 
 /// An HTTP server that misbehaves on request, counting every call it gets:

@@ -245,7 +245,7 @@ async fn new_transaction(server: &Server, body: Value, participants: &[Value]) -
 
 on_every_store!(the_default_policy_hot_swaps_on_a_running_server, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), url.starts_with("postgres").then_some(url.as_str()), &[]).await;
+    let server = Server::start(dir.path(), common::server_db(&url), &[]).await;
     put_plugin(&server, "payment", plugins::PAYMENT).await;
     assert_eq!(put_plugin(&server, "house-policy", plugins::ALWAYS_SAGA).await["version"], 1);
     let r = client().put(format!("{}/v1/settings/default-policy", server.url)).json(&json!({"policy": "house-policy"})).send().await.unwrap();
@@ -287,9 +287,9 @@ on_every_store!(the_default_policy_hot_swaps_on_a_running_server, |url: String| 
     server.kill().await;
 });
 
-on_every_store!(a_managed_2pc_killed_during_prepare_is_recovered_to_aborted, |url: String| async move {
+on_every_durable_store!(a_managed_2pc_killed_during_prepare_is_recovered_to_aborted, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
-    let db = url.starts_with("postgres").then_some(url.as_str());
+    let db = common::server_db(&url);
     let mut script = Script::default();
     script.0.insert("prepare".into(), vec![Answer::Hang]);
     let stuck = HttpParticipant::start(script).await;

@@ -529,3 +529,29 @@ on_every_store!(dependencies_on_unknown_steps_or_in_a_cycle_are_refused, |url: S
     let req: CreateSaga = serde_json::from_value(json!({"saga_name": "x", "max_parallel": 0})).unwrap();
     assert!(n.sagas.create(TENANT, req).await.is_err(), "max_parallel 0");
 });
+
+on_every_store!(a_cancel_during_a_retry_wait_starts_no_new_attempt_and_undoes_the_step, |url: String| async move {
+    let n = with_plugins(&url).await;
+    let slow_retries = json!({"max_attempts": 5, "backoff": "fixed", "base_delay_ms": 800, "max_delay_ms": 800});
+    let req: CreateSaga = serde_json::from_value(json!({"saga_name": "cancelled", "retry_policy": slow_retries, "steps": [
+        {"name": "a", "plugin": "scripted"},
+        {"name": "b", "plugin": "scripted", "parameters": {"script": {"execute": {"do": "retry", "times": 10}}}}
+    ]})).unwrap();
+    let created = n.sagas.create(TENANT, req).await.unwrap();
+    let mut progress = n.sagas.subscribe();
+    n.sagas.execute(TENANT, created.id(), false).await.unwrap();
+    // Wait for b's first `retry` answer to be recorded, then cancel during the wait.
+    loop {
+        let p = progress.recv().await.unwrap();
+        if p.tx_id == created.id() && p.event.kind == "step_retry" {
+            break;
+        }
+    }
+    let done = n.sagas.cancel(TENANT, created.id()).await.unwrap();
+    assert_eq!(done.state, SagaState::Compensated, "{:?}", done.doc.error);
+    let b = &done.doc.steps[1];
+    assert_eq!(b.attempts, 1, "no attempt after the cancel");
+    assert_eq!((b.state, b.outcome_unknown), (StepState::Compensated, true), "its unclear first attempt is undone");
+    assert_eq!(done.doc.steps[0].state, StepState::Compensated);
+    assert_eq!(done.doc.error.as_deref(), Some("cancelled"));
+});

@@ -47,7 +47,7 @@ async fn raw(server: &Server, method: &str, path: &str, body: Vec<u8>) -> (Statu
 
 on_every_store!(the_http_api_runs_a_saga_end_to_end, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
-    let db = url.starts_with("postgres").then_some(url.as_str());
+    let db = common::server_db(&url);
     let server = Server::start(dir.path(), db, &[]).await;
     let (status, health) = get(&server, "/healthz").await;
     assert_eq!((status, health["status"].clone()), (StatusCode::OK, json!("ok")));
@@ -111,7 +111,7 @@ on_every_store!(the_http_api_runs_a_saga_end_to_end, |url: String| async move {
 
 on_every_store!(idempotency_keys_never_create_two_sagas, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), url.starts_with("postgres").then_some(url.as_str()), &[]).await;
+    let server = Server::start(dir.path(), common::server_db(&url), &[]).await;
     let create = |body: Value| {
         client().post(format!("{}/v1/sagas", server.url)).header("Idempotency-Key", "order-77").json(&body).send()
     };
@@ -126,7 +126,7 @@ on_every_store!(idempotency_keys_never_create_two_sagas, |url: String| async mov
     server.kill().await;
 });
 
-on_every_store!(an_idempotent_create_whose_answer_was_never_remembered_is_not_created_twice, |url: String| async move {
+on_every_durable_store!(an_idempotent_create_whose_answer_was_never_remembered_is_not_created_twice, |url: String| async move {
     // A coordinator that dies after committing the saga but before remembering its answer
     // leaves exactly this behind: the saga, and no idempotency record. (Found by
     // `wasmtx bench fleet`, which SIGKILLs a coordinator under load.)
@@ -156,7 +156,7 @@ on_every_store!(an_idempotent_create_whose_answer_was_never_remembered_is_not_cr
 
 on_every_store!(bad_input_gets_a_4xx_and_changes_nothing, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), url.starts_with("postgres").then_some(url.as_str()), &[]).await;
+    let server = Server::start(dir.path(), common::server_db(&url), &[]).await;
     push(&server, "payment", plugins::PAYMENT).await;
     let (_, created) = post(&server, "/v1/sagas", json!({"saga_name": "s"})).await;
     let id = created["saga_id"].as_str().unwrap().to_string();
@@ -244,9 +244,9 @@ fn hang_then_answer() -> Script {
     script
 }
 
-on_every_store!(a_server_killed_mid_step_finishes_the_saga_after_restart_without_rerunning_completed_steps, |url: String| async move {
+on_every_durable_store!(a_server_killed_mid_step_finishes_the_saga_after_restart_without_rerunning_completed_steps, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
-    let db = url.starts_with("postgres").then_some(url.as_str());
+    let db = common::server_db(&url);
     let http = HttpParticipant::start(hang_then_answer()).await;
     let server = Server::start(dir.path(), db, &["--lease-ms", "1000"]).await;
     let id = crash_saga(&server, &http).await;
@@ -354,7 +354,7 @@ async fn the_client_commands_talk_to_a_running_server() {
 
 on_every_store!(a_saga_can_be_created_with_its_steps_in_one_request, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), url.starts_with("postgres").then_some(url.as_str()), &[]).await;
+    let server = Server::start(dir.path(), common::server_db(&url), &[]).await;
     push(&server, "payment", plugins::PAYMENT).await;
     push(&server, "shipping", plugins::SHIPPING).await;
     let body = json!({"saga_name": "order", "context": {"amount": 5}, "steps": [
@@ -386,11 +386,11 @@ on_every_store!(a_saga_can_be_created_with_its_steps_in_one_request, |url: Strin
     server.kill().await;
 });
 
-on_every_store!(a_saga_created_with_execute_starts_in_the_create_write_and_survives_a_kill, |url: String| async move {
+on_every_durable_store!(a_saga_created_with_execute_starts_in_the_create_write_and_survives_a_kill, |url: String| async move {
     // `execute: true` on the create: the create's one write also starts the saga and its
     // first step, so a coordinator killed during that step leaves a record that explains it.
     let dir = tempfile::tempdir().unwrap();
-    let db = url.starts_with("postgres").then_some(url.as_str());
+    let db = common::server_db(&url);
     let mut script = Script::default();
     script.0.insert("first".into(), vec![Answer::Hang, Answer::Status(200, json!({"first": "done"}))]);
     let http = HttpParticipant::start(script).await;
@@ -420,7 +420,7 @@ on_every_store!(a_saga_created_with_execute_starts_in_the_create_write_and_survi
 
 on_every_store!(a_two_phase_commit_can_be_created_with_its_participants_in_one_request, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), url.starts_with("postgres").then_some(url.as_str()), &[]).await;
+    let server = Server::start(dir.path(), common::server_db(&url), &[]).await;
     push(&server, "ledger", plugins::LEDGER).await;
     push(&server, "shipping", plugins::SHIPPING).await;
     let body = json!({"transaction_name": "transfer", "context": {"amount": 5}, "participants": [
@@ -444,9 +444,9 @@ on_every_store!(a_two_phase_commit_can_be_created_with_its_participants_in_one_r
     server.kill().await;
 });
 
-on_every_store!(a_server_killed_with_three_branches_in_flight_finishes_them_after_restart, |url: String| async move {
+on_every_durable_store!(a_server_killed_with_three_branches_in_flight_finishes_them_after_restart, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
-    let db = url.starts_with("postgres").then_some(url.as_str());
+    let db = common::server_db(&url);
     let mut script = Script::default();
     for b in ["b", "c", "d"] {
         script.0.insert(format!("do_{b}"), vec![Answer::Hang, Answer::Status(200, json!({"branch": b}))]);

@@ -27,7 +27,7 @@ fn events(n: usize) -> Vec<NewEvent> {
     (0..n).map(|i| NewEvent::new(&format!("e{i}"), None, json!({ "i": i }))).collect()
 }
 
-on_every_store!(concurrent_writes_share_commits_and_keep_their_own_outcomes, |url: String| async move {
+on_every_durable_store!(concurrent_writes_share_commits_and_keep_their_own_outcomes, |url: String| async move {
     let store = Store::open(&url).await.unwrap();
     let ids: Vec<String> = (0..40).map(|i| format!("tx-{i}")).collect();
     let inserted = futures::future::join_all(ids.iter().map(|id| {
@@ -65,7 +65,7 @@ on_every_store!(concurrent_writes_share_commits_and_keep_their_own_outcomes, |ur
     assert!(store.get_tx("other-tenant", "saga", "tx-1").await.unwrap().is_none(), "reads stay per tenant");
 });
 
-on_every_store!(audit_entries_share_commits_with_transaction_writes, |url: String| async move {
+on_every_durable_store!(audit_entries_share_commits_with_transaction_writes, |url: String| async move {
     let store = Store::open(&url).await.unwrap();
     let writes = (0..20).map(|i| {
         let store = store.clone();
@@ -88,7 +88,7 @@ on_every_store!(audit_entries_share_commits_with_transaction_writes, |url: Strin
     assert!(store.audit_log("someone-else", 100).await.unwrap().is_empty());
 });
 
-on_every_store!(two_writers_of_one_revision_one_wins, |url: String| async move {
+on_every_durable_store!(two_writers_of_one_revision_one_wins, |url: String| async move {
     // Submitted together they can land in one batch; set-based statements must still apply
     // exactly one of them.
     let store = Store::open(&url).await.unwrap();
@@ -118,7 +118,7 @@ async fn an_in_memory_sqlite_database_is_refused_with_the_reason() {
     }
 }
 
-on_every_store!(history_written_as_event_rows_is_migrated_into_journal_entries, |url: String| async move {
+on_every_durable_store!(history_written_as_event_rows_is_migrated_into_journal_entries, |url: String| async move {
     // A database from before migration 7 kept one row per event; put such rows back, undo
     // the migration's record, and open the store again: the history reads as it was written.
     let store = Store::open(&url).await.unwrap();
@@ -157,7 +157,7 @@ on_every_store!(history_written_as_event_rows_is_migrated_into_journal_entries, 
     assert_eq!(kinds, [(1, "saga_created".into()), (2, "step_started".into()), (3, "e0".into()), (4, "e1".into())]);
 });
 
-on_every_store!(a_write_the_database_refuses_fails_alone_and_its_batch_neighbours_commit, |url: String| async move {
+on_every_durable_store!(a_write_the_database_refuses_fails_alone_and_its_batch_neighbours_commit, |url: String| async move {
     // Break one transaction's event numbering behind the store's back, so that its next write
     // collides with a journal entry it already has: the database refuses that batch, and the
     // committer must retry the writes one by one so that only the broken one fails.

@@ -70,7 +70,7 @@ async fn new_tenant(server: &Server, id: &str, limits: Value) -> (String, String
 
 on_every_store!(tenants_are_isolated_and_keys_are_checked, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
-    let db = url.starts_with("postgres").then_some(url.as_str());
+    let db = common::server_db(&url);
     let server = Server::start(dir.path(), db, &["--admin-token", ADMIN]).await;
     let anonymous = Caller { server: &server, key: None };
     let (status, body) = Caller { server: &server, key: Some("wrong".into()) }
@@ -173,7 +173,7 @@ on_every_store!(tenants_are_isolated_and_keys_are_checked, |url: String| async m
 
 on_every_store!(limits_touch_only_their_own_tenant, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
-    let db = url.starts_with("postgres").then_some(url.as_str());
+    let db = common::server_db(&url);
     let server = Server::start(dir.path(), db, &["--admin-token", ADMIN]).await;
     let (small_key, _) = new_tenant(
         &server,
@@ -285,7 +285,7 @@ async fn without_an_admin_token_the_admin_api_is_off_and_single_tenant_mode_need
 
 on_every_store!(plugins_reach_only_their_tenants_allowed_hosts, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
-    let db = url.starts_with("postgres").then_some(url.as_str());
+    let db = common::server_db(&url);
     let target = common::HttpParticipant::start(common::Script::default()).await;
     let host = target.url.trim_start_matches("http://").to_string();
     // The target listens on loopback, which tenants reach only when the operator allows it.
@@ -317,7 +317,7 @@ on_every_store!(plugins_reach_only_their_tenants_allowed_hosts, |url: String| as
 
 on_every_store!(fuel_and_body_limits_apply_per_tenant, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
-    let db = url.starts_with("postgres").then_some(url.as_str());
+    let db = common::server_db(&url);
     let server = Server::start(dir.path(), db, &["--admin-token", ADMIN, "--fuel-metering"]).await;
     let (key, _) = new_tenant(&server, "metered", json!({"fuel": 20000000, "max_body_bytes": 2000})).await;
     let metered = Caller { server: &server, key: Some(key) };

@@ -227,9 +227,9 @@ fn end_state(d: &Value) -> bool {
     matches!(d["state"].as_str(), Some("committed" | "aborted" | "failed"))
 }
 
-on_every_store!(a_server_killed_after_the_commit_decision_commits_everyone_after_restart, |url: String| async move {
+on_every_durable_store!(a_server_killed_after_the_commit_decision_commits_everyone_after_restart, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
-    let db = url.starts_with("postgres").then_some(url.as_str());
+    let db = common::server_db(&url);
     let mut script = Script::default();
     script.0.insert("prepare".into(), vec![Answer::Status(200, json!({"vote": "prepared"}))]);
     script.0.insert("commit".into(), vec![Answer::Hang, Answer::Status(200, json!({}))]);
@@ -252,9 +252,9 @@ on_every_store!(a_server_killed_after_the_commit_decision_commits_everyone_after
     restarted.kill().await;
 });
 
-on_every_store!(a_server_killed_during_prepare_aborts_everyone_after_restart, |url: String| async move {
+on_every_durable_store!(a_server_killed_during_prepare_aborts_everyone_after_restart, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
-    let db = url.starts_with("postgres").then_some(url.as_str());
+    let db = common::server_db(&url);
     let mut script = Script::default();
     script.0.insert("prepare".into(), vec![Answer::Hang]);
     let stuck = HttpParticipant::start(script).await;

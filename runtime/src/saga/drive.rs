@@ -108,28 +108,43 @@ impl SagaEngine {
                         }
                     }
                     if flight.busy.is_empty() {
-                        if stop.is_none() && saga.doc.steps.iter().all(|s| s.state == StepState::Completed) {
+                        // Every step done wins over a stop that came during the last call.
+                        if saga.doc.steps.iter().all(|s| s.state == StepState::Completed) {
                             saga.state.become_(SagaState::Completed)?;
                             self.finish(&mut saga, "saga_completed").await?;
                             break;
                         }
                         // A step failed, or the saga was cancelled or timed out: undo.
                         saga.state.become_(SagaState::Compensating)?;
-                        let detail = match (&stop, saga.doc.steps.iter().find(|s| matches!(s.state, StepState::Failed | StepState::Uncertain))) {
-                            (_, Some(failed)) => json!({ "failed_step": failed.spec.name }),
-                            (Some(reason), None) => {
-                                saga.doc.error = Some(reason.clone());
-                                json!({ "reason": reason })
-                            }
-                            (None, None) => json!({ "reason": "stopped" }),
-                        };
+                        let failed = saga.doc.steps.iter().find(|s| matches!(s.state, StepState::Failed | StepState::Uncertain));
+                        let mut detail = json!({});
+                        if let Some(failed) = failed {
+                            detail["failed_step"] = json!(failed.spec.name);
+                        }
+                        if let Some(reason) = &stop {
+                            detail["reason"] = json!(reason);
+                            saga.doc.error.get_or_insert_with(|| reason.clone());
+                        }
                         self.persist(&mut saga, vec![NewEvent::new("saga_compensating", None, detail)]).await?;
                         continue;
                     }
                     let done = flight.next().await;
-                    self.absorb_forward(&mut saga, done, stop.is_some(), &mut flight).await?;
+                    self.absorb_forward(&mut saga, done, cancel, &mut flight).await?;
                 }
                 SagaState::Compensating => {
+                    // A step started but not answered when the saga turned (its coordinator
+                    // died, or it was stopped): it may have done its work.
+                    let lost: Vec<usize> = (0..saga.doc.steps.len())
+                        .filter(|i| !flight.busy.contains(i) && saga.doc.steps[*i].state == StepState::Running)
+                        .collect();
+                    for i in lost {
+                        let step = &mut saga.doc.steps[i];
+                        step.state.become_(StepState::Uncertain)?;
+                        step.outcome_unknown = true;
+                        let detail = json!({ "attempt": step.attempts, "reason": "its call was not answered before the saga turned to compensating" });
+                        let event = NewEvent::new("step_uncertain", Some(&step.spec.name), detail);
+                        saga.defer(vec![event]);
+                    }
                     let ready = saga.doc.compensable(&flight.busy, room);
                     if !ready.is_empty() {
                         let mut events = Vec::with_capacity(ready.len());
@@ -161,11 +176,13 @@ impl SagaEngine {
         Ok(saga)
     }
 
-    /// Records a forward answer (or the end of a retry's wait). `stopping`: nothing new starts,
-    /// so a step due to retry is given up instead — its last answer was unclear.
-    async fn absorb_forward(&self, saga: &mut Saga, done: Done, stopping: bool, flight: &mut Flight) -> Result<(), SagaError> {
+    /// Records a forward answer (or the end of a retry's wait). Once the saga is stopping
+    /// (cancelled, timed out, a step failed), nothing new starts: a step due to retry is given
+    /// up instead, as `uncertain` — its last answer was unclear.
+    async fn absorb_forward(&self, saga: &mut Saga, done: Done, cancel: &AtomicBool, flight: &mut Flight) -> Result<(), SagaError> {
+        let stopping = self.should_stop(saga, cancel).is_some() || saga.doc.has_failed_step();
         let (i, attempt, outcome) = match done {
-            Done::Waited { i } if stopping || saga.doc.has_failed_step() => {
+            Done::Waited { i } if stopping => {
                 let step = &mut saga.doc.steps[i];
                 step.state.become_(StepState::Uncertain)?;
                 step.outcome_unknown = true;
@@ -196,7 +213,11 @@ impl SagaEngine {
         let policy = saga.doc.retry_policy.clone();
         let name = saga.doc.steps[i].spec.name.clone();
         let step = &mut saga.doc.steps[i];
-        match judge(outcome, attempt, allowed) {
+        let verdict = match judge(outcome, attempt, allowed) {
+            Verdict::RetryLater(reason) if stopping => Verdict::Uncertain(format!("not retried, the saga is stopping: {reason}")),
+            verdict => verdict,
+        };
+        match verdict {
             Verdict::Completed(output) => {
                 step.state.become_(StepState::Completed)?;
                 step.error = None;

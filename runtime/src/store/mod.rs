@@ -25,7 +25,7 @@ pub enum StoreError {
     /// The database failed or refused the operation (its own words).
     #[error("database error: {0}")]
     Database(String),
-    #[error("unsupported database URL {0:?}: use sqlite://PATH or postgres://…")]
+    #[error("unsupported database URL {0:?}: use sqlite://PATH, postgres://… or memory://")]
     UnsupportedUrl(String),
     /// The row changed since it was read (another writer, or the lease was taken over).
     #[error("{kind} {id} was changed concurrently")]
@@ -294,8 +294,13 @@ impl std::ops::Deref for Store {
 
 impl Store {
     /// Opens (creating if needed) and migrates the store at `url`: `sqlite://PATH` (created if
-    /// missing) or `postgres://…`.
+    /// missing), `postgres://…`, or `memory://[NAME]` (nothing kept when the process stops; within
+    /// one process every opening of the same NAME is the same store, and a bare `memory://` a
+    /// fresh one).
     pub async fn open(url: &str) -> Result<Store> {
+        if let Some(name) = url.strip_prefix("memory://") {
+            return Ok(Store(memory::MemoryStore::named(name)));
+        }
         if url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:") {
             return Ok(Store(Arc::new(sql::SqlStore::open(url).await?)));
         }

@@ -33,6 +33,7 @@ pub async fn fresh_store_url(kind: &str) -> (String, Option<tempfile::TempDir>) 
             (format!("sqlite://{}", dir.path().join("wasmtx.db").display()), Some(dir))
         }
         "postgres" => (fresh_postgres().await, None),
+        "memory" => (format!("memory://{}", uuid::Uuid::new_v4().simple()), None),
         other => panic!("unknown store kind {other}"),
     }
 }
@@ -97,8 +98,44 @@ macro_rules! on_every_store {
                 let (url, _guard) = $crate::common::fresh_store_url("postgres").await;
                 ($scenario)(url).await;
             }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                let (url, _guard) = $crate::common::fresh_store_url("memory").await;
+                ($scenario)(url).await;
+            }
         }
     };
+}
+
+/// `on_every_store!` for the stores that outlive a process: scenarios that restart a server
+/// or reopen a database.
+#[macro_export]
+macro_rules! on_every_durable_store {
+    ($name:ident, $scenario:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let (url, _guard) = $crate::common::fresh_store_url("sqlite").await;
+                ($scenario)(url).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let (url, _guard) = $crate::common::fresh_store_url("postgres").await;
+                ($scenario)(url).await;
+            }
+        }
+    };
+}
+
+/// What a test server is given as its database: nothing for SQLite (it keeps the file in its
+/// data directory), the URL otherwise.
+pub fn server_db(url: &str) -> Option<&str> {
+    (!url.starts_with("sqlite")).then_some(url)
 }
 
 /// What an HTTP participant should answer, per action, in order; the last answer repeats.
