@@ -86,24 +86,9 @@ macro_rules! on_every_store {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let (url, _guard) = $crate::common::fresh_store_url("sqlite").await;
-                ($scenario)(url).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let (url, _guard) = $crate::common::fresh_store_url("postgres").await;
-                ($scenario)(url).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn memory() {
-                let (url, _guard) = $crate::common::fresh_store_url("memory").await;
-                ($scenario)(url).await;
-            }
+            $crate::store_test!(sqlite, $scenario);
+            $crate::store_test!(postgres, $scenario);
+            $crate::store_test!(memory, $scenario);
         }
     };
 }
@@ -116,18 +101,20 @@ macro_rules! on_every_durable_store {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
+            $crate::store_test!(sqlite, $scenario);
+            $crate::store_test!(postgres, $scenario);
+        }
+    };
+}
 
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let (url, _guard) = $crate::common::fresh_store_url("sqlite").await;
-                ($scenario)(url).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let (url, _guard) = $crate::common::fresh_store_url("postgres").await;
-                ($scenario)(url).await;
-            }
+/// One test of `$scenario` on a fresh store of kind `$kind`.
+#[macro_export]
+macro_rules! store_test {
+    ($kind:ident, $scenario:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $kind() {
+            let (url, _guard) = $crate::common::fresh_store_url(stringify!($kind)).await;
+            ($scenario)(url).await;
         }
     };
 }
