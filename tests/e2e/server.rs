@@ -480,3 +480,44 @@ on_every_durable_store!(a_server_killed_with_three_branches_in_flight_finishes_t
     assert!(err["error"]["message"].as_str().unwrap().contains("\"y\""), "{err}");
     restarted.kill().await;
 });
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_sent_sigterm_finishes_its_calls_and_hands_its_sagas_to_another_at_once() {
+    let db = fresh_postgres().await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut script = Script::default();
+    script.0.insert("slow".into(), vec![Answer::Late(1500, 200, json!({"slow": "done"}))]);
+    let http = HttpParticipant::start(script).await;
+    // Leases of ten minutes: only a hand-back lets the other coordinator in within the test.
+    let mut a = Server::start(dir_a.path(), Some(&db), &["--lease-ms", "600000"]).await;
+    let b = Server::start(dir_b.path(), Some(&db), &["--lease-ms", "600000"]).await;
+    let steps = json!([{"name": "slow", "endpoint": http.url, "action": "slow"}, {"name": "after", "endpoint": http.url, "action": "after"}]);
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let (status, created) = post(&a, "/v1/sagas", json!({"saga_name": "term", "steps": steps, "execute": true})).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        ids.push(created["saga_id"].as_str().unwrap().to_string());
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while http.calls_to("slow").len() < 5 {
+        assert!(tokio::time::Instant::now() < deadline, "the slow steps never all started");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let pid = a.child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let exited = a.child.wait().await.unwrap();
+    assert!(exited.success(), "a SIGTERM ends the coordinator with status 0: {exited}");
+    for id in &ids {
+        let doc = wait_until(&format!("{}/v1/sagas/{id}", b.url), "the saga to finish", |d| d["state"] == "completed").await;
+        assert_eq!(doc["steps"][0]["attempts"], 1, "the call in flight at the SIGTERM was answered and recorded");
+        let (_, history) = get(&b, &format!("/v1/sagas/{id}/history")).await;
+        let kinds: Vec<&str> = history["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+        let released = kinds.iter().position(|k| *k == "saga_released").expect("handed back");
+        let recovered = kinds.iter().position(|k| *k == "saga_recovered").expect("taken over");
+        let completed = kinds.iter().position(|k| *k == "step_completed").unwrap();
+        assert!(completed < released && released < recovered, "{kinds:?}");
+    }
+    assert_eq!(http.calls_to("slow").len(), 5, "no completed step ran again");
+    assert_eq!(http.calls_to("after").len(), 5);
+    b.kill().await;
+}

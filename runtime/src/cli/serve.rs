@@ -42,6 +42,10 @@ pub struct ServeArgs {
     /// `request_timeout` (a transaction it started keeps running; GET it to follow it).
     #[arg(long, env = "WASMTX_REQUEST_TIMEOUT_MS", default_value_t = 300_000)]
     pub request_timeout_ms: u64,
+    /// On SIGTERM or Ctrl-C: how long calls in flight may take to be answered and recorded
+    /// before their transactions are handed back and the process exits (0).
+    #[arg(long, env = "WASMTX_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
+    pub shutdown_grace_ms: u64,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -213,11 +217,45 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         crate::api::deadline,
     ));
     let limits = Connections { max: max_connections, header_timeout: Duration::from_millis(args.header_timeout_ms.max(1)) };
-    serve_connections(listener, app, limits, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await;
+    let connections = serve_connections(listener, app, limits, shutdown_signal()).await;
+    // Shutting down: no new requests; no more claims; the engines finish the calls in flight,
+    // record them and hand their transactions back, within the grace period.
+    let grace = Duration::from_millis(args.shutdown_grace_ms);
+    let deadline = tokio::time::Instant::now() + grace;
+    tracing::info!("shutting down: finishing the calls in flight (grace {} ms)", grace.as_millis());
+    drop(_recovery);
+    node.sagas.drain();
+    node.tpc.drain();
+    let handed_back = tokio::time::timeout_at(deadline, async { tokio::join!(node.sagas.idle(), node.tpc.idle()) }).await;
+    // Answers to requests still open (an execute waiting for its saga) go out before exiting.
+    let _ = tokio::time::timeout_at(deadline, connections.closed()).await;
+    match handed_back {
+        Ok(_) => tracing::info!("every transaction driven here was handed back"),
+        Err(_) => tracing::warn!("the grace period ended with calls in flight; their leases will expire"),
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// The connections still open once the server stopped accepting.
+struct Open {
+    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    max: u32,
+}
+
+impl Open {
+    /// Waits until every connection has closed.
+    async fn closed(&self) {
+        let _all = self.slots.acquire_many(self.max).await;
+    }
 }
 
 /// How the server treats connections.
@@ -234,9 +272,10 @@ async fn serve_connections(
     app: axum::Router,
     limits: Connections,
     shutdown: impl std::future::Future<Output = ()>,
-) {
+) -> Open {
     use hyper_util::rt::{TokioIo, TokioTimer};
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(limits.max.max(1)));
+    let max = limits.max.max(1);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -282,6 +321,7 @@ async fn serve_connections(
         });
     }
     let _ = stop_tx.send(true);
+    Open { slots, max: max as u32 }
 }
 
 /// How long an answer may wait for a client that does not read it.

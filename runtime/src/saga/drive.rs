@@ -93,10 +93,19 @@ impl SagaEngine {
         }
         loop {
             let room = saga.doc.max_parallel().saturating_sub(flight.busy.len());
+            // Shutting down: nothing new starts; once the calls in flight are answered (and
+            // their outcomes written), the saga is handed back for another coordinator.
+            let draining = self.inner.driving.is_draining();
+            if draining && flight.busy.is_empty() && matches!(saga.state, SagaState::Running | SagaState::Compensating)
+                && !(saga.state == SagaState::Running && saga.doc.steps.iter().all(|s| s.state == StepState::Completed))
+            {
+                self.release(&mut saga).await?;
+                break;
+            }
             match saga.state {
                 SagaState::Running => {
                     let stop = self.should_stop(&saga, cancel);
-                    if stop.is_none() && !saga.doc.has_failed_step() {
+                    if !draining && stop.is_none() && !saga.doc.has_failed_step() {
                         let ready = saga.doc.startable(&flight.busy, room);
                         if !ready.is_empty() {
                             let events = begin_steps(&mut saga, &ready)?;
@@ -145,7 +154,7 @@ impl SagaEngine {
                         let event = NewEvent::new("step_uncertain", Some(&step.spec.name), detail);
                         saga.defer(vec![event]);
                     }
-                    let ready = saga.doc.compensable(&flight.busy, room);
+                    let ready = if draining { Vec::new() } else { saga.doc.compensable(&flight.busy, room) };
                     if !ready.is_empty() {
                         let mut events = Vec::with_capacity(ready.len());
                         for &i in &ready {
@@ -182,6 +191,8 @@ impl SagaEngine {
     async fn absorb_forward(&self, saga: &mut Saga, done: Done, cancel: &AtomicBool, flight: &mut Flight) -> Result<(), SagaError> {
         let stopping = self.should_stop(saga, cancel).is_some() || saga.doc.has_failed_step();
         let (i, attempt, outcome) = match done {
+            // Shutting down: the next attempt is the next owner's.
+            Done::Waited { .. } if self.inner.driving.is_draining() => return Ok(()),
             Done::Waited { i } if stopping => {
                 let step = &mut saga.doc.steps[i];
                 step.state.become_(StepState::Uncertain)?;
@@ -260,6 +271,7 @@ impl SagaEngine {
     /// Records a compensation's answer (or the end of its retry's wait).
     async fn absorb_compensation(&self, saga: &mut Saga, done: Done, flight: &mut Flight) -> Result<(), SagaError> {
         let (i, attempt, outcome) = match done {
+            Done::Waited { .. } if self.inner.driving.is_draining() => return Ok(()),
             Done::Waited { i } => {
                 let step = &mut saga.doc.steps[i];
                 step.compensation_attempts += 1;
@@ -339,6 +351,14 @@ impl SagaEngine {
         }
         let (Some(timeout), Some(started)) = (saga.doc.timeout_ms, saga.doc.started_at_ms) else { return None };
         (self.inner.now() - started > timeout as i64).then(|| format!("saga timed out after {timeout} ms"))
+    }
+
+    /// Hands the saga back (this process is shutting down): no owner, no lease, so another
+    /// coordinator claims it at once instead of after the lease would have expired.
+    async fn release(&self, saga: &mut Saga) -> Result<(), SagaError> {
+        saga.row.owner = None;
+        saga.row.lease_until_ms = 0;
+        self.persist(saga, vec![NewEvent::new("saga_released", None, json!({ "by": self.node_id() }))]).await
     }
 
     async fn finish(&self, saga: &mut Saga, kind: &str) -> Result<(), SagaError> {

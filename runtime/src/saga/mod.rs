@@ -99,6 +99,17 @@ impl SagaEngine {
         self.inner.check_endpoint(tenant, endpoint).map_err(SagaError::EndpointRefused)
     }
 
+    /// Shutting down: start nothing new, let the calls in flight be answered and recorded,
+    /// then hand every transaction driven here back to the fleet.
+    pub fn drain(&self) {
+        self.inner.drain();
+    }
+
+    /// Waits until this engine drives nothing any more.
+    pub async fn idle(&self) {
+        self.inner.driving.idle().await;
+    }
+
     pub fn node_id(&self) -> &str {
         &self.inner.config.node_id
     }

@@ -84,6 +84,17 @@ impl TpcEngine {
         TpcEngine { inner: EngineCore::new(store, catalog, invoker, config) }
     }
 
+    /// Shutting down: start nothing new, let the calls in flight be answered and recorded,
+    /// then hand every transaction driven here back to the fleet.
+    pub fn drain(&self) {
+        self.inner.drain();
+    }
+
+    /// Waits until this engine drives nothing any more.
+    pub async fn idle(&self) {
+        self.inner.driving.idle().await;
+    }
+
     pub fn node_id(&self) -> &str {
         &self.inner.config.node_id
     }
@@ -325,6 +336,13 @@ impl TpcEngine {
         let Some(decision) = tx.doc.decision else { return Ok(tx) };
         let mut round: u32 = 0;
         while !tx.state.is_terminal() {
+            // Shutting down: the decision is durable; the next owner sends it on, at once.
+            if self.inner.driving.is_draining() {
+                tx.row.owner = None;
+                tx.row.lease_until_ms = 0;
+                self.persist(&mut tx, vec![NewEvent::new("transaction_released", None, json!({"by": self.node_id()}))]).await?;
+                return Ok(tx);
+            }
             round += 1;
             self.decision_round(&mut tx, decision).await?;
             if !tx.state.is_terminal() {

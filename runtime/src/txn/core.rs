@@ -54,6 +54,12 @@ impl EngineCore {
         Arc::new(EngineCore { store, catalog, invoker, config, journal, driving: Arc::default() })
     }
 
+    /// Stops starting work and hands each driven transaction back once its calls in flight
+    /// are answered (shutdown).
+    pub(crate) fn drain(&self) {
+        self.driving.drain();
+    }
+
     /// Now, by the engine's clock.
     pub(crate) fn now(&self) -> i64 {
         self.config.clock.now_ms()

@@ -55,7 +55,14 @@ where
 /// The transactions this process is driving, each with a "stop requested" flag (cancel for a
 /// saga, abort for 2PC) that its driver checks between steps.
 #[derive(Default)]
-pub struct Drivers(std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<std::sync::atomic::AtomicBool>>>);
+pub struct Drivers {
+    driven: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<std::sync::atomic::AtomicBool>>>,
+    /// Set when the process shuts down: drivers start nothing new, finish their calls, record
+    /// the outcomes and hand their transactions back.
+    draining: std::sync::atomic::AtomicBool,
+    /// Told whenever a driver ends.
+    ended: tokio::sync::Notify,
+}
 
 /// Unregisters a driven transaction when its driver ends, however it ends.
 pub struct Driving {
@@ -66,18 +73,39 @@ pub struct Driving {
 
 impl Drop for Driving {
     fn drop(&mut self) {
-        self.drivers.0.lock().unwrap().remove(&self.id);
+        self.drivers.driven.lock().unwrap().remove(&self.id);
+        self.drivers.ended.notify_waiters();
     }
 }
 
 impl Drivers {
+    /// Starts draining (see `draining`).
+    pub fn drain(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until no transaction is driven here any more.
+    pub async fn idle(&self) {
+        loop {
+            let ended = self.ended.notified();
+            if self.driven.lock().unwrap().is_empty() {
+                return;
+            }
+            ended.await;
+        }
+    }
+
     pub fn contains(&self, id: &str) -> bool {
-        self.0.lock().unwrap().contains_key(id)
+        self.driven.lock().unwrap().contains_key(id)
     }
 
     /// Asks the driver of `id` to stop; false if this process is not driving it.
     pub fn request_stop(&self, id: &str) -> bool {
-        match self.0.lock().unwrap().get(id) {
+        match self.driven.lock().unwrap().get(id) {
             Some(flag) => {
                 flag.store(true, std::sync::atomic::Ordering::SeqCst);
                 true
@@ -88,7 +116,7 @@ impl Drivers {
 
     /// Registers `id` as driven here; `None` if it already is.
     pub fn register(self: &std::sync::Arc<Self>, id: &str) -> Option<Driving> {
-        let mut map = self.0.lock().unwrap();
+        let mut map = self.driven.lock().unwrap();
         if map.contains_key(id) {
             return None;
         }
