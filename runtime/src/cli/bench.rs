@@ -45,6 +45,9 @@ pub enum BenchCommand {
     /// then checks that every transaction ended, decisions were taken once, no two coordinators
     /// drove one transaction at a time and no completed step ran again. Exits 1 if a check fails.
     Fleet(super::fleet::FleetArgs),
+    /// Transactions through the HTTP API of a `wasmtx serve` (started here, or `--server`),
+    /// as users send them; with the server's CPU time per transaction.
+    Api(super::api_bench::ApiArgs),
     /// Durable 2PC transactions of Rust `ledger` participants end to end, on a store.
     #[command(name = "2pc")]
     Tpc {
@@ -96,6 +99,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
         BenchCommand::Tpc { participants, load } => {
             bench_transactions(&mut report, Scenario::Tpc { participants }, load).await?
         }
+        BenchCommand::Api(args) => super::api_bench::bench_api(&mut report, args).await?,
         BenchCommand::Fleet(args) => {
             let passed = super::fleet::bench_fleet(&mut report, args).await?;
             report.finish()?;

@@ -1,6 +1,7 @@
 //! The `wasmtx` command line: argument parsing and the glue from commands to the library.
 //! Commands print human-readable progress to stderr and results to stdout.
 
+mod api_bench;
 mod bench;
 mod client;
 mod fleet;
