@@ -27,7 +27,7 @@ impl FromRequestParts<AppState> for Tenant {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let store = &state.inner.store;
-        if !store.has_tenants().await? {
+        if !state.has_tenants().await? {
             if !state.inner.single_tenant {
                 return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,

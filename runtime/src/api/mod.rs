@@ -42,6 +42,9 @@ pub struct AppState {
 struct Shared {
     admin_token: Option<String>,
     single_tenant: bool,
+    /// Set once a tenant is seen to exist; tenants are never deleted, so from then on no
+    /// request asks the store again.
+    tenants_exist: std::sync::atomic::AtomicBool,
     invoker: Invoker,
     /// Limits of the tenants seen so far (they do not change after creation).
     limits: std::sync::RwLock<std::collections::HashMap<String, auth::TenantLimits>>,
@@ -76,6 +79,7 @@ impl AppState {
             inner: Arc::new(Shared {
                 admin_token: s.admin_token.filter(|t| !t.is_empty()),
                 single_tenant: s.single_tenant,
+                tenants_exist: std::sync::atomic::AtomicBool::new(false),
                 invoker: s.invoker,
                 limits: Default::default(),
                 admissions: Default::default(),
@@ -109,6 +113,20 @@ impl AppState {
         self.inner.invoker.host().set_share(tenant, limits.share());
         self.inner.limits.write().unwrap().insert(tenant.to_string(), limits.clone());
         Ok(limits)
+    }
+
+    /// Whether any tenant exists (then every request needs a key): asked of the store until
+    /// the answer is yes, remembered after.
+    async fn has_tenants(&self) -> Result<bool, ApiError> {
+        use std::sync::atomic::Ordering;
+        if self.inner.tenants_exist.load(Ordering::Relaxed) {
+            return Ok(true);
+        }
+        let exist = self.inner.store.has_tenants().await?;
+        if exist {
+            self.inner.tenants_exist.store(true, Ordering::Relaxed);
+        }
+        Ok(exist)
     }
 
     /// Loads the limits of every tenant not loaded yet, so work recovered here (at start-up,
