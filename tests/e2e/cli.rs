@@ -87,7 +87,7 @@ fn log_format_json_writes_one_json_object_per_line() {
 #[test]
 fn bench_api_drives_a_server_of_its_own_in_every_mode() {
     let plugin_dir = std::path::Path::new(plugins::PAYMENT).parent().unwrap().to_str().unwrap().to_string();
-    for mode in ["saga", "http-saga", "2pc", "managed"] {
+    for mode in ["saga", "saga-one", "http-saga", "2pc", "managed"] {
         let out = wasmtx(&["bench", "--json", "api", "--mode", mode, "--count", "12", "--concurrency", "3", "--plugin-dir", &plugin_dir]);
         assert!(out.status.success(), "{mode}: {}", String::from_utf8_lossy(&out.stderr));
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

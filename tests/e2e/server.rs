@@ -521,3 +521,17 @@ async fn a_coordinator_sent_sigterm_finishes_its_calls_and_hands_its_sagas_to_an
     assert_eq!(http.calls_to("after").len(), 5);
     b.kill().await;
 }
+
+on_every_store!(a_saga_can_be_created_started_and_awaited_in_one_request, |url: String| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), common::server_db(&url), &[]).await;
+    push(&server, "payment", plugins::PAYMENT).await;
+    let steps = json!([{"name": "charge", "plugin": "payment"}, {"name": "again", "plugin": "payment"}]);
+    let (status, doc) = post(&server, "/v1/sagas", json!({"saga_name": "one", "context": {"amount": 3}, "steps": steps, "execute": true, "wait": true})).await;
+    assert_eq!(status, StatusCode::CREATED, "{doc}");
+    assert_eq!((doc["state"].clone(), doc["status"].clone()), (json!("completed"), json!("success")), "{doc}");
+    assert_eq!(doc["steps"][1]["state"], "completed");
+    let (status, err) = post(&server, "/v1/sagas", json!({"saga_name": "no", "wait": true})).await;
+    assert_eq!((status, err["error"]["code"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("invalid_request")), "{err}");
+    server.kill().await;
+});

@@ -468,6 +468,10 @@ async fn create_saga(
 ) -> Result<Response, ApiError> {
     idempotent_create(&s, "sagas", &tenant, &actor, &headers, body, |s, tenant, bytes, id| async move {
         let req: CreateSaga = parse_bytes(&bytes)?;
+        // A create that also starts the saga is an execution, counted like one; with `wait`
+        // the answer is the ended saga's document (the wait is outside the admission).
+        let (starts, waits) = (req.execute, req.execute && req.wait);
+        let mut ended = waits.then(|| s.inner.sagas.subscribe());
         let create = {
             let (s, tenant) = (s.clone(), tenant.clone());
             async move {
@@ -477,12 +481,35 @@ async fn create_saga(
                 })
             }
         };
-        // A create that also starts the saga is an execution, counted like one.
-        let starts = serde_json::from_slice::<Value>(&bytes).ok().and_then(|v| v.get("execute")?.as_bool()) == Some(true);
         let saga = if starts { s.execution(&tenant, Admit::UntilDone, None, create).await? } else { create.await? };
+        if let Some(progress) = ended.as_mut() {
+            let saga = until_ended(&s, progress, &tenant, saga).await?;
+            return Ok(saga.document());
+        }
         Ok(json!({"status": "success", "saga_id": saga.id(), "state": saga.state.as_str()}))
     })
     .await
+}
+
+/// `saga` once it has ended (announced on `progress`, subscribed before it started).
+async fn until_ended(s: &AppState, progress: &mut broadcast::Receiver<Progress>, tenant: &str, saga: crate::saga::Saga) -> Result<crate::saga::Saga, ApiError> {
+    if saga.state.is_terminal() {
+        return Ok(saga);
+    }
+    loop {
+        match progress.recv().await {
+            Ok(p) if p.tx_id == saga.id() && p.terminal => break,
+            Ok(_) => {}
+            // Missed announcements: the store says whether it ended meanwhile.
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                if s.inner.sagas.get(tenant, saga.id()).await?.state.is_terminal() {
+                    break;
+                }
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        }
+    }
+    Ok(s.inner.sagas.get(tenant, saga.id()).await?)
 }
 
 /// Runs `create` once per `Idempotency-Key`: the same key and body answer the first

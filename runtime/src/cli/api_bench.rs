@@ -18,6 +18,7 @@ use super::report::{Report, percentile, round1, round2};
 #[derive(clap::Args)]
 pub struct ApiArgs {
     /// What one transaction is: `saga` (create with 3 plugin steps, then execute and wait),
+    /// `saga-one` (one request: create with its steps, `execute` and `wait`),
     /// `http-saga` (the same with 3 HTTP-participant steps served by this process), `2pc`
     /// (create with 3 plugin participants, then execute), `managed` (create, add 3
     /// participants, execute).
@@ -43,6 +44,7 @@ pub struct ApiArgs {
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
     Saga,
+    SagaOne,
     HttpSaga,
     #[value(name = "2pc")]
     Tpc,
@@ -53,6 +55,7 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Saga => "sagas of 3 plugin steps (create, then execute with wait)",
+            Mode::SagaOne => "sagas of 3 plugin steps (one request: create with execute and wait)",
             Mode::HttpSaga => "sagas of 3 HTTP-participant steps (create, then execute with wait)",
             Mode::Tpc => "2PC transactions of 3 plugin participants (create, then execute)",
             Mode::Managed => "managed transactions of 3 participants (create, 3 adds, execute)",
@@ -158,6 +161,11 @@ async fn one(client: &reqwest::Client, url: &str, mode: Mode, participant: Optio
     };
     let context = json!({"amount": 10, "quantity": 1});
     match mode {
+        Mode::SagaOne => {
+            let steps: Vec<Value> = ["payment", "inventory", "shipping"].iter().map(|p| json!({"name": p, "plugin": p})).collect();
+            let doc = post("/v1/sagas".into(), json!({"saga_name": "bench", "context": context, "steps": steps, "execute": true, "wait": true})).await?;
+            anyhow::ensure!(doc["state"] == "completed", "saga {} ended {}", doc["saga_id"], doc["state"]);
+        }
         Mode::Saga | Mode::HttpSaga => {
             let steps: Vec<Value> = ["payment", "inventory", "shipping"]
                 .iter()

@@ -167,6 +167,7 @@ impl Scenario {
                     steps: Some(steps),
                     execute: true,
                     max_parallel: None,
+                    wait: false,
                 };
                 // Created and started in one write (the `execute` extension of the create).
                 let end = node.sagas.run(tenant, req).await?;

@@ -225,7 +225,7 @@ async fn run_saga(node: Node, spec: SagaSpec, started: Instant) -> anyhow::Resul
     let tenant = crate::api_tenant();
     let saga = node
         .sagas
-        .create(tenant, CreateSaga { max_parallel: None, saga_name: spec.saga_name, context: spec.context, timeout_ms: spec.timeout_ms, retry_policy: spec.retry_policy, steps: None, execute: false })
+        .create(tenant, CreateSaga { max_parallel: None, wait: false, saga_name: spec.saga_name, context: spec.context, timeout_ms: spec.timeout_ms, retry_policy: spec.retry_policy, steps: None, execute: false })
         .await?;
     for step in spec.steps {
         node.sagas.add_step(tenant, saga.id(), step).await?;

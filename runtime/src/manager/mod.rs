@@ -488,6 +488,7 @@ impl Manager {
                     steps: Some(steps),
                     execute: false,
                     max_parallel: None,
+                    wait: false,
                 };
                 let saga = self.sagas.create(tenant, req).await?;
                 Ok(saga.id().to_string())

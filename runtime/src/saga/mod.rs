@@ -67,6 +67,10 @@ pub struct CreateSaga {
     /// Extension: steps of a DAG saga running at once, at most (default 8).
     #[serde(default)]
     pub max_parallel: Option<usize>,
+    /// Extension, with `execute`: answer once the saga has ended, with its document (one
+    /// request for the whole saga). The engine ignores it; the API waits.
+    #[serde(default)]
+    pub wait: bool,
 }
 
 /// A saga as loaded from the store.
@@ -153,6 +157,9 @@ impl SagaEngine {
         }
         let retry_policy = req.retry_policy.unwrap_or_default();
         retry_policy.validate().map_err(SagaError::Invalid)?;
+        if req.wait && !req.execute {
+            return Err(SagaError::Invalid("wait needs execute: true (a saga that is not started has no end to wait for)".into()));
+        }
         if req.max_parallel.is_some_and(|n| !(1..=MAX_STEPS).contains(&n)) {
             return Err(SagaError::Invalid(format!("max_parallel must be between 1 and {MAX_STEPS}")));
         }
