@@ -511,6 +511,11 @@ on_every_store!(max_concurrent_counts_every_running_transaction, |url: String| a
     assert_eq!(one.post(&format!("/v1/sagas/{busy}/execute"), json!({"wait": false})).await.0, StatusCode::ACCEPTED);
     let (status, err) = one.post(&format!("/v1/sagas/{failing}/resume"), json!({})).await;
     assert_eq!((status, err["error"]["code"].clone()), (StatusCode::TOO_MANY_REQUESTS, json!("too_many_executions")), "{err}");
+    // A create that waits for its saga's end is counted, and answers the ended saga.
+    one.saga_until(&busy, |d| d["state"] != "running").await;
+    let quick = json!([{"name": "quick", "plugin": "scripted"}]);
+    let (status, doc) = one.post("/v1/sagas", json!({"saga_name": "s", "steps": quick, "execute": true, "wait": true})).await;
+    assert_eq!((status, doc["state"].clone()), (StatusCode::CREATED, json!("completed")), "{doc}");
     server.kill().await;
 });
 

@@ -467,11 +467,16 @@ async fn create_saga(
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     idempotent_create(&s, "sagas", &tenant, &actor, &headers, body, |s, tenant, bytes, id| async move {
-        let req: CreateSaga = parse_bytes(&bytes)?;
+        let mut req: CreateSaga = parse_bytes(&bytes)?;
         // A create that also starts the saga is an execution, counted like one; with `wait`
-        // the answer is the ended saga's document (the wait is outside the admission).
+        // the answer is the ended saga's document. The engine waits for its own driver, unless
+        // the tenant's executions are counted: then the wait is outside the admission.
         let (starts, waits) = (req.execute, req.execute && req.wait);
-        let mut ended = waits.then(|| s.inner.sagas.subscribe());
+        let counted = s.inner.limits.read().unwrap().get(&tenant).is_some_and(|l| l.max_concurrent.is_some());
+        let mut ended = (waits && counted).then(|| s.inner.sagas.subscribe());
+        if counted {
+            req.wait = false;
+        }
         let create = {
             let (s, tenant) = (s.clone(), tenant.clone());
             async move {
@@ -484,6 +489,9 @@ async fn create_saga(
         let saga = if starts { s.execution(&tenant, Admit::UntilDone, None, create).await? } else { create.await? };
         if let Some(progress) = ended.as_mut() {
             let saga = until_ended(&s, progress, &tenant, saga).await?;
+            return Ok(saga.document());
+        }
+        if waits {
             return Ok(saga.document());
         }
         Ok(json!({"status": "success", "saga_id": saga.id(), "state": saga.state.as_str()}))

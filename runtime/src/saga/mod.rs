@@ -68,7 +68,7 @@ pub struct CreateSaga {
     #[serde(default)]
     pub max_parallel: Option<usize>,
     /// Extension, with `execute`: answer once the saga has ended, with its document (one
-    /// request for the whole saga). The engine ignores it; the API waits.
+    /// request for the whole saga); `create_with_id` then returns the ended saga.
     #[serde(default)]
     pub wait: bool,
 }
@@ -135,7 +135,8 @@ impl SagaEngine {
     /// retried request finds what the first one created); `Conflict` if that id exists.
     /// With `req.execute`, the saga is running (in the background) when this returns.
     pub async fn create_with_id(&self, tenant: &str, req: CreateSaga, id: Option<uuid::Uuid>) -> Result<Saga, SagaError> {
-        self.create_inner(tenant, req, id, false).await
+        let wait = req.wait;
+        self.create_inner(tenant, req, id, wait).await
     }
 
     /// Creates a saga and runs it to its end state: one durable write creates and starts it
