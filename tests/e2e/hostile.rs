@@ -846,3 +846,26 @@ async fn a_request_past_its_deadline_is_answered_and_its_saga_keeps_running() {
     assert_eq!(doc["state"], "completed", "{doc}");
     server.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_never_finishes_gets_408_and_a_client_that_never_reads_is_disconnected() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None, &["--body-timeout-ms", "300", "--write-stall-ms", "300"]).await;
+    let addr = server.url.trim_start_matches("http://").to_string();
+    // Headers promise 100 bytes; 10 arrive.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"POST /v1/sagas HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"saga_na").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), slow.read_to_end(&mut answer)).await.expect("answered").unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("request_timeout"), "{answer}");
+    // Requests pipelined without ever reading an answer: once the answers fill the socket, the
+    // server's writes stall and it closes the connection, which fails the writer.
+    let mut greedy = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let requests = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".repeat(400_000);
+    let wrote = tokio::time::timeout(Duration::from_secs(60), greedy.write_all(&requests)).await.expect("the server closed the connection");
+    assert!(wrote.is_err(), "the server disconnected a client that does not read");
+    let (status, _) = Caller::anonymous(&server).get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    server.kill().await;
+}

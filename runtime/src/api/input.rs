@@ -28,6 +28,17 @@ pub const MAX_HEADER_BYTES: usize = 32 << 10;
 /// Longest request URI accepted.
 pub const MAX_URI_BYTES: usize = 8 << 10;
 
+/// How long a body may take to arrive, when the server sets another than
+/// `BODY_READ_TIMEOUT` (`serve --body-timeout-ms`).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimeout(pub Duration);
+
+/// Leaves `BodyTimeout(limit)` in every request.
+pub async fn body_timeout(axum::extract::State(limit): axum::extract::State<Duration>, mut req: Request, next: Next) -> Response {
+    req.extensions_mut().insert(BodyTimeout(limit));
+    next.run(req).await
+}
+
 /// The tenant's own cap on JSON bodies, left in the request by the `Tenant` extractor.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct TenantBodyCap(pub usize);
@@ -78,7 +89,8 @@ async fn read_body(req: Request, cap: usize) -> Result<Bytes, ApiError> {
     if declared.is_some_and(|length| length > (cap + DRAIN_BEYOND_CAP) as u64) {
         return Err(too_large());
     }
-    let deadline = tokio::time::Instant::now() + BODY_READ_TIMEOUT;
+    let timeout = req.extensions().get::<BodyTimeout>().map_or(BODY_READ_TIMEOUT, |t| t.0);
+    let deadline = tokio::time::Instant::now() + timeout;
     let mut body = req.into_body();
     let mut kept = bytes::BytesMut::new();
     let mut total = 0usize;
@@ -88,7 +100,7 @@ async fn read_body(req: Request, cap: usize) -> Result<Bytes, ApiError> {
                 return Err(ApiError::new(
                     StatusCode::REQUEST_TIMEOUT,
                     "request_timeout",
-                    format!("the body did not arrive within {} s", BODY_READ_TIMEOUT.as_secs()),
+                    format!("the body did not arrive within {} ms", timeout.as_millis()),
                 ));
             }
             Ok(None) => break,

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 pub use error::ApiError;
-pub use input::{BODY_READ_TIMEOUT, MAX_COMPONENT_BODY, MAX_HEADER_BYTES, MAX_JSON_BODY, MAX_URI_BYTES};
+pub use input::{BODY_READ_TIMEOUT, BodyTimeout, MAX_COMPONENT_BODY, MAX_HEADER_BYTES, MAX_JSON_BODY, MAX_URI_BYTES, body_timeout};
 use input::{Id, JsonBody, UploadBody};
 
 use crate::participant::Invoker;

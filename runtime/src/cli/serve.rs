@@ -46,6 +46,13 @@ pub struct ServeArgs {
     /// before their transactions are handed back and the process exits (0).
     #[arg(long, env = "WASMTX_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
     pub shutdown_grace_ms: u64,
+    /// A request's body must arrive within this many ms of its headers (else 408).
+    #[arg(long, env = "WASMTX_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub body_timeout_ms: u64,
+    /// An answer may wait this many ms for a client that does not read it; then the
+    /// connection is closed.
+    #[arg(long, env = "WASMTX_WRITE_STALL_MS", default_value_t = 30_000)]
+    pub write_stall_ms: u64,
     #[command(flatten)]
     pub node: NodeArgs,
 }
@@ -212,11 +219,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let max_connections = fit_connections(args.max_connections);
     // Tests and scripts read this line to find the port.
     println!("wasmtx listening on http://{addr} (node {})", node.sagas.node_id());
-    let app = router(state).layer(axum::middleware::from_fn_with_state(
-        Duration::from_millis(args.request_timeout_ms.max(1)),
-        crate::api::deadline,
-    ));
-    let limits = Connections { max: max_connections, header_timeout: Duration::from_millis(args.header_timeout_ms.max(1)) };
+    let app = router(state)
+        .layer(axum::middleware::from_fn_with_state(Duration::from_millis(args.request_timeout_ms.max(1)), crate::api::deadline))
+        .layer(axum::middleware::from_fn_with_state(Duration::from_millis(args.body_timeout_ms.max(1)), crate::api::body_timeout));
+    let limits = Connections {
+        max: max_connections,
+        header_timeout: Duration::from_millis(args.header_timeout_ms.max(1)),
+        write_stall: Duration::from_millis(args.write_stall_ms.max(1)),
+    };
     let connections = serve_connections(listener, app, limits, shutdown_signal()).await;
     // Shutting down: no new requests; no more claims; the engines finish the calls in flight,
     // record them and hand their transactions back, within the grace period.
@@ -262,6 +272,7 @@ impl Open {
 struct Connections {
     max: usize,
     header_timeout: Duration,
+    write_stall: Duration,
 }
 
 /// Accepts connections while fewer than `limits.max` are open, each served by hyper with a
@@ -305,7 +316,7 @@ async fn serve_connections(
         };
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let stream = Stalling { io: stream, stall: WRITE_STALL, timer: None };
+        let stream = Stalling { io: stream, stall: limits.write_stall, timer: None };
         let connection = http.serve_connection(TokioIo::new(stream), service).with_upgrades();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
@@ -323,9 +334,6 @@ async fn serve_connections(
     let _ = stop_tx.send(true);
     Open { slots, max: max as u32 }
 }
-
-/// How long an answer may wait for a client that does not read it.
-const WRITE_STALL: Duration = Duration::from_secs(30);
 
 /// A connection whose writes must make progress: a client that stops reading its answers
 /// (pipelining requests it never reads) is disconnected after `stall` instead of holding its
