@@ -535,3 +535,30 @@ on_every_store!(a_saga_can_be_created_started_and_awaited_in_one_request, |url: 
     assert_eq!((status, err["error"]["code"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("invalid_request")), "{err}");
     server.kill().await;
 });
+
+on_every_store!(two_phase_commits_can_be_listed_by_state_and_documents_carry_their_times, |url: String| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), common::server_db(&url), &[]).await;
+    push(&server, "ledger", plugins::LEDGER).await;
+    let participants = json!([{"participant_id": "bank", "plugin": "ledger"}]);
+    let (_, a) = post(&server, "/v1/2pc", json!({"transaction_name": "a", "context": {"amount": 5}, "participants": participants})).await;
+    let (_, b) = post(&server, "/v1/2pc", json!({"transaction_name": "b", "context": {"amount": 5}, "participants": participants})).await;
+    let a = a["transaction_id"].as_str().unwrap();
+    let (_, done) = post(&server, &format!("/v1/2pc/{a}/execute"), json!({})).await;
+    assert_eq!(done["state"], "committed", "{done}");
+    assert!(done["started_at"].is_string() && done["ended_at"].is_string() && done["duration_ms"].as_i64().unwrap() >= 0, "{done}");
+    let (status, all) = get(&server, "/v1/2pc").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(all["transactions"].as_array().unwrap().len(), 2);
+    let (_, committed) = get(&server, "/v1/2pc?state=committed").await;
+    let ids: Vec<&str> = committed["transactions"].as_array().unwrap().iter().map(|t| t["transaction_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [a]);
+    let (_, init) = get(&server, "/v1/2pc?state=init&limit=1").await;
+    assert_eq!(init["transactions"][0]["transaction_id"], b["transaction_id"]);
+    assert!(init["transactions"][0].get("started_at").is_none(), "not started yet");
+    let (status, err) = get(&server, "/v1/2pc?state=bogus").await;
+    assert_eq!((status, err["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!("invalid_query")));
+    let (_, saga) = post(&server, "/v1/sagas", json!({"saga_name": "s", "execute": true, "wait": true})).await;
+    assert!(saga["started_at"].is_string() && saga["ended_at"].is_string() && saga["duration_ms"].is_i64(), "{saga}");
+    server.kill().await;
+});

@@ -288,7 +288,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sagas/{id}/resume", post(resume_saga))
         .route("/v1/sagas/{id}/cancel", post(cancel_saga))
         .route("/v1/sagas/{id}/history", get(saga_history))
-        .route("/v1/2pc", post(create_tpc))
+        .route("/v1/2pc", post(create_tpc).get(list_tpc))
         .route("/v1/2pc/{id}", get(get_tpc))
         .route("/v1/2pc/{id}/participants", post(add_participant))
         .route("/v1/2pc/{id}/execute", post(execute_tpc))
@@ -686,18 +686,33 @@ async fn list_sagas(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
-    let state = match q.state.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(SagaState::parse(s).ok_or_else(|| {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("unknown state {s:?}"))
-        })?),
-    };
+    let state = state_query::<SagaState>(q.state.as_deref())?;
     let limit = parse_limit(q.limit.as_deref())?;
     let sagas = s.inner.sagas.list(&tenant, state, limit).await?;
     Ok(Json(json!({ "sagas": sagas.iter().map(|s| s.document()).collect::<Vec<_>>() })))
 }
 
+/// `state` of a list query: none, or one of the protocol's states (400 otherwise).
+fn state_query<S: crate::txn::TxState>(state: Option<&str>) -> Result<Option<S>, ApiError> {
+    match state {
+        None | Some("") => Ok(None),
+        Some(s) => S::parse(s).map(Some).ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("unknown state {s:?}"))),
+    }
+}
+
 // ---- two-phase commit ----
+
+async fn list_tpc(
+    State(s): State<AppState>,
+    Tenant(tenant, _actor): Tenant,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let state = state_query::<crate::tpc::TpcState>(q.state.as_deref())?;
+    let limit = parse_limit(q.limit.as_deref())?;
+    let txs = s.inner.tpc.list(&tenant, state, limit).await?;
+    Ok(Json(json!({ "transactions": txs.iter().map(|t| t.document()).collect::<Vec<_>>() })))
+}
 
 async fn create_tpc(
     State(s): State<AppState>,

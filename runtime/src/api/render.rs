@@ -33,7 +33,21 @@ impl Saga {
         if let Some(e) = &self.doc.error {
             doc["error"] = json!(e);
         }
+        times(&mut doc, self.doc.started_at_ms, self.state.is_terminal().then_some(self.row.updated_at_ms));
         doc
+    }
+}
+
+/// When a transaction started and ended, and how long it took, where known.
+fn times(doc: &mut Value, started: Option<i64>, ended: Option<i64>) {
+    if let Some(s) = started {
+        doc["started_at"] = json!(rfc3339(s));
+    }
+    if let Some(e) = ended {
+        doc["ended_at"] = json!(rfc3339(e));
+    }
+    if let (Some(s), Some(e)) = (started, ended) {
+        doc["duration_ms"] = json!(e - s);
     }
 }
 
@@ -87,6 +101,7 @@ impl Tpc {
         if let Some(e) = &self.doc.error {
             doc["error"] = json!(e);
         }
+        times(&mut doc, self.doc.started_at_ms, self.state.is_terminal().then_some(self.row.updated_at_ms));
         doc
     }
 }

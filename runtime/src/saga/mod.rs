@@ -200,8 +200,7 @@ impl SagaEngine {
     }
 
     pub async fn list(&self, tenant: &str, state: Option<SagaState>, limit: i64) -> Result<Vec<Saga>, SagaError> {
-        let rows = self.inner.store.list_tx(tenant, KIND, state.map(SagaState::as_str), limit).await?;
-        Ok(rows.into_iter().map(Saga::from_row).collect::<Result<_, _>>()?)
+        self.inner.list(tenant, SAGAS, state, limit).await
     }
 
     pub async fn history(&self, tenant: &str, id: &str) -> Result<Vec<EventRow>, SagaError> {

@@ -128,6 +128,7 @@ impl TpcEngine {
             prepare_timeout_ms,
             retry_policy,
             decision_max_attempts: req.decision_max_attempts,
+            started_at_ms: None,
         };
         let mut events = vec![NewEvent::new("transaction_created", None, json!({"transaction_name": req.transaction_name}))];
         for spec in req.participants.unwrap_or_default() {
@@ -144,6 +145,11 @@ impl TpcEngine {
 
     pub async fn get(&self, tenant: &str, id: &str) -> Result<Tpc, TpcError> {
         self.inner.get(tenant, TRANSACTIONS, id).await
+    }
+
+    /// `tenant`'s 2PC transactions (in `state`), newest first, at most `limit`.
+    pub async fn list(&self, tenant: &str, state: Option<TpcState>, limit: i64) -> Result<Vec<Tpc>, TpcError> {
+        self.inner.list(tenant, TRANSACTIONS, state, limit).await
     }
 
     pub async fn history(&self, tenant: &str, id: &str) -> Result<Vec<EventRow>, TpcError> {
@@ -218,6 +224,7 @@ impl TpcEngine {
             }
         }
         tx.state.become_(TpcState::Preparing)?;
+        tx.doc.started_at_ms = Some(self.inner.now());
         tx.row.owner = Some(self.node_id().into());
         self.persist(&mut tx, vec![NewEvent::new("prepare_started", None, json!({"owner": self.node_id()}))]).await?;
         Ok(tx)

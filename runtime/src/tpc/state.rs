@@ -169,6 +169,9 @@ pub struct TpcDoc {
     /// alert; `None`: retry until acknowledged (the transaction stays committing/aborting).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decision_max_attempts: Option<u32>,
+    /// When prepare began (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<i64>,
 }
 
 impl TpcDoc {
@@ -302,6 +305,7 @@ mod tests {
             error: None,
             retry_policy: RetryPolicy::default(),
             decision_max_attempts: max,
+            started_at_ms: None,
         }
     }
 

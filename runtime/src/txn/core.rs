@@ -76,6 +76,18 @@ impl EngineCore {
         Ok(Record::from_row(row)?)
     }
 
+    /// `tenant`'s transactions of `kind` (in `state`), newest first, at most `limit`.
+    pub(crate) async fn list<S: TxState, D: Serialize + DeserializeOwned>(
+        &self,
+        tenant: &str,
+        kind: Kind,
+        state: Option<S>,
+        limit: i64,
+    ) -> Result<Vec<Record<S, D>>, TxError> {
+        let rows = self.store.list_tx(tenant, kind.store, state.map(S::as_str), limit).await?;
+        Ok(rows.into_iter().map(Record::from_row).collect::<Result<_, _>>()?)
+    }
+
     /// Transaction `id` to change: as this node last wrote it when it has it (and `cached`),
     /// else as stored.
     pub(crate) async fn get_for_update<S: TxState, D: Serialize + DeserializeOwned>(
