@@ -62,6 +62,9 @@ on_every_store!(the_seed_examples_pick_their_patterns_and_report_one_document, |
     assert_eq!(doc["participants"][0]["state"], "completed");
     assert!(doc["execution_time_ms"].as_i64().is_some());
     assert_eq!(doc["requirements"], json!({"consistency": "eventual", "availability": "high", "timeout_ms": 300000}));
+    assert_eq!((doc["coordinator_status"]["kind"].clone(), doc["coordinator_status"]["state"].clone()), (json!("saga"), json!("completed")), "{doc}");
+    assert_eq!(doc["coordinator_status"]["id"], doc["delegate_id"]);
+    assert!(doc["started_at"].is_string() && doc["ended_at"].is_string() && doc["duration_ms"] == doc["execution_time_ms"], "{doc}");
     // Financial transfer: immediate, all 2PC → two_phase_commit.
     let transfer = managed(&n, json!({"requirements": {"consistency": "immediate"}}), vec![
         json!({"participant_id": "debit", "plugin": "ledger"}),
@@ -70,6 +73,7 @@ on_every_store!(the_seed_examples_pick_their_patterns_and_report_one_document, |
     let doc = run(&n, &transfer, None).await;
     assert_eq!((doc["selected_pattern"].clone(), doc["transaction_status"].clone()), (json!("two_phase_commit"), json!("committed")), "{doc}");
     assert_eq!(doc["participants"][1]["vote"], "prepared");
+    assert_eq!((doc["coordinator_status"]["kind"].clone(), doc["coordinator_status"]["state"].clone()), (json!("2pc"), json!("committed")), "{doc}");
     // Cross-system integration with a legacy mainframe (no 2PC), strong consistency → saga.
     let integration = managed(&n, json!({"requirements": {"consistency": "strong", "availability": "low"}}), vec![
         json!({"participant_id": "crm", "plugin": "payment"}),

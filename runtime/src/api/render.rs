@@ -197,5 +197,16 @@ fn managed(view: &ManagedView) -> Value {
             doc[k] = v;
         }
     }
+    // The delegate, as its own engine has it now.
+    let delegate = match &view.delegate {
+        Some(Delegate::Saga(saga)) => Some(("saga", saga.row.id.as_str(), saga.state.as_str())),
+        Some(Delegate::Tpc(tx)) => Some(("2pc", tx.row.id.as_str(), tx.state.as_str())),
+        None => None,
+    };
+    if let Some((kind, id, state)) = delegate {
+        doc["coordinator_status"] = json!({"kind": kind, "id": id, "state": state});
+    }
+    let ended = view.status.is_terminal().then(|| m.doc.started_at_ms.zip(m.doc.execution_time_ms).map(|(s, d)| s + d)).flatten();
+    times(&mut doc, m.doc.started_at_ms, ended);
     doc
 }
