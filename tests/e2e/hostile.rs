@@ -21,56 +21,25 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wasmtx_testkit::{plugin_bytes, plugins};
 
-use common::{Server, client};
+use common::{Caller, Server, client};
 
 const ADMIN: &str = "admin-secret-for-hostile-tests";
 
-/// Talks to a server as one tenant (or as the admin, or anonymously).
-struct Caller {
-    url: String,
-    key: Option<String>,
+fn anonymous(server: &Server) -> Caller {
+    Caller::new(server, None)
 }
 
-impl Caller {
-    fn anonymous(server: &Server) -> Caller {
-        Caller { url: server.url.clone(), key: None }
-    }
+fn admin(server: &Server) -> Caller {
+    Caller::new(server, Some(ADMIN.into()))
+}
 
-    fn admin(server: &Server) -> Caller {
-        Caller { url: server.url.clone(), key: Some(ADMIN.into()) }
-    }
+/// What these tests do as a caller beyond requests.
+trait Sagas {
+    async fn saga(&self, steps: Value) -> String;
+    async fn saga_until(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value;
+}
 
-    async fn send(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut r = client().request(method.parse().unwrap(), format!("{}{path}", self.url));
-        if let Some(key) = &self.key {
-            r = r.bearer_auth(key);
-        }
-        if let Some(body) = body {
-            r = r.json(&body);
-        }
-        let r = r.send().await.unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.send("POST", path, Some(body)).await
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.send("GET", path, None).await
-    }
-
-    async fn push(&self, name: &str, path: &str) -> (StatusCode, Value) {
-        let mut r = client().put(format!("{}/v1/plugins/{name}", self.url)).body(plugin_bytes(path));
-        if let Some(key) = &self.key {
-            r = r.bearer_auth(key);
-        }
-        let r = r.send().await.unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
+impl Sagas for Caller {
     /// Creates a saga with `steps` in one request; returns its id.
     async fn saga(&self, steps: Value) -> String {
         let (status, created) = self.post("/v1/sagas", json!({"saga_name": "s", "steps": steps})).await;
@@ -96,9 +65,9 @@ impl Caller {
 async fn tenant(server: &Server, id: &str, extra: Value) -> Caller {
     let mut body = json!({"tenant_id": id});
     body.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
-    let (status, created) = Caller::admin(server).post("/v1/admin/tenants", body).await;
+    let (status, created) = admin(server).post("/v1/admin/tenants", body).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
-    Caller { url: server.url.clone(), key: Some(created["api_key"].as_str().unwrap().into()) }
+    Caller::new(server, Some(created["api_key"].as_str().unwrap().into()))
 }
 
 fn database(url: &str) -> Option<&str> {
@@ -245,7 +214,7 @@ async fn redirects_are_answers_and_never_followed() {
     let (bouncer, inside) = (Misbehaving::start().await, Misbehaving::start().await);
     // Single-tenant mode may call loopback (local development), so the bounce is what is tested.
     let server = Server::start(dir.path(), None, &[]).await;
-    let anyone = Caller::anonymous(&server);
+    let anyone = anonymous(&server);
     for code in [302, 307, 308] {
         let endpoint = format!("{}/redirect/{code}/{}", bouncer.url, inside.port());
         let id = anyone.saga(json!([{"name": "bounce", "endpoint": endpoint, "action": "go", "retry_count": 0}])).await;
@@ -264,7 +233,7 @@ on_every_store!(huge_answers_fail_their_call_once_at_a_bounded_cost, |url: Strin
     let huge = Misbehaving::start().await;
     let server = Server::start(dir.path(), database(&url), &["--lease-ms", "500"]).await;
     let pid = server.child.id().unwrap();
-    let anyone = Caller::anonymous(&server);
+    let anyone = anonymous(&server);
     assert_eq!(anyone.push("scripted", plugins::SCRIPTED).await.0, StatusCode::CREATED);
     let before = peak_rss_mib(pid);
     let cases = [
@@ -328,7 +297,7 @@ async fn a_tenants_answer_cap_is_its_own() {
         let (_, doc) = caller.post(&format!("/v1/sagas/{id}/execute"), json!({})).await;
         assert_eq!(doc["state"], state, "{bytes} bytes: {doc}");
     }
-    let (status, err) = Caller::admin(&server).post("/v1/admin/tenants", json!({"tenant_id": "x", "limits": {"max_answer_bytes": 0}})).await;
+    let (status, err) = admin(&server).post("/v1/admin/tenants", json!({"tenant_id": "x", "limits": {"max_answer_bytes": 0}})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
     server.kill().await;
 }
@@ -425,7 +394,7 @@ async fn uploads_compile_off_the_threads_that_answer_requests() {
 async fn a_plugin_that_prints_past_the_capture_completes() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), None, &[]).await;
-    let anyone = Caller::anonymous(&server);
+    let anyone = anonymous(&server);
     assert_eq!(anyone.push("scripted", plugins::SCRIPTED).await.0, StatusCode::CREATED);
     // 2 000 lines of 100 bytes: three times the 64 KiB kept for the log.
     let id = anyone
@@ -565,7 +534,7 @@ async fn connections_that_never_finish_their_request_are_closed_and_the_server_k
     }
     drop(sockets);
     // The store still opens files: the recovery loop and writes work.
-    let (status, _) = Caller::anonymous(&server).post("/v1/sagas", json!({"saga_name": "after"})).await;
+    let (status, _) = anonymous(&server).post("/v1/sagas", json!({"saga_name": "after"})).await;
     assert_eq!(status, StatusCode::CREATED);
     server.kill().await;
 }
@@ -593,7 +562,7 @@ async fn what_the_router_refuses_is_answered_with_the_json_error_document() {
         let err: Value = r.json().await.unwrap();
         assert_eq!(err["error"]["code"], "invalid_path", "{path}: {err}");
     }
-    let (_, created) = Caller::anonymous(&server).post("/v1/sagas", json!({"saga_name": "s"})).await;
+    let (_, created) = anonymous(&server).post("/v1/sagas", json!({"saga_name": "s"})).await;
     let id = created["saga_id"].as_str().unwrap();
     let r = client().post(format!("{}/v1/sagas/{id}/execute", server.url)).body("[true]").send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "a JSON array is not an execute body");
@@ -647,9 +616,9 @@ async fn single_tenant_mode_beyond_loopback_needs_an_explicit_flag() {
 async fn the_tenant_named_default_is_reserved_and_keys_are_checked_as_rfc_7235_says() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), None, &["--admin-token", ADMIN]).await;
-    let anyone = Caller::anonymous(&server);
+    let anyone = anonymous(&server);
     let (_, made) = anyone.post("/v1/sagas", json!({"saga_name": "made-before-tenants"})).await;
-    let (status, err) = Caller::admin(&server).post("/v1/admin/tenants", json!({"tenant_id": "default"})).await;
+    let (status, err) = admin(&server).post("/v1/admin/tenants", json!({"tenant_id": "default"})).await;
     assert_eq!((status, err["error"]["code"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("reserved_tenant_id")), "{err}");
     let acme = tenant(&server, "acme", json!({})).await;
     let (status, _) = acme.get(&format!("/v1/sagas/{}", made["saga_id"].as_str().unwrap())).await;
@@ -669,7 +638,7 @@ async fn the_tenant_named_default_is_reserved_and_keys_are_checked_as_rfc_7235_s
 on_every_store!(nul_bytes_and_out_of_range_numbers_are_the_callers_errors, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), database(&url), &["--admin-token", ADMIN]).await;
-    let anyone = Caller::anonymous(&server);
+    let anyone = anonymous(&server);
     let (_, created) = anyone.post("/v1/sagas", json!({"saga_name": "s"})).await;
     let id = created["saga_id"].as_str().unwrap().to_string();
     let huge = json!(9_223_372_036_854_775_808u64);
@@ -696,7 +665,7 @@ on_every_store!(nul_bytes_and_out_of_range_numbers_are_the_callers_errors, |url:
         let (status, err) = anyone.get(&path).await;
         assert_eq!((status, err["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!("invalid_path")), "{path}");
     }
-    let admin = Caller::admin(&server);
+    let admin = admin(&server);
     let (status, err) = admin.post("/v1/admin/tenants", json!({"tenant_id": "a\u{0}"})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
     tenant(&server, "acme", json!({})).await;
@@ -718,7 +687,7 @@ async fn an_idempotency_key_names_one_request_per_endpoint() {
     let tpc: Value = r.json().await.unwrap();
     let id = tpc["transaction_id"].as_str().expect("the 2PC create answers a 2PC transaction");
     assert_ne!(Some(id), saga["saga_id"].as_str());
-    let (status, doc) = Caller::anonymous(&server).get(&format!("/v1/2pc/{id}")).await;
+    let (status, doc) = anonymous(&server).get(&format!("/v1/2pc/{id}")).await;
     assert_eq!((status, doc["transaction_name"].clone()), (StatusCode::OK, json!("t")));
     let again: Value = send("/v1/sagas", json!({"saga_name": "s"})).await.unwrap().json().await.unwrap();
     assert_eq!(again, saga, "the saga create's key still answers the saga");
@@ -761,7 +730,7 @@ on_every_store!(plugin_uploads_succeed_while_everything_else_writes, |url: Strin
     for w in writers {
         assert!(w.await.unwrap() > 0);
     }
-    let (_, list) = Caller::anonymous(&server).get("/v1/plugins").await;
+    let (_, list) = anonymous(&server).get("/v1/plugins").await;
     assert_eq!(list["plugins"].as_array().unwrap().len(), 14);
     server.kill().await;
 });
@@ -838,7 +807,7 @@ async fn a_request_past_its_deadline_is_answered_and_its_saga_keeps_running() {
     let dir = tempfile::tempdir().unwrap();
     let slow = Misbehaving::start().await;
     let server = Server::start(dir.path(), None, &["--request-timeout-ms", "1000"]).await;
-    let anyone = Caller::anonymous(&server);
+    let anyone = anonymous(&server);
     let id = anyone.saga(json!([{"name": "slow", "endpoint": format!("{}/slow/3000", slow.url), "action": "go"}])).await;
     let (status, err) = anyone.post(&format!("/v1/sagas/{id}/execute"), json!({"wait": true})).await;
     assert_eq!((status, err["error"]["code"].clone()), (StatusCode::SERVICE_UNAVAILABLE, json!("request_timeout")), "{err}");
@@ -865,7 +834,7 @@ async fn a_body_that_never_finishes_gets_408_and_a_client_that_never_reads_is_di
     let requests = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".repeat(400_000);
     let wrote = tokio::time::timeout(Duration::from_secs(60), greedy.write_all(&requests)).await.expect("the server closed the connection");
     assert!(wrote.is_err(), "the server disconnected a client that does not read");
-    let (status, _) = Caller::anonymous(&server).get("/healthz").await;
+    let (status, _) = anonymous(&server).get("/healthz").await;
     assert_eq!(status, StatusCode::OK);
     server.kill().await;
 }

@@ -6,49 +6,18 @@ mod common;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use wasmtx_testkit::{plugin_bytes, plugins};
+use wasmtx_testkit::plugins;
 
-use common::{Server, client};
+use common::{Caller, Server, client};
 
 const ADMIN: &str = "admin-secret-for-tests";
 
-struct Caller<'a> {
-    server: &'a Server,
-    key: Option<String>,
+/// Sagas of a tenant's, its steps added one by one.
+trait Sagas {
+    async fn saga(&self, steps: &[Value]) -> String;
 }
 
-impl Caller<'_> {
-    async fn send(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut r = client().request(method.parse().unwrap(), format!("{}{path}", self.server.url));
-        if let Some(key) = &self.key {
-            r = r.bearer_auth(key);
-        }
-        if let Some(body) = body {
-            r = r.json(&body);
-        }
-        let r = r.send().await.unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.send("POST", path, Some(body)).await
-    }
-
-    async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.send("GET", path, None).await
-    }
-
-    async fn push(&self, name: &str, path: &str) -> (StatusCode, Value) {
-        let mut r = client().put(format!("{}/v1/plugins/{name}", self.server.url)).body(plugin_bytes(path));
-        if let Some(key) = &self.key {
-            r = r.bearer_auth(key);
-        }
-        let r = r.send().await.unwrap();
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
-    }
-
+impl Sagas for Caller {
     async fn saga(&self, steps: &[Value]) -> String {
         let (status, created) = self.post("/v1/sagas", json!({"saga_name": "s", "context": {"amount": 1}})).await;
         assert_eq!(status, StatusCode::CREATED, "{created}");
@@ -62,7 +31,7 @@ impl Caller<'_> {
 }
 
 async fn new_tenant(server: &Server, id: &str, limits: Value) -> (String, String) {
-    let admin = Caller { server, key: Some(ADMIN.into()) };
+    let admin = Caller::new(server, Some(ADMIN.into()));
     let (status, body) = admin.post("/v1/admin/tenants", json!({"tenant_id": id, "limits": limits})).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     (body["api_key"].as_str().unwrap().to_string(), body["key_id"].as_str().unwrap().to_string())
@@ -72,21 +41,21 @@ on_every_store!(tenants_are_isolated_and_keys_are_checked, |url: String| async m
     let dir = tempfile::tempdir().unwrap();
     let db = common::server_db(&url);
     let server = Server::start(dir.path(), db, &["--admin-token", ADMIN]).await;
-    let anonymous = Caller { server: &server, key: None };
-    let (status, body) = Caller { server: &server, key: Some("wrong".into()) }
+    let anonymous = Caller::new(&server, None);
+    let (status, body) = Caller::new(&server, Some("wrong".into()))
         .post("/v1/admin/tenants", json!({"tenant_id": "acme"}))
         .await;
     assert_eq!((status, body["error"]["code"].clone()), (StatusCode::UNAUTHORIZED, json!("unauthorized")));
 
     let (acme_key, acme_key_id) = new_tenant(&server, "acme", json!({})).await;
     let (globex_key, _) = new_tenant(&server, "globex", json!({})).await;
-    let (status, _) = Caller { server: &server, key: Some(ADMIN.into()) }.post("/v1/admin/tenants", json!({"tenant_id": "acme"})).await;
+    let (status, _) = Caller::new(&server, Some(ADMIN.into())).post("/v1/admin/tenants", json!({"tenant_id": "acme"})).await;
     assert_eq!(status, StatusCode::CONFLICT);
-    let acme = Caller { server: &server, key: Some(acme_key.clone()) };
-    let globex = Caller { server: &server, key: Some(globex_key) };
+    let acme = Caller::new(&server, Some(acme_key.clone()));
+    let globex = Caller::new(&server, Some(globex_key));
 
     // Keys: missing, malformed, unknown → 401.
-    for caller in [&anonymous, &Caller { server: &server, key: Some("wtx_0000000000000000_".to_string() + &"0".repeat(64)) }, &Caller { server: &server, key: Some("nonsense".into()) }] {
+    for caller in [&anonymous, &Caller::new(&server, Some("wtx_0000000000000000_".to_string() + &"0".repeat(64))), &Caller::new(&server, Some("nonsense".into()))] {
         let (status, body) = caller.get("/v1/sagas").await;
         assert_eq!((status, body["error"]["code"].clone()), (StatusCode::UNAUTHORIZED, json!("unauthorized")));
     }
@@ -159,10 +128,10 @@ on_every_store!(tenants_are_isolated_and_keys_are_checked, |url: String| async m
     assert!(theirs.iter().all(|e| e["detail"]["digest"] != a["digest"]));
 
     // Rotation: a second key works beside the first; revoking the first locks it out.
-    let admin = Caller { server: &server, key: Some(ADMIN.into()) };
+    let admin = Caller::new(&server, Some(ADMIN.into()));
     let (status, rotated) = admin.post("/v1/admin/tenants/acme/keys", json!({})).await;
     assert_eq!(status, StatusCode::CREATED);
-    let acme2 = Caller { server: &server, key: Some(rotated["api_key"].as_str().unwrap().into()) };
+    let acme2 = Caller::new(&server, Some(rotated["api_key"].as_str().unwrap().into()));
     assert_eq!(acme2.get(&format!("/v1/sagas/{id}")).await.0, StatusCode::OK);
     let (status, _) = admin.send("DELETE", &format!("/v1/admin/tenants/acme/keys/{acme_key_id}"), None).await;
     assert_eq!(status, StatusCode::OK);
@@ -182,8 +151,8 @@ on_every_store!(limits_touch_only_their_own_tenant, |url: String| async move {
     )
     .await;
     let (big_key, _) = new_tenant(&server, "big", json!({})).await;
-    let small = Caller { server: &server, key: Some(small_key.clone()) };
-    let big = Caller { server: &server, key: Some(big_key) };
+    let small = Caller::new(&server, Some(small_key.clone()));
+    let big = Caller::new(&server, Some(big_key));
     for c in [&small, &big] {
         assert_eq!(c.push("scripted", plugins::SCRIPTED).await.0, StatusCode::CREATED);
     }
@@ -276,7 +245,7 @@ on_every_store!(limits_touch_only_their_own_tenant, |url: String| async move {
 async fn without_an_admin_token_the_admin_api_is_off_and_single_tenant_mode_needs_no_key() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), None, &[]).await;
-    let anyone = Caller { server: &server, key: None };
+    let anyone = Caller::new(&server, None);
     let (status, body) = anyone.post("/v1/admin/tenants", json!({"tenant_id": "acme"})).await;
     assert_eq!((status, body["error"]["code"].clone()), (StatusCode::FORBIDDEN, json!("admin_disabled")));
     assert_eq!(anyone.get("/v1/sagas").await.0, StatusCode::OK);
@@ -290,7 +259,7 @@ on_every_store!(plugins_reach_only_their_tenants_allowed_hosts, |url: String| as
     let host = target.url.trim_start_matches("http://").to_string();
     // The target listens on loopback, which tenants reach only when the operator allows it.
     let server = Server::start(dir.path(), db, &["--admin-token", ADMIN, "--allow-private-endpoints"]).await;
-    let admin = Caller { server: &server, key: Some(ADMIN.into()) };
+    let admin = Caller::new(&server, Some(ADMIN.into()));
     let (_, open) = admin.post("/v1/admin/tenants", json!({"tenant_id": "open", "allowed_hosts": [host]})).await;
     let (_, closed) = admin.post("/v1/admin/tenants", json!({"tenant_id": "closed"})).await;
     let (status, bad) = admin.post("/v1/admin/tenants", json!({"tenant_id": "bad", "allowed_hosts": ["http://x/y"]})).await;
@@ -299,7 +268,7 @@ on_every_store!(plugins_reach_only_their_tenants_allowed_hosts, |url: String| as
                      "parameters": {"script": {"execute": {"do": "http_get", "url": format!("{}/ping", target.url)}}}});
     let mut outcomes = Vec::new();
     for tenant in [&open, &closed] {
-        let caller = Caller { server: &server, key: Some(tenant["api_key"].as_str().unwrap().into()) };
+        let caller = Caller::new(&server, Some(tenant["api_key"].as_str().unwrap().into()));
         assert_eq!(caller.push("scripted", plugins::SCRIPTED).await.0, StatusCode::CREATED);
         let id = caller.saga(&[get.clone()]).await;
         let (_, doc) = caller.post(&format!("/v1/sagas/{id}/execute"), json!({})).await;
@@ -320,7 +289,7 @@ on_every_store!(fuel_and_body_limits_apply_per_tenant, |url: String| async move 
     let db = common::server_db(&url);
     let server = Server::start(dir.path(), db, &["--admin-token", ADMIN, "--fuel-metering"]).await;
     let (key, _) = new_tenant(&server, "metered", json!({"fuel": 20000000, "max_body_bytes": 2000})).await;
-    let metered = Caller { server: &server, key: Some(key) };
+    let metered = Caller::new(&server, Some(key));
     assert_eq!(metered.push("scripted", plugins::SCRIPTED).await.0, StatusCode::CREATED, "uploads are not body-limited");
     let id = metered
         .saga(&[json!({"name": "spin", "plugin": "scripted", "retry_count": 0, "parameters": {"script": {"execute": {"do": "spin"}}}})])

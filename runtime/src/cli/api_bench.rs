@@ -4,14 +4,12 @@
 //! and the server's CPU time per transaction and peak memory when it started the server.
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::report::{Report, percentile, round1, round2};
 
@@ -202,23 +200,8 @@ async fn one(client: &reqwest::Client, url: &str, mode: Mode, participant: Optio
 /// Starts `wasmtx serve` on a scratch directory (and `database_url`) and waits until it listens.
 async fn start_server(database_url: Option<&str>) -> anyhow::Result<Target> {
     let dir = std::env::temp_dir().join(format!("wasmtx-bench-api-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir)?;
     let scratch = tempdir::Scratch(dir.clone());
-    let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
-    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&dir).env_remove("WASMTX_ADMIN_TOKEN");
-    match database_url {
-        Some(url) => cmd.env("DATABASE_URL", url),
-        None => cmd.env_remove("DATABASE_URL"),
-    };
-    let log = std::fs::File::create(dir.join("serve.log"))?;
-    let mut child = cmd.stdout(Stdio::piped()).stderr(log).kill_on_drop(true).spawn().context("starting wasmtx serve")?;
-    let mut lines = BufReader::new(child.stdout.take().context("piped")?).lines();
-    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .context("wasmtx serve did not start within 60 s")??
-        .context("wasmtx serve exited before listening")?;
-    let url = line.split_whitespace().find(|w| w.starts_with("http://")).context("no URL in the listening line")?.to_string();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (child, url) = super::child::serve(&dir, &[], database_url).await?;
     Ok(Target { url, child: Some(child), _scratch: Some(scratch) })
 }
 

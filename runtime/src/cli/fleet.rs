@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -19,7 +18,6 @@ use axum::extract::{Path as UrlPath, State};
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
 use sqlx::Connection;
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::report::{Report, percentile, round1};
 use crate::saga::SagaState;
@@ -177,28 +175,9 @@ impl Fleet {
     /// Starts coordinator `i` (node id `fleet-i`, its own data directory) and waits until it listens.
     async fn start(&self, i: usize) -> anyhow::Result<tokio::process::Child> {
         let dir = self.scratch.join(format!("node-{i}"));
-        std::fs::create_dir_all(&dir)?;
-        let log = std::fs::File::create(dir.join("serve.log"))?;
-        let mut child = tokio::process::Command::new(std::env::current_exe()?)
-            .args(["serve", "--listen", "127.0.0.1:0", "--node-id", &format!("fleet-{i}")])
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(["--lease-ms", &self.lease_ms.to_string()])
-            .env("DATABASE_URL", &self.db_url)
-            .env_remove("WASMTX_ADMIN_TOKEN")
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting wasmtx serve")?;
-        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .context("wasmtx serve did not start within 60 s")??
-            .with_context(|| format!("wasmtx serve exited; see {}", dir.join("serve.log").display()))?;
-        let url = line.split_whitespace().find(|w| w.starts_with("http://")).context("no URL in the listening line")?;
-        self.urls.write().unwrap()[i] = Some(url.to_string());
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (lease, node) = (self.lease_ms.to_string(), format!("fleet-{i}"));
+        let (child, url) = super::child::serve(&dir, &["--node-id", &node, "--lease-ms", &lease], Some(&self.db_url)).await?;
+        self.urls.write().unwrap()[i] = Some(url);
         Ok(child)
     }
 

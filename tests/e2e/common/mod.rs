@@ -254,3 +254,47 @@ pub async fn wait_until(url: &str, what: &str, done: impl Fn(&Value) -> bool) ->
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Talks to a server as one tenant (its API key), as the admin (the admin token) or anonymously.
+pub struct Caller {
+    pub url: String,
+    pub key: Option<String>,
+}
+
+impl Caller {
+    pub fn new(server: &Server, key: Option<String>) -> Caller {
+        Caller { url: server.url.clone(), key }
+    }
+
+    pub async fn send(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut r = client().request(method.parse().unwrap(), format!("{}{path}", self.url));
+        if let Some(key) = &self.key {
+            r = r.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            r = r.json(&body);
+        }
+        let r = r.send().await.unwrap();
+        let status = StatusCode::from_u16(r.status().as_u16()).unwrap();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send("POST", path, Some(body)).await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send("GET", path, None).await
+    }
+
+    /// Uploads the plugin built at `path` as `name`.
+    pub async fn push(&self, name: &str, path: &str) -> (StatusCode, Value) {
+        let mut r = client().put(format!("{}/v1/plugins/{name}", self.url)).body(wasmtx_testkit::plugin_bytes(path));
+        if let Some(key) = &self.key {
+            r = r.bearer_auth(key);
+        }
+        let r = r.send().await.unwrap();
+        let status = StatusCode::from_u16(r.status().as_u16()).unwrap();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+}
