@@ -59,6 +59,13 @@ pub struct TenantGrant {
     pub max_answer_bytes: usize,
 }
 
+/// What one call runs under: the plugin limits, what it may reach, the answer cap.
+struct Plan {
+    limits: CallLimits,
+    scope: Scope,
+    max_answer: usize,
+}
+
 /// Calls participants. Cheap to clone.
 #[derive(Clone)]
 pub struct Invoker {
@@ -121,8 +128,12 @@ impl Invoker {
     /// any host and loopback (local development); a configured tenant only its allowed hosts
     /// and public addresses; a tenant this process has not loaded, nothing.
     pub fn scope(&self, tenant: &str, role: Reaching) -> Scope {
+        self.scope_of(self.tenants.read().unwrap().get(tenant), tenant, role)
+    }
+
+    fn scope_of(&self, grant: Option<&TenantGrant>, tenant: &str, role: Reaching) -> Scope {
         let any = |fallback| if self.allow_private { Reach::Any } else { fallback };
-        match self.tenants.read().unwrap().get(tenant) {
+        match grant {
             Some(grant) => Scope { reach: any(Reach::Public), hosts: Some(grant.allowed_hosts.clone()) },
             None if tenant == crate::api_tenant() => Scope {
                 reach: any(Reach::Loopback),
@@ -141,23 +152,25 @@ impl Invoker {
         self.outbound.check(&self.scope(tenant, Reaching::Participant), endpoint).map(drop)
     }
 
-    fn max_answer(&self, tenant: &str) -> usize {
-        self.tenants.read().unwrap().get(tenant).map_or(DEFAULT_MAX_ANSWER_BYTES, |g| g.max_answer_bytes)
-    }
-
-    fn limits_for(&self, tenant: &str, timeout: Duration) -> CallLimits {
-        match self.tenants.read().unwrap().get(tenant) {
+    /// Everything one call of `tenant`'s runs under, read with one look at its grant.
+    fn plan(&self, tenant: &str, timeout: Duration, role: Reaching) -> Plan {
+        let tenants = self.tenants.read().unwrap();
+        let grant = tenants.get(tenant);
+        let limits = match grant {
             Some(g) => CallLimits { timeout: timeout.min(g.limits.timeout), ..g.limits.clone() },
             None => CallLimits { timeout, ..self.limits.clone() },
-        }
+        };
+        let max_answer = grant.map_or(DEFAULT_MAX_ANSWER_BYTES, |g| g.max_answer_bytes);
+        Plan { limits, scope: self.scope_of(grant, tenant, role), max_answer }
     }
 
-    fn tags_of(&self, ctx: &CallContext) -> CallTags {
+    /// A plugin call's tags, its outbound HTTP under `scope`.
+    fn tags_of(&self, ctx: &CallContext, scope: Scope) -> CallTags {
         CallTags {
             tenant: ctx.tenant.clone(),
             transaction_id: ctx.transaction_id.clone(),
             step: ctx.step.clone(),
-            http: Some(crate::plugin::HttpGrant { outbound: self.outbound.clone(), scope: self.scope(&ctx.tenant, Reaching::Plugin) }),
+            http: Some(crate::plugin::HttpGrant { outbound: self.outbound.clone(), scope }),
         }
     }
 
@@ -170,9 +183,9 @@ impl Invoker {
         transaction_id: &str,
         timeout: Duration,
     ) -> Result<crate::model::Decision, crate::plugin::CallError> {
-        let limits = self.limits_for(&profile.tenant, timeout);
+        let plan = self.plan(&profile.tenant, timeout, Reaching::Plugin);
         let tags = CallTags { tenant: profile.tenant.clone(), transaction_id: transaction_id.into(), step: "policy".into(), http: None };
-        self.host.select(component, profile, &limits, tags).await
+        self.host.select(component, profile, &plan.limits, tags).await
     }
 
     pub fn host(&self) -> &PluginHost {
@@ -183,13 +196,7 @@ impl Invoker {
     /// answer is a `Retry` naming what happened.
     pub async fn outcome(&self, target: &Target, phase: Phase, ctx: CallContext, timeout: Duration) -> Outcome {
         let started = std::time::Instant::now();
-        let cap = self.max_answer(&ctx.tenant);
-        let outcome = match self.outcome_uncounted(target, phase, ctx, timeout).await {
-            Outcome::Success(output) if output.len() > cap => {
-                Outcome::Retry(format!("the answer is {} bytes, more than the {cap} accepted", output.len()))
-            }
-            other => other,
-        };
+        let outcome = self.outcome_uncounted(target, phase, ctx, timeout).await;
         let kind = match &outcome {
             Outcome::Success(_) => "success",
             Outcome::Failure(_) => "failure",
@@ -203,15 +210,23 @@ impl Invoker {
         debug_assert!(phase != Phase::Prepare);
         match target {
             Target::Plugin(component) => {
-                let limits = self.limits_for(&ctx.tenant, timeout);
-                let tags = self.tags_of(&ctx);
+                let plan = self.plan(&ctx.tenant, timeout, Reaching::Plugin);
+                let (limits, cap) = (plan.limits, plan.max_answer);
+                let tags = self.tags_of(&ctx, plan.scope);
                 let result = match phase {
                     Phase::Execute => self.host.execute(component, ctx, &limits, tags).await,
                     Phase::Compensate => self.host.compensate(component, ctx, &limits, tags).await,
                     Phase::Commit => self.host.commit(component, ctx, &limits, tags).await,
                     Phase::Abort | Phase::Prepare => self.host.abort(component, ctx, &limits, tags).await,
                 };
-                result.unwrap_or_else(|e| Outcome::Retry(e.to_string()))
+                // An HTTP answer is capped while it is read; a plugin's output here.
+                match result {
+                    Ok(Outcome::Success(output)) if output.len() > cap => {
+                        Outcome::Retry(format!("the answer is {} bytes, more than the {cap} accepted", output.len()))
+                    }
+                    Ok(outcome) => outcome,
+                    Err(e) => Outcome::Retry(e.to_string()),
+                }
             }
             Target::Http { endpoint } => {
                 let path = match phase {
@@ -246,9 +261,9 @@ impl Invoker {
     async fn prepare_uncounted(&self, target: &Target, ctx: CallContext, timeout: Duration) -> Vote {
         match target {
             Target::Plugin(component) => {
-                let limits = self.limits_for(&ctx.tenant, timeout);
-                let tags = self.tags_of(&ctx);
-                self.host.prepare(component, ctx, &limits, tags).await.unwrap_or_else(|e| Vote::Abort(e.to_string()))
+                let plan = self.plan(&ctx.tenant, timeout, Reaching::Plugin);
+                let tags = self.tags_of(&ctx, plan.scope);
+                self.host.prepare(component, ctx, &plan.limits, tags).await.unwrap_or_else(|e| Vote::Abort(e.to_string()))
             }
             Target::Http { endpoint } => match self.post(endpoint, "prepare", Phase::Prepare, &ctx, timeout).await {
                 Err(e) => Vote::Abort(e.to_string()),
@@ -273,7 +288,7 @@ impl Invoker {
     ) -> Result<(u16, String), NoAnswer> {
         let url = format!("{}/{}", endpoint.trim_end_matches('/'), path.trim_start_matches('/'));
         let input: Value = serde_json::from_str(&ctx.input).unwrap_or(Value::Null);
-        let body = json!({
+        let mut body = json!({
             "transaction_id": ctx.transaction_id,
             "step": ctx.step,
             "action": ctx.action,
@@ -284,7 +299,6 @@ impl Invoker {
         });
         // A compensation is told whether the forward call's outcome was known (see
         // `SagaDoc::compensate_input`).
-        let mut body = body;
         if phase == Phase::Compensate
             && let Some(outcome) = body["input"].get("forward_outcome").cloned()
         {
@@ -294,8 +308,8 @@ impl Invoker {
         if let Some(node) = &self.node_id {
             headers.push(("Wasmtx-Node", node));
         }
-        let scope = self.scope(&ctx.tenant, Reaching::Participant);
-        self.outbound.post_json(&scope, &url, &headers, &body, timeout, self.max_answer(&ctx.tenant)).await
+        let plan = self.plan(&ctx.tenant, timeout, Reaching::Participant);
+        self.outbound.post_json(&plan.scope, &url, &headers, &body, timeout, plan.max_answer).await
     }
 }
 

@@ -1,7 +1,6 @@
 //! API errors: a status, a stable snake_case code and a sentence, rendered as API.md says.
 
 use axum::Json;
-use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -20,15 +19,6 @@ pub struct ApiError {
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         ApiError { status, code, message: message.into() }
-    }
-
-    pub fn from_body_rejection(r: BytesRejection) -> Self {
-        let status = r.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(status, "body_too_large", "the request body is larger than this endpoint accepts")
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_body", r.body_text())
-        }
     }
 }
 
