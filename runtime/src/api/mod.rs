@@ -154,6 +154,11 @@ impl AppState {
         let _ = write.await;
     }
 
+    /// `tenant`'s `max_concurrent`, if it has one.
+    fn max_concurrent(&self, tenant: &str) -> Option<usize> {
+        self.inner.limits.read().unwrap().get(tenant).and_then(|l| l.max_concurrent)
+    }
+
     /// Runs `run`, an execution that starts a transaction, under `tenant`'s `max_concurrent`,
     /// then records `audit` (actor, action, detail) once it succeeded. 429 when that many of
     /// the tenant's sagas and 2PC transactions run already (counted in the store, so whatever
@@ -179,8 +184,7 @@ impl AppState {
                 Ok(done)
             }
         };
-        let max = self.inner.limits.read().unwrap().get(tenant).and_then(|l| l.max_concurrent);
-        let (Some(max), false) = (max, matches!(admit, Admit::No)) else {
+        let (Some(max), false) = (self.max_concurrent(tenant), matches!(admit, Admit::No)) else {
             return tokio::spawn(run).await.map_err(internal)?;
         };
         let gate = self.inner.admissions.lock().unwrap().entry(tenant.to_string()).or_default().clone();
@@ -193,15 +197,19 @@ impl AppState {
                 format!("tenant {tenant} already runs its maximum of {max} transactions"),
             ));
         }
-        let progress = vec![self.inner.sagas.subscribe(), self.inner.tpc.subscribe(), self.inner.manager.subscribe()];
+        // Subscribed before the run starts, so its first announcement cannot be missed.
+        let progress = match admit {
+            Admit::UntilRunning(_) => vec![self.inner.sagas.subscribe(), self.inner.tpc.subscribe(), self.inner.manager.subscribe()],
+            _ => Vec::new(),
+        };
         let mut task = tokio::spawn(run);
         let done = match admit {
-            Admit::No | Admit::UntilDone => Some((&mut task).await),
             Admit::UntilRunning(id) => tokio::select! {
                 done = &mut task => Some(done),
                 // Missed announcements (a lagging receiver): keep the admission to the end.
                 true = running_announced(progress, id) => None,
             },
+            Admit::No | Admit::UntilDone => Some((&mut task).await),
         };
         let done = match done {
             Some(done) => done,
@@ -472,7 +480,7 @@ async fn create_saga(
         // the answer is the ended saga's document. The engine waits for its own driver, unless
         // the tenant's executions are counted: then the wait is outside the admission.
         let (starts, waits) = (req.execute, req.execute && req.wait);
-        let counted = s.inner.limits.read().unwrap().get(&tenant).is_some_and(|l| l.max_concurrent.is_some());
+        let counted = s.max_concurrent(&tenant).is_some();
         let mut ended = (waits && counted).then(|| s.inner.sagas.subscribe());
         if counted {
             req.wait = false;

@@ -4,14 +4,12 @@
 //! and the server's CPU time per transaction and peak memory when it started the server.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use super::report::{Report, percentile, round1, round2};
+use super::report::{Report, ms, peak_rss_of, percentile, round1, round2, run_load};
 
 #[derive(clap::Args)]
 pub struct ApiArgs {
@@ -100,34 +98,13 @@ pub async fn bench_api(report: &mut Report, args: ApiArgs) -> anyhow::Result<()>
     report.add("mode", args.mode.name(), args.mode.name());
     eprintln!("running {} {}, {} clients…", args.count, args.mode.name(), args.concurrency);
     let cpu_before = target.child.as_ref().and_then(|c| c.id()).and_then(cpu_ticks);
-    let (next, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..args.concurrency {
-        let (client, url, participant, next, done) = (client.clone(), target.url.clone(), participant.clone(), next.clone(), done.clone());
-        let (mode, count) = (args.mode, args.count);
-        workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            while next.fetch_add(1, Ordering::Relaxed) < count {
-                let t = Instant::now();
-                one(&client, &url, mode, participant.as_deref()).await?;
-                latencies.push(t.elapsed());
-                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                if n % (count / 10).max(1) == 0 {
-                    eprintln!("  {n}/{count} ({:.1} s)", started.elapsed().as_secs_f64());
-                }
-            }
-            anyhow::Ok(latencies)
-        }));
-    }
-    let mut latencies = Vec::with_capacity(args.count);
-    for w in workers {
-        latencies.extend(w.await??);
-    }
-    let wall = started.elapsed();
-    latencies.sort_unstable();
+    let (client, url, mode) = (client.clone(), target.url.clone(), args.mode);
+    let (latencies, wall) = run_load(args.concurrency, args.count, move || {
+        let (client, url, participant) = (client.clone(), url.clone(), participant.clone());
+        async move { one(&client, &url, mode, participant.as_deref()).await }
+    })
+    .await?;
     let rate = latencies.len() as f64 / wall.as_secs_f64();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     report.add("transactions", latencies.len(), latencies.len());
     report.add("tx_per_s", rate.round(), format!("{rate:.0}"));
     report.add("p50_ms", round2(ms(percentile(&latencies, 0.50))), format!("{:.2} ms (every request of one transaction)", ms(percentile(&latencies, 0.50))));
@@ -138,7 +115,7 @@ pub async fn bench_api(report: &mut Report, args: ApiArgs) -> anyhow::Result<()>
             let per_tx_ms = (after - before) as f64 * 1000.0 / ticks_per_second() / latencies.len() as f64;
             report.add("server_cpu_ms_per_tx", round2(per_tx_ms), format!("{per_tx_ms:.3} ms of server CPU per transaction"));
         }
-        if let Some(kib) = peak_rss_of(pid) {
+        if let Some(kib) = peak_rss_of(&pid.to_string()) {
             report.add("server_peak_rss_mib", round1(kib as f64 / 1024.0), format!("{:.1} MiB", kib as f64 / 1024.0));
         }
     }
@@ -227,10 +204,4 @@ fn ticks_per_second() -> f64 {
     // SAFETY: sysconf only reads a system constant.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if ticks > 0 { ticks as f64 } else { 100.0 }
-}
-
-/// Peak resident set size of process `pid`, in KiB.
-fn peak_rss_of(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
 }

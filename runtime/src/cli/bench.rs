@@ -1,6 +1,6 @@
 //! `wasmtx bench …`: measurements that print their figures and the machine they ran on.
 
-use super::report::{Report, percentile, round1, round2};
+use super::report::{Report, ms, percentile, round1, round2, run_load};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -230,33 +230,11 @@ async fn bench_transactions(report: &mut Report, scenario: Scenario, load: Load)
     eprintln!("running {count} {what}, {concurrency} at a time…");
 
     let node = std::sync::Arc::new(node);
-    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut workers = Vec::new();
-    for _ in 0..concurrency {
-        let (node, tenant, next, done) = (node.clone(), tenant.clone(), next.clone(), done.clone());
-        workers.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let progress_every = (count / 10).max(1);
-            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < count {
-                let t = Instant::now();
-                scenario.run_one(&node, &tenant).await?;
-                latencies.push(t.elapsed());
-                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                if n % progress_every == 0 {
-                    eprintln!("  {n}/{count} ({:.1} s)", started.elapsed().as_secs_f64());
-                }
-            }
-            anyhow::Ok(latencies)
-        }));
-    }
-    let mut latencies = Vec::with_capacity(count);
-    for w in workers {
-        latencies.extend(w.await??);
-    }
-    let wall = started.elapsed();
-    latencies.sort_unstable();
+    let (latencies, wall) = run_load(concurrency, count, move || {
+        let (node, tenant) = (node.clone(), tenant.clone());
+        async move { scenario.run_one(&node, &tenant).await }
+    })
+    .await?;
     let rate = latencies.len() as f64 / wall.as_secs_f64();
     let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
     report.add("scenario", json!({"what": what, "concurrency": concurrency}), format!("{what}, concurrency {concurrency}"));
@@ -383,7 +361,4 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 

@@ -106,9 +106,56 @@ pub(crate) fn percentile(sorted: &[Duration], q: f64) -> Duration {
 }
 
 
-/// Peak resident set size in KiB, from /proc (Linux).
+/// Peak resident set size of this process in KiB.
 pub(crate) fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    peak_rss_of("self")
+}
+
+/// Runs `count` transactions, `concurrency` at a time, each by calling `one`, printing
+/// progress every tenth; returns their latencies, sorted, and the wall time of the whole run.
+pub(crate) async fn run_load<F, Fut>(concurrency: usize, count: usize, one: F) -> anyhow::Result<(Vec<Duration>, Duration)>
+where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send,
+{
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (next, done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let started = std::time::Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (one, next, done) = (one.clone(), next.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                while next.fetch_add(1, Ordering::Relaxed) < count {
+                    let t = std::time::Instant::now();
+                    one().await?;
+                    latencies.push(t.elapsed());
+                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n % (count / 10).max(1) == 0 {
+                        eprintln!("  {n}/{count} ({:.1} s)", started.elapsed().as_secs_f64());
+                    }
+                }
+                anyhow::Ok(latencies)
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(count);
+    for w in workers {
+        latencies.extend(w.await??);
+    }
+    let wall = started.elapsed();
+    latencies.sort_unstable();
+    Ok((latencies, wall))
+}
+
+/// Milliseconds, as the figures print them.
+pub(crate) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Peak resident set size of process `pid` (`self` for this one) in KiB, from /proc (Linux).
+pub(crate) fn peak_rss_of(pid: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
 }
