@@ -838,3 +838,20 @@ async fn a_body_that_never_finishes_gets_408_and_a_client_that_never_reads_is_di
     assert_eq!(status, StatusCode::OK);
     server.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_transactions_are_not_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None, &["--admin-token", ADMIN]).await;
+    let (acme, globex) = (tenant(&server, "acme", json!({})).await, tenant(&server, "globex", json!({})).await);
+    let (status, _) = acme.post("/v1/2pc", json!({"transaction_name": "mine"})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(acme.post("/v1/sagas", json!({"saga_name": "mine"})).await.0, StatusCode::CREATED);
+    let (_, theirs) = globex.get("/v1/2pc").await;
+    assert_eq!(theirs["transactions"], json!([]), "{theirs}");
+    let (_, theirs) = globex.get("/v1/sagas").await;
+    assert_eq!(theirs["sagas"], json!([]), "{theirs}");
+    let (_, mine) = acme.get("/v1/2pc").await;
+    assert_eq!(mine["transactions"].as_array().unwrap().len(), 1);
+    server.kill().await;
+}
