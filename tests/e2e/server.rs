@@ -131,9 +131,9 @@ on_every_durable_store!(an_idempotent_create_whose_answer_was_never_remembered_i
     // leaves exactly this behind: the saga, and no idempotency record. (Found by
     // `wasmtx bench fleet`, which SIGKILLs a coordinator under load.)
     let dir = tempfile::tempdir().unwrap();
-    let db = match url.starts_with("postgres") {
-        true => url.clone(),
-        false => format!("sqlite://{}", dir.path().join("wasmtx.db").display()),
+    let db = match url.starts_with("sqlite") {
+        false => url.clone(),
+        true => format!("sqlite://{}", dir.path().join("wasmtx.db").display()),
     };
     let server = Server::start(dir.path(), Some(db.as_str()), &[]).await;
     let create = || {

@@ -20,6 +20,7 @@ fn row(id: &str, rev: i64, state: &str) -> TxRow {
         lease_until_ms: 0,
         created_at_ms: now_ms(),
         updated_at_ms: now_ms(),
+        ended: false,
     }
 }
 
@@ -118,7 +119,7 @@ async fn an_in_memory_sqlite_database_is_refused_with_the_reason() {
     }
 }
 
-on_every_durable_store!(history_written_as_event_rows_is_migrated_into_journal_entries, |url: String| async move {
+on_every_sql_store!(history_written_as_event_rows_is_migrated_into_journal_entries, |url: String| async move {
     // A database from before migration 7 kept one row per event; put such rows back, undo
     // the migration's record, and open the store again: the history reads as it was written.
     let store = Store::open(&url).await.unwrap();
@@ -157,7 +158,7 @@ on_every_durable_store!(history_written_as_event_rows_is_migrated_into_journal_e
     assert_eq!(kinds, [(1, "saga_created".into()), (2, "step_started".into()), (3, "e0".into()), (4, "e1".into())]);
 });
 
-on_every_durable_store!(a_write_the_database_refuses_fails_alone_and_its_batch_neighbours_commit, |url: String| async move {
+on_every_sql_store!(a_write_the_database_refuses_fails_alone_and_its_batch_neighbours_commit, |url: String| async move {
     // Break one transaction's event numbering behind the store's back, so that its next write
     // collides with a journal entry it already has: the database refuses that batch, and the
     // committer must retry the writes one by one so that only the broken one fails.

@@ -125,8 +125,6 @@ impl State {
     }
 }
 
-const ACTIVE: &[(&str, &[&str])] = &[("saga", &["running", "compensating"]), ("2pc", &["preparing", "committing", "aborting"])];
-
 #[async_trait]
 impl TxStore for MemoryStore {
     async fn insert_tx(&self, row: &TxRow, events: &[NewEvent]) -> Result<()> {
@@ -186,7 +184,7 @@ impl TxStore for MemoryStore {
 
     async fn count_active(&self, tenant: &str) -> Result<i64> {
         let s = self.inner.lock().unwrap();
-        let active = |r: &TxRow| ACTIVE.iter().any(|(k, states)| r.kind == *k && states.contains(&r.state.as_str()));
+        let active = |r: &TxRow| super::ACTIVE.iter().any(|(k, states)| r.kind == *k && states.contains(&r.state.as_str()));
         Ok(s.txs.values().filter(|(r, _)| r.tenant == tenant && active(r)).count() as i64)
     }
 

@@ -2,7 +2,8 @@
 //! ([`TxStore`], [`PluginStore`], [`TenantStore`], [`IdempotencyStore`], [`SettingStore`],
 //! [`AuditStore`]), the rows they deal in, and [`Store`], the handle every part holds. A
 //! backend is one folder that implements the traits: [`sql`] is SQLite (the embedded
-//! default) and PostgreSQL.
+//! default) and PostgreSQL, [`redis`] one Redis server or a Redis Cluster, [`memory`] the
+//! process's memory.
 //!
 //! The store deals in rows, not in engine types: a transaction's document is JSON the engine
 //! owns, next to the few columns queries need (state, owner, lease, revision). Every write that
@@ -13,6 +14,7 @@
 
 pub(crate) mod commit;
 pub mod memory;
+pub mod redis;
 pub mod sql;
 
 use std::sync::Arc;
@@ -25,7 +27,7 @@ pub enum StoreError {
     /// The database failed or refused the operation (its own words).
     #[error("database error: {0}")]
     Database(String),
-    #[error("unsupported database URL {0:?}: use sqlite://PATH, postgres://… or memory://")]
+    #[error("unsupported database URL {0:?}: use sqlite://PATH, postgres://…, redis://…, redis+cluster://… or memory://")]
     UnsupportedUrl(String),
     /// The row changed since it was read (another writer, or the lease was taken over).
     #[error("{kind} {id} was changed concurrently")]
@@ -55,6 +57,10 @@ pub struct TxRow {
     pub lease_until_ms: i64,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// Whether `state` is an end state of its kind: the engine says so when it writes (see
+    /// `txn::Record`), and a store that expires ended transactions after the retention period
+    /// (Redis) keeps and acts on it; a row read back from another store says `false`.
+    pub ended: bool,
 }
 
 /// A history event to append; a journal entry stores its events in this shape (JSON).
@@ -90,7 +96,7 @@ pub struct Lease {
 }
 
 /// A stored plugin version.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PluginRow {
     pub tenant: String,
     pub name: String,
@@ -101,7 +107,7 @@ pub struct PluginRow {
 }
 
 /// A tenant and its settings (JSON as given at creation).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TenantRow {
     pub tenant_id: String,
     pub limits: Value,
@@ -110,7 +116,7 @@ pub struct TenantRow {
 }
 
 /// An API key as stored: never the key itself, only a salted hash of its secret.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct KeyRow {
     pub key_id: String,
     pub tenant_id: String,
@@ -120,7 +126,7 @@ pub struct KeyRow {
 }
 
 /// A remembered answer to a request that carried an `Idempotency-Key`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct IdempotentReply {
     pub request_hash: String,
     pub status: u16,
@@ -168,6 +174,9 @@ pub trait TxStore: Send + Sync {
     /// Extends a lease the caller holds; false if it no longer holds it.
     async fn renew_lease(&self, id: &str, lease: &Lease) -> Result<bool>;
 }
+
+/// What [`TxStore::count_active`] counts: (kind, states) of transactions being driven.
+pub(crate) const ACTIVE: &[(&str, &[&str])] = &[("saga", &["running", "compensating"]), ("2pc", &["preparing", "committing", "aborting"])];
 
 /// Plugin bytes (content-addressed) and numbered versions per tenant and name.
 #[async_trait]
@@ -294,7 +303,8 @@ impl std::ops::Deref for Store {
 
 impl Store {
     /// Opens (creating if needed) and migrates the store at `url`: `sqlite://PATH` (created if
-    /// missing), `postgres://…`, or `memory://[NAME]` (nothing kept when the process stops; within
+    /// missing), `postgres://…`, `redis://…` or `redis+cluster://…` (see [`redis`]), or
+    /// `memory://[NAME]` (nothing kept when the process stops; within
     /// one process every opening of the same NAME is the same store, and a bare `memory://` a
     /// fresh one).
     pub async fn open(url: &str) -> Result<Store> {
@@ -303,6 +313,9 @@ impl Store {
         }
         if url.starts_with("sqlite:") || url.starts_with("postgres:") || url.starts_with("postgresql:") {
             return Ok(Store(Arc::new(sql::SqlStore::open(url).await?)));
+        }
+        if redis::Location::handles(url) {
+            return Ok(Store(Arc::new(redis::RedisStore::open(url).await?)));
         }
         Err(StoreError::UnsupportedUrl(url.to_string()))
     }

@@ -33,6 +33,7 @@ impl<S: TxState, D: Serialize + DeserializeOwned> Record<S, D> {
         let corrupt = |reason: String| StoreError::Corrupt { id: row.id.clone(), reason };
         let state = S::parse(&row.state).ok_or_else(|| corrupt(format!("unknown state {}", row.state)))?;
         let doc = serde_json::from_str(&row.doc).map_err(|e| corrupt(e.to_string()))?;
+        let row = TxRow { ended: state.is_terminal(), ..row };
         Ok(Record { row, state, doc, pending: Vec::new() })
     }
 
@@ -51,6 +52,7 @@ impl<S: TxState, D: Serialize + DeserializeOwned> Record<S, D> {
             lease_until_ms: 0,
             created_at_ms: now,
             updated_at_ms: now,
+            ended: state.is_terminal(),
         };
         Record { row, state, doc, pending: Vec::new() }
     }
@@ -141,6 +143,7 @@ impl Journal {
     fn stamp<S: TxState, D: Serialize>(&self, rec: &mut Record<S, D>) {
         let now = self.clock.now_ms();
         rec.row.state = rec.state.as_str().into();
+        rec.row.ended = rec.state.is_terminal();
         rec.row.doc = serde_json::to_string(&rec.doc).expect("documents serialise");
         rec.row.updated_at_ms = now;
         rec.row.lease_until_ms = if rec.row.owner.is_some() { now + self.lease.as_millis() as i64 } else { 0 };

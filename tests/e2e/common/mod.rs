@@ -22,6 +22,8 @@ use wasmtx::store::Store;
 use wasmtx::tpc::TpcEngine;
 use wasmtx::manager::Manager;
 
+pub mod redis;
+
 pub const TENANT: &str = "default";
 const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
@@ -34,6 +36,8 @@ pub async fn fresh_store_url(kind: &str) -> (String, Option<tempfile::TempDir>) 
         }
         "postgres" => (fresh_postgres().await, None),
         "memory" => (format!("memory://{}", uuid::Uuid::new_v4().simple()), None),
+        "redis" => (redis::standalone_url(), None),
+        "redis_cluster" => (redis::cluster_url(), None),
         other => panic!("unknown store kind {other}"),
     }
 }
@@ -77,7 +81,7 @@ pub async fn node(url: &str) -> Node {
     Node { store, catalog, sagas, tpc, manager }
 }
 
-/// Generates `mod $name { sqlite, postgres }` running the same async scenario on every store
+/// Generates `mod $name { sqlite, postgres, memory, redis, redis_cluster }` running the same async scenario on every store
 /// the project has: a new backend adds its test function here and its kind to
 /// `fresh_store_url`, and the whole end-to-end suite runs on it.
 #[macro_export]
@@ -89,6 +93,8 @@ macro_rules! on_every_store {
             $crate::store_test!(sqlite, $scenario);
             $crate::store_test!(postgres, $scenario);
             $crate::store_test!(memory, $scenario);
+            $crate::store_test!(redis, $scenario);
+            $crate::store_test!(redis_cluster, $scenario);
         }
     };
 }
@@ -97,6 +103,21 @@ macro_rules! on_every_store {
 /// or reopen a database.
 #[macro_export]
 macro_rules! on_every_durable_store {
+    ($name:ident, $scenario:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::store_test!(sqlite, $scenario);
+            $crate::store_test!(postgres, $scenario);
+            $crate::store_test!(redis, $scenario);
+            $crate::store_test!(redis_cluster, $scenario);
+        }
+    };
+}
+
+/// For scenarios that reach into a SQL database itself (migrations, a refusing trigger).
+#[macro_export]
+macro_rules! on_every_sql_store {
     ($name:ident, $scenario:expr) => {
         mod $name {
             #[allow(unused_imports)]

@@ -672,6 +672,7 @@ fn tx_row(r: &AnyRow) -> Result<TxRow> {
         lease_until_ms: r.try_get(8)?,
         created_at_ms: r.try_get(9)?,
         updated_at_ms: r.try_get(10)?,
+        ended: false,
     })
 }
 
