@@ -1,6 +1,7 @@
-//! Group commit on both stores: many writers' changes share commits, yet each write keeps
-//! its own outcome — a stale revision or a taken id fails that write alone — and events are
-//! numbered per transaction without gaps.
+//! The stores themselves: many writers' changes share commits, yet each write keeps its own
+//! outcome — a stale revision or a taken id fails that write alone — events are numbered per
+//! transaction without gaps, and plugin versions without gaps under concurrent uploads; and
+//! what only Redis has (its durability check, retention by expiry, indexes kept a superset).
 
 mod common;
 
@@ -193,3 +194,114 @@ on_every_sql_store!(a_write_the_database_refuses_fails_alone_and_its_batch_neigh
         assert_eq!(store.events(id).await.unwrap().len(), 2, "{id}");
     }
 });
+
+on_every_store!(concurrent_uploads_number_versions_without_gaps_or_duplicates, |url: String| async move {
+    let store = Store::open(&url).await.unwrap();
+    let uploads = (0..24).map(|i| {
+        let store = store.clone();
+        async move {
+            let digest = format!("digest-{}", i % 12); // every digest twice
+            store.put_plugin("t", "payment", &digest, digest.as_bytes(), &["execute"], now_ms()).await.unwrap()
+        }
+    });
+    let results = futures::future::join_all(uploads).await;
+    assert_eq!(results.iter().filter(|(_, new)| *new).count(), 12, "the second upload of the same bytes is not a version");
+    let versions = store.plugin_versions("t", "payment").await.unwrap();
+    assert_eq!(versions.iter().map(|v| v.version).collect::<Vec<_>>(), (1..=12).collect::<Vec<_>>());
+    let digests: std::collections::HashSet<_> = versions.iter().map(|v| v.digest.clone()).collect();
+    assert_eq!(digests.len(), 12);
+    for (row, _) in &results {
+        assert_eq!(versions.iter().find(|v| v.digest == row.digest).unwrap().version, row.version, "each upload was told its version");
+    }
+    let newest = store.plugin("t", "payment", None).await.unwrap().unwrap();
+    assert_eq!((newest.version, store.component_bytes(&newest.digest).await.unwrap().unwrap()), (12, newest.digest.clone().into_bytes()));
+    assert_eq!(store.latest_plugins("t").await.unwrap().len(), 1);
+    assert!(store.plugin("other", "payment", None).await.unwrap().is_none(), "another tenant sees none of them");
+});
+
+fn raw(url: &str) -> redis::Client {
+    let without_prefix = url.split('?').next().unwrap();
+    redis::Client::open(without_prefix).unwrap()
+}
+
+fn prefix(url: &str) -> String {
+    url.split("prefix=").nth(1).unwrap().split('&').next().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_redis_that_could_lose_acknowledged_writes_is_refused_with_what_to_set() {
+    let volatile = common::redis::server_with(&["--appendonly", "no"]);
+    let refused = Store::open(&volatile).await.unwrap_err().to_string();
+    assert!(refused.contains("appendonly no") && refused.contains("appendfsync always") && refused.contains("durability=everysec"), "{refused}");
+
+    let everysec = common::redis::server_with(&["--appendonly", "yes", "--appendfsync", "everysec"]);
+    let refused = Store::open(&everysec).await.unwrap_err().to_string();
+    assert!(refused.contains("appendfsync everysec"), "{refused}");
+    let accepted = Store::open(&format!("{everysec}&durability=everysec")).await.unwrap();
+    accepted.ping().await.unwrap();
+    let refused = Store::open(&format!("{volatile}&durability=everysec")).await.unwrap_err().to_string();
+    assert!(refused.contains("appendonly no"), "everysec does not excuse no AOF at all: {refused}");
+}
+
+#[tokio::test]
+async fn on_redis_ended_transactions_and_replies_expire_after_the_retention_and_running_ones_stay() {
+    let url = format!("{}&retention=1s", common::redis::standalone_url());
+    let store = Store::open(&url).await.unwrap();
+    let ended = TxRow { ended: true, ..row("done", 0, "completed") };
+    store.insert_tx(&ended, &events(2)).await.unwrap();
+    store.insert_tx(&row("busy", 0, "running"), &events(1)).await.unwrap();
+    store.insert_tx(&TxRow { ended: true, ..row("resumed", 0, "failed") }, &events(1)).await.unwrap();
+    // An operator resumes the failed one before it expires: kept again.
+    store.save_tx(&row("resumed", 0, "running"), &events(1)).await.unwrap();
+    let reply = wasmtx::store::IdempotentReply { request_hash: "h".into(), status: 201, body: json!({}) };
+    store.remember_reply("t", "order-1", &reply, now_ms()).await.unwrap();
+    assert!(store.idempotent_reply("t", "order-1").await.unwrap().is_some());
+
+    let mut conn = raw(&url).get_multiplexed_async_connection().await.unwrap();
+    let keys = wasmtx::store::redis::Keys::new(&prefix(&url));
+    let ttl: i64 = redis::cmd("PTTL").arg(keys.tx("done")).query_async(&mut conn).await.unwrap();
+    assert!(ttl > 0 && ttl <= 1000, "{ttl}");
+    for id in ["busy", "resumed"] {
+        let ttl: i64 = redis::cmd("PTTL").arg(keys.tx(id)).query_async(&mut conn).await.unwrap();
+        assert_eq!(ttl, -1, "{id} never expires while it runs");
+    }
+    // Expiry is Redis's clock, not an event this process can await.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.get_tx("t", "saga", "done").await.unwrap().is_some() {
+        assert!(std::time::Instant::now() < deadline, "the ended transaction did not expire");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(store.events("done").await.unwrap().is_empty(), "its journal went with it");
+    let listed: Vec<String> = store.list_tx("t", "saga", None, 10).await.unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(listed.contains(&"busy".to_string()) && listed.contains(&"resumed".to_string()));
+    assert!(store.idempotent_reply("t", "order-1").await.unwrap().is_none(), "the reply expired too");
+    let listed: i64 = redis::cmd("ZCARD").arg(keys.listed(wasmtx::store::redis::Keys::bucket("done"), "t", "saga")).query_async(&mut conn).await.unwrap();
+    assert!(listed <= 1, "the list dropped the expired entry when it met it");
+}
+
+#[tokio::test]
+async fn on_redis_an_index_entry_without_its_row_is_never_claimed_and_is_cleaned_by_the_claim() {
+    // What a coordinator killed between indexing and writing a row leaves behind.
+    let url = common::redis::standalone_url();
+    let store = Store::open(&url).await.unwrap();
+    let keys = wasmtx::store::redis::Keys::new(&prefix(&url));
+    let mut conn = raw(&url).get_multiplexed_async_connection().await.unwrap();
+    let bucket = wasmtx::store::redis::Keys::bucket("ghost");
+    let _: () = redis::cmd("SADD").arg(keys.tenants_in(bucket)).arg("t").query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("ZADD").arg(keys.in_state(bucket, "t", "saga", "running")).arg(1).arg("ghost").query_async(&mut conn).await.unwrap();
+    // And one whose row moved on without the entry being removed.
+    store.insert_tx(&row("moved", 0, "running"), &events(1)).await.unwrap();
+    store.save_tx(&TxRow { ended: true, ..row("moved", 0, "completed") }, &events(1)).await.unwrap();
+    let moved_bucket = wasmtx::store::redis::Keys::bucket("moved");
+    let _: () = redis::cmd("ZADD").arg(keys.in_state(moved_bucket, "t", "saga", "running")).arg(2).arg("moved").query_async(&mut conn).await.unwrap();
+    store.insert_tx(&row("real", 0, "running"), &events(1)).await.unwrap();
+    assert_eq!(store.count_active("t").await.unwrap(), 3, "a superset until someone looks");
+
+    let lease = wasmtx::store::Lease { owner: "node-a".into(), until_ms: now_ms() + 60_000 };
+    let claimed = store.claim_expired("saga", &["running", "compensating"], &lease, now_ms(), 64, false).await.unwrap();
+    assert_eq!(claimed.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), vec!["real"]);
+    assert_eq!(store.count_active("t").await.unwrap(), 1, "the claim removed both stale entries");
+    let again = store.claim_expired("saga", &["running"], &wasmtx::store::Lease { owner: "node-b".into(), ..lease.clone() }, now_ms(), 64, false).await.unwrap();
+    assert!(again.is_empty(), "a live lease is not claimed again");
+}

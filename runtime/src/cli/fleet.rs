@@ -39,7 +39,9 @@ pub struct FleetArgs {
     /// Transactions in flight at once, spread over the servers.
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    /// A PostgreSQL server; the run creates a fresh database on it (and drops it afterwards).
+    /// A PostgreSQL server (the run creates a fresh database on it and drops it afterwards), or
+    /// a Redis server or cluster (redis://…, redis+cluster://…; the run uses a fresh key
+    /// prefix, whose keys it leaves for inspection).
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_ADMIN_URL)]
     database_url: String,
     /// Lease of each coordinator, in ms: how soon survivors take over a dead one's work.
@@ -69,9 +71,23 @@ type Calls = Arc<Mutex<Vec<Call>>>;
 pub async fn bench_fleet(report: &mut Report, args: FleetArgs) -> anyhow::Result<bool> {
     anyhow::ensure!((2..=16).contains(&args.servers), "--servers must be 2-16 (one is killed)");
     anyhow::ensure!(args.count >= 2 && args.concurrency >= 1, "--count must be at least 2, --concurrency at least 1");
-    anyhow::ensure!(args.database_url.starts_with("postgres"), "the fleet shares one PostgreSQL: --database-url postgres://…");
+    let redis = crate::store::redis::Location::handles(&args.database_url);
+    anyhow::ensure!(
+        redis || args.database_url.starts_with("postgres"),
+        "the fleet shares one store: --database-url postgres://…, redis://… or redis+cluster://…"
+    );
     let scratch = std::env::temp_dir().join(format!("wasmtx-fleet-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&scratch)?;
+    if redis {
+        let prefix = format!("wasmtx-fleet-{}", uuid::Uuid::new_v4().simple());
+        let separator = if args.database_url.contains('?') { '&' } else { '?' };
+        let db_url = format!("{}{separator}prefix={prefix}", args.database_url);
+        let kind = crate::store::Store::open(&db_url).await?.kind();
+        report.add("store", kind, format!("{kind} (fresh key prefix {prefix})"));
+        let result = run(report, &args, &scratch, &db_url).await;
+        let _ = std::fs::remove_dir_all(&scratch);
+        return result;
+    }
     let (db_url, db_name) = fresh_database(&args.database_url).await?;
     report.add("store", "postgres", format!("postgres (fresh database {db_name})"));
     let result = run(report, &args, &scratch, &db_url).await;

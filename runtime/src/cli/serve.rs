@@ -60,7 +60,10 @@ pub struct ServeArgs {
 /// What every command that runs engines needs.
 #[derive(Args, Clone)]
 pub struct NodeArgs {
-    /// Database URL; default: the SQLite file wasmtx.db in the data directory.
+    /// Database URL: sqlite://PATH, postgres://…, redis://[user:pass@]host:port[/db],
+    /// redis+cluster://host:port,host:port,… (Redis options as ?prefix=&retention=&durability=,
+    /// see README), or memory:// (lost when the process stops). Default: the SQLite file
+    /// wasmtx.db in the data directory.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
     /// Where the embedded database, the compiled-component cache and the node id live.

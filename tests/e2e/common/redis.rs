@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// `redis://…` of the standalone server, with a fresh prefix.
 pub fn standalone_url() -> String {
     static PORT: OnceLock<u16> = OnceLock::new();
-    let port = *PORT.get_or_init(|| start_servers(1, false)[0]);
+    let port = *PORT.get_or_init(|| start_servers(1, DURABLE, false)[0]);
     format!("redis://127.0.0.1:{port}/?prefix={}", fresh_prefix())
 }
 
@@ -22,7 +22,7 @@ pub fn standalone_url() -> String {
 pub fn cluster_url() -> String {
     static PORTS: OnceLock<Vec<u16>> = OnceLock::new();
     let ports = PORTS.get_or_init(|| {
-        let ports = start_servers(3, true);
+        let ports = start_servers(3, DURABLE, true);
         let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let created = Command::new("redis-cli")
             .args(["--cluster", "create"])
@@ -41,16 +41,25 @@ pub fn cluster_url() -> String {
     format!("redis+cluster://{}/?prefix={}", nodes.join(","), fresh_prefix())
 }
 
+/// What the store requires of a server by default.
+pub const DURABLE: &[&str] = &["--appendonly", "yes", "--appendfsync", "always"];
+
+/// A standalone server of its own, started with `persistence` (for tests of the settings).
+pub fn server_with(persistence: &[&str]) -> String {
+    let port = start_servers(1, persistence, false)[0];
+    format!("redis://127.0.0.1:{port}/?prefix={}", fresh_prefix())
+}
+
 fn fresh_prefix() -> String {
     format!("t{}", uuid::Uuid::new_v4().simple())
 }
 
 /// Starts `n` servers and returns their ports once each answers.
-fn start_servers(n: usize, cluster: bool) -> Vec<u16> {
+fn start_servers(n: usize, persistence: &[&str], cluster: bool) -> Vec<u16> {
     let dir = tempfile::tempdir().unwrap().keep();
     let ports: Vec<u16> = (0..n).map(|_| free_port(cluster)).collect();
     for port in &ports {
-        spawn_server(&dir, *port, cluster);
+        spawn_server(&dir, *port, persistence, cluster);
     }
     for port in &ports {
         wait_for(*port, "PING", "PONG");
@@ -70,12 +79,12 @@ fn free_port(cluster: bool) -> u16 {
 
 /// Starts one server from a thread that lives as long as the process, so the server (told to
 /// die with the thread that started it) dies with the test process, however that ends.
-fn spawn_server(dir: &Path, port: u16, cluster: bool) {
+fn spawn_server(dir: &Path, port: u16, persistence: &[&str], cluster: bool) {
     let mut command = Command::new("redis-server");
     command
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"])
-        .args(["--appendfsync", "always", "--appendfilename", &format!("aof-{port}.aof")])
-        .args(["--appenddirname", &format!("aof-{port}"), "--dir"])
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        .args(persistence)
+        .args(["--appendfilename", &format!("aof-{port}.aof"), "--appenddirname", &format!("aof-{port}"), "--dir"])
         .arg(dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null());

@@ -201,7 +201,14 @@ pub struct RedisStore {
     keys: Keys,
     retention_ms: i64,
     cluster: bool,
+    /// The state each transaction had when this process last wrote or read it: a save that
+    /// keeps the state needs no index change, and one known to change it indexes first
+    /// instead of being refused once. Only a hint — the save script checks the truth.
+    known: std::sync::Mutex<HashMap<String, String>>,
 }
+
+/// Transactions whose state `RedisStore::known` keeps, at most.
+const MAX_KNOWN: usize = 100_000;
 
 impl RedisStore {
     /// Connects, checks every master's persistence settings, and records the bucket count.
@@ -211,7 +218,13 @@ impl RedisStore {
             false => Conn::One(redis::Client::open(location.nodes[0].as_str())?.get_connection_manager().await?),
             true => Conn::Cluster(redis::cluster::ClusterClient::new(location.nodes.clone())?.get_async_connection().await?),
         };
-        let store = RedisStore { conn, keys: Keys::new(&location.prefix), retention_ms: location.retention_ms, cluster: location.cluster };
+        let store = RedisStore {
+            conn,
+            keys: Keys::new(&location.prefix),
+            retention_ms: location.retention_ms,
+            cluster: location.cluster,
+            known: Default::default(),
+        };
         store.check_durability(&location).await?;
         let mut conn = store.conn.clone();
         let meta = store.keys.meta();
@@ -268,6 +281,26 @@ impl RedisStore {
 
     fn conn(&self) -> Conn {
         self.conn.clone()
+    }
+
+    /// Remembers (or, for an ended or unknown one, forgets) the state of `row`.
+    fn learn(&self, id: &str, row: Option<&TxRow>) {
+        let mut known = self.known.lock().unwrap();
+        match row.filter(|r| !r.ended) {
+            Some(row) => {
+                if known.len() >= MAX_KNOWN {
+                    known.clear();
+                }
+                known.insert(id.to_string(), row.state.clone());
+            }
+            None => {
+                known.remove(id);
+            }
+        }
+    }
+
+    fn known_state(&self, id: &str) -> Option<String> {
+        self.known.lock().unwrap().get(id).cloned()
     }
 
     fn retention_for(&self, ended: bool) -> i64 {
@@ -397,7 +430,11 @@ impl RedisStore {
         let answer: Vec<Option<String>> = call.invoke_async(&mut self.conn()).await?;
         let tag = answer.first().cloned().flatten().unwrap_or_default();
         match tag.as_str() {
-            "claimed" => row_of(&candidate.id, &answer[1..]),
+            "claimed" => {
+                let row = row_of(&candidate.id, &answer[1..])?;
+                self.learn(&candidate.id, row.as_ref());
+                Ok(row)
+            }
             "held" => {
                 // Its lease was renewed since the entry was scored: score it by the lease now.
                 let until: i64 = answer.get(1).cloned().flatten().and_then(|l| l.parse().ok()).unwrap_or(0);
@@ -499,7 +536,10 @@ impl TxStore for RedisStore {
             .arg(score.unwrap_or_default());
         let inserted: i64 = call.invoke_async(&mut self.conn()).await?;
         match inserted {
-            1 => Ok(()),
+            1 => {
+                self.learn(&row.id, Some(row));
+                Ok(())
+            }
             _ => Err(StoreError::Conflict { kind: "transaction", id: row.id.clone() }),
         }
     }
@@ -524,17 +564,25 @@ impl TxStore for RedisStore {
                 .arg(score.unwrap_or_default());
             async move { call.invoke_async::<Vec<redis::Value>>(&mut self.conn()).await }
         };
-        // Most saves keep the state; one that moves it to a state that needs indexing is told
-        // so, and comes back with the new state indexed.
-        let mut answer = save(None).await?;
+        // Most saves keep the state. One that moves it to a state that needs indexing indexes
+        // it first — when this process knows the state changes, or when the script refuses a
+        // save that did not.
+        let index_first = !row.ended && self.known_state(&row.id).is_none_or(|s| s != row.state);
+        let score = match index_first {
+            true => self.index(row, false, Some(&row.state)).await?,
+            false => None,
+        };
+        let mut answer = save(score).await?;
         if int_at(&answer, 0) == Some(-2) {
             let score = self.index(row, false, Some(&row.state)).await?;
             answer = save(score).await?;
         }
         let rev = int_at(&answer, 0).ok_or_else(|| StoreError::Database("redis: unexpected answer to save_tx".into()))?;
         if rev < 0 {
+            self.learn(&row.id, None);
             return Err(conflict());
         }
+        self.learn(&row.id, Some(row));
         let (old_state, old_score) = (text_at(&answer, 1), text_at(&answer, 2));
         if old_state != row.state && !old_score.is_empty() {
             self.unindex(&row.tenant, &row.kind, &row.id, &old_state, &old_score).await?;
@@ -543,7 +591,9 @@ impl TxStore for RedisStore {
     }
 
     async fn get_tx(&self, tenant: &str, kind: &str, id: &str) -> Result<Option<TxRow>> {
-        Ok(self.row(id).await?.filter(|r| r.tenant == tenant && r.kind == kind))
+        let row = self.row(id).await?;
+        self.learn(id, row.as_ref());
+        Ok(row.filter(|r| r.tenant == tenant && r.kind == kind))
     }
 
     async fn list_tx(&self, tenant: &str, kind: &str, state: Option<&str>, limit: i64) -> Result<Vec<TxRow>> {
