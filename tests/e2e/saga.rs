@@ -559,3 +559,42 @@ on_every_store!(a_cancel_during_a_retry_wait_starts_no_new_attempt_and_undoes_th
     assert_eq!(done.doc.steps[0].state, StepState::Compensated);
     assert_eq!(done.doc.error.as_deref(), Some("cancelled"));
 });
+
+on_every_store!(a_compensation_runs_on_its_own_plugin_or_endpoint_when_the_step_names_one, |url: String| async move {
+    // The transaction nodes name a step's action node and its compensation node apart
+    // (`StepNode_payment_step`, `CompensationNode_payment_step`); such names are plugins here.
+    let n = with_plugins(&url).await;
+    for name in ["StepNode_payment_step", "CompensationNode_payment_step"] {
+        n.catalog.publish(TENANT, name, &plugin_bytes(plugins::SCRIPTED)).await.unwrap();
+    }
+    let forward = HttpParticipant::start(Script::default()).await;
+    let undo = HttpParticipant::start(Script::default()).await;
+    let mut script = Script::default();
+    script.0.insert("do_stock".into(), vec![Answer::Status(422, json!({"error": "no stock"}))]);
+    let failing = HttpParticipant::start(script).await;
+    let steps = json!([
+        {"name": "payment_step", "plugin": "StepNode_payment_step", "compensation_plugin": "CompensationNode_payment_step", "retry_count": 0},
+        {"name": "ship", "endpoint": forward.url, "action": "do_ship", "compensation": "undo_ship", "compensation_endpoint": undo.url, "retry_count": 0},
+        {"name": "stock", "endpoint": failing.url, "action": "do_stock", "retry_count": 0},
+    ]);
+    let req: CreateSaga = serde_json::from_value(json!({"saga_name": "order", "steps": steps})).unwrap();
+    let created = n.sagas.create(TENANT, req).await.unwrap();
+    let done = n.sagas.execute(TENANT, created.id(), true).await.unwrap();
+    assert_eq!(done.state, SagaState::Compensated, "{:?}", done.doc.error);
+    assert_eq!(undo.calls_to("undo_ship").len(), 1, "the compensation went to its own endpoint");
+    assert!(forward.calls_to("undo_ship").is_empty(), "not to the step's");
+    let doc = done.document();
+    assert_eq!(doc["steps"][0]["plugin_version"], "StepNode_payment_step@1");
+    assert_eq!(doc["steps"][0]["compensation_plugin_version"], "CompensationNode_payment_step@1");
+    let history = n.sagas.history(TENANT, created.id()).await.unwrap();
+    let undone = history.iter().find(|e| e.kind == "step_compensated" && e.step.as_deref() == Some("payment_step")).unwrap();
+    assert_eq!(undone.detail["output"]["phase"], "compensate", "{undone:?}");
+
+    // Both of plugin and endpoint, or a compensation plugin that does not exist, are refused.
+    let both = json!({"name": "x", "plugin": "payment", "compensation_plugin": "payment", "compensation_endpoint": undo.url});
+    let err = n.sagas.add_step(TENANT, n.sagas.create(TENANT, serde_json::from_value(json!({"saga_name": "y"})).unwrap()).await.unwrap().id(), step(both)).await.unwrap_err();
+    assert!(err.to_string().contains("compensation"), "{err}");
+    let missing = json!({"name": "x", "plugin": "payment", "compensation_plugin": "nope"});
+    let other = n.sagas.create(TENANT, serde_json::from_value(json!({"saga_name": "z"})).unwrap()).await.unwrap();
+    assert!(n.sagas.add_step(TENANT, other.id(), step(missing)).await.is_err());
+});

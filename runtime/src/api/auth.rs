@@ -195,7 +195,7 @@ pub(super) async fn create_tenant(
 ) -> Result<Response, ApiError> {
     require_admin(&s, &headers)?;
     let req: CreateTenant = parse(body)?;
-    if !valid_name(&req.tenant_id) {
+    if !valid_name(&req.tenant_id) || req.tenant_id.chars().any(|c| c.is_ascii_uppercase()) {
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "tenant_id must be 1-64 of a-z, 0-9, '-', '_'"));
     }
     // Everything made in single-tenant mode belongs to `default`: a tenant of that name would

@@ -371,7 +371,7 @@ async fn metrics(State(s): State<AppState>) -> Response {
 
 async fn healthz(State(s): State<AppState>) -> Response {
     match s.inner.store.ping().await {
-        Ok(()) => Json(json!({"status": "ok"})).into_response(),
+        Ok(()) => Json(json!({"status": "ok", "store": s.inner.store.kind()})).into_response(),
         Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string()).into_response(),
     }
 }

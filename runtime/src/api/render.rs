@@ -63,6 +63,12 @@ fn step(s: &StepRecord) -> Value {
     if let Some(p) = &s.plugin_version {
         v["plugin_version"] = json!(p);
     }
+    if let Some(p) = &s.compensation_plugin_version {
+        v["compensation_plugin_version"] = json!(p);
+    }
+    if let Some(e) = &s.spec.compensation_endpoint {
+        v["compensation_endpoint"] = json!(e);
+    }
     if s.compensation_attempts > 0 {
         v["compensation_attempts"] = json!(s.compensation_attempts);
     }

@@ -696,6 +696,8 @@ fn as_step(p: &ManagedParticipant) -> StepSpec {
         compensation: p.compensation_action.clone(),
         parameters: p.parameters.clone(),
         compensation_parameters: None,
+        compensation_plugin: None,
+        compensation_endpoint: None,
         timeout_ms: p.timeout_ms,
         retry_count: p.retry_count,
         output_key: None,

@@ -31,12 +31,13 @@ impl std::str::FromStr for PluginRef {
     }
 }
 
-/// Plugin names: 1-64 of `a-z 0-9 - _`, starting with a letter or digit.
+/// Plugin names: 1-64 of `A-Z a-z 0-9 - _`, starting with a letter or digit (the transaction
+/// nodes' `StepNode_payment_step` is one); case matters.
 pub fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
         && name.len() <= 64
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Compiled components by digest, shared by everything that resolves plugins in a process:

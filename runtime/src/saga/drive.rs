@@ -374,7 +374,14 @@ impl SagaEngine {
             Phase::Compensate => (step.compensation_attempts, saga.doc.compensate_input(i), step.spec.compensation()),
             _ => (step.attempts, saga.doc.execute_input(i), step.spec.action().to_string()),
         };
-        let target = self.inner.target(&saga.row.tenant, step.plugin_version.clone(), step.spec.endpoint.clone(), "step");
+        // A compensation by another plugin or participant than the step's own goes there.
+        let (pinned, endpoint) = match phase {
+            Phase::Compensate if step.spec.compensation_plugin.is_some() || step.spec.compensation_endpoint.is_some() => {
+                (step.compensation_plugin_version.clone(), step.spec.compensation_endpoint.clone())
+            }
+            _ => (step.plugin_version.clone(), step.spec.endpoint.clone()),
+        };
+        let target = self.inner.target(&saga.row.tenant, pinned, endpoint, "step");
         let timeout = step.spec.timeout();
         let ctx = CallContext {
             tenant: saga.row.tenant.clone(),

@@ -233,9 +233,11 @@ impl SagaEngine {
             let all: Vec<&StepSpec> = steps.iter().map(|s| &s.spec).chain([spec]).collect();
             check_dag(&all).map_err(SagaError::Invalid)?;
         }
-        self.inner.check_endpoint(tenant, &spec.endpoint).map_err(SagaError::EndpointRefused)?;
-        if let Some(plugin) = &spec.plugin {
-            self.inner.check_plugin(tenant, plugin, crate::plugin::Role::Step).await?;
+        for (plugin, endpoint) in [(&spec.plugin, &spec.endpoint), (&spec.compensation_plugin, &spec.compensation_endpoint)] {
+            self.inner.check_endpoint(tenant, endpoint).map_err(SagaError::EndpointRefused)?;
+            if let Some(plugin) = plugin {
+                self.inner.check_plugin(tenant, plugin, crate::plugin::Role::Step).await?;
+            }
         }
         Ok(())
     }
@@ -283,11 +285,21 @@ impl SagaEngine {
             if let Some(plugin) = &step.spec.plugin {
                 step.plugin_version = Some(self.inner.pin(tenant, plugin).await?);
             }
+            if let Some(plugin) = &step.spec.compensation_plugin {
+                step.compensation_plugin_version = Some(self.inner.pin(tenant, plugin).await?);
+            }
         }
         saga.state.become_(SagaState::Running)?;
         saga.doc.started_at_ms = Some(self.inner.now());
         saga.row.owner = Some(self.inner.config.node_id.clone());
-        let pins: Vec<Value> = saga.doc.steps.iter().filter_map(|s| s.plugin_version.clone().map(Value::String)).collect();
+        let pins: Vec<Value> = saga
+            .doc
+            .steps
+            .iter()
+            .flat_map(|s| [s.plugin_version.clone(), s.compensation_plugin_version.clone()])
+            .flatten()
+            .map(Value::String)
+            .collect();
         if saga.doc.is_dag() {
             saga.doc.initial_context = Some(saga.doc.context.clone());
         }

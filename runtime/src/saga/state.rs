@@ -115,6 +115,13 @@ pub struct StepSpec {
     pub parameters: Option<Map<String, Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compensation_parameters: Option<Map<String, Value>>,
+    /// The plugin that undoes this step, when it is not the step's own (at most one of this
+    /// and `compensation_endpoint`); pinned when the saga starts, like the step's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensation_plugin: Option<String>,
+    /// The HTTP participant that undoes this step, when it is not the step's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensation_endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -141,6 +148,10 @@ impl StepSpec {
         crate::text::check("step name", &self.name, 128)?;
         check_size(&format!("step {:?}", self.name), self)?;
         validate_target(&format!("step {:?}", self.name), &self.plugin, &self.endpoint)?;
+        if self.compensation_plugin.is_some() || self.compensation_endpoint.is_some() {
+            let what = format!("step {:?}'s compensation", self.name);
+            validate_target(&what, &self.compensation_plugin, &self.compensation_endpoint)?;
+        }
         if self.timeout_ms.is_some_and(|t| t == 0 || t > MAX_CALL_TIMEOUT_MS) {
             return Err(format!("step {:?}: timeout_ms must be between 1 and {MAX_CALL_TIMEOUT_MS}", self.name));
         }
@@ -188,6 +199,9 @@ pub struct StepRecord {
     /// `name@version`, pinned when the saga starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin_version: Option<String>,
+    /// `name@version` of `compensation_plugin`, pinned when the saga starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensation_plugin_version: Option<String>,
     /// The forward call's outcome was not known when the step was given up (it was
     /// `Uncertain`); its compensation is told so.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -204,6 +218,7 @@ impl StepRecord {
             output: None,
             error: None,
             plugin_version: None,
+            compensation_plugin_version: None,
             outcome_unknown: false,
         }
     }
