@@ -562,3 +562,70 @@ on_every_store!(two_phase_commits_can_be_listed_by_state_and_documents_carry_the
     assert!(saga["started_at"].is_string() && saga["ended_at"].is_string() && saga["duration_ms"].is_i64(), "{saga}");
     server.kill().await;
 });
+
+/// The API's routes as API.md names them (method, path), and those added since.
+const CONTRACT: &[(&str, &str)] = &[
+    ("put", "/v1/plugins/{name}"), ("get", "/v1/plugins"), ("get", "/v1/plugins/{name}"),
+    ("post", "/v1/sagas"), ("post", "/v1/sagas/{id}/steps"), ("post", "/v1/sagas/{id}/execute"), ("get", "/v1/sagas/{id}"),
+    ("post", "/v1/sagas/{id}/resume"), ("post", "/v1/sagas/{id}/cancel"), ("get", "/v1/sagas/{id}/history"), ("get", "/v1/sagas"),
+    ("post", "/v1/2pc"), ("get", "/v1/2pc"), ("post", "/v1/2pc/{id}/participants"), ("post", "/v1/2pc/{id}/execute"),
+    ("post", "/v1/2pc/{id}/abort"), ("post", "/v1/2pc/{id}/recover"), ("get", "/v1/2pc/{id}"), ("get", "/v1/2pc/{id}/history"),
+    ("post", "/v1/transactions"), ("post", "/v1/transactions/{id}/participants"), ("post", "/v1/transactions/{id}/execute"),
+    ("get", "/v1/transactions/{id}"), ("post", "/v1/transactions/{id}/abort"), ("post", "/v1/transactions/{id}/recover"),
+    ("get", "/v1/transactions"), ("get", "/v1/transactions/{id}/history"),
+    ("post", "/v1/admin/tenants"), ("post", "/v1/admin/tenants/{id}/keys"), ("delete", "/v1/admin/tenants/{id}/keys/{key_id}"),
+    ("put", "/v1/settings/default-policy"), ("get", "/v1/audit"), ("get", "/healthz"), ("get", "/metrics"), ("get", "/v1/openapi.json"),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_exactly_the_routes_the_server_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None, &[]).await;
+    let (status, doc) = get(&server, "/v1/openapi.json").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(doc["openapi"], "3.1.0");
+    let methods = ["get", "post", "put", "delete", "patch"];
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in methods.iter().filter(|m| item.get(**m).is_some()) {
+            documented.insert((method.to_string(), path.clone()));
+            let op = &item[*method];
+            assert!(op["responses"].as_object().is_some_and(|r| !r.is_empty()), "{method} {path} has no responses");
+            let errors_described = op["responses"].as_object().unwrap().keys().any(|code| code.starts_with('4') || code.starts_with('5'));
+            assert!(errors_described || path == "/v1/openapi.json", "{method} {path} names no error answers");
+        }
+    }
+    let contract: std::collections::BTreeSet<(String, String)> = CONTRACT.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    assert_eq!(documented, contract, "the document and the API's routes differ");
+
+    // Every documented operation is served, and no other method is, on any documented path.
+    let http = client();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let concrete = path.replace("{name}", "payment").replace("{id}", "x-1").replace("{key_id}", "k-1");
+        for method in methods {
+            let answer = http.request(method.to_uppercase().parse().unwrap(), format!("{}{concrete}", server.url)).send().await.unwrap();
+            let status = answer.status();
+            let body = answer.text().await.unwrap_or_default();
+            match item.get(method) {
+                Some(_) => assert!(
+                    status != StatusCode::METHOD_NOT_ALLOWED && !body.contains("no such endpoint"),
+                    "{method} {path} is documented but not served: {status} {body}"
+                ),
+                None => assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path} is served but not documented: {body}"),
+            }
+        }
+    }
+
+    // Every schema the operations refer to is in the document.
+    let text = doc.to_string();
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    for reference in text.split("\"#/components/schemas/").skip(1) {
+        let name = reference.split('"').next().unwrap();
+        assert!(schemas.contains_key(name), "{name} is referred to but not described");
+    }
+    for name in ["CreateSaga", "StepSpec", "CreateTpc", "ParticipantSpec", "CreateManaged", "ManagedParticipant", "SagaDocument", "ErrorBody"] {
+        assert!(schemas.contains_key(name), "{name}");
+    }
+    assert!(schemas["StepSpec"]["properties"].get("compensation_plugin").is_some(), "request schemas are the engines' own types");
+    server.kill().await;
+}

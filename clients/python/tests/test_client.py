@@ -88,6 +88,13 @@ def test_managed_transactions_pick_their_pattern(client):
     assert aborted.transaction_id in [t.transaction_id for t in client.list_transactions(status="aborted", limit=500)]
 
 
+def test_the_openapi_document_covers_every_client_call(client):
+    doc = client.openapi()
+    assert doc["openapi"] == "3.1.0"
+    for path in ("/v1/sagas", "/v1/2pc/{id}/execute", "/v1/transactions/{id}/participants", "/v1/plugins/{name}"):
+        assert path in doc["paths"], path
+
+
 def test_settings_health_and_audit(client):
     assert client.set_default_policy("builtin")["status"] == "success"
     health = client.health()

@@ -86,7 +86,7 @@ fn new_key(tenant: &str) -> (KeyRow, String) {
 }
 
 /// Per-tenant limits (API.md "Tenants and operations").
-#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantLimits {
     pub memory_mb: Option<u64>,
@@ -166,7 +166,7 @@ impl TenantLimits {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateTenant {
     tenant_id: String,
@@ -188,6 +188,7 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
     }
 }
 
+#[utoipa::path(post, path = "/v1/admin/tenants", tag = "operations", request_body = CreateTenant, responses((status = 201, description = "Created, with its first key (shown once)", body = super::openapi::TenantCreated), (status = 400, description = "Malformed request (bad JSON, bad query)", body = super::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = super::openapi::ErrorBody), (status = 413, description = "Body too large", body = super::openapi::ErrorBody), (status = 422, description = "Invalid content", body = super::openapi::ErrorBody), (status = 500, description = "The server's own fault", body = super::openapi::ErrorBody), (status = 503, description = "The store does not answer", body = super::openapi::ErrorBody)))]
 pub(super) async fn create_tenant(
     State(s): State<AppState>,
     headers: HeaderMap,
@@ -227,6 +228,7 @@ pub(super) async fn create_tenant(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/admin/tenants/{id}/keys", tag = "operations", params(("id" = String, Path, description = "The tenant")), responses((status = 201, description = "A new key (rotation), shown once", body = super::openapi::KeyAdded), (status = 401, description = "Missing or wrong admin token", body = super::openapi::ErrorBody), (status = 404, description = "No such tenant or key", body = super::openapi::ErrorBody), (status = 500, description = "The server's own fault", body = super::openapi::ErrorBody), (status = 503, description = "The store does not answer", body = super::openapi::ErrorBody)))]
 pub(super) async fn add_key(State(s): State<AppState>, headers: HeaderMap, Id(tenant): Id) -> Result<Response, ApiError> {
     require_admin(&s, &headers)?;
     if s.inner.store.tenant(&tenant).await?.is_none() {
@@ -238,6 +240,7 @@ pub(super) async fn add_key(State(s): State<AppState>, headers: HeaderMap, Id(te
     Ok((StatusCode::CREATED, Json(json!({"tenant_id": tenant, "api_key": api_key, "key_id": key.key_id}))).into_response())
 }
 
+#[utoipa::path(delete, path = "/v1/admin/tenants/{id}/keys/{key_id}", tag = "operations", params(("id" = String, Path, description = "The tenant"), ("key_id" = String, Path)), responses((status = 200, description = "Revoked", body = super::openapi::KeyRevoked), (status = 401, description = "Missing or wrong admin token", body = super::openapi::ErrorBody), (status = 404, description = "No such tenant or key", body = super::openapi::ErrorBody), (status = 500, description = "The server's own fault", body = super::openapi::ErrorBody), (status = 503, description = "The store does not answer", body = super::openapi::ErrorBody)))]
 pub(super) async fn revoke_key(
     State(s): State<AppState>,
     headers: HeaderMap,

@@ -5,6 +5,7 @@
 mod auth;
 mod error;
 mod input;
+pub mod openapi;
 mod render;
 
 use std::sync::Arc;
@@ -12,7 +13,6 @@ use std::sync::Arc;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -286,40 +286,9 @@ impl Drop for InFlight {
 }
 
 pub fn router(state: AppState) -> Router {
-    let json_routes = Router::new()
-        .route("/v1/plugins", get(list_plugins))
-        .route("/v1/plugins/{name}", get(get_plugin))
-        .route("/v1/sagas", post(create_saga).get(list_sagas))
-        .route("/v1/sagas/{id}", get(get_saga))
-        .route("/v1/sagas/{id}/steps", post(add_step))
-        .route("/v1/sagas/{id}/execute", post(execute_saga))
-        .route("/v1/sagas/{id}/resume", post(resume_saga))
-        .route("/v1/sagas/{id}/cancel", post(cancel_saga))
-        .route("/v1/sagas/{id}/history", get(saga_history))
-        .route("/v1/2pc", post(create_tpc).get(list_tpc))
-        .route("/v1/2pc/{id}", get(get_tpc))
-        .route("/v1/2pc/{id}/participants", post(add_participant))
-        .route("/v1/2pc/{id}/execute", post(execute_tpc))
-        .route("/v1/2pc/{id}/abort", post(abort_tpc))
-        .route("/v1/2pc/{id}/recover", post(recover_tpc))
-        .route("/v1/2pc/{id}/history", get(tpc_history))
-        .route("/v1/transactions", post(create_managed).get(list_managed))
-        .route("/v1/transactions/{id}", get(get_managed))
-        .route("/v1/transactions/{id}/participants", post(add_managed_participant))
-        .route("/v1/transactions/{id}/execute", post(execute_managed))
-        .route("/v1/transactions/{id}/abort", post(abort_managed))
-        .route("/v1/transactions/{id}/recover", post(recover_managed))
-        .route("/v1/transactions/{id}/history", get(managed_history))
-        .route("/v1/settings/default-policy", put(set_default_policy))
-        .route("/v1/admin/tenants", post(auth::create_tenant))
-        .route("/v1/admin/tenants/{id}/keys", post(auth::add_key))
-        .route("/v1/admin/tenants/{id}/keys/{key_id}", axum::routing::delete(auth::revoke_key))
-        .route("/v1/audit", get(audit_log))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics));
-    let upload = Router::new().route("/v1/plugins/{name}", put(put_plugin));
-    json_routes
-        .merge(upload)
+    // Every route comes with its OpenAPI description (`openapi::routes`).
+    let (routes, _) = openapi::routes().split_for_parts();
+    routes
         .fallback(not_found)
         .with_state(state)
         .layer(axum::middleware::from_fn(input::json_errors))
@@ -346,6 +315,7 @@ async fn not_found() -> ApiError {
 }
 
 /// The caller's tenant's audit trail: who uploaded, created, configured what, and when.
+#[utoipa::path(get, path = "/v1/audit", tag = "operations", params(("limit" = Option<u32>, Query)), responses((status = 200, description = "The tenant's own trail, newest first", body = openapi::AuditLog), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn audit_log(
     State(s): State<AppState>,
     Tenant(tenant, _actor): Tenant,
@@ -364,11 +334,13 @@ async fn audit_log(
     Ok(Json(json!({ "entries": entries })))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "Prometheus text", content_type = "text/plain", body = String), (status = 500, description = "The server's own fault", body = openapi::ErrorBody)))]
 async fn metrics(State(s): State<AppState>) -> Response {
     let text = s.inner.invoker.metrics().render();
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "The store answers", body = openapi::Health), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn healthz(State(s): State<AppState>) -> Response {
     match s.inner.store.ping().await {
         Ok(()) => Json(json!({"status": "ok", "store": s.inner.store.kind()})).into_response(),
@@ -406,6 +378,7 @@ fn parse_optional<T: DeserializeOwned + Default>(body: JsonBody) -> Result<T, Ap
 
 // ---- plugins ----
 
+#[utoipa::path(put, path = "/v1/plugins/{name}", tag = "plugins", params(("name" = String, Path, description = "The plugin's name")), request_body(content = Vec<u8>, content_type = "application/wasm", description = "The component's bytes"), responses((status = 201, description = "A new version", body = openapi::PluginUploaded), (status = 200, description = "These bytes already are a version", body = openapi::PluginUploaded), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn put_plugin(
     State(s): State<AppState>,
     Tenant(tenant, actor): Tenant,
@@ -447,6 +420,7 @@ async fn put_plugin(
     Ok((status, Json(doc)).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/plugins", tag = "plugins", responses((status = 200, description = "The newest version of each plugin", body = openapi::PluginList), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn list_plugins(State(s): State<AppState>, Tenant(tenant, _actor): Tenant) -> Result<Json<Value>, ApiError> {
     let rows = s.inner.store.latest_plugins(&tenant).await?;
     let plugins: Vec<Value> =
@@ -454,6 +428,7 @@ async fn list_plugins(State(s): State<AppState>, Tenant(tenant, _actor): Tenant)
     Ok(Json(json!({ "plugins": plugins })))
 }
 
+#[utoipa::path(get, path = "/v1/plugins/{name}", tag = "plugins", params(("name" = String, Path, description = "The plugin's name")), responses((status = 200, description = "Every version", body = openapi::PluginVersions), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn get_plugin(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Id(name): Id) -> Result<Json<Value>, ApiError> {
     let rows = s.inner.store.plugin_versions(&tenant, &name).await?;
     if rows.is_empty() {
@@ -468,6 +443,7 @@ async fn get_plugin(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, I
 
 // ---- sagas ----
 
+#[utoipa::path(post, path = "/v1/sagas", tag = "sagas", params(("Idempotency-Key" = Option<String>, Header, description = "The same key and body answer the first response again")), request_body = crate::saga::CreateSaga, responses((status = 201, description = "Created (with execute and wait: its document at the end, 200)", body = openapi::SagaCreated), (status = 200, description = "Created, executed and awaited (execute + wait)", body = openapi::SagaDocument), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 429, description = "The tenant's max_concurrent executions are running", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn create_saga(
     State(s): State<AppState>,
     Tenant(tenant, actor): Tenant,
@@ -596,6 +572,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     }
 }
 
+#[utoipa::path(post, path = "/v1/sagas/{id}/steps", tag = "sagas", params(("id" = String, Path, description = "The transaction's id")), request_body = crate::saga::StepSpec, responses((status = 200, description = "Added", body = openapi::StepAdded), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 409, description = "Not in a state that allows this", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn add_step(
     State(s): State<AppState>,
     Tenant(tenant, actor): Tenant,
@@ -625,6 +602,7 @@ fn yes() -> bool {
     true
 }
 
+#[utoipa::path(post, path = "/v1/sagas/{id}/execute", tag = "sagas", params(("id" = String, Path, description = "The transaction's id")), request_body = Option<openapi::ExecuteSaga>, responses((status = 200, description = "Ran to its end", body = openapi::SagaDocument), (status = 202, description = "Started (wait: false)", body = openapi::SagaDocument), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 409, description = "Not in a state that allows this", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody), (status = 429, description = "The tenant's max_concurrent executions are running", body = openapi::ErrorBody)))]
 async fn execute_saga(
     State(s): State<AppState>,
     Tenant(tenant, actor): Tenant,
@@ -641,10 +619,12 @@ async fn execute_saga(
     Ok((status, Json(saga.document())).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/sagas/{id}", tag = "sagas", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "The saga", body = openapi::SagaDocument), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn get_saga(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
     Ok(Json(s.inner.sagas.get(&tenant, &id).await?.document()))
 }
 
+#[utoipa::path(post, path = "/v1/sagas/{id}/resume", tag = "sagas", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "Continued from where it stopped", body = openapi::SagaDocument), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 409, description = "Not in a state that allows this", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody), (status = 429, description = "The tenant's max_concurrent executions are running", body = openapi::ErrorBody)))]
 async fn resume_saga(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
     let run = {
         let (engine, tenant, id) = (s.inner.sagas.clone(), tenant.clone(), id.clone());
@@ -658,12 +638,14 @@ async fn resume_saga(State(s): State<AppState>, Tenant(tenant, actor): Tenant, I
     Ok(Json(saga.document()))
 }
 
+#[utoipa::path(post, path = "/v1/sagas/{id}/cancel", tag = "sagas", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "Its completed steps compensated", body = openapi::SagaDocument), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 409, description = "Not in a state that allows this", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn cancel_saga(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
     let saga = s.inner.sagas.cancel(&tenant, &id).await?;
     s.audit(&tenant, &actor, "saga_cancel", json!({"id": id})).await;
     Ok(Json(saga.document()))
 }
 
+#[utoipa::path(get, path = "/v1/sagas/{id}/history", tag = "sagas", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "Every event, in order", body = openapi::History), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn saga_history(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
     Ok(Json(history_document(s.inner.sagas.history(&tenant, &id).await?)))
 }
@@ -688,6 +670,7 @@ struct ListQuery {
     limit: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/sagas", tag = "sagas", params(("state" = Option<String>, Query), ("limit" = Option<u32>, Query)), responses((status = 200, description = "Newest first", body = openapi::SagaList), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn list_sagas(
     State(s): State<AppState>,
     Tenant(tenant, _actor): Tenant,
@@ -710,6 +693,7 @@ fn state_query<S: crate::txn::TxState>(state: Option<&str>) -> Result<Option<S>,
 
 // ---- two-phase commit ----
 
+#[utoipa::path(get, path = "/v1/2pc", tag = "2pc", params(("state" = Option<String>, Query), ("limit" = Option<u32>, Query)), responses((status = 200, description = "Newest first", body = openapi::TpcList), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn list_tpc(
     State(s): State<AppState>,
     Tenant(tenant, _actor): Tenant,
@@ -722,6 +706,7 @@ async fn list_tpc(
     Ok(Json(json!({ "transactions": txs.iter().map(|t| t.document()).collect::<Vec<_>>() })))
 }
 
+#[utoipa::path(post, path = "/v1/2pc", tag = "2pc", params(("Idempotency-Key" = Option<String>, Header, description = "The same key and body answer the first response again")), request_body = crate::tpc::CreateTpc, responses((status = 201, description = "Begun", body = openapi::TpcCreated), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn create_tpc(
     State(s): State<AppState>,
     Tenant(tenant, actor): Tenant,
@@ -739,6 +724,7 @@ async fn create_tpc(
     .await
 }
 
+#[utoipa::path(post, path = "/v1/2pc/{id}/participants", tag = "2pc", params(("id" = String, Path, description = "The transaction's id")), request_body = crate::tpc::ParticipantSpec, responses((status = 200, description = "Added", body = openapi::ParticipantAdded), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 409, description = "Not in a state that allows this", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn add_participant(
     State(s): State<AppState>,
     Tenant(tenant, actor): Tenant,
@@ -751,6 +737,7 @@ async fn add_participant(
     Ok(Json(json!({"status": "success", "total_participants": total})))
 }
 
+#[utoipa::path(post, path = "/v1/2pc/{id}/execute", tag = "2pc", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "Prepared, decided and told", body = openapi::TpcDocument), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 409, description = "Not in a state that allows this", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody), (status = 429, description = "The tenant's max_concurrent executions are running", body = openapi::ErrorBody)))]
 async fn execute_tpc(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
     let run = {
         let (engine, tenant, id) = (s.inner.tpc.clone(), tenant.clone(), id.clone());
@@ -760,12 +747,14 @@ async fn execute_tpc(State(s): State<AppState>, Tenant(tenant, actor): Tenant, I
     Ok(Json(tx.document()))
 }
 
+#[utoipa::path(post, path = "/v1/2pc/{id}/abort", tag = "2pc", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "Aborted", body = openapi::TpcDocument), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 409, description = "Not in a state that allows this", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn abort_tpc(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
     let tx = s.inner.tpc.abort(&tenant, &id).await?;
     s.audit(&tenant, &actor, "tpc_abort", json!({"id": id})).await;
     Ok(Json(tx.document()))
 }
 
+#[utoipa::path(post, path = "/v1/2pc/{id}/recover", tag = "2pc", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "Driven to its end from its durable state", body = openapi::TpcDocument), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 409, description = "Not in a state that allows this", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody), (status = 429, description = "The tenant's max_concurrent executions are running", body = openapi::ErrorBody)))]
 async fn recover_tpc(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
     let run = {
         let (engine, tenant, id) = (s.inner.tpc.clone(), tenant.clone(), id.clone());
@@ -778,16 +767,19 @@ async fn recover_tpc(State(s): State<AppState>, Tenant(tenant, actor): Tenant, I
     Ok(Json(tx.document()))
 }
 
+#[utoipa::path(get, path = "/v1/2pc/{id}", tag = "2pc", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "The transaction", body = openapi::TpcDocument), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn get_tpc(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
     Ok(Json(s.inner.tpc.get(&tenant, &id).await?.document()))
 }
 
+#[utoipa::path(get, path = "/v1/2pc/{id}/history", tag = "2pc", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "Every event, in order", body = openapi::History), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn tpc_history(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
     Ok(Json(history_document(s.inner.tpc.history(&tenant, &id).await?)))
 }
 
 // ---- managed transactions ----
 
+#[utoipa::path(post, path = "/v1/transactions", tag = "transactions", params(("Idempotency-Key" = Option<String>, Header, description = "The same key and body answer the first response again")), request_body = crate::manager::CreateManaged, responses((status = 201, description = "Created", body = openapi::TransactionCreated), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn create_managed(
     State(s): State<AppState>,
     Tenant(tenant, actor): Tenant,
@@ -805,6 +797,7 @@ async fn create_managed(
     .await
 }
 
+#[utoipa::path(post, path = "/v1/transactions/{id}/participants", tag = "transactions", params(("id" = String, Path, description = "The transaction's id")), request_body = crate::manager::ManagedParticipant, responses((status = 200, description = "Added", body = openapi::ParticipantAdded), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 409, description = "Not in a state that allows this", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn add_managed_participant(
     State(s): State<AppState>,
     Tenant(tenant, actor): Tenant,
@@ -828,6 +821,7 @@ async fn managed_document(s: &AppState, tenant: &str, m: crate::manager::Managed
     Ok(Json(s.inner.manager.document(&tenant, &m).await?))
 }
 
+#[utoipa::path(post, path = "/v1/transactions/{id}/execute", tag = "transactions", params(("id" = String, Path, description = "The transaction's id")), request_body = Option<openapi::ExecuteTransaction>, responses((status = 200, description = "Ran to its end under the pattern selected", body = openapi::TransactionDocument), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 409, description = "Not in a state that allows this", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody), (status = 429, description = "The tenant's max_concurrent executions are running", body = openapi::ErrorBody)))]
 async fn execute_managed(
     State(s): State<AppState>,
     Tenant(tenant, actor): Tenant,
@@ -843,17 +837,20 @@ async fn execute_managed(
     managed_document(&s, &tenant, m).await
 }
 
+#[utoipa::path(get, path = "/v1/transactions/{id}", tag = "transactions", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "The transaction (get_status)", body = openapi::TransactionDocument), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn get_managed(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
     let m = s.inner.manager.get(&tenant, &id).await?;
     managed_document(&s, &tenant, m).await
 }
 
+#[utoipa::path(post, path = "/v1/transactions/{id}/abort", tag = "transactions", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "Aborted", body = openapi::TransactionDocument), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 409, description = "Not in a state that allows this", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn abort_managed(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
     let m = s.inner.manager.abort(&tenant, &id).await?;
     s.audit(&tenant, &actor, "transaction_abort", json!({"id": id})).await;
     managed_document(&s, &tenant, m).await
 }
 
+#[utoipa::path(post, path = "/v1/transactions/{id}/recover", tag = "transactions", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "Driven to its end", body = openapi::TransactionDocument), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 409, description = "Not in a state that allows this", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody), (status = 429, description = "The tenant's max_concurrent executions are running", body = openapi::ErrorBody)))]
 async fn recover_managed(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
     let run = {
         let (manager, tenant, id) = (s.inner.manager.clone(), tenant.clone(), id.clone());
@@ -863,6 +860,7 @@ async fn recover_managed(State(s): State<AppState>, Tenant(tenant, actor): Tenan
     managed_document(&s, &tenant, m).await
 }
 
+#[utoipa::path(get, path = "/v1/transactions/{id}/history", tag = "transactions", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "Every event, in order", body = openapi::History), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn managed_history(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
     Ok(Json(history_document(s.inner.manager.history(&tenant, &id).await?)))
 }
@@ -873,6 +871,7 @@ struct ManagedListQuery {
     limit: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/transactions", tag = "transactions", params(("status" = Option<String>, Query), ("limit" = Option<u32>, Query)), responses((status = 200, description = "Newest first", body = openapi::TransactionList), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn list_managed(
     State(s): State<AppState>,
     Tenant(tenant, _actor): Tenant,
@@ -899,6 +898,7 @@ struct DefaultPolicy {
     policy: String,
 }
 
+#[utoipa::path(put, path = "/v1/settings/default-policy", tag = "operations", request_body = openapi::SetPolicy, responses((status = 200, description = "Set for the tenant", body = openapi::PolicySet), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn set_default_policy(
     State(s): State<AppState>,
     Tenant(tenant, actor): Tenant,

@@ -33,7 +33,7 @@ const POLICY_TIMEOUT: Duration = Duration::from_secs(2);
 /// The manager's errors: the one error of the engines.
 pub type ManagerError = crate::txn::TxError;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Requirements {
     #[serde(default)]
@@ -54,7 +54,7 @@ impl Default for Requirements {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateManaged {
     pub transaction_name: String,
@@ -73,7 +73,7 @@ pub struct CreateManaged {
 }
 
 /// A participant as the caller described it (API.md, managed transactions).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ManagedParticipant {
     pub participant_id: String,

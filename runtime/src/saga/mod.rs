@@ -46,7 +46,7 @@ pub const MAX_SAGA_OUTPUT_BYTES: usize = 2 << 20;
 pub type SagaError = crate::txn::TxError;
 
 /// The body of "create saga" (API.md).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSaga {
     pub saga_name: String,

@@ -99,7 +99,7 @@ impl Transition for StepState {
 }
 
 /// A step as the caller described it (API.md "Step").
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
     pub name: String,

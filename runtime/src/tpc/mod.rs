@@ -37,7 +37,7 @@ const TRANSACTIONS: Kind = Kind { store: KIND, name: "2PC transaction" };
 pub type TpcError = crate::txn::TxError;
 
 /// The body of "begin" (API.md).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTpc {
     pub transaction_name: String,

@@ -92,7 +92,7 @@ pub enum ParticipantState {
 }
 
 /// A participant as the caller described it (API.md).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ParticipantSpec {
     pub participant_id: String,

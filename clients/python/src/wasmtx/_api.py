@@ -169,6 +169,10 @@ class Api:
     def audit(self) -> Dict[str, Any]:
         return self._run(_read("/v1/audit", dict))
 
+    def openapi(self) -> Dict[str, Any]:
+        """The server's OpenAPI 3.1 document."""
+        return self._run(_read("/v1/openapi.json", dict))
+
     def health(self) -> Dict[str, Any]:
         """`{status: "ok", store}` when the server's store answers."""
         return self._run(_read("/healthz", dict))
