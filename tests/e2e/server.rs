@@ -574,7 +574,7 @@ const CONTRACT: &[(&str, &str)] = &[
     ("get", "/v1/transactions/{id}"), ("post", "/v1/transactions/{id}/abort"), ("post", "/v1/transactions/{id}/recover"),
     ("get", "/v1/transactions"), ("get", "/v1/transactions/{id}/history"),
     ("post", "/v1/admin/tenants"), ("post", "/v1/admin/tenants/{id}/keys"), ("delete", "/v1/admin/tenants/{id}/keys/{key_id}"),
-    ("put", "/v1/settings/default-policy"), ("get", "/v1/audit"), ("get", "/healthz"), ("get", "/metrics"), ("get", "/v1/openapi.json"),
+    ("put", "/v1/settings/default-policy"), ("get", "/v1/audit"), ("get", "/v1/search"), ("post", "/v1/bulk/{action}"), ("get", "/healthz"), ("get", "/metrics"), ("get", "/v1/openapi.json"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -601,7 +601,7 @@ async fn the_openapi_document_describes_exactly_the_routes_the_server_has() {
     // Every documented operation is served, and no other method is, on any documented path.
     let http = client();
     for (path, item) in doc["paths"].as_object().unwrap() {
-        let concrete = path.replace("{name}", "payment").replace("{id}", "x-1").replace("{key_id}", "k-1");
+        let concrete = path.replace("{action}", "resume").replace("{name}", "payment").replace("{id}", "x-1").replace("{key_id}", "k-1");
         for method in methods {
             let answer = http.request(method.to_uppercase().parse().unwrap(), format!("{}{concrete}", server.url)).send().await.unwrap();
             let status = answer.status();
@@ -629,3 +629,110 @@ async fn the_openapi_document_describes_exactly_the_routes_the_server_has() {
     assert!(schemas["StepSpec"]["properties"].get("compensation_plugin").is_some(), "request schemas are the engines' own types");
     server.kill().await;
 }
+
+/// A saga of the scripted plugin whose first step completes and, when `undo_fails`, cannot
+/// be undone; its second step fails (so it ends compensated, or failed).
+fn doomed_saga(name: &str, undo_fails: bool) -> Value {
+    let undo = if undo_fails { json!({"do": "fail", "reason": "refund refused"}) } else { json!({}) };
+    json!({"saga_name": name, "execute": true, "wait": true, "steps": [
+        {"name": "charge", "plugin": "scripted", "retry_count": 0, "parameters": {"script": {"compensate": undo}}},
+        {"name": "ship", "plugin": "scripted", "retry_count": 0, "parameters": {"script": {"execute": {"do": "fail", "reason": "no truck"}}}},
+    ]})
+}
+
+on_every_store!(search_finds_every_kind_by_filters_pages_stably_and_flags_what_needs_attention, |url: String| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), common::server_db(&url), &[]).await;
+    push(&server, "scripted", plugins::SCRIPTED).await;
+    push(&server, "ledger", plugins::LEDGER).await;
+    let (_, failed) = post(&server, "/v1/sagas", doomed_saga("refund", true)).await;
+    assert_eq!(failed["state"], "failed", "{failed}");
+    let (_, compensated) = post(&server, "/v1/sagas", doomed_saga("order", false)).await;
+    assert_eq!(compensated["state"], "compensated");
+    let (_, tpc) = post(&server, "/v1/2pc", json!({"transaction_name": "transfer", "participants": [{"participant_id": "a", "plugin": "ledger"}]})).await;
+    let (_, managed) = post(&server, "/v1/transactions", json!({"transaction_name": "order"})).await;
+
+    let search = |query: &str| {
+        let url = format!("{}/v1/search?{query}", server.url);
+        async move {
+            let r = client().get(url).send().await.unwrap();
+            (r.status(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let ids = |page: &Value| -> Vec<String> {
+        page["items"].as_array().unwrap().iter().map(|d| d["saga_id"].as_str().or(d["transaction_id"].as_str()).unwrap().to_string()).collect()
+    };
+    let (status, all) = search("").await;
+    assert_eq!(status, StatusCode::OK);
+    let newest_first = vec![managed["transaction_id"].as_str().unwrap(), tpc["transaction_id"].as_str().unwrap(), compensated["saga_id"].as_str().unwrap(), failed["saga_id"].as_str().unwrap()];
+    assert_eq!(ids(&all), newest_first, "every kind, newest first");
+    assert!(all.get("next_cursor").is_none(), "one page: no cursor");
+    assert_eq!(all["items"][1]["kind"], "2pc");
+
+    let (_, sagas) = search("kind=saga&state=failed").await;
+    assert_eq!(ids(&sagas), vec![failed["saga_id"].as_str().unwrap()]);
+    let (_, named) = search("name=order").await;
+    assert_eq!(ids(&named), vec![managed["transaction_id"].as_str().unwrap(), compensated["saga_id"].as_str().unwrap()], "a name across kinds");
+    let (_, attention) = search("needs_attention=true").await;
+    assert_eq!(ids(&attention), vec![failed["saga_id"].as_str().unwrap()], "failed needs an operator");
+    assert_eq!(attention["items"][0]["needs_attention"], true);
+    let (_, later) = search("created_after=2999-01-01T00:00:00Z").await;
+    assert!(later["items"].as_array().unwrap().is_empty());
+    let (_, earlier) = search(&format!("created_before={}", wasmtx::store::now_ms() + 60_000)).await;
+    assert_eq!(ids(&earlier).len(), 4);
+
+    // Pages of two, with transactions created between the pages: nothing seen twice, nothing
+    // of the original four skipped, and the new ones (newer than the cursor) not in later pages.
+    let (_, first) = search("limit=2").await;
+    assert_eq!(ids(&first), newest_first[..2].to_vec());
+    let cursor = first["next_cursor"].as_str().unwrap().to_string();
+    for i in 0..3 {
+        post(&server, "/v1/2pc", json!({"transaction_name": format!("new-{i}")})).await;
+    }
+    let (_, second) = search(&format!("limit=2&cursor={cursor}")).await;
+    assert_eq!(ids(&second), newest_first[2..].to_vec());
+    assert!(second.get("next_cursor").is_none(), "the last page has no cursor");
+
+    for bad in ["cursor=zz", "limit=0", "limit=501", "kind=order", "created_after=yesterday", "needs_attention=maybe"] {
+        let (status, body) = search(bad).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+
+    // Bulk: cancel the managed one and the 2PC, resume the failed saga (still failing), and
+    // an unknown id says so without stopping the others; each is audited.
+    let items = json!({"items": [
+        {"kind": "transaction", "id": managed["transaction_id"]},
+        {"kind": "2pc", "transaction_id": tpc["transaction_id"]},
+        {"kind": "saga", "id": "saga-nope"},
+    ]});
+    let (status, done) = post(&server, "/v1/bulk/cancel", items).await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    let outcomes: Vec<&str> = done["results"].as_array().unwrap().iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, vec!["success", "success", "error"]);
+    assert_eq!(done["results"][0]["document"]["transaction_status"], "aborted");
+    assert_eq!(done["results"][1]["document"]["state"], "aborted");
+    assert_eq!(done["results"][2]["code"], "not_found");
+    let (status, _) = post(&server, "/v1/bulk/explode", json!({"items": []})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let too_many: Vec<Value> = (0..101).map(|i| json!({"kind": "saga", "id": format!("saga-{i}")})).collect();
+    let (status, _) = post(&server, "/v1/bulk/resume", json!({"items": too_many})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (_, audit) = get(&server, "/v1/audit").await;
+    let actions: Vec<&str> = audit["entries"].as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
+    assert!(actions.contains(&"transaction_abort") && actions.contains(&"tpc_abort"), "{actions:?}");
+
+    // The CLI prints the search as a table.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasmtx"))
+        .args(["search", "--needs-attention", "--server", &server.url])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{table}");
+    assert!(table.starts_with("KIND") && table.contains(failed["saga_id"].as_str().unwrap()) && table.contains("yes"), "{table}");
+    assert!(table.contains("1 shown; the last page"), "{table}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wasmtx")).args(["list", "2pc", "--limit", "2", "--server", &server.url]).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(table.lines().count(), 4, "header, two rows, the cursor line: {table}");
+    assert!(table.contains("next page: --cursor"), "{table}");
+    server.kill().await;
+});

@@ -135,3 +135,17 @@ def test_admin_endpoints_need_the_admin_token(client):
     with pytest.raises(ApiError) as e:
         client.create_tenant(unique("acme"))
     assert e.value.status in (401, 403, 404)
+
+
+def test_search_pages_and_bulk_actions(client):
+    name = unique("bulk")
+    made = [client.create_2pc(name, participants=[{"participant_id": "a", "plugin": "ledger"}]) for _ in range(3)]
+    first = client.search(kind="2pc", name=name, limit=2)
+    assert len(first["items"]) == 2 and first["next_cursor"]
+    rest = client.search(kind="2pc", name=name, limit=2, cursor=first["next_cursor"])
+    seen = [i["transaction_id"] for i in first["items"] + rest["items"]]
+    assert seen == [t.transaction_id for t in reversed(made)] and "next_cursor" not in rest
+    done = client.bulk("abort", first["items"] + rest["items"])
+    assert [r["status"] for r in done["results"]] == ["success"] * 3
+    assert client.search(kind="2pc", name=name, state="aborted")["items"][0]["state"] == "aborted"
+    assert client.search(needs_attention=True, name=name)["items"] == []

@@ -5,8 +5,10 @@
 mod auth;
 mod error;
 mod input;
+mod operate;
 pub mod openapi;
 mod render;
+mod search;
 
 use std::sync::Arc;
 
@@ -626,23 +628,12 @@ async fn get_saga(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Id(
 
 #[utoipa::path(post, path = "/v1/sagas/{id}/resume", tag = "sagas", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "Continued from where it stopped", body = openapi::SagaDocument), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 409, description = "Not in a state that allows this", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody), (status = 429, description = "The tenant's max_concurrent executions are running", body = openapi::ErrorBody)))]
 async fn resume_saga(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
-    let run = {
-        let (engine, tenant, id) = (s.inner.sagas.clone(), tenant.clone(), id.clone());
-        async move { Ok(engine.resume(&tenant, &id).await?) }
-    };
-    // A running saga was counted when it started; one that failed runs again when resumed.
-    let counted = s.inner.sagas.get(&tenant, &id).await?.state == SagaState::Failed;
-    let audit = Some((actor.as_str(), "saga_resume", json!({"id": id})));
-    let admit = if counted { Admit::UntilRunning(&id) } else { Admit::No };
-    let saga = s.execution(&tenant, admit, audit, run).await?;
-    Ok(Json(saga.document()))
+    operate::act(&s, &tenant, &actor, "saga", operate::Action::Resume, &id).await.map(Json)
 }
 
 #[utoipa::path(post, path = "/v1/sagas/{id}/cancel", tag = "sagas", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "Its completed steps compensated", body = openapi::SagaDocument), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 409, description = "Not in a state that allows this", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn cancel_saga(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
-    let saga = s.inner.sagas.cancel(&tenant, &id).await?;
-    s.audit(&tenant, &actor, "saga_cancel", json!({"id": id})).await;
-    Ok(Json(saga.document()))
+    operate::act(&s, &tenant, &actor, "saga", operate::Action::Cancel, &id).await.map(Json)
 }
 
 #[utoipa::path(get, path = "/v1/sagas/{id}/history", tag = "sagas", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "Every event, in order", body = openapi::History), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
@@ -749,22 +740,12 @@ async fn execute_tpc(State(s): State<AppState>, Tenant(tenant, actor): Tenant, I
 
 #[utoipa::path(post, path = "/v1/2pc/{id}/abort", tag = "2pc", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "Aborted", body = openapi::TpcDocument), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 409, description = "Not in a state that allows this", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn abort_tpc(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
-    let tx = s.inner.tpc.abort(&tenant, &id).await?;
-    s.audit(&tenant, &actor, "tpc_abort", json!({"id": id})).await;
-    Ok(Json(tx.document()))
+    operate::act(&s, &tenant, &actor, "2pc", operate::Action::Abort, &id).await.map(Json)
 }
 
 #[utoipa::path(post, path = "/v1/2pc/{id}/recover", tag = "2pc", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "Driven to its end from its durable state", body = openapi::TpcDocument), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 409, description = "Not in a state that allows this", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody), (status = 429, description = "The tenant's max_concurrent executions are running", body = openapi::ErrorBody)))]
 async fn recover_tpc(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
-    let run = {
-        let (engine, tenant, id) = (s.inner.tpc.clone(), tenant.clone(), id.clone());
-        async move { Ok(engine.recover(&tenant, &id).await?) }
-    };
-    // A running transaction was counted when it started; a failed one runs again.
-    let counted = s.inner.tpc.get(&tenant, &id).await?.state == crate::tpc::TpcState::Failed;
-    let admit = if counted { Admit::UntilRunning(&id) } else { Admit::No };
-    let tx = s.execution(&tenant, admit, Some((&actor, "tpc_recover", json!({"id": id}))), run).await?;
-    Ok(Json(tx.document()))
+    operate::act(&s, &tenant, &actor, "2pc", operate::Action::Recover, &id).await.map(Json)
 }
 
 #[utoipa::path(get, path = "/v1/2pc/{id}", tag = "2pc", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "The transaction", body = openapi::TpcDocument), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
@@ -845,19 +826,12 @@ async fn get_managed(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, 
 
 #[utoipa::path(post, path = "/v1/transactions/{id}/abort", tag = "transactions", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "Aborted", body = openapi::TransactionDocument), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 409, description = "Not in a state that allows this", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
 async fn abort_managed(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
-    let m = s.inner.manager.abort(&tenant, &id).await?;
-    s.audit(&tenant, &actor, "transaction_abort", json!({"id": id})).await;
-    managed_document(&s, &tenant, m).await
+    operate::act(&s, &tenant, &actor, "transaction", operate::Action::Abort, &id).await.map(Json)
 }
 
 #[utoipa::path(post, path = "/v1/transactions/{id}/recover", tag = "transactions", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "Driven to its end", body = openapi::TransactionDocument), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 409, description = "Not in a state that allows this", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody), (status = 429, description = "The tenant's max_concurrent executions are running", body = openapi::ErrorBody)))]
 async fn recover_managed(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
-    let run = {
-        let (manager, tenant, id) = (s.inner.manager.clone(), tenant.clone(), id.clone());
-        async move { Ok(manager.recover(&tenant, &id).await?) }
-    };
-    let m = s.execution(&tenant, Admit::No, Some((&actor, "transaction_recover", json!({"id": id}))), run).await?;
-    managed_document(&s, &tenant, m).await
+    operate::act(&s, &tenant, &actor, "transaction", operate::Action::Recover, &id).await.map(Json)
 }
 
 #[utoipa::path(get, path = "/v1/transactions/{id}/history", tag = "transactions", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "Every event, in order", body = openapi::History), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]

@@ -74,6 +74,8 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(auth::create_tenant))
         .routes(routes!(auth::add_key))
         .routes(routes!(auth::revoke_key))
+        .routes(routes!(super::search::search))
+        .routes(routes!(super::operate::bulk))
         .routes(routes!(audit_log))
         .routes(routes!(healthz))
         .routes(routes!(metrics))
@@ -375,4 +377,32 @@ pub struct Health {
     status: String,
     /// `sqlite`, `postgres`, `redis`, `redis-cluster` or `memory`.
     store: String,
+}
+
+/// A page of a search.
+#[derive(ToSchema)]
+pub struct SearchPage {
+    /// Documents of their kinds (saga, 2PC, managed), each with `kind`, newest first.
+    items: Vec<Value>,
+    /// Give it as `cursor` for the next page; absent on the last page.
+    next_cursor: Option<String>,
+}
+
+#[derive(ToSchema)]
+pub struct BulkResult {
+    status: ResultStatus,
+    action: String,
+    results: Vec<BulkItemResult>,
+}
+
+#[derive(ToSchema)]
+pub struct BulkItemResult {
+    kind: String,
+    id: String,
+    /// `success` or `error`.
+    status: String,
+    /// The transaction's document after the action.
+    document: Option<Value>,
+    code: Option<String>,
+    error: Option<String>,
 }

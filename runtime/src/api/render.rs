@@ -33,6 +33,7 @@ impl Saga {
         if let Some(e) = &self.doc.error {
             doc["error"] = json!(e);
         }
+        doc["needs_attention"] = json!(self.doc.needs_attention(self.state));
         times(&mut doc, self.doc.started_at_ms, self.state.is_terminal().then_some(self.row.updated_at_ms));
         doc
     }
@@ -107,6 +108,7 @@ impl Tpc {
         if let Some(e) = &self.doc.error {
             doc["error"] = json!(e);
         }
+        doc["needs_attention"] = json!(self.doc.needs_attention(self.state));
         times(&mut doc, self.doc.started_at_ms, self.state.is_terminal().then_some(self.row.updated_at_ms));
         doc
     }
@@ -212,6 +214,13 @@ fn managed(view: &ManagedView) -> Value {
     if let Some((kind, id, state)) = delegate {
         doc["coordinator_status"] = json!({"kind": kind, "id": id, "state": state});
     }
+    // Failed, or its delegate needs attention.
+    let delegate_attention = match &view.delegate {
+        Some(Delegate::Saga(saga)) => saga.doc.needs_attention(saga.state),
+        Some(Delegate::Tpc(tx)) => tx.doc.needs_attention(tx.state),
+        None => false,
+    };
+    doc["needs_attention"] = json!(view.status == Status::Failed || delegate_attention);
     let ended = view.status.is_terminal().then(|| m.doc.started_at_ms.zip(m.doc.execution_time_ms).map(|(s, d)| s + d)).flatten();
     times(&mut doc, m.doc.started_at_ms, ended);
     doc

@@ -51,6 +51,23 @@ enum Command {
         #[command(flatten)]
         server: client::ServerArgs,
     },
+    /// List a server's transactions of one kind (saga, 2pc, transaction), newest first, as a table.
+    List {
+        /// `saga`, `2pc` or `transaction`.
+        #[arg(value_name = "KIND")]
+        of: String,
+        #[command(flatten)]
+        search: client::SearchArgs,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
+    /// Search a server's transactions (every kind unless --kind), newest first, as a table.
+    Search {
+        #[command(flatten)]
+        search: client::SearchArgs,
+        #[command(flatten)]
+        server: client::ServerArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -111,6 +128,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugin(PluginCommand::List { server }) => server.list().await,
         Command::Status { id, server } => server.status(&id).await,
         Command::Recover { id, server } => server.recover(&id).await,
+        Command::List { of, search, server } => server.search(&search.of_kind(of)).await,
+        Command::Search { search, server } => server.search(&search).await,
         Command::Serve(args) => serve::serve(args).await,
         Command::Run(args) => run::run(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
@@ -129,5 +148,14 @@ async fn inspect(file: &PathBuf) -> anyhow::Result<ExitCode> {
             eprintln!("{}: not a valid wasmtx plugin: {e}", file.display());
             Ok(ExitCode::from(2))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

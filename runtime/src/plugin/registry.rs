@@ -86,7 +86,8 @@ mod tests {
             "payment@3".parse::<PluginRef>().unwrap(),
             PluginRef { name: "payment".into(), version: Some(3) }
         );
-        for bad in ["", "Payment", "pay ment", "payment@", "payment@x", "@1", "-x", "a@1@2"] {
+        assert_eq!("StepNode_payment_step@2".parse::<PluginRef>().unwrap().name, "StepNode_payment_step", "capitals are allowed");
+        for bad in ["", "Pay{ment}", "pay ment", "_x", "payment@", "payment@x", "@1", "-x", "a@1@2"] {
             assert!(bad.parse::<PluginRef>().is_err(), "{bad:?} should be refused");
         }
     }

@@ -173,6 +173,7 @@ impl SagaEngine {
             started_at_ms: None,
             max_parallel: req.max_parallel,
             initial_context: None,
+            recoveries: 0,
         };
         let mut events = vec![NewEvent::new("saga_created", None, json!({ "saga_name": req.saga_name }))];
         let steps = req.steps.unwrap_or_default();
@@ -385,7 +386,8 @@ impl SagaEngine {
         let (n, claimed) = self.inner.claim_expired::<SagaState, SagaDoc>(SAGAS, &["running", "compensating"], own).await?;
         for mut saga in claimed {
             tracing::info!(saga_id = %saga.id(), state = saga.state.as_str(), "recovering saga");
-            let event = NewEvent::new("saga_recovered", None, json!({ "owner": self.node_id() }));
+            saga.doc.recoveries += 1;
+            let event = NewEvent::new("saga_recovered", None, json!({ "owner": self.node_id(), "recoveries": saga.doc.recoveries }));
             if self.persist(&mut saga, vec![event]).await.is_ok() {
                 let _ = self.spawn_drive(saga, false).await;
             }

@@ -245,6 +245,13 @@ pub struct SagaDoc {
     /// what its steps' inputs are built from, so they do not depend on which branch ended first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub initial_context: Option<Map<String, Value>>,
+    /// How often another coordinator took it over after its lease expired.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub recoveries: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Checks that `steps` form a DAG: every `depends_on` names another step of the saga, and no
@@ -305,6 +312,15 @@ pub fn check_dag(steps: &[&StepSpec]) -> Result<(), String> {
 
 
 impl SagaDoc {
+    /// Whether an operator should look at it: it `failed`, a compensation is still being
+    /// retried after `ATTENTION_ATTEMPTS` tries, or its leases keep expiring.
+    pub fn needs_attention(&self, state: SagaState) -> bool {
+        use crate::txn::{ATTENTION_ATTEMPTS, ATTENTION_RECOVERIES};
+        state == SagaState::Failed
+            || (state == SagaState::Compensating && self.steps.iter().any(|s| s.compensation_attempts >= ATTENTION_ATTEMPTS))
+            || self.recoveries >= ATTENTION_RECOVERIES
+    }
+
     /// Whether any step declares `depends_on` (the steps form a DAG rather than a sequence).
     pub fn is_dag(&self) -> bool {
         self.steps.iter().any(|s| s.spec.depends_on.is_some())
@@ -493,6 +509,7 @@ mod tests {
             timeout_ms: None,
             retry_policy: RetryPolicy::default(),
             started_at_ms: None,
+            recoveries: 0,
             max_parallel: None,
             initial_context: None,
         }
@@ -633,5 +650,20 @@ mod tests {
         assert!(ftp.validate().is_err());
         assert!(spec("ok").validate().is_ok());
         assert!(serde_json::from_value::<StepSpec>(json!({"name": "a", "plugin": "p", "bogus": 1})).is_err());
+    }
+
+    #[test]
+    fn attention_is_for_failures_stuck_compensations_and_repeated_takeovers() {
+        let mut d = doc(&[StepState::Compensating]);
+        assert!(d.needs_attention(SagaState::Failed));
+        assert!(!d.needs_attention(SagaState::Compensating));
+        d.steps[0].compensation_attempts = crate::txn::ATTENTION_ATTEMPTS;
+        assert!(d.needs_attention(SagaState::Compensating), "still retried after the attempts");
+        assert!(!d.needs_attention(SagaState::Compensated), "an end reached is no concern");
+        let mut d = doc(&[StepState::Running]);
+        d.recoveries = crate::txn::ATTENTION_RECOVERIES - 1;
+        assert!(!d.needs_attention(SagaState::Running));
+        d.recoveries += 1;
+        assert!(d.needs_attention(SagaState::Running), "its leases keep expiring");
     }
 }

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::{
     AuditStore, Backend, EventRow, IdempotencyStore, IdempotentReply, Inspect, KeyRow, Lease, NewEvent, PluginRow,
-    PluginStore, Result, SettingStore, StoreError, TenantRow, TenantStore, TxRow, TxStore,
+    PluginStore, Result, SettingStore, StoreError, TenantRow, TenantStore, TxQuery, TxRow, TxStore,
 };
 
 /// An in-memory [`PluginStore`].
@@ -157,15 +157,9 @@ impl TxStore for MemoryStore {
         Ok(s.txs.get(id).map(|(r, _)| r.clone()).filter(|r| r.tenant == tenant && r.kind == kind))
     }
 
-    async fn list_tx(&self, tenant: &str, kind: &str, state: Option<&str>, limit: i64) -> Result<Vec<TxRow>> {
+    async fn search_tx(&self, tenant: &str, query: &TxQuery, limit: i64) -> Result<Vec<TxRow>> {
         let s = self.inner.lock().unwrap();
-        let mut rows: Vec<TxRow> = s
-            .txs
-            .values()
-            .map(|(r, _)| r)
-            .filter(|r| r.tenant == tenant && r.kind == kind && state.is_none_or(|st| r.state == st))
-            .cloned()
-            .collect();
+        let mut rows: Vec<TxRow> = s.txs.values().map(|(r, _)| r).filter(|r| r.tenant == tenant && query.matches(r)).cloned().collect();
         rows.sort_by(|a, b| (b.created_at_ms, &b.id).cmp(&(a.created_at_ms, &a.id)));
         rows.truncate(limit.max(0) as usize);
         Ok(rows)

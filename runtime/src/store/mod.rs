@@ -147,8 +147,15 @@ pub trait TxStore: Send + Sync {
 
     async fn get_tx(&self, tenant: &str, kind: &str, id: &str) -> Result<Option<TxRow>>;
 
+    /// A tenant's transactions that match `query`, newest first (by creation, then id, both
+    /// descending), at most `limit`.
+    async fn search_tx(&self, tenant: &str, query: &TxQuery, limit: i64) -> Result<Vec<TxRow>>;
+
     /// Newest first.
-    async fn list_tx(&self, tenant: &str, kind: &str, state: Option<&str>, limit: i64) -> Result<Vec<TxRow>>;
+    async fn list_tx(&self, tenant: &str, kind: &str, state: Option<&str>, limit: i64) -> Result<Vec<TxRow>> {
+        let query = TxQuery { kind: Some(kind.into()), state: state.map(str::to_string), ..TxQuery::default() };
+        self.search_tx(tenant, &query, limit).await
+    }
 
     /// The history of transaction `id`, in order.
     async fn events(&self, id: &str) -> Result<Vec<EventRow>>;
@@ -173,6 +180,38 @@ pub trait TxStore: Send + Sync {
 
     /// Extends a lease the caller holds; false if it no longer holds it.
     async fn renew_lease(&self, id: &str, lease: &Lease) -> Result<bool>;
+}
+
+/// The kinds of transaction the engines store: sagas, 2PC transactions, managed ones.
+pub const KINDS: &[&str] = &["saga", "2pc", "transaction"];
+
+/// What a search of a tenant's transactions asks for; every part optional.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TxQuery {
+    pub kind: Option<String>,
+    pub state: Option<String>,
+    pub name: Option<String>,
+    /// Created strictly after this (ms since the epoch).
+    pub created_after_ms: Option<i64>,
+    /// Created strictly before this.
+    pub created_before_ms: Option<i64>,
+    /// The cursor: only transactions that come after this one in the newest-first order
+    /// (its creation time and id). New transactions come before any cursor, so paging is
+    /// stable under concurrent inserts.
+    pub after: Option<(i64, String)>,
+}
+
+impl TxQuery {
+    /// Whether `row` (already known to be the tenant's) matches.
+    pub fn matches(&self, row: &TxRow) -> bool {
+        let same = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have);
+        same(&self.kind, &row.kind)
+            && same(&self.state, &row.state)
+            && same(&self.name, &row.name)
+            && self.created_after_ms.is_none_or(|t| row.created_at_ms > t)
+            && self.created_before_ms.is_none_or(|t| row.created_at_ms < t)
+            && self.after.as_ref().is_none_or(|(at, id)| (row.created_at_ms, row.id.as_str()) < (*at, id.as_str()))
+    }
 }
 
 /// What [`TxStore::count_active`] counts: (kind, states) of transactions being driven.

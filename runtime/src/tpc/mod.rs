@@ -129,6 +129,7 @@ impl TpcEngine {
             retry_policy,
             decision_max_attempts: req.decision_max_attempts,
             started_at_ms: None,
+            recoveries: 0,
         };
         let mut events = vec![NewEvent::new("transaction_created", None, json!({"transaction_name": req.transaction_name}))];
         for spec in req.participants.unwrap_or_default() {
@@ -297,7 +298,8 @@ impl TpcEngine {
         let (n, claimed) = self.inner.claim_expired::<TpcState, TpcDoc>(TRANSACTIONS, &states, own).await?;
         for mut tx in claimed {
             tracing::info!(transaction_id = %tx.id(), state = tx.state.as_str(), "recovering 2PC transaction");
-            let mut events = vec![NewEvent::new("transaction_recovered", None, json!({"owner": self.node_id()}))];
+            tx.doc.recoveries += 1;
+            let mut events = vec![NewEvent::new("transaction_recovered", None, json!({"owner": self.node_id(), "recoveries": tx.doc.recoveries}))];
             events.extend(presume_abort(&mut tx)?);
             if self.persist(&mut tx, events).await.is_ok() {
                 let engine = self.clone();

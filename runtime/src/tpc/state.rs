@@ -172,9 +172,25 @@ pub struct TpcDoc {
     /// When prepare began (ms since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at_ms: Option<i64>,
+    /// How often another coordinator took it over after its lease expired.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub recoveries: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl TpcDoc {
+    /// Whether an operator should look at it: it `failed`, a decision is still being retried
+    /// after `ATTENTION_ATTEMPTS` tries, or its leases keep expiring.
+    pub fn needs_attention(&self, state: TpcState) -> bool {
+        use crate::txn::{ATTENTION_ATTEMPTS, ATTENTION_RECOVERIES};
+        state == TpcState::Failed
+            || (matches!(state, TpcState::Committing | TpcState::Aborting) && self.participants.iter().any(|p| p.attempts >= ATTENTION_ATTEMPTS))
+            || self.recoveries >= ATTENTION_RECOVERIES
+    }
+
     /// The decision the votes imply: commit only if every participant explicitly prepared.
     pub fn decide(votes: &[Vote]) -> Decision {
         if !votes.is_empty() && votes.iter().all(|v| *v == Vote::Prepared) { Decision::Commit } else { Decision::Abort }
@@ -306,6 +322,7 @@ mod tests {
             retry_policy: RetryPolicy::default(),
             decision_max_attempts: max,
             started_at_ms: None,
+            recoveries: 0,
         }
     }
 
@@ -396,5 +413,18 @@ mod tests {
         assert!(!TpcState::Aborting.can_become(TpcState::Committing));
         assert!(!TpcState::Committed.can_become(TpcState::Aborted));
         assert!(TpcState::Preparing.can_become(TpcState::Aborting));
+    }
+
+    #[test]
+    fn attention_is_for_failures_unacknowledged_decisions_and_repeated_takeovers() {
+        let mut d = doc_of(2, None);
+        assert!(d.needs_attention(TpcState::Failed));
+        assert!(!d.needs_attention(TpcState::Committing));
+        d.participants[1].attempts = crate::txn::ATTENTION_ATTEMPTS;
+        assert!(d.needs_attention(TpcState::Committing) && d.needs_attention(TpcState::Aborting));
+        assert!(!d.needs_attention(TpcState::Committed));
+        let mut d = doc_of(1, None);
+        d.recoveries = crate::txn::ATTENTION_RECOVERIES;
+        assert!(d.needs_attention(TpcState::Preparing));
     }
 }

@@ -39,6 +39,13 @@ pub use error::TxError;
 pub use journal::{Journal, Record, TxState, merged, wait_for_end};
 pub use transition::{IllegalTransition, Transition};
 
+/// Tries of one compensation or 2PC decision after which its transaction needs an
+/// operator's attention (while it is still being retried).
+pub const ATTENTION_ATTEMPTS: u32 = 3;
+/// Takeovers after expired leases after which a transaction needs attention: its
+/// coordinators keep dying or stalling while they drive it.
+pub const ATTENTION_RECOVERIES: u32 = 3;
+
 /// RFC 3339 with milliseconds, UTC: how documents show times.
 pub fn rfc3339(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)

@@ -151,6 +151,22 @@ class Api:
     def list_transactions(self, status: Optional[str] = None, limit: Optional[int] = None) -> List[Transaction]:
         return self._run(_read("/v1/transactions", _items("transactions", Transaction), {"status": status, "limit": limit}))
 
+    # Finding and operating
+    def search(self, kind: Optional[str] = None, state: Optional[str] = None, name: Optional[str] = None,
+               created_after: Optional[str] = None, created_before: Optional[str] = None, needs_attention: Optional[bool] = None,
+               limit: Optional[int] = None, cursor: Optional[str] = None) -> Dict[str, Any]:
+        """A page of the tenant's transactions of every kind, newest first: `{items, next_cursor?}`;
+        pass `next_cursor` back as `cursor` for the next page."""
+        params = {"kind": kind, "state": state, "name": name, "created_after": created_after, "created_before": created_before,
+                  "needs_attention": None if needs_attention is None else str(bool(needs_attention)).lower(), "limit": limit, "cursor": cursor}
+        return self._run(_read("/v1/search", dict, params))
+
+    def bulk(self, action: str, items: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
+        """`resume`, `cancel`, `recover` or `abort` on up to 100 items (`{kind, id}`, or a
+        search's items as they are); each item's outcome in `results`."""
+        wanted = [{"kind": i["kind"], "id": i.get("id") or i.get("saga_id") or i.get("transaction_id")} for i in items]
+        return self._run(_write(f"/v1/bulk/{_seg(action)}", {"items": wanted}, dict))
+
     # Settings, tenants, operations
     def set_default_policy(self, policy: str) -> Dict[str, Any]:
         """`policy`: a policy plugin's name, or `builtin` for the built-in rules."""

@@ -16,9 +16,6 @@
 /// changing it would lose track of indexed transactions.
 pub const BUCKETS: u32 = 16;
 
-/// The kinds of transaction the engines store (`Inspect` visits each).
-pub const KINDS: &[&str] = &["saga", "2pc", "transaction"];
-
 #[derive(Clone, Debug)]
 pub struct Keys {
     prefix: String,

@@ -42,7 +42,7 @@ pub use keys::{BUCKETS, Keys};
 
 use super::{
     ACTIVE, AuditStore, Backend, EventRow, IdempotencyStore, IdempotentReply, Inspect, KeyRow, Lease, NewEvent,
-    PluginRow, PluginStore, Result, SettingStore, StoreError, TenantRow, TenantStore, TxRow, TxStore,
+    PluginRow, PluginStore, Result, SettingStore, StoreError, TenantRow, TenantStore, TxQuery, TxRow, TxStore,
 };
 
 const DEFAULT_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -366,10 +366,11 @@ impl RedisStore {
         Ok(self.rows(&ids).await?.into_iter().flatten().filter(|r| r.kind == kind).collect())
     }
 
-    /// A tenant's transactions of `kind`, newest first (ties by id, descending), as a merge of
-    /// every bucket's list, `page` entries at a time; entries whose row is gone (expired) are
-    /// dropped from the list on the way.
-    async fn newest(&self, tenant: &str, kind: &str, state: Option<&str>, limit: usize) -> Result<Vec<TxRow>> {
+    /// A tenant's transactions that match `query`, newest first (ties by id, descending): a
+    /// merge of every bucket's list of every kind asked for, `page` entries at a time, each
+    /// list read from the cursor on; entries whose row is gone (expired) are dropped from
+    /// their list on the way.
+    async fn newest(&self, tenant: &str, query: &TxQuery, limit: usize) -> Result<Vec<TxRow>> {
         struct Cursor {
             key: String,
             offset: isize,
@@ -377,17 +378,29 @@ impl RedisStore {
             done: bool,
         }
         let page: isize = (limit.clamp(16, 512)) as isize;
+        let kinds: Vec<&str> = match &query.kind {
+            Some(kind) => vec![kind.as_str()],
+            None => super::KINDS.to_vec(),
+        };
+        // Scores (creation times) to read between: the cursor's is included, for its ties.
+        let newest = query.after.as_ref().map(|(at, _)| *at).into_iter().chain(query.created_before_ms.map(|t| t - 1)).min();
+        let max = newest.map_or("+inf".to_string(), |t| t.to_string());
+        let min = query.created_after_ms.map_or("-inf".to_string(), |t| (t + 1).to_string());
         let mut cursors: Vec<Cursor> = (0..BUCKETS)
-            .map(|b| Cursor { key: self.keys.listed(b, tenant, kind), offset: 0, buffer: VecDeque::new(), done: false })
+            .flat_map(|b| kinds.iter().map(move |k| (b, *k)))
+            .map(|(b, k)| Cursor { key: self.keys.listed(b, tenant, k), offset: 0, buffer: VecDeque::new(), done: false })
             .collect();
         let mut found = Vec::new();
         while found.len() < limit {
-            let refills = cursors.iter_mut().filter(|c| c.buffer.is_empty() && !c.done).map(|c| async move {
-                let entries: Vec<(String, f64)> = self.conn().zrevrange_withscores(&c.key, c.offset, c.offset + page - 1).await?;
-                c.offset += entries.len() as isize;
-                c.done = (entries.len() as isize) < page;
-                c.buffer.extend(entries.into_iter().map(|(id, score)| (score as i64, id)));
-                Ok::<_, StoreError>(())
+            let refills = cursors.iter_mut().filter(|c| c.buffer.is_empty() && !c.done).map(|c| {
+                let (max, min) = (&max, &min);
+                async move {
+                    let entries: Vec<(String, f64)> = self.conn().zrevrangebyscore_limit_withscores(&c.key, max, min, c.offset, page).await?;
+                    c.offset += entries.len() as isize;
+                    c.done = (entries.len() as isize) < page;
+                    c.buffer.extend(entries.into_iter().map(|(id, score)| (score as i64, id)));
+                    Ok::<_, StoreError>(())
+                }
             });
             try_join_all(refills).await?;
             // The next candidates in global order, as many as could still be wanted.
@@ -411,7 +424,7 @@ impl RedisStore {
                     None => {
                         let _: i64 = self.conn().zrem(key, id).await?;
                     }
-                    Some(row) if row.tenant == tenant && row.kind == kind && state.is_none_or(|s| row.state == s) => found.push(row),
+                    Some(row) if row.tenant == tenant && query.matches(&row) => found.push(row),
                     Some(_) => {}
                 }
             }
@@ -596,8 +609,8 @@ impl TxStore for RedisStore {
         Ok(row.filter(|r| r.tenant == tenant && r.kind == kind))
     }
 
-    async fn list_tx(&self, tenant: &str, kind: &str, state: Option<&str>, limit: i64) -> Result<Vec<TxRow>> {
-        self.newest(tenant, kind, state, limit.max(0) as usize).await
+    async fn search_tx(&self, tenant: &str, query: &TxQuery, limit: i64) -> Result<Vec<TxRow>> {
+        self.newest(tenant, query, limit.max(0) as usize).await
     }
 
     async fn events(&self, id: &str) -> Result<Vec<EventRow>> {
@@ -855,7 +868,7 @@ impl Inspect for RedisStore {
 
     async fn state_counts(&self) -> Result<Vec<(String, String, i64)>> {
         let mut counts: std::collections::BTreeMap<(String, String), i64> = Default::default();
-        for kind in keys::KINDS {
+        for kind in super::KINDS {
             for row in self.rows_of_kind(kind).await? {
                 *counts.entry((row.kind, row.state)).or_default() += 1;
             }

@@ -19,7 +19,7 @@ use sqlx::{AnyPool, Row};
 use super::commit;
 use super::{
     AuditStore, Backend, EventRow, IdempotencyStore, IdempotentReply, Inspect, KeyRow, Lease, NewEvent, PluginRow,
-    PluginStore, Result, SettingStore, StoreError, TenantRow, TenantStore, TxRow, TxStore, now_ms,
+    PluginStore, Result, SettingStore, StoreError, TenantRow, TenantStore, TxQuery, TxRow, TxStore, now_ms,
 };
 
 impl From<sqlx::Error> for StoreError {
@@ -215,30 +215,53 @@ impl TxStore for SqlStore {
         Ok(row.filter(|r| r.tenant == tenant && r.kind == kind))
     }
 
-    async fn list_tx(&self, tenant: &str, kind: &str, state: Option<&str>, limit: i64) -> Result<Vec<TxRow>> {
-        let rows = match state {
-            Some(state) => {
-                sqlx::query(&format!(
-                    "{TX_COLUMNS} WHERE tenant_id = $1 AND kind = $2 AND state = $3 ORDER BY created_at DESC, id DESC LIMIT $4"
-                ))
-                .bind(tenant)
-                .bind(kind)
-                .bind(state)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?
+    async fn search_tx(&self, tenant: &str, query: &TxQuery, limit: i64) -> Result<Vec<TxRow>> {
+        // Conditions and their values, numbered as they are added.
+        let mut sql = format!("{TX_COLUMNS} WHERE tenant_id = $1");
+        let mut texts: Vec<&str> = vec![tenant];
+        let mut numbers: Vec<(usize, i64)> = Vec::new();
+        let mut next = 2;
+        for (column, value) in [("kind", &query.kind), ("state", &query.state), ("name", &query.name)] {
+            if let Some(v) = value {
+                sql += &format!(" AND {column} = ${next}");
+                texts.push(v);
+                next += 1;
             }
-            None => {
-                sqlx::query(&format!(
-                    "{TX_COLUMNS} WHERE tenant_id = $1 AND kind = $2 ORDER BY created_at DESC, id DESC LIMIT $3"
-                ))
-                .bind(tenant)
-                .bind(kind)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?
-            }
-        };
+        }
+        // Texts are bound first, then numbers, in placeholder order.
+        let mut conditions = Vec::new();
+        if let Some(t) = query.created_after_ms {
+            conditions.push(("created_at > ${}", t));
+        }
+        if let Some(t) = query.created_before_ms {
+            conditions.push(("created_at < ${}", t));
+        }
+        for (condition, value) in conditions {
+            sql += &format!(" AND {}", condition.replace("${}", &format!("${next}")));
+            numbers.push((next, value));
+            next += 1;
+        }
+        let cursor_id;
+        if let Some((at, id)) = &query.after {
+            sql += &format!(" AND (created_at < ${next} OR (created_at = ${next} AND id < ${}))", next + 1);
+            numbers.push((next, *at));
+            cursor_id = Some(id.as_str());
+            next += 2;
+        } else {
+            cursor_id = None;
+        }
+        sql += &format!(" ORDER BY created_at DESC, id DESC LIMIT ${next}");
+        let mut q = sqlx::query(&sql);
+        for t in &texts {
+            q = q.bind(*t);
+        }
+        for (_, n) in &numbers {
+            q = q.bind(*n);
+        }
+        if let Some(id) = cursor_id {
+            q = q.bind(id);
+        }
+        let rows = q.bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(tx_row).collect()
     }
 
