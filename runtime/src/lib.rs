@@ -19,6 +19,7 @@ pub mod model;
 pub mod outbound;
 pub mod participant;
 pub mod plugin;
+pub mod retention;
 pub mod saga;
 pub mod tpc;
 pub mod store;

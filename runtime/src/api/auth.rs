@@ -108,6 +108,9 @@ pub struct TenantLimits {
     /// Largest answer accepted from this tenant's HTTP participants and plugins, in bytes
     /// (default 1 MiB, at most 16 MiB).
     pub max_answer_bytes: Option<usize>,
+    /// How long this tenant's ended transactions and idempotency replies are kept, in ms;
+    /// `0` keeps them forever (default: the server's `--retention-ms`, 7 days).
+    pub retention_ms: Option<u64>,
 }
 
 impl TenantLimits {
@@ -123,6 +126,9 @@ impl TenantLimits {
         }
         if self.max_versions.is_some_and(|v| v < 1) || self.max_component_bytes.is_some_and(|b| b == 0) {
             return Err("limits.max_versions and limits.max_component_bytes must be positive".into());
+        }
+        if self.retention_ms.is_some_and(|r| r > 10 * 365 * 86_400_000) {
+            return Err("limits.retention_ms must be at most ten years (0 keeps forever)".into());
         }
         if self.max_instances.is_some_and(|n| n == 0) {
             return Err("limits.max_instances must be at least 1".into());

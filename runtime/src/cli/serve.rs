@@ -22,6 +22,17 @@ pub struct ServeArgs {
     /// Address to listen on (loopback by default).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// How long ended transactions (documents, journals) and idempotency replies are kept, in
+    /// ms (default 7 days); 0 keeps them forever. A tenant's `limits.retention_ms` overrides it.
+    /// On Redis, the URL's `retention` applies instead (keys expire by themselves).
+    #[arg(long, env = "WASMTX_RETENTION_MS", default_value_t = crate::retention::DEFAULT_RETENTION_MS)]
+    pub retention_ms: u64,
+    /// How long audit entries are kept, in ms (default 90 days); 0 keeps them forever.
+    #[arg(long, env = "WASMTX_AUDIT_RETENTION_MS", default_value_t = crate::retention::DEFAULT_AUDIT_RETENTION_MS)]
+    pub audit_retention_ms: u64,
+    /// How often the retention sweeper runs, in ms.
+    #[arg(long, env = "WASMTX_SWEEP_EVERY_MS", default_value_t = 60_000)]
+    pub sweep_every_ms: u64,
     /// Bearer token of the admin API (creating tenants and keys); without it the admin API is off.
     #[arg(long, env = "WASMTX_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -204,6 +215,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         })
         .await
     };
+    let _retention = crate::retention::spawn(
+        node.store.clone(),
+        crate::retention::RetentionPolicy {
+            transactions_ms: args.retention_ms,
+            audit_ms: args.audit_retention_ms,
+            every: Duration::from_millis(args.sweep_every_ms.max(10)),
+        },
+    );
     // Count every durable event of the three engines for /metrics.
     let _event_counter = {
         let metrics = node.invoker.metrics().clone();

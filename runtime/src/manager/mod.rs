@@ -23,7 +23,7 @@ use crate::store::{NewEvent, Store, StoreError};
 use crate::tpc::{CreateTpc, ParticipantSpec, TpcEngine, TpcError, TpcState};
 use select::{Capability, Selection};
 
-const KIND: &str = "transaction";
+pub const KIND: &str = "transaction";
 const MANAGED: Kind = Kind { store: KIND, name: "transaction" };
 /// The tenant setting naming the default policy plugin.
 pub const DEFAULT_POLICY_SETTING: &str = "default_policy";

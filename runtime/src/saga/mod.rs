@@ -33,7 +33,7 @@ use crate::store::{EventRow, NewEvent, Store};
 pub use state::{SagaDoc, SagaState, StepRecord, StepSpec, StepState};
 use state::{MAX_STEPS, check_dag};
 
-const KIND: &str = "saga";
+pub const KIND: &str = "saga";
 const SAGAS: Kind = Kind { store: KIND, name: "saga" };
 const MAX_CONTEXT_BYTES: usize = 256 * 1024;
 /// Longest saga-wide timeout: 7 days.

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::{
     AuditStore, Backend, EventRow, IdempotencyStore, IdempotentReply, Inspect, KeyRow, Lease, NewEvent, PluginRow,
-    PluginStore, Result, SettingStore, StoreError, TenantRow, TenantStore, TxQuery, TxRow, TxStore,
+    PluginStore, Result, Retention, SettingStore, StoreError, TenantRow, TenantStore, TxQuery, TxRow, TxStore,
 };
 
 /// An in-memory [`PluginStore`].
@@ -91,7 +91,8 @@ struct State {
     tenants: HashMap<String, TenantRow>,
     /// key id → (key, revoked).
     keys: HashMap<String, (KeyRow, bool)>,
-    replies: HashMap<(String, String), IdempotentReply>,
+    /// (tenant, key) → (reply, remembered at).
+    replies: HashMap<(String, String), (IdempotentReply, i64)>,
     settings: HashMap<(String, String), String>,
     /// (tenant, at, actor, action, detail), oldest first.
     audit: Vec<(String, i64, String, String, Value)>,
@@ -290,11 +291,11 @@ impl TenantStore for MemoryStore {
 #[async_trait]
 impl IdempotencyStore for MemoryStore {
     async fn idempotent_reply(&self, tenant: &str, key: &str) -> Result<Option<IdempotentReply>> {
-        Ok(self.inner.lock().unwrap().replies.get(&(tenant.to_string(), key.to_string())).cloned())
+        Ok(self.inner.lock().unwrap().replies.get(&(tenant.to_string(), key.to_string())).map(|(r, _)| r.clone()))
     }
 
-    async fn remember_reply(&self, tenant: &str, key: &str, reply: &IdempotentReply, _now_ms: i64) -> Result<()> {
-        self.inner.lock().unwrap().replies.entry((tenant.to_string(), key.to_string())).or_insert_with(|| reply.clone());
+    async fn remember_reply(&self, tenant: &str, key: &str, reply: &IdempotentReply, now_ms: i64) -> Result<()> {
+        self.inner.lock().unwrap().replies.entry((tenant.to_string(), key.to_string())).or_insert_with(|| (reply.clone(), now_ms));
         Ok(())
     }
 }
@@ -323,6 +324,48 @@ impl AuditStore for MemoryStore {
         let s = self.inner.lock().unwrap();
         let entries = s.audit.iter().rev().filter(|e| e.0 == tenant).take(limit.max(0) as usize);
         Ok(entries.map(|(_, at, actor, action, detail)| (*at, actor.clone(), action.clone(), detail.clone())).collect())
+    }
+}
+
+#[async_trait]
+impl Retention for MemoryStore {
+    async fn purge_ended(&self, tenant: &str, kind: &str, states: &[&str], before_ms: i64, limit: i64) -> Result<u64> {
+        let mut s = self.inner.lock().unwrap();
+        let doomed: Vec<String> = s
+            .txs
+            .values()
+            .map(|(r, _)| r)
+            .filter(|r| r.tenant == tenant && r.kind == kind && states.contains(&r.state.as_str()) && r.updated_at_ms < before_ms)
+            .map(|r| r.id.clone())
+            .take(limit.max(0) as usize)
+            .collect();
+        for id in &doomed {
+            s.txs.remove(id);
+            s.journal.remove(id);
+        }
+        Ok(doomed.len() as u64)
+    }
+
+    async fn purge_replies(&self, tenant: &str, before_ms: i64, limit: i64) -> Result<u64> {
+        let mut s = self.inner.lock().unwrap();
+        let doomed: Vec<(String, String)> =
+            s.replies.iter().filter(|((t, _), (_, at))| t == tenant && *at < before_ms).map(|(k, _)| k.clone()).take(limit.max(0) as usize).collect();
+        for key in &doomed {
+            s.replies.remove(key);
+        }
+        Ok(doomed.len() as u64)
+    }
+
+    async fn purge_audit(&self, tenant: &str, before_ms: i64, limit: i64) -> Result<u64> {
+        let mut s = self.inner.lock().unwrap();
+        let mut left = limit.max(0);
+        let before = s.audit.len();
+        s.audit.retain(|(t, at, ..)| {
+            let purge = t == tenant && *at < before_ms && left > 0;
+            left -= purge as i64;
+            !purge
+        });
+        Ok((before - s.audit.len()) as u64)
     }
 }
 

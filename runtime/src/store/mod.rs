@@ -293,9 +293,25 @@ pub trait AuditStore: Send + Sync {
     async fn audit_log(&self, tenant: &str, limit: i64) -> Result<Vec<(i64, String, String, Value)>>;
 }
 
+/// Deleting what the retention periods no longer keep, in small batches. Each call is
+/// safe to run on several coordinators at once: a row is deleted once, and a transaction
+/// that left its end state since it was chosen is not deleted.
+#[async_trait]
+pub trait Retention: Send + Sync {
+    /// Deletes up to `limit` of `tenant`'s transactions of `kind` in one of `states` (its end
+    /// states) last written before `before_ms`, with their journals; returns how many.
+    async fn purge_ended(&self, tenant: &str, kind: &str, states: &[&str], before_ms: i64, limit: i64) -> Result<u64>;
+
+    /// Deletes up to `limit` of `tenant`'s idempotency replies remembered before `before_ms`.
+    async fn purge_replies(&self, tenant: &str, before_ms: i64, limit: i64) -> Result<u64>;
+
+    /// Deletes up to `limit` of `tenant`'s audit entries written before `before_ms`.
+    async fn purge_audit(&self, tenant: &str, before_ms: i64, limit: i64) -> Result<u64>;
+}
+
 /// Everything a coordinator needs of its store.
 #[async_trait]
-pub trait Backend: TxStore + PluginStore + TenantStore + IdempotencyStore + SettingStore + AuditStore + Inspect {
+pub trait Backend: TxStore + PluginStore + TenantStore + IdempotencyStore + SettingStore + AuditStore + Retention + Inspect {
     /// `sqlite`, `postgres`, …
     fn kind(&self) -> &'static str;
 
@@ -372,7 +388,7 @@ impl Store {
 
 /// The store's traits, for callers that use a [`Store`]'s methods.
 pub mod prelude {
-    pub use super::{AuditStore, Backend, IdempotencyStore, Inspect, PluginStore, SettingStore, TenantStore, TxStore};
+    pub use super::{AuditStore, Backend, IdempotencyStore, Inspect, PluginStore, Retention, SettingStore, TenantStore, TxStore};
 }
 
 /// Milliseconds since the Unix epoch.

@@ -30,7 +30,7 @@ use crate::store::{EventRow, NewEvent, Store};
 pub use state::{Decision, ParticipantRecord, ParticipantSpec, ParticipantState, TpcDoc, TpcState};
 use state::{DEFAULT_PREPARE_TIMEOUT_MS, MAX_PARTICIPANTS};
 
-const KIND: &str = "2pc";
+pub const KIND: &str = "2pc";
 const TRANSACTIONS: Kind = Kind { store: KIND, name: "2PC transaction" };
 
 /// The 2PC engine's errors: the one error of the engines.

@@ -42,7 +42,7 @@ pub use keys::{BUCKETS, Keys};
 
 use super::{
     ACTIVE, AuditStore, Backend, EventRow, IdempotencyStore, IdempotentReply, Inspect, KeyRow, Lease, NewEvent,
-    PluginRow, PluginStore, Result, SettingStore, StoreError, TenantRow, TenantStore, TxQuery, TxRow, TxStore,
+    PluginRow, PluginStore, Result, Retention, SettingStore, StoreError, TenantRow, TenantStore, TxQuery, TxRow, TxStore,
 };
 
 const DEFAULT_RETENTION_MS: i64 = 7 * 24 * 3600 * 1000;
@@ -846,6 +846,38 @@ impl AuditStore for RedisStore {
         }
         let entries: Vec<String> = self.conn().lrange(self.keys.audit(tenant), 0, limit as isize - 1).await?;
         entries.iter().map(|e| decode(tenant, e)).collect()
+    }
+}
+
+/// Ended transactions and idempotency replies expire by themselves on Redis (`?retention=`,
+/// set on each key when it is written); audit entries are trimmed from the old end.
+#[async_trait]
+impl Retention for RedisStore {
+    async fn purge_ended(&self, _tenant: &str, _kind: &str, _states: &[&str], _before_ms: i64, _limit: i64) -> Result<u64> {
+        Ok(0)
+    }
+
+    async fn purge_replies(&self, _tenant: &str, _before_ms: i64, _limit: i64) -> Result<u64> {
+        Ok(0)
+    }
+
+    async fn purge_audit(&self, tenant: &str, before_ms: i64, limit: i64) -> Result<u64> {
+        let key = self.keys.audit(tenant);
+        let mut purged = 0;
+        while purged < limit.max(0) as u64 {
+            // The list is newest first: its last entry is the oldest.
+            let Some(oldest): Option<String> = self.conn().lindex(&key, -1).await? else { break };
+            let at = serde_json::from_str::<Value>(&oldest).ok().and_then(|v| v[0].as_i64()).unwrap_or(i64::MAX);
+            if at >= before_ms {
+                break;
+            }
+            let removed: i64 = self.conn().lrem(&key, -1, &oldest).await?;
+            purged += removed.max(0) as u64;
+            if removed == 0 {
+                break;
+            }
+        }
+        Ok(purged)
     }
 }
 

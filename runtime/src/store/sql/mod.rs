@@ -19,7 +19,7 @@ use sqlx::{AnyPool, Row};
 use super::commit;
 use super::{
     AuditStore, Backend, EventRow, IdempotencyStore, IdempotentReply, Inspect, KeyRow, Lease, NewEvent, PluginRow,
-    PluginStore, Result, SettingStore, StoreError, TenantRow, TenantStore, TxQuery, TxRow, TxStore, now_ms,
+    PluginStore, Result, Retention, SettingStore, StoreError, TenantRow, TenantStore, TxQuery, TxRow, TxStore, now_ms,
 };
 
 impl From<sqlx::Error> for StoreError {
@@ -675,6 +675,64 @@ async fn insert_key(tx: &mut sqlx::Transaction<'_, sqlx::Any>, key: &KeyRow) -> 
         .execute(&mut **tx)
         .await?;
     Ok(())
+}
+
+#[async_trait]
+impl Retention for SqlStore {
+    async fn purge_ended(&self, tenant: &str, kind: &str, states: &[&str], before_ms: i64, limit: i64) -> Result<u64> {
+        let in_states: Vec<String> = (0..states.len()).map(|i| format!("${}", i + 5)).collect();
+        // Postgres: rows another coordinator is purging (or writing) are skipped, not waited for.
+        let lock = if self.dialect == Dialect::Postgres { "FOR UPDATE SKIP LOCKED" } else { "" };
+        let sql = format!(
+            "DELETE FROM transactions WHERE id IN (SELECT id FROM transactions
+                 WHERE tenant_id = $1 AND kind = $2 AND updated_at < $3 AND state IN ({})
+                 ORDER BY updated_at LIMIT $4 {lock})
+             RETURNING id",
+            in_states.join(", ")
+        );
+        let mut tx = self.begin_write().await?;
+        let mut q = sqlx::query(&sql).bind(tenant).bind(kind).bind(before_ms).bind(limit);
+        for st in states {
+            q = q.bind(*st);
+        }
+        let ids: Vec<String> = q.fetch_all(&mut *tx).await?.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
+        if !ids.is_empty() {
+            let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+            let delete = format!("DELETE FROM journal WHERE tx_id IN ({})", marks.join(", "));
+            let mut d = sqlx::query(&delete);
+            for id in &ids {
+                d = d.bind(id);
+            }
+            d.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(ids.len() as u64)
+    }
+
+    async fn purge_replies(&self, tenant: &str, before_ms: i64, limit: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM idempotency WHERE tenant_id = $1 AND key IN
+                 (SELECT key FROM idempotency WHERE tenant_id = $1 AND created_at < $2 LIMIT $3)",
+        )
+        .bind(tenant)
+        .bind(before_ms)
+        .bind(limit)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn purge_audit(&self, tenant: &str, before_ms: i64, limit: i64) -> Result<u64> {
+        let done = sqlx::query(
+            "DELETE FROM audit WHERE id IN (SELECT id FROM audit WHERE tenant_id = $1 AND at < $2 ORDER BY id LIMIT $3)",
+        )
+        .bind(tenant)
+        .bind(before_ms)
+        .bind(limit)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
 }
 
 const TX_COLUMNS: &str =
