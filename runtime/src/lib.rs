@@ -11,6 +11,7 @@
 //! - [`saga`], [`tpc`], [`manager`]: the protocols.
 //! - [`api`]: the HTTP server; [`cli`]: the `wasmtx` command line.
 
+pub mod alert;
 pub mod api;
 pub mod cli;
 pub mod manager;

@@ -148,6 +148,19 @@ impl Invoker {
 
     /// Refuses an HTTP participant endpoint `tenant` may not call (when it is added; the
     /// call itself is checked again).
+    /// POSTs JSON on `tenant`'s behalf under its outbound policy (alert deliveries).
+    pub async fn post_json_as(
+        &self,
+        tenant: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: &serde_json::Value,
+        timeout: Duration,
+        max_answer: usize,
+    ) -> Result<(u16, String), crate::outbound::NoAnswer> {
+        self.outbound.post_json(&self.scope(tenant, Reaching::Participant), url, headers, body, timeout, max_answer).await
+    }
+
     pub fn check_endpoint(&self, tenant: &str, endpoint: &str) -> Result<(), crate::outbound::Refusal> {
         self.outbound.check(&self.scope(tenant, Reaching::Participant), endpoint).map(drop)
     }

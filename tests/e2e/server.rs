@@ -574,7 +574,7 @@ const CONTRACT: &[(&str, &str)] = &[
     ("get", "/v1/transactions/{id}"), ("post", "/v1/transactions/{id}/abort"), ("post", "/v1/transactions/{id}/recover"),
     ("get", "/v1/transactions"), ("get", "/v1/transactions/{id}/history"),
     ("post", "/v1/admin/tenants"), ("post", "/v1/admin/tenants/{id}/keys"), ("delete", "/v1/admin/tenants/{id}/keys/{key_id}"),
-    ("put", "/v1/settings/default-policy"), ("get", "/v1/audit"), ("get", "/v1/search"), ("post", "/v1/bulk/{action}"), ("get", "/healthz"), ("get", "/metrics"), ("get", "/v1/openapi.json"),
+    ("put", "/v1/settings/default-policy"), ("put", "/v1/settings/alerts"), ("get", "/v1/settings/alerts"), ("get", "/v1/audit"), ("get", "/v1/search"), ("post", "/v1/bulk/{action}"), ("get", "/healthz"), ("get", "/metrics"), ("get", "/v1/openapi.json"),
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -734,5 +734,84 @@ on_every_store!(search_finds_every_kind_by_filters_pages_stably_and_flags_what_n
     let table = String::from_utf8_lossy(&out.stdout);
     assert_eq!(table.lines().count(), 4, "header, two rows, the cursor line: {table}");
     assert!(table.contains("next page: --cursor"), "{table}");
+    server.kill().await;
+});
+
+/// A webhook receiver: records (headers, body) of each delivery; answers 500 to the first.
+async fn receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>>, std::sync::Arc<tokio::sync::Notify>) {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<(axum::http::HeaderMap, Vec<u8>)>>> = Arc::default();
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let (s, a) = (seen.clone(), arrived.clone());
+    let app = axum::Router::new().route("/hook", axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+        let (s, a) = (s.clone(), a.clone());
+        async move {
+            let n = {
+                let mut seen = s.lock().unwrap();
+                seen.push((headers, body.to_vec()));
+                seen.len()
+            };
+            a.notify_one();
+            if n == 1 { axum::http::StatusCode::INTERNAL_SERVER_ERROR } else { axum::http::StatusCode::OK }
+        }
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen, arrived)
+}
+
+on_every_store!(a_failure_is_delivered_to_the_tenants_webhook_signed_and_retried_until_acknowledged, |url: String| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), common::server_db(&url), &["--lease-ms", "500"]).await;
+    push(&server, "scripted", plugins::SCRIPTED).await;
+    let (hook, seen, arrived) = receiver().await;
+    let secret = "a-secret-of-sixteen-or-more";
+    for bad in [json!({"url": hook, "events": ["exploded"], "secret": secret}), json!({"url": hook, "events": ["failed"], "secret": "short"}), json!({"url": "ftp://x", "events": ["failed"], "secret": secret})] {
+        let r = client().put(format!("{}/v1/settings/alerts", server.url)).json(&bad).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    }
+    let set = client().put(format!("{}/v1/settings/alerts", server.url)).json(&json!({"url": hook, "events": ["failed"], "secret": secret})).send().await.unwrap();
+    assert_eq!(set.status(), StatusCode::OK);
+    let (_, shown) = get(&server, "/v1/settings/alerts").await;
+    assert_eq!(shown["events"], json!(["failed"]));
+    assert!(shown.get("secret").is_none(), "the secret is never shown back");
+
+    // A saga that compensates succeeds in undoing: no alert. One that cannot: `failed`.
+    post(&server, "/v1/sagas", doomed_saga("fine", false)).await;
+    let (_, failed) = post(&server, "/v1/sagas", doomed_saga("refund", true)).await;
+    assert_eq!(failed["state"], "failed");
+    while seen.lock().unwrap().len() < 2 {
+        arrived.notified().await;
+    }
+    let seen = seen.lock().unwrap().clone();
+    let (first, second) = (&seen[0], &seen[1]);
+    assert_eq!(first.0["x-wasmtx-delivery"], second.0["x-wasmtx-delivery"], "a retry is the same delivery");
+    assert_eq!(first.1, second.1);
+    let body: Value = serde_json::from_slice(&second.1).unwrap();
+    assert_eq!((body["event"].as_str(), body["transaction_id"].as_str()), (Some("failed"), failed["saga_id"].as_str()));
+    let signed = second.0["x-wasmtx-signature"].to_str().unwrap();
+    assert_eq!(signed, format!("sha256={}", wasmtx::alert::signature(secret, &second.1)), "HMAC-SHA256 of the body");
+    // Delivered: recorded so (read from the store, which a memory server keeps to itself).
+    let id = second.0["x-wasmtx-delivery"].to_str().unwrap().to_string();
+    if url.starts_with("memory") {
+        server.kill().await;
+        return;
+    }
+    let store = wasmtx::store::Store::open(&match common::server_db(&url) {
+        Some(u) => u.to_string(),
+        None => format!("sqlite://{}", dir.path().join("wasmtx.db").display()),
+    }).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let row = store.get_tx("default", "alert", &id).await.unwrap().unwrap();
+        if row.state == "delivered" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never recorded delivered: {}", row.state);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (_, all) = get(&server, "/v1/search").await;
+    assert!(all["items"].as_array().unwrap().iter().all(|d| d["kind"] != "alert"), "deliveries are not listed as transactions");
     server.kill().await;
 });

@@ -95,8 +95,10 @@ def test_the_openapi_document_covers_every_client_call(client):
         assert path in doc["paths"], path
 
 
-def test_settings_health_and_audit(client):
+def test_settings_health_and_audit(client, participant):
     assert client.set_default_policy("builtin")["status"] == "success"
+    client.set_alerts(participant.url + "/hook", ["failed"], "sixteen-characters-at-least")
+    assert client.get_alerts()["events"] == ["failed"]
     health = client.health()
     assert health["status"] == "ok" and health["store"] in ("sqlite", "postgres")
     actions = [e["action"] for e in client.audit()["entries"]]

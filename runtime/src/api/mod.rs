@@ -58,6 +58,7 @@ struct Shared {
     sagas: SagaEngine,
     tpc: TpcEngine,
     manager: Manager,
+    alerts: crate::alert::Alerts,
 }
 
 /// Everything the server serves.
@@ -68,6 +69,7 @@ pub struct Services {
     pub sagas: SagaEngine,
     pub tpc: TpcEngine,
     pub manager: Manager,
+    pub alerts: crate::alert::Alerts,
     /// The bearer token of the admin API (`WASMTX_ADMIN_TOKEN`); `None` turns it off.
     pub admin_token: Option<String>,
     /// Whether requests without a key are served as the implicit tenant while no tenant
@@ -90,6 +92,7 @@ impl AppState {
                 sagas: s.sagas,
                 tpc: s.tpc,
                 manager: s.manager,
+                alerts: s.alerts,
             }),
         }
     }
@@ -882,6 +885,29 @@ async fn set_default_policy(
     s.inner.manager.set_default_policy(&tenant, &req.policy).await?;
     s.audit(&tenant, &actor, "default_policy_set", json!({"policy": req.policy})).await;
     Ok(Json(json!({"status": "success", "policy": req.policy})))
+}
+
+#[utoipa::path(put, path = "/v1/settings/alerts", tag = "operations", request_body = crate::alert::AlertSettings,
+    responses((status = 200, description = "Set for the tenant (the secret is not shown again)", body = openapi::AlertsShown),
+        (status = 400, description = "Malformed request", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody),
+        (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content, or a URL the outbound policy refuses", body = openapi::ErrorBody),
+        (status = 500, description = "The server's own fault", body = openapi::ErrorBody)))]
+async fn set_alerts(State(s): State<AppState>, Tenant(tenant, actor): Tenant, body: JsonBody) -> Result<Json<Value>, ApiError> {
+    let req: crate::alert::AlertSettings = parse(body)?;
+    req.validate().map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e))?;
+    s.inner.invoker.check_endpoint(&tenant, &req.url).map_err(|e| ApiError::from(crate::txn::TxError::EndpointRefused(e.to_string())))?;
+    s.inner.alerts.set_settings(&tenant, &req).await?;
+    s.audit(&tenant, &actor, "alerts_set", json!({"url": req.url, "events": req.events})).await;
+    Ok(Json(json!({"status": "success", "url": req.url, "events": req.events})))
+}
+
+#[utoipa::path(get, path = "/v1/settings/alerts", tag = "operations",
+    responses((status = 200, description = "The tenant's webhook, without its secret", body = openapi::AlertsShown),
+        (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "No webhook set", body = openapi::ErrorBody),
+        (status = 500, description = "The server's own fault", body = openapi::ErrorBody)))]
+async fn get_alerts(State(s): State<AppState>, Tenant(tenant, _actor): Tenant) -> Result<Json<Value>, ApiError> {
+    let settings = s.inner.alerts.settings(&tenant).await?.ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", "no alert webhook is set"))?;
+    Ok(Json(json!({"status": "success", "url": settings.url, "events": settings.events})))
 }
 
 fn parse_limit(limit: Option<&str>) -> Result<i64, ApiError> {

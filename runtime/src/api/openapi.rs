@@ -71,6 +71,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(recover_managed))
         .routes(routes!(managed_history))
         .routes(routes!(set_default_policy))
+        .routes(routes!(set_alerts, get_alerts))
         .routes(routes!(auth::create_tenant))
         .routes(routes!(auth::add_key))
         .routes(routes!(auth::revoke_key))
@@ -405,4 +406,12 @@ pub struct BulkItemResult {
     document: Option<Value>,
     code: Option<String>,
     error: Option<String>,
+}
+
+/// A tenant's alert webhook as shown back (never its secret).
+#[derive(ToSchema)]
+pub struct AlertsShown {
+    status: ResultStatus,
+    url: String,
+    events: Vec<String>,
 }

@@ -88,6 +88,10 @@ pub(super) async fn search(
             }
             scanned += 1;
             last = Some((row.created_at_ms, row.id.clone()));
+            // Alert deliveries are stored beside transactions; they are not transactions.
+            if !crate::store::KINDS.contains(&row.kind.as_str()) {
+                continue;
+            }
             let doc = document(&s, &tenant, row).await?;
             if !attention || doc["needs_attention"] == true {
                 items.push(doc);

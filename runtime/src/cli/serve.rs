@@ -108,6 +108,7 @@ pub struct Node {
     pub sagas: SagaEngine,
     pub tpc: TpcEngine,
     pub manager: Manager,
+    pub alerts: crate::alert::Alerts,
 }
 
 impl NodeArgs {
@@ -135,11 +136,13 @@ impl NodeArgs {
         let invoker = Invoker::new(host, CallLimits::default())
             .with_node_id(&node_id)
             .allow_private_endpoints(self.allow_private_endpoints);
-        let config = EngineConfig { node_id, lease: Duration::from_millis(self.lease_ms.max(100)), ..EngineConfig::default() };
+        let lease = Duration::from_millis(self.lease_ms.max(100));
+        let alerts = crate::alert::Alerts::new(store.clone(), invoker.clone(), node_id.clone(), lease);
+        let config = EngineConfig { node_id, lease, ..EngineConfig::default() };
         let sagas = SagaEngine::new(store.clone(), catalog.clone(), invoker.clone(), config.clone());
         let tpc = TpcEngine::new(store.clone(), catalog.clone(), invoker.clone(), config);
         let manager = Manager::new(store.clone(), catalog.clone(), sagas.clone(), tpc.clone());
-        Ok(Node { invoker, store, catalog, sagas, tpc, manager })
+        Ok(Node { invoker, store, catalog, sagas, tpc, manager, alerts })
     }
 }
 
@@ -181,6 +184,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         sagas: node.sagas.clone(),
         tpc: node.tpc.clone(),
         manager: node.manager.clone(),
+        alerts: node.alerts.clone(),
         admin_token: args.admin_token.clone(),
         single_tenant: open,
     });
@@ -188,11 +192,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Claims what this node held before a restart at once, then, periodically, whatever a
     // dead coordinator's expired leases left behind.
     let _recovery = {
-        let (sagas, tpc, manager) = (node.sagas.clone(), node.tpc.clone(), node.manager.clone());
+        let (sagas, tpc, manager, alerts) = (node.sagas.clone(), node.tpc.clone(), node.manager.clone(), node.alerts.clone());
         let every = Duration::from_millis((args.node.lease_ms / 2).clamp(100, 2_000));
         let state = state.clone();
         crate::txn::recovery::spawn_loop(every, move |own| {
-            let (sagas, tpc, manager, state) = (sagas.clone(), tpc.clone(), manager.clone(), state.clone());
+            let (sagas, tpc, manager, alerts, state) = (sagas.clone(), tpc.clone(), manager.clone(), alerts.clone(), state.clone());
             async move {
                 // Tenants created on another coordinator: their work may be recovered here.
                 if let Err(e) = state.load_all_tenants().await {
@@ -210,6 +214,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     tracing::warn!("managed-transaction recovery pass failed: {e}");
                     0
                 });
+                // Alert deliveries whose retry is due are claimed like any other work.
+                alerts.recover_expired(own).await;
                 a + b + c
             }
         })
@@ -223,6 +229,24 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             every: Duration::from_millis(args.sweep_every_ms.max(10)),
         },
     );
+    // Announcements that are alert events become deliveries (each stored before it is sent).
+    let _alerting = {
+        let alerts = node.alerts.clone();
+        let streams = vec![node.sagas.subscribe(), node.tpc.subscribe(), node.manager.subscribe()];
+        crate::txn::recovery::AbortOnDrop(tokio::spawn(async move {
+            let mut merged = crate::txn::journal::merged(streams);
+            while let Some(p) = futures::StreamExt::next(&mut merged).await {
+                if crate::alert::event_of(&p).is_some() {
+                    let alerts = alerts.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = alerts.raise(&p).await {
+                            tracing::warn!(transaction_id = %p.tx_id, "raising an alert failed: {e}");
+                        }
+                    });
+                }
+            }
+        }))
+    };
     // Count every durable event of the three engines for /metrics.
     let _event_counter = {
         let metrics = node.invoker.metrics().clone();

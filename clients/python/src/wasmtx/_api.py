@@ -172,6 +172,14 @@ class Api:
         """`policy`: a policy plugin's name, or `builtin` for the built-in rules."""
         return self._run(Call("PUT", "/v1/settings/default-policy", json={"policy": policy}, idempotent=True, parse=dict))
 
+    def set_alerts(self, url: str, events: List[str], secret: str) -> Dict[str, Any]:
+        """The tenant's webhook for `failed`, `compensation_failed`, `decision_unacknowledged`,
+        `policy_fallback`; deliveries are signed with `secret` (HMAC-SHA256)."""
+        return self._run(Call("PUT", "/v1/settings/alerts", json={"url": url, "events": list(events), "secret": secret}, idempotent=True, parse=dict))
+
+    def get_alerts(self) -> Dict[str, Any]:
+        return self._run(_read("/v1/settings/alerts", dict))
+
     def create_tenant(self, tenant_id: str, limits: Optional[Dict[str, Any]] = None, allowed_hosts: Optional[List[str]] = None) -> Tenant:
         """Admin only (the client's `api_key` is the admin token). The key is shown once."""
         return self._run(_write("/v1/admin/tenants", _body(tenant_id=tenant_id, limits=limits, allowed_hosts=allowed_hosts), Tenant))
