@@ -13,18 +13,6 @@ use wasmtx_testkit::{plugin_bytes, plugins};
 
 use common::{Answer, HttpParticipant, Node, Script, TENANT, node};
 
-macro_rules! on_every_swept_store {
-    ($name:ident, $scenario:expr) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            $crate::store_test!(sqlite, $scenario);
-            $crate::store_test!(postgres, $scenario);
-            $crate::store_test!(memory, $scenario);
-        }
-    };
-}
-
 async fn saga(n: &Node, tenant: &str, name: &str, steps: serde_json::Value, run: bool) -> String {
     let req: CreateSaga = serde_json::from_value(json!({"saga_name": name, "context": {"amount": 5}, "steps": steps})).unwrap();
     let created = n.sagas.create(tenant, req).await.unwrap();

@@ -115,6 +115,20 @@ macro_rules! on_every_durable_store {
     };
 }
 
+/// The stores whose retention the sweeper does (on Redis keys expire by themselves).
+#[macro_export]
+macro_rules! on_every_swept_store {
+    ($name:ident, $scenario:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::store_test!(sqlite, $scenario);
+            $crate::store_test!(postgres, $scenario);
+            $crate::store_test!(memory, $scenario);
+        }
+    };
+}
+
 /// For scenarios that reach into a SQL database itself (migrations, a refusing trigger).
 #[macro_export]
 macro_rules! on_every_sql_store {
