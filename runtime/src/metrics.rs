@@ -1,82 +1,141 @@
-//! Process metrics in Prometheus text format: transaction events by kind (which covers end
-//! states by pattern: `saga_completed`, `transaction_committed`, …, and retries and recovery
-//! claims), plugin/participant call outcomes and latency per phase, executions in flight.
-//! No tenant appears in a label: `/metrics` is for the operator, and one tenant's activity
-//! must not be visible to another.
+//! Process metrics (`/metrics`, Prometheus text through `prometheus-client`): transaction
+//! events by kind and ends by kind and outcome, plugin/participant call outcomes and latency
+//! per phase, executions in flight, HTTP requests by route and status, and the store's group
+//! commits (batch size, latency). No tenant appears in a label: `/metrics` is for the
+//! operator, and one tenant's activity must not be visible to another.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-/// Upper bounds (seconds) of the latency histogram buckets.
-const BUCKETS: [f64; 11] = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0];
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
 }
 
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    phase: &'static str,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabel {
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndLabels {
+    kind: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    /// The route's pattern (`/v1/sagas/{id}`), never the path with its ids.
+    route: String,
+    status: u16,
+}
+
+fn latency() -> Histogram {
+    // 100 µs to ~52 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+/// The metrics of one process.
 pub struct Metrics {
-    events: Mutex<BTreeMap<String, u64>>,
-    calls: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
-    latency: Mutex<BTreeMap<&'static str, Histogram>>,
-    in_flight: AtomicI64,
+    registry: Registry,
+    events: Family<KindLabel, Counter>,
+    ends: Family<EndLabels, Counter>,
+    calls: Family<CallLabels, Counter>,
+    phase_latency: Family<PhaseLabel, Histogram, fn() -> Histogram>,
+    in_flight: Gauge,
+    requests: Family<RouteLabels, Counter>,
+    request_latency: Family<PhaseLabel, Histogram, fn() -> Histogram>,
+    commit_batch: Histogram,
+    commit_latency: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("wasmtx");
+        let events = Family::<KindLabel, Counter>::default();
+        registry.register("transaction_events", "Durable transaction events by kind", events.clone());
+        let ends = Family::<EndLabels, Counter>::default();
+        registry.register("transaction_ends", "Transactions that reached an end state, by kind and outcome", ends.clone());
+        let calls = Family::<CallLabels, Counter>::default();
+        registry.register("participant_calls", "Plugin and HTTP participant calls by phase and outcome", calls.clone());
+        let phase_latency = Family::<PhaseLabel, Histogram, fn() -> Histogram>::new_with_constructor(latency);
+        registry.register("phase_duration_seconds", "Participant call latency by phase", phase_latency.clone());
+        let in_flight = Gauge::default();
+        registry.register("executions_in_flight", "Executions being served by this process", in_flight.clone());
+        let requests = Family::<RouteLabels, Counter>::default();
+        registry.register("http_requests", "HTTP requests by method, route and status", requests.clone());
+        let request_latency = Family::<PhaseLabel, Histogram, fn() -> Histogram>::new_with_constructor(latency);
+        registry.register("http_request_duration_seconds", "HTTP request latency by method", request_latency.clone());
+        let commit_batch = Histogram::new(exponential_buckets(1.0, 2.0, 10));
+        registry.register("store_commit_batch_writes", "Writes per group commit", commit_batch.clone());
+        let commit_latency = latency();
+        registry.register("store_commit_duration_seconds", "Group commit latency", commit_latency.clone());
+        Metrics { registry, events, ends, calls, phase_latency, in_flight, requests, request_latency, commit_batch, commit_latency }
+    }
 }
 
 impl Metrics {
+    /// The process's metrics (the store's committers record into them too).
+    pub fn global() -> Arc<Metrics> {
+        static GLOBAL: OnceLock<Arc<Metrics>> = OnceLock::new();
+        GLOBAL.get_or_init(|| Arc::new(Metrics::default())).clone()
+    }
+
     pub fn count_event(&self, kind: &str) {
-        *self.events.lock().unwrap().entry(kind.to_string()).or_default() += 1;
+        self.events.get_or_create(&KindLabel { kind: kind.to_string() }).inc();
+    }
+
+    /// A transaction of `kind` reached the end state `outcome`.
+    pub fn count_end(&self, kind: &str, outcome: &str) {
+        self.ends.get_or_create(&EndLabels { kind: kind.to_string(), outcome: outcome.to_string() }).inc();
     }
 
     /// One participant call of `phase` that ended as `outcome` after `took`.
     pub fn record_call(&self, phase: &'static str, outcome: &'static str, took: Duration) {
-        *self.calls.lock().unwrap().entry((phase, outcome)).or_default() += 1;
-        let secs = took.as_secs_f64();
-        let mut latency = self.latency.lock().unwrap();
-        let h = latency.entry(phase).or_default();
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                h.counts[i] += 1;
-            }
-        }
-        h.count += 1;
-        h.sum += secs;
+        self.calls.get_or_create(&CallLabels { phase, outcome }).inc();
+        self.phase_latency.get_or_create(&PhaseLabel { phase }).observe(took.as_secs_f64());
     }
 
     pub fn add_in_flight(&self, delta: i64) {
-        self.in_flight.fetch_add(delta, Ordering::Relaxed);
+        self.in_flight.inc_by(delta);
+    }
+
+    /// One HTTP request to `route` (its pattern) answered `status` after `took`.
+    pub fn record_request(&self, method: &str, route: &str, status: u16, took: Duration) {
+        self.requests.get_or_create(&RouteLabels { method: method.to_string(), route: route.to_string(), status }).inc();
+        let phase: &'static str = match method {
+            "GET" => "GET",
+            "POST" => "POST",
+            "PUT" => "PUT",
+            "DELETE" => "DELETE",
+            _ => "other",
+        };
+        self.request_latency.get_or_create(&PhaseLabel { phase }).observe(took.as_secs_f64());
+    }
+
+    /// One group commit of `writes` writes that took `took`.
+    pub fn record_commit(&self, writes: usize, took: Duration) {
+        self.commit_batch.observe(writes as f64);
+        self.commit_latency.observe(took.as_secs_f64());
     }
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        out.push_str("# HELP wasmtx_transaction_events_total Durable transaction events by kind.\n");
-        out.push_str("# TYPE wasmtx_transaction_events_total counter\n");
-        for (kind, n) in self.events.lock().unwrap().iter() {
-            let _ = writeln!(out, "wasmtx_transaction_events_total{{kind=\"{kind}\"}} {n}");
-        }
-        out.push_str("# HELP wasmtx_participant_calls_total Plugin and HTTP participant calls by phase and outcome.\n");
-        out.push_str("# TYPE wasmtx_participant_calls_total counter\n");
-        for ((phase, outcome), n) in self.calls.lock().unwrap().iter() {
-            let _ = writeln!(out, "wasmtx_participant_calls_total{{phase=\"{phase}\",outcome=\"{outcome}\"}} {n}");
-        }
-        out.push_str("# HELP wasmtx_phase_duration_seconds Participant call latency by phase.\n");
-        out.push_str("# TYPE wasmtx_phase_duration_seconds histogram\n");
-        for (phase, h) in self.latency.lock().unwrap().iter() {
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(out, "wasmtx_phase_duration_seconds_bucket{{phase=\"{phase}\",le=\"{bound}\"}} {}", h.counts[i]);
-            }
-            let _ = writeln!(out, "wasmtx_phase_duration_seconds_bucket{{phase=\"{phase}\",le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "wasmtx_phase_duration_seconds_sum{{phase=\"{phase}\"}} {}", h.sum);
-            let _ = writeln!(out, "wasmtx_phase_duration_seconds_count{{phase=\"{phase}\"}} {}", h.count);
-        }
-        out.push_str("# HELP wasmtx_executions_in_flight Executions being served by this process.\n");
-        out.push_str("# TYPE wasmtx_executions_in_flight gauge\n");
-        let _ = writeln!(out, "wasmtx_executions_in_flight {}", self.in_flight.load(Ordering::Relaxed));
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
     }
 }
@@ -86,19 +145,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_counters_histograms_and_gauges() {
+    fn metrics_render_as_prometheus_text_without_tenants() {
         let m = Metrics::default();
         m.count_event("saga_completed");
-        m.count_event("saga_completed");
-        m.record_call("execute", "success", Duration::from_micros(300));
-        m.record_call("execute", "retry", Duration::from_secs(2));
-        m.add_in_flight(1);
+        m.count_end("saga", "completed");
+        m.record_call("execute", "success", Duration::from_millis(3));
+        m.add_in_flight(2);
+        m.record_request("GET", "/v1/sagas/{id}", 200, Duration::from_millis(1));
+        m.record_commit(12, Duration::from_millis(2));
         let text = m.render();
-        assert!(text.contains("wasmtx_transaction_events_total{kind=\"saga_completed\"} 2"), "{text}");
-        assert!(text.contains("wasmtx_participant_calls_total{phase=\"execute\",outcome=\"retry\"} 1"));
-        assert!(text.contains("wasmtx_phase_duration_seconds_bucket{phase=\"execute\",le=\"0.0005\"} 1"));
-        assert!(text.contains("wasmtx_phase_duration_seconds_bucket{phase=\"execute\",le=\"5\"} 2"));
-        assert!(text.contains("wasmtx_phase_duration_seconds_count{phase=\"execute\"} 2"));
-        assert!(text.contains("wasmtx_executions_in_flight 1"));
+        for line in [
+            "wasmtx_transaction_events_total{kind=\"saga_completed\"} 1",
+            "wasmtx_transaction_ends_total{kind=\"saga\",outcome=\"completed\"} 1",
+            "wasmtx_participant_calls_total{phase=\"execute\",outcome=\"success\"} 1",
+            "wasmtx_executions_in_flight 2",
+            "wasmtx_http_requests_total{method=\"GET\",route=\"/v1/sagas/{id}\",status=\"200\"} 1",
+            "wasmtx_store_commit_batch_writes_count 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
     }
 }

@@ -90,7 +90,7 @@ impl Invoker {
             outbound: Outbound::new(),
             allow_private: false,
             limits,
-            metrics: Default::default(),
+            metrics: crate::metrics::Metrics::global(),
             tenants: Default::default(),
             node_id: None,
         }

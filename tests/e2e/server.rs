@@ -105,6 +105,9 @@ on_every_store!(the_http_api_runs_a_saga_end_to_end, |url: String| async move {
     };
     assert!(text.contains("wasmtx_participant_calls_total{phase=\"execute\",outcome=\"success\"} 2"), "{text}");
     assert!(text.contains("wasmtx_phase_duration_seconds_count{phase=\"execute\"} 2"), "{text}");
+    assert!(text.contains("wasmtx_transaction_ends_total{kind=\"saga\",outcome=\"completed\"} 1"), "{text}");
+    assert!(text.contains("wasmtx_http_requests_total{method=\"GET\",route=\"/v1/sagas/{id}/history\",status=\"200\"} 1"), "routes by pattern, not by id: {text}");
+    assert!(!text.contains("saga-0"), "no ids in labels");
     assert!(!text.contains("default"), "no tenant in labels");
     server.kill().await;
 });

@@ -296,6 +296,7 @@ pub fn router(state: AppState) -> Router {
     routes
         .fallback(not_found)
         .with_state(state)
+        .layer(axum::middleware::from_fn(count_request))
         .layer(axum::middleware::from_fn(input::json_errors))
         .layer(axum::middleware::from_fn(input::bounded_request))
 }
@@ -313,6 +314,16 @@ pub async fn deadline(State(limit): State<std::time::Duration>, req: axum::extra
         )
         .into_response(),
     }
+}
+
+/// Counts each request by method, route pattern (never the ids in its path) and status.
+async fn count_request(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().as_str().to_string();
+    let route = req.extensions().get::<axum::extract::MatchedPath>().map_or("unmatched".to_string(), |p| p.as_str().to_string());
+    let answer = next.run(req).await;
+    crate::metrics::Metrics::global().record_request(&method, &route, answer.status().as_u16(), started.elapsed());
+    answer
 }
 
 async fn not_found() -> ApiError {

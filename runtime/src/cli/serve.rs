@@ -255,6 +255,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             let mut merged = crate::txn::journal::merged(streams);
             while let Some(p) = futures::StreamExt::next(&mut merged).await {
                 metrics.count_event(&p.event.kind);
+                if p.terminal {
+                    // The kind, from the id's prefix (saga-, tpc-, tx-).
+                    let kind = match p.tx_id.split('-').next() {
+                        Some("saga") => "saga",
+                        Some("tpc") => "2pc",
+                        _ => "transaction",
+                    };
+                    metrics.count_end(kind, p.state);
+                }
             }
         }))
     };

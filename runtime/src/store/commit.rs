@@ -179,6 +179,7 @@ async fn run(db: Arc<dyn BatchWriter>, jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
         let started = std::time::Instant::now();
         let applied = db.apply(&writes, 0..writes.len()).await;
         tracing::debug!(target: "wasmtx::store::commit", writes = writes.len(), micros = started.elapsed().as_micros() as u64, "group commit");
+        crate::metrics::Metrics::global().record_commit(writes.len(), started.elapsed());
         let results = match applied {
             Ok(results) => results,
             Err(e) if writes.len() == 1 => vec![Err(e)],
