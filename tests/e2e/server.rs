@@ -492,7 +492,7 @@ async fn a_coordinator_sent_sigterm_finishes_its_calls_and_hands_its_sagas_to_an
     script.0.insert("slow".into(), vec![Answer::Late(1500, 200, json!({"slow": "done"}))]);
     let http = HttpParticipant::start(script).await;
     // Leases of ten minutes: only a hand-back lets the other coordinator in within the test.
-    let mut a = Server::start(dir_a.path(), Some(&db), &["--lease-ms", "600000"]).await;
+    let mut a = Server::start(dir_a.path(), Some(&db), &["--lease-ms", "600000", "--shutdown-grace-ms", "5000"]).await;
     let b = Server::start(dir_b.path(), Some(&db), &["--lease-ms", "600000"]).await;
     let steps = json!([{"name": "slow", "endpoint": http.url, "action": "slow"}, {"name": "after", "endpoint": http.url, "action": "after"}]);
     let mut ids = Vec::new();
@@ -501,8 +501,13 @@ async fn a_coordinator_sent_sigterm_finishes_its_calls_and_hands_its_sagas_to_an
         assert_eq!(status, StatusCode::CREATED, "{created}");
         ids.push(created["saga_id"].as_str().unwrap().to_string());
     }
+    // And a managed transaction run as a saga: its record is handed back too.
+    let (_, managed) = post(&a, "/v1/transactions", json!({"transaction_name": "term"})).await;
+    let managed_id = managed["transaction_id"].as_str().unwrap().to_string();
+    post(&a, &format!("/v1/transactions/{managed_id}/participants"), json!({"participant_id": "slow", "endpoint": http.url, "action": "slow"})).await;
+    let execute = tokio::spawn(client().post(format!("{}/v1/transactions/{managed_id}/execute", a.url)).json(&json!({"pattern": "saga"})).send());
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
-    while http.calls_to("slow").len() < 5 {
+    while http.calls_to("slow").len() < 6 {
         assert!(tokio::time::Instant::now() < deadline, "the slow steps never all started");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
@@ -520,7 +525,12 @@ async fn a_coordinator_sent_sigterm_finishes_its_calls_and_hands_its_sagas_to_an
         let completed = kinds.iter().position(|k| *k == "step_completed").unwrap();
         assert!(completed < released && released < recovered, "{kinds:?}");
     }
-    assert_eq!(http.calls_to("slow").len(), 5, "no completed step ran again");
+    let doc = wait_until(&format!("{}/v1/transactions/{managed_id}", b.url), "the managed transaction to finish", |d| d["transaction_status"] == "committed").await;
+    assert_eq!(doc["selected_pattern"], "saga");
+    let (_, history) = get(&b, &format!("/v1/transactions/{managed_id}/history")).await;
+    assert!(history["events"].as_array().unwrap().iter().any(|e| e["kind"] == "transaction_released"), "{history}");
+    let _ = execute.await;
+    assert_eq!(http.calls_to("slow").len(), 6, "no completed step ran again");
     assert_eq!(http.calls_to("after").len(), 5);
     b.kill().await;
 }

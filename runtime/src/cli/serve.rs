@@ -292,6 +292,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     node.sagas.drain();
     node.tpc.drain();
     let handed_back = tokio::time::timeout_at(deadline, async { tokio::join!(node.sagas.idle(), node.tpc.idle()) }).await;
+    // The managed records follow their delegates, which are handed back now.
+    match node.manager.release_owned().await {
+        Ok(n) if n > 0 => tracing::info!(released = n, "managed transactions handed back"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("handing back managed transactions failed: {e}; their leases will expire"),
+    }
     // Answers to requests still open (an execute waiting for its saga) go out before exiting.
     let _ = tokio::time::timeout_at(deadline, connections.closed()).await;
     match handed_back {

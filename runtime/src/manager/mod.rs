@@ -662,6 +662,25 @@ impl Manager {
         Ok(n)
     }
 
+    /// At shutdown, once the engines have handed back their sagas and 2PC transactions:
+    /// hands back every running managed record this node holds (no owner, no lease), so
+    /// another coordinator takes them over at its next recovery pass instead of after the
+    /// lease. Records this process is still following are taken too: it is exiting, and
+    /// their followers' next writes fail on the revision. Returns how many.
+    pub async fn release_owned(&self) -> Result<usize, ManagerError> {
+        let now = self.inner.now();
+        let lease = crate::store::Lease { owner: self.inner.config.node_id.clone(), until_ms: now + self.inner.config.lease.as_millis() as i64 };
+        let rows = self.inner.store.claim_expired(KIND, &["running"], &lease, now, 1000, true).await?;
+        let n = rows.len();
+        for row in rows {
+            let mut m: Managed = crate::txn::Record::from_row(row)?;
+            m.row.owner = None;
+            m.row.lease_until_ms = 0;
+            self.persist(&mut m, vec![NewEvent::new("transaction_released", None, json!({"by": self.inner.config.node_id}))]).await?;
+        }
+        Ok(n)
+    }
+
     async fn persist(&self, m: &mut Managed, events: Vec<NewEvent>) -> Result<(), ManagerError> {
         Ok(self.inner.journal.persist(m, events).await?)
     }
