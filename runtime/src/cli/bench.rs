@@ -77,16 +77,16 @@ pub enum BenchCommand {
 pub struct Load {
     /// Transactions in flight at once.
     #[arg(long, default_value_t = 16)]
-    concurrency: usize,
+    pub concurrency: usize,
     /// Transactions in all.
     #[arg(long, default_value_t = 2_000)]
-    count: usize,
+    pub count: usize,
     /// Store to use (default: a fresh SQLite file in a temporary directory).
     #[arg(long)]
-    database_url: Option<String>,
+    pub database_url: Option<String>,
     /// Where the built plugins are.
     #[arg(long, default_value = "target/plugins/wasm32-wasip2/plugin")]
-    plugin_dir: PathBuf,
+    pub plugin_dir: PathBuf,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<std::process::ExitCode> {
@@ -121,7 +121,7 @@ pub enum Shape {
 }
 
 #[derive(Clone, Copy)]
-enum Scenario {
+pub(crate) enum Scenario {
     Saga { steps: usize, shape: Shape },
     Tpc { participants: usize },
 }
@@ -195,15 +195,40 @@ impl Scenario {
     }
 }
 
+/// What one in-process run measured.
+pub(crate) struct Measured {
+    pub store: &'static str,
+    pub what: String,
+    pub unit: &'static str,
+    pub concurrency: usize,
+    pub done: usize,
+    pub rate: f64,
+    pub p50: Duration,
+    pub p99: Duration,
+    pub wall: Duration,
+}
+
 async fn bench_transactions(report: &mut Report, scenario: Scenario, load: Load) -> anyhow::Result<()> {
+    let m = measure(scenario, load).await?;
+    report.add("store", m.store, m.store);
+    report.add("scenario", json!({"what": m.what, "concurrency": m.concurrency}), format!("{}, concurrency {}", m.what, m.concurrency));
+    report.add(m.unit, m.done, m.done);
+    report.add(&format!("{}_per_s", m.unit), m.rate.round(), format!("{:.0}", m.rate));
+    report.add("p50_ms", round2(ms(m.p50)), format!("{:.2} ms (create with its members + execute to the end, each write durable)", ms(m.p50)));
+    report.add("p99_ms", round2(ms(m.p99)), format!("{:.2} ms", ms(m.p99)));
+    report.add("wall_s", round1(m.wall.as_secs_f64()), format!("{:.2} s", m.wall.as_secs_f64()));
+    report.add_peak_rss();
+    Ok(())
+}
+
+/// Runs `load` transactions of `scenario` in this process, on a fresh tenant of the store.
+pub(crate) async fn measure(scenario: Scenario, load: Load) -> anyhow::Result<Measured> {
     let Load { concurrency, count, database_url, plugin_dir } = load;
     anyhow::ensure!((1..=100).contains(&scenario.size()), "--steps / --participants must be 1-100");
     anyhow::ensure!(concurrency >= 1 && count >= 1, "--concurrency and --count must be positive");
     let scratch = std::env::temp_dir().join(format!("wasmtx-bench-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&scratch)?;
     let url = database_url.unwrap_or_else(|| format!("sqlite://{}", scratch.join("bench.db").display()));
-    let backend = if url.starts_with("sqlite") { "sqlite" } else { "postgres" };
-    report.add("store", backend, backend);
     let node = super::serve::NodeArgs {
         database_url: Some(url),
         data_dir: scratch.clone(),
@@ -215,6 +240,7 @@ async fn bench_transactions(report: &mut Report, scenario: Scenario, load: Load)
     }
         .start()
         .await?;
+    let store = node.store.kind();
     let tenant = format!("bench-{}", uuid::Uuid::new_v4().simple());
     for name in scenario.plugins() {
         let path = plugin_dir.join(format!("{name}.wasm"));
@@ -227,7 +253,7 @@ async fn bench_transactions(report: &mut Report, scenario: Scenario, load: Load)
         Scenario::Saga { steps, shape: Shape::FanOut } => (format!("sagas of 1 step, {steps} at once, then 1"), "sagas"),
         Scenario::Tpc { participants } => (format!("2PC transactions of {participants} participants"), "tx"),
     };
-    eprintln!("running {count} {what}, {concurrency} at a time…");
+    eprintln!("running {count} {what} in process, {concurrency} at a time…");
 
     let node = std::sync::Arc::new(node);
     let (latencies, wall) = run_load(concurrency, count, move || {
@@ -237,15 +263,8 @@ async fn bench_transactions(report: &mut Report, scenario: Scenario, load: Load)
     .await?;
     let rate = latencies.len() as f64 / wall.as_secs_f64();
     let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
-    report.add("scenario", json!({"what": what, "concurrency": concurrency}), format!("{what}, concurrency {concurrency}"));
-    report.add(unit, latencies.len(), latencies.len());
-    report.add(&format!("{unit}_per_s"), rate.round(), format!("{rate:.0}"));
-    report.add("p50_ms", round2(ms(p50)), format!("{:.2} ms (create with its members + execute to the end, each write durable)", ms(p50)));
-    report.add("p99_ms", round2(ms(p99)), format!("{:.2} ms", ms(p99)));
-    report.add("wall_s", round1(wall.as_secs_f64()), format!("{:.2} s", wall.as_secs_f64()));
-    report.add_peak_rss();
     let _ = std::fs::remove_dir_all(&scratch);
-    Ok(())
+    Ok(Measured { store, what, unit, concurrency, done: latencies.len(), rate, p50, p99, wall })
 }
 
 async fn bench_plugin(
