@@ -25,6 +25,7 @@ pub mod saga;
 pub mod tpc;
 pub mod store;
 pub mod text;
+pub mod trace;
 pub mod txn;
 
 /// The tenant of single-tenant mode (no tenants configured).

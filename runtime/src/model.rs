@@ -15,6 +15,10 @@ pub struct CallContext {
     /// A JSON object serialised as text.
     pub input: String,
     pub deadline_ms: u64,
+    /// The W3C `traceparent` of the request that created the transaction, if it had one:
+    /// HTTP participants are sent a child of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// What a step, compensation, commit or abort reports (the WIT `outcome`).

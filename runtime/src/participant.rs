@@ -321,6 +321,10 @@ impl Invoker {
         if let Some(node) = &self.node_id {
             headers.push(("Wasmtx-Node", node));
         }
+        let traceparent = ctx.traceparent.as_deref().and_then(crate::trace::child);
+        if let Some(tp) = &traceparent {
+            headers.push(("traceparent", tp));
+        }
         let plan = self.plan(&ctx.tenant, timeout, Reaching::Participant);
         self.outbound.post_json(&plan.scope, &url, &headers, &body, timeout, plan.max_answer).await
     }

@@ -781,6 +781,7 @@ async fn a_tenants_memory_share_bounds_its_concurrent_calls() {
                             idempotency_key: format!("tx-{i}"),
                             input: json!({"script": {"execute": {"do": "sleep", "ms": 300}}}).to_string(),
                             deadline_ms: 30_000,
+                            traceparent: None,
                         };
                         let tags = CallTags { tenant: tenant.into(), ..CallTags::default() };
                         host.execute(&component, ctx, &limits, tags).await

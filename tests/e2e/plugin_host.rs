@@ -44,6 +44,7 @@ fn ctx(step: &str, input: Value) -> CallContext {
         idempotency_key: format!("tx-1/{step}/execute"),
         input: input.to_string(),
         deadline_ms: 30_000,
+        traceparent: None,
     }
 }
 

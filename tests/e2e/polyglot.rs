@@ -39,6 +39,7 @@ fn ctx(attempt: u32, input: Value) -> CallContext {
         idempotency_key: "tx-7:reserve:execute".into(),
         input: input.to_string(),
         deadline_ms: 30_000,
+        traceparent: None,
     }
 }
 

@@ -828,3 +828,36 @@ on_every_store!(a_failure_is_delivered_to_the_tenants_webhook_signed_and_retried
     assert!(all["items"].as_array().unwrap().iter().all(|d| d["kind"] != "alert"), "deliveries are not listed as transactions");
     server.kill().await;
 });
+
+on_every_store!(a_requests_traceparent_is_carried_to_every_http_participant_as_a_child, |url: String| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), common::server_db(&url), &[]).await;
+    let mut script = Script::default();
+    script.0.insert("prepare".into(), vec![Answer::Status(200, json!({"vote": "prepared"}))]);
+    let http = HttpParticipant::start(script).await;
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let steps = json!([{"name": "a", "endpoint": http.url, "action": "do_a"}, {"name": "b", "endpoint": http.url, "action": "do_b"}]);
+    let r = client().post(format!("{}/v1/sagas", server.url)).header("traceparent", incoming)
+        .json(&json!({"saga_name": "traced", "steps": steps, "execute": true, "wait": true})).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["state"], "completed");
+    let sent: Vec<String> = ["do_a", "do_b"].iter().flat_map(|a| http.traceparents(a)).map(|t| t.expect("a traceparent on every call")).collect();
+    assert_eq!(sent.len(), 2);
+    for t in &sent {
+        assert!(t.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && t.ends_with("-01") && t != incoming, "a child of the request's: {t}");
+    }
+    assert_ne!(sent[0], sent[1], "each call its own parent id");
+
+    // Through a managed transaction to its 2PC delegate; an invalid header is ignored.
+    let r = client().post(format!("{}/v1/transactions", server.url)).header("traceparent", incoming).json(&json!({"transaction_name": "t"})).send().await.unwrap();
+    let id = r.json::<Value>().await.unwrap()["transaction_id"].as_str().unwrap().to_string();
+    post(&server, &format!("/v1/transactions/{id}/participants"), json!({"participant_id": "p", "endpoint": http.url, "supports_2pc": true})).await;
+    let (_, done) = post(&server, &format!("/v1/transactions/{id}/execute"), json!({"pattern": "two_phase_commit"})).await;
+    assert_eq!(done["transaction_status"], "committed", "{done}");
+    let prepares = http.traceparents("prepare");
+    assert!(prepares.last().unwrap().as_deref().unwrap().contains("4bf92f3577b34da6a3ce929d0e0e4736"), "{prepares:?}");
+    let r = client().post(format!("{}/v1/sagas", server.url)).header("traceparent", "garbage")
+        .json(&json!({"saga_name": "untraced", "steps": [{"name": "c", "endpoint": http.url, "action": "do_c"}], "execute": true, "wait": true})).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["state"], "completed");
+    assert_eq!(http.traceparents("do_c"), vec![None]);
+    server.kill().await;
+});

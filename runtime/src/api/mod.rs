@@ -466,8 +466,10 @@ async fn create_saga(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    idempotent_create(&s, "sagas", &tenant, &actor, &headers, body, |s, tenant, bytes, id| async move {
+    let trace = traceparent(&headers);
+    idempotent_create(&s, "sagas", &tenant, &actor, &headers, body, move |s, tenant, bytes, id| async move {
         let mut req: CreateSaga = parse_bytes(&bytes)?;
+        req.traceparent = trace;
         // A create that also starts the saga is an execution, counted like one; with `wait`
         // the answer is the ended saga's document. The engine waits for its own driver, unless
         // the tenant's executions are counted: then the wait is outside the admission.
@@ -527,6 +529,12 @@ async fn until_ended(s: &AppState, progress: &mut broadcast::Receiver<Progress>,
 /// crash between creating the resource and remembering the answer: the retry's create finds
 /// the id taken (`Conflict`) and answers with the existing resource. (Only then can a retry
 /// with another body not be told apart: the first body's hash was never stored.)
+/// The request's W3C `traceparent`, if it has a valid one (an invalid one is ignored, as
+/// the specification says).
+fn traceparent(headers: &HeaderMap) -> Option<String> {
+    headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(crate::trace::parse)
+}
+
 async fn idempotent_create<F, Fut>(
     s: &AppState,
     scope: &str,
@@ -718,8 +726,10 @@ async fn create_tpc(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    idempotent_create(&s, "2pc", &tenant, &actor, &headers, body, |s, tenant, bytes, id| async move {
-        let req: CreateTpc = parse_bytes(&bytes)?;
+    let trace = traceparent(&headers);
+    idempotent_create(&s, "2pc", &tenant, &actor, &headers, body, move |s, tenant, bytes, id| async move {
+        let mut req: CreateTpc = parse_bytes(&bytes)?;
+        req.traceparent = trace;
         let tx = match s.inner.tpc.create_with_id(&tenant, req, id).await {
             Err(TpcError::Store(StoreError::Conflict { id, .. })) => s.inner.tpc.get(&tenant, &id).await?,
             created => created?,
@@ -781,8 +791,10 @@ async fn create_managed(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    idempotent_create(&s, "transactions", &tenant, &actor, &headers, body, |s, tenant, bytes, id| async move {
-        let req: CreateManaged = parse_bytes(&bytes)?;
+    let trace = traceparent(&headers);
+    idempotent_create(&s, "transactions", &tenant, &actor, &headers, body, move |s, tenant, bytes, id| async move {
+        let mut req: CreateManaged = parse_bytes(&bytes)?;
+        req.traceparent = trace;
         let m = match s.inner.manager.create_with_id(&tenant, req, id).await {
             Err(ManagerError::Store(StoreError::Conflict { id, .. })) => s.inner.manager.get(&tenant, &id).await?,
             created => created?,

@@ -168,6 +168,7 @@ impl Scenario {
                     execute: true,
                     max_parallel: None,
                     wait: false,
+                    traceparent: None,
                 };
                 // Created and started in one write (the `execute` extension of the create).
                 let end = node.sagas.run(tenant, req).await?;
@@ -185,6 +186,7 @@ impl Scenario {
                     retry_policy: None,
                     decision_max_attempts: None,
                     participants: Some(members),
+                    traceparent: None,
                 };
                 let tx = node.tpc.create(tenant, req).await?;
                 let end = node.tpc.execute(tenant, tx.id()).await?;
@@ -327,6 +329,7 @@ async fn bench_plugin(
                     idempotency_key: format!("bench-tx/bench/{i}"),
                     input: input.clone(),
                     deadline_ms: limits.timeout.as_millis() as u64,
+                    traceparent: None,
                 };
                 let t = Instant::now();
                 call_once(&host, &component, ctx, &limits).await.with_context(|| format!("call {i}"))?;

@@ -127,6 +127,7 @@ async fn run_managed(node: Node, spec: ManagedSpec, started: Instant) -> anyhow:
         policy: spec.policy,
         retry_policy: spec.retry_policy,
         parallel: spec.parallel,
+        traceparent: None,
     };
     let m = node.manager.create(tenant, req).await?;
     for p in spec.participants {
@@ -207,6 +208,7 @@ async fn run_tpc(node: Node, spec: TpcSpec, started: Instant) -> anyhow::Result<
         retry_policy: spec.retry_policy,
         decision_max_attempts: spec.decision_max_attempts,
         participants: None,
+        traceparent: None,
     };
     let tx = node.tpc.create(tenant, req).await?;
     for p in spec.participants {
@@ -225,7 +227,7 @@ async fn run_saga(node: Node, spec: SagaSpec, started: Instant) -> anyhow::Resul
     let tenant = crate::api_tenant();
     let saga = node
         .sagas
-        .create(tenant, CreateSaga { max_parallel: None, wait: false, saga_name: spec.saga_name, context: spec.context, timeout_ms: spec.timeout_ms, retry_policy: spec.retry_policy, steps: None, execute: false })
+        .create(tenant, CreateSaga { max_parallel: None, wait: false, saga_name: spec.saga_name, context: spec.context, timeout_ms: spec.timeout_ms, retry_policy: spec.retry_policy, steps: None, execute: false, traceparent: None })
         .await?;
     for step in spec.steps {
         node.sagas.add_step(tenant, saga.id(), step).await?;

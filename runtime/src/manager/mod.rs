@@ -70,6 +70,9 @@ pub struct CreateManaged {
     /// after the one before) instead of one after another.
     #[serde(default)]
     pub parallel: bool,
+    /// The request's W3C `traceparent` (a header, not part of the body).
+    #[serde(skip)]
+    pub traceparent: Option<String>,
 }
 
 /// A participant as the caller described it (API.md, managed transactions).
@@ -183,6 +186,9 @@ pub struct ManagedDoc {
     pub execution_time_ms: Option<i64>,
     #[serde(default)]
     pub retry_policy: Option<RetryPolicy>,
+    /// The W3C `traceparent` of the request that created it; its delegate carries it on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// A managed transaction as loaded from the store.
@@ -269,6 +275,7 @@ impl Manager {
             started_at_ms: None,
             execution_time_ms: None,
             retry_policy: req.retry_policy,
+            traceparent: req.traceparent.clone(),
         };
         let id = format!("tx-{}", id.unwrap_or_else(|| self.inner.new_id()));
         let mut m = Managed::create(tenant, KIND, id, &req.transaction_name, Status::Pending, doc, self.inner.now());
@@ -489,6 +496,7 @@ impl Manager {
                     execute: false,
                     max_parallel: None,
                     wait: false,
+                    traceparent: m.doc.traceparent.clone(),
                 };
                 let saga = self.sagas.create(tenant, req).await?;
                 Ok(saga.id().to_string())
@@ -511,6 +519,7 @@ impl Manager {
                     retry_policy: m.doc.retry_policy.clone(),
                     decision_max_attempts: None,
                     participants: Some(specs),
+                    traceparent: m.doc.traceparent.clone(),
                 };
                 let tx = self.tpc.create(tenant, req).await?;
                 Ok(tx.id().to_string())

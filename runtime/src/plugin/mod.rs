@@ -19,7 +19,7 @@
 //! let ctx = CallContext {
 //!     tenant: "default".into(), transaction_id: "t1".into(), step: "charge".into(),
 //!     action: "charge".into(), attempt: 1, idempotency_key: "t1/charge/execute".into(),
-//!     input: r#"{"amount": 10}"#.into(), deadline_ms: 30_000,
+//!     input: r#"{"amount": 10}"#.into(), deadline_ms: 30_000, traceparent: None,
 //! };
 //! let outcome = host.execute(&plugin.component, ctx, &CallLimits::default(), CallTags::default()).await?;
 //! # let _ = (added, outcome); Ok(()) }

@@ -392,6 +392,7 @@ impl SagaEngine {
             idempotency_key: format!("{}:{}:{}", saga.row.id, i, phase.as_str()),
             input: input.to_string(),
             deadline_ms: timeout.as_millis() as u64,
+            traceparent: saga.doc.traceparent.clone(),
         };
         let span = tracing::info_span!("phase", tenant = %ctx.tenant, transaction_id = %ctx.transaction_id, step = %ctx.step, phase = phase.as_str());
         let invoker = self.inner.invoker.clone();

@@ -71,6 +71,9 @@ pub struct CreateSaga {
     /// request for the whole saga); `create_with_id` then returns the ended saga.
     #[serde(default)]
     pub wait: bool,
+    /// The request's W3C `traceparent` (a header, not part of the body).
+    #[serde(skip)]
+    pub traceparent: Option<String>,
 }
 
 /// A saga as loaded from the store.
@@ -174,6 +177,7 @@ impl SagaEngine {
             max_parallel: req.max_parallel,
             initial_context: None,
             recoveries: 0,
+            traceparent: req.traceparent.clone(),
         };
         let mut events = vec![NewEvent::new("saga_created", None, json!({ "saga_name": req.saga_name }))];
         let steps = req.steps.unwrap_or_default();

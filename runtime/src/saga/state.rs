@@ -248,6 +248,9 @@ pub struct SagaDoc {
     /// How often another coordinator took it over after its lease expired.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub recoveries: u32,
+    /// The W3C `traceparent` of the request that created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -510,6 +513,7 @@ mod tests {
             retry_policy: RetryPolicy::default(),
             started_at_ms: None,
             recoveries: 0,
+            traceparent: None,
             max_parallel: None,
             initial_context: None,
         }

@@ -55,6 +55,9 @@ pub struct CreateTpc {
     /// one — one durable write instead of one per participant.
     #[serde(default)]
     pub participants: Option<Vec<ParticipantSpec>>,
+    /// The request's W3C `traceparent` (a header, not part of the body).
+    #[serde(skip)]
+    pub traceparent: Option<String>,
 }
 
 /// A 2PC transaction as loaded from the store.
@@ -130,6 +133,7 @@ impl TpcEngine {
             decision_max_attempts: req.decision_max_attempts,
             started_at_ms: None,
             recoveries: 0,
+            traceparent: req.traceparent.clone(),
         };
         let mut events = vec![NewEvent::new("transaction_created", None, json!({"transaction_name": req.transaction_name}))];
         for spec in req.participants.unwrap_or_default() {
@@ -431,6 +435,7 @@ impl TpcEngine {
             idempotency_key: format!("{}:{pid}:{}", tx.row.id, phase.as_str()),
             input: tx.doc.input(i).to_string(),
             deadline_ms: timeout.as_millis() as u64,
+            traceparent: tx.doc.traceparent.clone(),
         }
     }
 

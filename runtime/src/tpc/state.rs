@@ -175,6 +175,9 @@ pub struct TpcDoc {
     /// How often another coordinator took it over after its lease expired.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub recoveries: u32,
+    /// The W3C `traceparent` of the request that created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -323,6 +326,7 @@ mod tests {
             decision_max_attempts: max,
             started_at_ms: None,
             recoveries: 0,
+            traceparent: None,
         }
     }
 

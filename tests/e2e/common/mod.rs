@@ -189,10 +189,11 @@ impl HttpParticipant {
             calls: Arc<Mutex<Vec<Value>>>,
             hung: Arc<Notify>,
         }
-        async fn handle(State(s): State<S>, UrlPath(action): UrlPath<String>, Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
+        async fn handle(State(s): State<S>, UrlPath(action): UrlPath<String>, headers: axum::http::HeaderMap, Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
             let n = {
                 let mut calls = s.calls.lock().unwrap();
-                calls.push(json!({"path": action, "body": body}));
+                let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+                calls.push(json!({"path": action, "body": body, "traceparent": traceparent}));
                 calls.iter().filter(|c| c["path"] == action).count()
             };
             let answers = s.script.0.get(&action).cloned().unwrap_or_default();
@@ -232,6 +233,11 @@ impl HttpParticipant {
     }
 
     /// Calls received for `action`.
+    /// The `traceparent` header of each call to `action`, in order.
+    pub fn traceparents(&self, action: &str) -> Vec<Option<String>> {
+        self.calls.lock().unwrap().iter().filter(|c| c["path"] == action).map(|c| c["traceparent"].as_str().map(str::to_string)).collect()
+    }
+
     pub fn calls_to(&self, action: &str) -> Vec<Value> {
         self.calls.lock().unwrap().iter().filter(|c| c["path"] == action).map(|c| c["body"].clone()).collect()
     }
