@@ -124,13 +124,13 @@ pub async fn bench_api(report: &mut Report, args: ApiArgs) -> anyhow::Result<()>
     }
     // The engine's own figure on the same store, in this process, for the ratio.
     let twin = match args.mode {
-        Mode::Saga | Mode::SagaOne => Some(super::bench::Scenario::Saga { steps: 3, shape: super::bench::Shape::Sequence }),
-        Mode::Tpc => Some(super::bench::Scenario::Tpc { participants: 3 }),
+        Mode::Saga | Mode::SagaOne => Some(super::engine_bench::Scenario::Saga { steps: 3, shape: super::engine_bench::Shape::Sequence }),
+        Mode::Tpc => Some(super::engine_bench::Scenario::Tpc { participants: 3 }),
         Mode::HttpSaga | Mode::Managed => None,
     };
     if let (Some(scenario), None) = (twin, &args.server) {
-        let load = super::bench::Load { concurrency: args.concurrency, count: args.count, database_url: args.database_url.clone(), plugin_dir: args.plugin_dir.clone() };
-        let engine = super::bench::measure(scenario, load).await?;
+        let load = super::engine_bench::Load { concurrency: args.concurrency, count: args.count, database_url: args.database_url.clone(), plugin_dir: args.plugin_dir.clone() };
+        let engine = super::engine_bench::measure(scenario, load).await?;
         report.add("engine_tx_per_s", engine.rate.round(), format!("{:.0} ({}, in process, same store and concurrency)", engine.rate, engine.what));
         report.add("engine_p50_ms", round2(ms(engine.p50)), format!("{:.2} ms", ms(engine.p50)));
         let ratio = rate / engine.rate;

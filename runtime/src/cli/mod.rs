@@ -3,6 +3,7 @@
 
 mod api_bench;
 mod bench;
+mod engine_bench;
 mod child;
 mod client;
 mod fleet;
