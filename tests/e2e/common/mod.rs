@@ -87,15 +87,7 @@ pub async fn node(url: &str) -> Node {
 #[macro_export]
 macro_rules! on_every_store {
     ($name:ident, $scenario:expr) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            $crate::store_test!(sqlite, $scenario);
-            $crate::store_test!(postgres, $scenario);
-            $crate::store_test!(memory, $scenario);
-            $crate::store_test!(redis, $scenario);
-            $crate::store_test!(redis_cluster, $scenario);
-        }
+        $crate::on_stores!([sqlite, postgres, memory, redis, redis_cluster], $name, $scenario);
     };
 }
 
@@ -104,14 +96,7 @@ macro_rules! on_every_store {
 #[macro_export]
 macro_rules! on_every_durable_store {
     ($name:ident, $scenario:expr) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            $crate::store_test!(sqlite, $scenario);
-            $crate::store_test!(postgres, $scenario);
-            $crate::store_test!(redis, $scenario);
-            $crate::store_test!(redis_cluster, $scenario);
-        }
+        $crate::on_stores!([sqlite, postgres, redis, redis_cluster], $name, $scenario);
     };
 }
 
@@ -119,13 +104,7 @@ macro_rules! on_every_durable_store {
 #[macro_export]
 macro_rules! on_every_swept_store {
     ($name:ident, $scenario:expr) => {
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-            $crate::store_test!(sqlite, $scenario);
-            $crate::store_test!(postgres, $scenario);
-            $crate::store_test!(memory, $scenario);
-        }
+        $crate::on_stores!([sqlite, postgres, memory], $name, $scenario);
     };
 }
 
@@ -133,11 +112,18 @@ macro_rules! on_every_swept_store {
 #[macro_export]
 macro_rules! on_every_sql_store {
     ($name:ident, $scenario:expr) => {
+        $crate::on_stores!([sqlite, postgres], $name, $scenario);
+    };
+}
+
+/// `mod $name` with one test of `$scenario` per store kind listed.
+#[macro_export]
+macro_rules! on_stores {
+    ([$($kind:ident),+], $name:ident, $scenario:expr) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
-            $crate::store_test!(sqlite, $scenario);
-            $crate::store_test!(postgres, $scenario);
+            $($crate::store_test!($kind, $scenario);)+
         }
     };
 }
