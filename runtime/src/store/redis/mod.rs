@@ -307,18 +307,18 @@ impl RedisStore {
         if ended { self.retention_ms } else { 0 }
     }
 
-    /// Adds `id` to bucket indexes: the tenant's list (with `list`) and its state's index
-    /// (with `state`); returns the state index score.
-    async fn index(&self, row: &TxRow, list: bool, state: Option<&str>) -> Result<Option<String>> {
-        let bucket = Keys::bucket(&row.id);
+    /// Adds a transaction to bucket indexes: the tenant's list (with `list`) and its state's
+    /// index (with `state`); returns the state index score.
+    async fn index(&self, row: Indexed<'_>, list: bool, state: Option<&str>) -> Result<Option<String>> {
+        let bucket = Keys::bucket(row.id);
         let mut call = SCRIPTS.index_add.key(self.keys.tenants_in(bucket));
         if list {
-            call.key(self.keys.listed(bucket, &row.tenant, &row.kind));
+            call.key(self.keys.listed(bucket, row.tenant, row.kind));
         }
         if let Some(state) = state {
-            call.key(self.keys.in_state(bucket, &row.tenant, &row.kind, state));
+            call.key(self.keys.in_state(bucket, row.tenant, row.kind, state));
         }
-        call.arg(&row.tenant).arg(&row.id).arg(row.created_at_ms).arg(row.lease_until_ms).arg(list as u8).arg(state.is_some() as u8);
+        call.arg(row.tenant).arg(row.id).arg(row.created_at_ms).arg(row.lease_until_ms).arg(list as u8).arg(state.is_some() as u8);
         let score: String = call.invoke_async(&mut self.conn()).await?;
         Ok((!score.is_empty()).then_some(score))
     }
@@ -452,8 +452,8 @@ impl RedisStore {
                 // Its lease was renewed since the entry was scored: score it by the lease now.
                 let until: i64 = answer.get(1).cloned().flatten().and_then(|l| l.parse().ok()).unwrap_or(0);
                 if until > candidate.score {
-                    let row = TxRow { tenant: candidate.tenant.clone(), kind: kind.into(), lease_until_ms: until, ..placeholder(&candidate.id) };
-                    self.index(&row, false, Some(&candidate.state)).await?;
+                    let entry = Indexed { tenant: &candidate.tenant, kind, id: &candidate.id, created_at_ms: 0, lease_until_ms: until };
+                    self.index(entry, false, Some(&candidate.state)).await?;
                 }
                 Ok(None)
             }
@@ -475,21 +475,20 @@ struct Candidate {
     score: i64,
 }
 
-/// A row with only an id, for the index calls that need a few of its columns.
-fn placeholder(id: &str) -> TxRow {
-    TxRow {
-        tenant: String::new(),
-        id: id.into(),
-        kind: String::new(),
-        name: String::new(),
-        state: String::new(),
-        doc: String::new(),
-        rev: 0,
-        owner: None,
-        lease_until_ms: 0,
-        created_at_ms: 0,
-        updated_at_ms: 0,
-        ended: false,
+/// What an index entry is made of: where it goes, and its scores (creation in the list,
+/// lease in a state index).
+#[derive(Clone, Copy)]
+struct Indexed<'a> {
+    tenant: &'a str,
+    kind: &'a str,
+    id: &'a str,
+    created_at_ms: i64,
+    lease_until_ms: i64,
+}
+
+impl<'a> Indexed<'a> {
+    fn of(row: &'a TxRow) -> Indexed<'a> {
+        Indexed { tenant: &row.tenant, kind: &row.kind, id: &row.id, created_at_ms: row.created_at_ms, lease_until_ms: row.lease_until_ms }
     }
 }
 
@@ -530,7 +529,7 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T> {
 impl TxStore for RedisStore {
     async fn insert_tx(&self, row: &TxRow, events: &[NewEvent]) -> Result<()> {
         // The index first: if this process dies before the row is written, an entry too many.
-        let score = self.index(row, true, (!row.ended).then_some(row.state.as_str())).await?;
+        let score = self.index(Indexed::of(row), true, (!row.ended).then_some(row.state.as_str())).await?;
         let mut call = SCRIPTS.insert_tx.key(self.keys.tx(&row.id));
         call.key(self.keys.journal(&row.id))
             .arg(&row.tenant)
@@ -582,12 +581,12 @@ impl TxStore for RedisStore {
         // save that did not.
         let index_first = !row.ended && self.known_state(&row.id).is_none_or(|s| s != row.state);
         let score = match index_first {
-            true => self.index(row, false, Some(&row.state)).await?,
+            true => self.index(Indexed::of(row), false, Some(&row.state)).await?,
             false => None,
         };
         let mut answer = save(score).await?;
         if int_at(&answer, 0) == Some(-2) {
-            let score = self.index(row, false, Some(&row.state)).await?;
+            let score = self.index(Indexed::of(row), false, Some(&row.state)).await?;
             answer = save(score).await?;
         }
         let rev = int_at(&answer, 0).ok_or_else(|| StoreError::Database("redis: unexpected answer to save_tx".into()))?;
