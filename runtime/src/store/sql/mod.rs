@@ -216,50 +216,40 @@ impl TxStore for SqlStore {
     }
 
     async fn search_tx(&self, tenant: &str, query: &TxQuery, limit: i64) -> Result<Vec<TxRow>> {
-        // Conditions and their values, numbered as they are added.
+        enum Bind<'a> {
+            Text(&'a str),
+            Number(i64),
+        }
+        // Each condition's values, numbered ($2, $3, …) in the order they are added.
         let mut sql = format!("{TX_COLUMNS} WHERE tenant_id = $1");
-        let mut texts: Vec<&str> = vec![tenant];
-        let mut numbers: Vec<(usize, i64)> = Vec::new();
-        let mut next = 2;
+        let mut binds = vec![Bind::Text(tenant)];
+        let place = |binds: &[Bind<'_>]| format!("${}", binds.len() + 1);
         for (column, value) in [("kind", &query.kind), ("state", &query.state), ("name", &query.name)] {
             if let Some(v) = value {
-                sql += &format!(" AND {column} = ${next}");
-                texts.push(v);
-                next += 1;
+                sql += &format!(" AND {column} = {}", place(&binds));
+                binds.push(Bind::Text(v));
             }
         }
-        // Texts are bound first, then numbers, in placeholder order.
-        let mut conditions = Vec::new();
-        if let Some(t) = query.created_after_ms {
-            conditions.push(("created_at > ${}", t));
+        for (condition, value) in [("created_at >", query.created_after_ms), ("created_at <", query.created_before_ms)] {
+            if let Some(t) = value {
+                sql += &format!(" AND {condition} {}", place(&binds));
+                binds.push(Bind::Number(t));
+            }
         }
-        if let Some(t) = query.created_before_ms {
-            conditions.push(("created_at < ${}", t));
-        }
-        for (condition, value) in conditions {
-            sql += &format!(" AND {}", condition.replace("${}", &format!("${next}")));
-            numbers.push((next, value));
-            next += 1;
-        }
-        let cursor_id;
         if let Some((at, id)) = &query.after {
-            sql += &format!(" AND (created_at < ${next} OR (created_at = ${next} AND id < ${}))", next + 1);
-            numbers.push((next, *at));
-            cursor_id = Some(id.as_str());
-            next += 2;
-        } else {
-            cursor_id = None;
+            let at_place = place(&binds);
+            binds.push(Bind::Number(*at));
+            let id_place = place(&binds);
+            binds.push(Bind::Text(id));
+            sql += &format!(" AND (created_at < {at_place} OR (created_at = {at_place} AND id < {id_place}))");
         }
-        sql += &format!(" ORDER BY created_at DESC, id DESC LIMIT ${next}");
+        sql += &format!(" ORDER BY created_at DESC, id DESC LIMIT {}", place(&binds));
         let mut q = sqlx::query(&sql);
-        for t in &texts {
-            q = q.bind(*t);
-        }
-        for (_, n) in &numbers {
-            q = q.bind(*n);
-        }
-        if let Some(id) = cursor_id {
-            q = q.bind(id);
+        for bind in binds {
+            q = match bind {
+                Bind::Text(t) => q.bind(t),
+                Bind::Number(n) => q.bind(n),
+            };
         }
         let rows = q.bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(tx_row).collect()
