@@ -90,8 +90,8 @@ def _target(participant_id: str, endpoint: Optional[str], plugin: Optional[str])
 class _Node:
     """What the three nodes share: the server, the current transaction, `execute`/`async_run`."""
 
-    # Operation name → method name; each method answers the Call to make.
-    OPERATIONS: Dict[str, str] = {}
+    # The operations, each a method of the same name answering the Call to make.
+    OPERATIONS: Tuple[str, ...] = ()
     DEFAULT_NAME = "transaction"
 
     def __init__(self, *, server: Optional[str] = None, api_key: Optional[str] = None, state_storage: Optional[str] = None,
@@ -119,12 +119,8 @@ class _Node:
             if not self._storage_checked:
                 self._client._run(self._storage_check())
             return self._client._run(self._plan(operation, kwargs))
-        except ApiError as e:
-            if e.code == "unreachable":
-                raise
-            return self._error(e.message, e.code, e.status)
-        except _Refused as e:
-            return self._error(str(e), "invalid_request", 0)
+        except (ApiError, _Refused) as e:
+            return self._failed(e)
 
     async def async_run(self, operation: str = "", **kwargs: Any) -> Dict[str, Any]:
         if self._aclient is None:
@@ -133,12 +129,8 @@ class _Node:
             if not self._storage_checked:
                 await self._aclient._run(self._storage_check())
             return await self._aclient._run(self._plan(operation, kwargs))
-        except ApiError as e:
-            if e.code == "unreachable":
-                raise
-            return self._error(e.message, e.code, e.status)
-        except _Refused as e:
-            return self._error(str(e), "invalid_request", 0)
+        except (ApiError, _Refused) as e:
+            return self._failed(e)
 
     def close(self) -> None:
         """Closes the blocking client's connections (`aclose` closes the asyncio one's)."""
@@ -165,19 +157,23 @@ class _Node:
         await self.aclose()
 
     def _plan(self, operation: str, kwargs: Dict[str, Any]) -> Call:
-        name = self.OPERATIONS.get(operation)
-        if name is None:
+        if operation not in self.OPERATIONS:
             raise _Refused(f"unknown operation {operation!r}; use one of {', '.join(sorted(self.OPERATIONS))}")
         try:
-            return getattr(self, name)(**kwargs)
+            return getattr(self, operation)(**kwargs)
         except TypeError as e:
             raise _Refused(f"{operation}: {e}") from e
 
-    def _error(self, message: str, code: str, status: int) -> Dict[str, Any]:
-        out = {"status": "error", "error": message, "code": code}
-        if status:
-            out["http_status"] = status
-        return out
+    def _failed(self, e: Exception) -> Dict[str, Any]:
+        """The nodes' error answer; only a server that cannot be reached raises."""
+        if isinstance(e, ApiError) and e.code == "unreachable":
+            raise e
+        if isinstance(e, ApiError):
+            out = {"status": "error", "error": e.message, "code": e.code}
+            if e.status:
+                out["http_status"] = e.status
+            return out
+        return {"status": "error", "error": str(e), "code": "invalid_request"}
 
     def _storage_check(self) -> Call:
         def check(health: Dict[str, Any]) -> None:
@@ -220,10 +216,10 @@ class DistributedTransactionManagerNode(_Node):
     """Managed transactions: the server picks saga or two-phase commit from the requirements
     and the participants' capabilities (or the pattern you force)."""
 
-    OPERATIONS = {op: op for op in (
+    OPERATIONS = (
         "create_transaction", "add_participant", "execute_transaction", "get_status", "abort_transaction",
         "recover_transaction", "list_transactions",
-    )}
+    )
 
     def __init__(self, transaction_name: Optional[str] = None, **kwargs: Any):
         super().__init__(**kwargs)
@@ -276,9 +272,9 @@ class DistributedTransactionManagerNode(_Node):
 class SagaCoordinatorNode(_Node):
     """Sagas: steps run in order (or as a DAG), completed ones compensated in reverse on failure."""
 
-    OPERATIONS = {op: op for op in (
+    OPERATIONS = (
         "create_saga", "add_step", "execute_saga", "get_status", "load_saga", "resume", "cancel", "get_history", "list_sagas",
-    )}
+    )
     DEFAULT_NAME = "saga"
 
     def __init__(self, saga_name: Optional[str] = None, **kwargs: Any):
@@ -353,9 +349,9 @@ class SagaCoordinatorNode(_Node):
 class TwoPhaseCommitCoordinatorNode(_Node):
     """Two-phase commit: every participant votes, the decision is durable before anyone hears it."""
 
-    OPERATIONS = {op: op for op in (
+    OPERATIONS = (
         "begin_transaction", "add_participant", "execute_transaction", "abort_transaction", "get_status", "recover_transaction",
-    )}
+    )
 
     def __init__(self, transaction_name: Optional[str] = None, **kwargs: Any):
         super().__init__(**kwargs)
