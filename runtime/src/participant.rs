@@ -209,7 +209,7 @@ impl Invoker {
     /// answer is a `Retry` naming what happened.
     pub async fn outcome(&self, target: &Target, phase: Phase, ctx: CallContext, timeout: Duration) -> Outcome {
         let started = std::time::Instant::now();
-        let outcome = self.outcome_uncounted(target, phase, ctx, timeout).await;
+        let outcome = bounded(self.outcome_uncounted(target, phase, ctx, timeout).await);
         let kind = match &outcome {
             Outcome::Success(_) => "success",
             Outcome::Failure(_) => "failure",
@@ -254,9 +254,9 @@ impl Invoker {
                         Outcome::Success(if body.trim().is_empty() { "null".into() } else { body })
                     }
                     Ok((status @ (409 | 422), body)) if matches!(phase, Phase::Execute | Phase::Compensate) => {
-                        Outcome::Failure(format!("HTTP {status}: {}", truncate(&body)))
+                        Outcome::Failure(format!("HTTP {status}: {body}"))
                     }
-                    Ok((status, body)) => Outcome::Retry(format!("HTTP {status}: {}", truncate(&body))),
+                    Ok((status, body)) => Outcome::Retry(format!("HTTP {status}: {body}")),
                 }
             }
         }
@@ -265,7 +265,10 @@ impl Invoker {
     /// Asks for a vote. Only an explicit `prepared` is a yes.
     pub async fn prepare(&self, target: &Target, ctx: CallContext, timeout: Duration) -> Vote {
         let started = std::time::Instant::now();
-        let vote = self.prepare_uncounted(target, ctx, timeout).await;
+        let vote = match self.prepare_uncounted(target, ctx, timeout).await {
+            Vote::Abort(reason) => Vote::Abort(truncate(&reason)),
+            prepared => prepared,
+        };
         let kind = if vote == Vote::Prepared { "prepared" } else { "abort" };
         self.metrics.record_call("prepare", kind, started.elapsed());
         vote
@@ -283,10 +286,10 @@ impl Invoker {
                 Ok((status, body)) if (200..300).contains(&status) => {
                     match serde_json::from_str::<Value>(&body).ok().as_ref().and_then(|v| v.get("vote")).and_then(Value::as_str) {
                         Some("prepared") => Vote::Prepared,
-                        _ => Vote::Abort(format!("no prepared vote in answer: {}", truncate(&body))),
+                        _ => Vote::Abort(format!("no prepared vote in answer: {body}")),
                     }
                 }
-                Ok((status, body)) => Vote::Abort(format!("HTTP {status}: {}", truncate(&body))),
+                Ok((status, body)) => Vote::Abort(format!("HTTP {status}: {body}")),
             },
         }
     }
@@ -330,6 +333,18 @@ impl Invoker {
     }
 }
 
+/// `outcome` with its reason cut by [`truncate`].
+fn bounded(outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Failure(reason) => Outcome::Failure(truncate(&reason)),
+        Outcome::Retry(reason) => Outcome::Retry(truncate(&reason)),
+        success => success,
+    }
+}
+
+/// A reason as it is kept: a failure, retry or abort vote — whether a plugin said it, an HTTP
+/// participant answered it or a trap produced it — lands in the step's error, the journal
+/// and the document, so it is cut to its first 500 characters.
 fn truncate(s: &str) -> String {
     const MAX: usize = 500;
     match s.char_indices().nth(MAX) {

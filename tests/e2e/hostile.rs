@@ -407,6 +407,97 @@ async fn a_plugin_that_prints_past_the_capture_completes() {
     server.kill().await;
 }
 
+/// The longest reason kept, in characters: 500 and the ellipsis that says it was cut.
+const KEPT_REASON_CHARS: usize = 501;
+
+on_every_store!(a_plugins_long_reasons_are_cut_and_its_transaction_ends_as_usual, |url: String| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), database(&url), &[]).await;
+    let anyone = anonymous(&server);
+    assert_eq!(anyone.push("scripted", plugins::SCRIPTED).await.0, StatusCode::CREATED);
+    // A MiB of explanation with a retry, then with a failure: each is kept as 500 characters,
+    // and the saga compensates as it would for a short reason.
+    let mib = 1 << 20;
+    let id = anyone
+        .saga(json!([
+            {"name": "reserve", "plugin": "scripted"},
+            {"name": "verbose_retry", "plugin": "scripted", "retry_count": 1,
+             "parameters": {"script": {"execute": {"do": "retry", "times": 1, "reason_bytes": mib}}}},
+            {"name": "verbose_failure", "plugin": "scripted", "retry_count": 0,
+             "parameters": {"script": {"execute": {"do": "fail", "reason_bytes": mib}}}}
+        ]))
+        .await;
+    let (status, doc) = anyone.post(&format!("/v1/sagas/{id}/execute"), json!({})).await;
+    assert_eq!((status, doc["state"].clone()), (StatusCode::OK, json!("compensated")), "{doc}");
+    let error = doc["steps"][2]["error"].as_str().unwrap();
+    assert!(error.starts_with("rrrr") && error.chars().count() <= KEPT_REASON_CHARS, "{} characters kept", error.chars().count());
+    assert!(doc.to_string().len() < 16 << 10, "the document holds no MiB reason: {} bytes", doc.to_string().len());
+    let (_, history) = anyone.get(&format!("/v1/sagas/{id}/history")).await;
+    let history = history.to_string();
+    assert!(history.contains("rrrr") && history.len() < 32 << 10, "the journal holds no MiB reason: {} bytes", history.len());
+    // A vote to abort as long: the transaction aborts, its reason cut the same way.
+    let (status, created) = anyone
+        .post("/v1/2pc", json!({"transaction_name": "t", "participants": [
+            {"participant_id": "verbose", "plugin": "scripted",
+             "parameters": {"script": {"prepare": {"do": "vote_abort", "reason_bytes": mib}}}},
+            {"participant_id": "quiet", "plugin": "scripted"}
+        ]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let tx = created["transaction_id"].as_str().unwrap();
+    let (status, doc) = anyone.post(&format!("/v1/2pc/{tx}/execute"), json!({})).await;
+    assert_eq!((status, doc["state"].clone()), (StatusCode::OK, json!("aborted")), "{doc}");
+    let reason = doc["participants"][0]["vote_reason"].as_str().unwrap();
+    assert!(reason.starts_with("rrrr") && reason.chars().count() <= KEPT_REASON_CHARS, "{} characters kept", reason.chars().count());
+    let (_, history) = anyone.get(&format!("/v1/2pc/{tx}/history")).await;
+    assert!(history.to_string().len() < 32 << 10, "the journal holds no MiB reason");
+    server.kill().await;
+});
+
+on_every_store!(contexts_outputs_and_descriptions_past_their_caps_are_refused, |url: String| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), database(&url), &[]).await;
+    let anyone = anonymous(&server);
+    assert_eq!(anyone.push("scripted", plugins::SCRIPTED).await.0, StatusCode::CREATED);
+    // `{"blob":"…"}` of exactly `bytes` bytes as JSON.
+    let context = |bytes: usize| json!({"blob": "x".repeat(bytes - r#"{"blob":""}"#.len())});
+    const CONTEXT_CAP: usize = 256 << 10;
+    for (path, name) in [("/v1/sagas", "saga_name"), ("/v1/2pc", "transaction_name"), ("/v1/transactions", "transaction_name")] {
+        let (status, err) = anyone.post(path, json!({name: "big", "context": context(CONTEXT_CAP + 1)})).await;
+        assert_eq!((status, err["error"]["code"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("invalid_request")), "{path}: {err}");
+        assert!(err["error"]["message"].as_str().unwrap().contains("context"), "{path}: {err}");
+        let (status, created) = anyone.post(path, json!({name: "at-the-cap", "context": context(CONTEXT_CAP)})).await;
+        assert_eq!(status, StatusCode::CREATED, "{path}: a context at the cap is stored: {created}");
+    }
+    // One step or participant: at most 32 KiB as JSON, added alone or with its transaction.
+    let bulky = json!({"blob": "p".repeat(33 << 10)});
+    let (status, err) = anyone.post("/v1/sagas", json!({"saga_name": "s", "steps": [{"name": "a", "plugin": "scripted", "parameters": bulky}]})).await;
+    assert_eq!((status, err["error"]["code"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("invalid_request")), "{err}");
+    let (_, created) = anyone.post("/v1/sagas", json!({"saga_name": "s"})).await;
+    let saga = created["saga_id"].as_str().unwrap();
+    let (status, err) = anyone.post(&format!("/v1/sagas/{saga}/steps"), json!({"name": "a", "plugin": "scripted", "parameters": bulky})).await;
+    assert_eq!((status, err["error"]["code"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("invalid_request")), "{err}");
+    let (_, created) = anyone.post("/v1/2pc", json!({"transaction_name": "t"})).await;
+    let tx = created["transaction_id"].as_str().unwrap();
+    let (status, err) = anyone.post(&format!("/v1/2pc/{tx}/participants"), json!({"participant_id": "a", "plugin": "scripted", "parameters": bulky})).await;
+    assert_eq!((status, err["error"]["code"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("invalid_request")), "{err}");
+    let (status, _) = anyone.post(&format!("/v1/sagas/{saga}/steps"), json!({"name": "a", "plugin": "scripted", "parameters": {"blob": "p".repeat(16 << 10)}})).await;
+    assert_eq!(status, StatusCode::OK, "a step under the cap is added");
+    // A saga's outputs together: at most 2 MiB. Two outputs of 900 KB fit; a third would pass
+    // the cap, so it is not kept and the saga undoes what it did.
+    let big = |name: &str| json!({"name": name, "plugin": "scripted", "retry_count": 0,
+                                  "parameters": {"script": {"execute": {"do": "big_output", "bytes": 900_000}}}});
+    let id = anyone.saga(json!([big("first"), big("second"), big("third")])).await;
+    let (status, doc) = anyone.post(&format!("/v1/sagas/{id}/execute"), json!({})).await;
+    let summary = |doc: &Value| doc["steps"].as_array().map(|steps| steps.iter().map(|s| (s["state"].clone(), s["error"].clone())).collect::<Vec<_>>());
+    assert_eq!((status, doc["state"].clone()), (StatusCode::OK, json!("compensated")), "{:?}", summary(&doc));
+    assert_eq!(doc["steps"][0]["output"].as_str().map(str::len), Some(900_000), "the outputs within the cap are kept");
+    assert!(doc["steps"][2].get("output").is_none_or(Value::is_null), "the output past the cap is not");
+    let error = doc["steps"][2]["error"].as_str().unwrap();
+    assert!(error.contains("past 2097152 bytes"), "{error}");
+    server.kill().await;
+});
+
 on_every_store!(max_concurrent_counts_every_running_transaction, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), database(&url), &["--admin-token", ADMIN]).await;
@@ -665,9 +756,37 @@ on_every_store!(nul_bytes_and_out_of_range_numbers_are_the_callers_errors, |url:
         let (status, err) = anyone.get(&path).await;
         assert_eq!((status, err["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!("invalid_path")), "{path}");
     }
+    // A search's text and a cursor's id reach the store only once checked.
+    let cursor_of = |position: &str| position.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    let searches = [
+        ("name=a%00b".to_string(), "invalid_query"),
+        ("state=running%00".into(), "invalid_query"),
+        ("kind=saga&name=%00".into(), "invalid_query"),
+        (format!("cursor={}", cursor_of("1764590000123:saga-\0")), "invalid_cursor"),
+    ];
+    for (query, code) in searches {
+        let (status, err) = anyone.get(&format!("/v1/search?{query}")).await;
+        assert_eq!((status, err["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!(code)), "{query}: {err}");
+    }
+    let (status, page) = anyone.get(&format!("/v1/search?name=s&cursor={}", cursor_of("9999999999999:saga-z"))).await;
+    assert_eq!((status, page["items"].as_array().map(Vec::len)), (StatusCode::OK, Some(1)), "a cursor this server could give out: {page}");
+    // So do a bulk request's ids: one the store cannot hold refuses the request, before any
+    // item is acted on.
+    let items = json!({"items": [{"kind": "saga", "id": id}, {"kind": "saga", "id": "saga-\u{0}"}]});
+    let (status, err) = anyone.post("/v1/bulk/cancel", items).await;
+    assert_eq!((status, err["error"]["code"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("invalid_request")), "{err}");
+    let (_, doc) = anyone.get(&format!("/v1/sagas/{id}")).await;
+    assert_eq!(doc["state"], "pending", "nothing of a refused bulk request was done: {doc}");
     let admin = admin(&server);
     let (status, err) = admin.post("/v1/admin/tenants", json!({"tenant_id": "a\u{0}"})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    // A tenant's limits are bounded: a max_concurrent past what a count can be compared with
+    // is refused, not wrapped.
+    for max in [json!(0), json!(1_000_001), huge.clone(), json!(u64::MAX)] {
+        let (status, err) = admin.post("/v1/admin/tenants", json!({"tenant_id": "wide", "limits": {"max_concurrent": max}})).await;
+        assert_eq!((status, err["error"]["code"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("invalid_request")), "{max}: {err}");
+    }
+    tenant(&server, "wide", json!({"limits": {"max_concurrent": 1_000_000}})).await;
     tenant(&server, "acme", json!({})).await;
     let (status, err) = admin.post("/v1/admin/tenants/%00/keys", json!({})).await;
     assert_eq!((status, err["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!("invalid_path")), "{err}");

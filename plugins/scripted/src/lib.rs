@@ -8,7 +8,7 @@
 //! |---|---|
 //! | `succeed` | success with `output` (default: the call echoed) |
 //! | `fail` | failure with `reason` |
-//! | `retry` | retry while `attempt <= times`, then succeed |
+//! | `retry` | retry (with `reason`, if given) while `attempt <= times`, then succeed |
 //! | `vote_abort` | prepare votes abort with `reason` (other phases: failure) |
 //! | `trap` | panics with `message`: the call traps |
 //! | `spin` | loops forever (until the runtime's deadline) |
@@ -23,6 +23,9 @@
 //! | `print` | prints `lines` lines of 100 bytes to stdout with `println!`, then succeeds |
 //! | `big_output` | succeeds with a JSON string of `bytes` bytes |
 //! | `echo_input` | succeeds with its input and `forward_outcome` as the SDK reads it |
+//!
+//! `reason_bytes`, beside `fail`, `retry` or `vote_abort`, makes the reason that many bytes
+//! (`r` repeated) instead of `reason`: a participant that explains itself at great length.
 
 use serde_json::Value;
 use wasmtx_plugin_sdk::{Call, LogLevel, Outcome, Participant, Step, Vote, json, log};
@@ -51,6 +54,14 @@ fn text(instr: &Value, key: &str, default: &str) -> String {
     instr.get(key).and_then(|v| v.as_str()).unwrap_or(default).to_string()
 }
 
+/// The reason `instr` gives: `reason_bytes` bytes of `r`, or `reason`, or `default`.
+fn reason(instr: &Value, default: &str) -> String {
+    match instr.get("reason_bytes").and_then(|v| v.as_u64()) {
+        Some(bytes) => "r".repeat(bytes as usize),
+        None => text(instr, "reason", default),
+    }
+}
+
 fn run(call: &Call, phase: &str) -> Outcome {
     let instr = instruction(call, phase);
     let number = |key: &str| instr.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
@@ -59,9 +70,9 @@ fn run(call: &Call, phase: &str) -> Outcome {
             Some(output) => Outcome::success(output),
             None => Outcome::success(&echo(call, phase)),
         },
-        "fail" | "vote_abort" => Outcome::failure(text(&instr, "reason", "scripted failure")),
+        "fail" | "vote_abort" => Outcome::failure(reason(&instr, "scripted failure")),
         "retry" if u64::from(call.attempt) <= number("times") => {
-            Outcome::retry(format!("scripted retry on attempt {}", call.attempt))
+            Outcome::retry(reason(&instr, &format!("scripted retry on attempt {}", call.attempt)))
         }
         "retry" => Outcome::success(&echo(call, phase)),
         "trap" => panic!("{}", text(&instr, "message", "scripted trap")),

@@ -85,6 +85,10 @@ fn new_key(tenant: &str) -> (KeyRow, String) {
     (row, format!("wtx_{key_id}_{secret}"))
 }
 
+/// Most running transactions a tenant may be allowed: a bound well past any real fleet's,
+/// that keeps the count comparable with the store's (an `i64`).
+pub const MAX_CONCURRENT_LIMIT: usize = 1_000_000;
+
 /// Per-tenant limits (API.md "Tenants and operations").
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -121,8 +125,8 @@ impl TenantLimits {
         if self.call_timeout_ms.is_some_and(|t| !(1..=3_600_000).contains(&t)) {
             return Err("limits.call_timeout_ms must be between 1 and 3600000".into());
         }
-        if self.max_concurrent.is_some_and(|c| c == 0) {
-            return Err("limits.max_concurrent must be at least 1".into());
+        if self.max_concurrent.is_some_and(|c| !(1..=MAX_CONCURRENT_LIMIT).contains(&c)) {
+            return Err(format!("limits.max_concurrent must be between 1 and {MAX_CONCURRENT_LIMIT}"));
         }
         if self.max_versions.is_some_and(|v| v < 1) || self.max_component_bytes.is_some_and(|b| b == 0) {
             return Err("limits.max_versions and limits.max_component_bytes must be positive".into());

@@ -14,6 +14,7 @@ use super::error::ApiError;
 use super::input::{Id, JsonBody};
 use super::{Admit, AppState, openapi, parse};
 use crate::saga::SagaState;
+use crate::text::{self, MAX_ID_LEN};
 use crate::tpc::TpcState;
 
 /// Items one bulk request may name.
@@ -63,8 +64,8 @@ pub(super) async fn act(s: &AppState, tenant: &str, actor: &str, kind: &str, act
                 async move { Ok(engine.resume(&tenant, &id).await?) }
             };
             // A running saga was counted when it started; one that failed runs again when resumed.
-            let counted = s.inner.sagas.get(tenant, id).await?.state == SagaState::Failed;
-            let admit = if counted { Admit::UntilRunning(id) } else { Admit::No };
+            let runs_again = s.inner.sagas.get(tenant, id).await?.state == SagaState::Failed;
+            let admit = if runs_again { Admit::UntilRunning(id) } else { Admit::No };
             Ok(s.execution(tenant, admit, Some((actor, "saga_resume", detail)), run).await?.document())
         }
         ("saga", false) => {
@@ -78,8 +79,8 @@ pub(super) async fn act(s: &AppState, tenant: &str, actor: &str, kind: &str, act
                 async move { Ok(engine.recover(&tenant, &id).await?) }
             };
             // A running transaction was counted when it started; a failed one runs again.
-            let counted = s.inner.tpc.get(tenant, id).await?.state == TpcState::Failed;
-            let admit = if counted { Admit::UntilRunning(id) } else { Admit::No };
+            let runs_again = s.inner.tpc.get(tenant, id).await?.state == TpcState::Failed;
+            let admit = if runs_again { Admit::UntilRunning(id) } else { Admit::No };
             Ok(s.execution(tenant, admit, Some((actor, "tpc_recover", detail)), run).await?.document())
         }
         ("2pc", false) => {
@@ -139,6 +140,12 @@ pub(super) async fn bulk(State(s): State<AppState>, Tenant(tenant, actor): Tenan
     let req: Bulk = parse(body)?;
     if req.items.len() > MAX_BULK {
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", format!("at most {MAX_BULK} items per request")));
+    }
+    // Checked as a path id is, all before any is acted on: a request with an id no store can
+    // hold (NUL) is malformed, not an item that cannot be acted on.
+    for (i, item) in req.items.iter().enumerate() {
+        text::check(&format!("items[{i}].id"), &item.id, MAX_ID_LEN)
+            .map_err(|m| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", m))?;
     }
     let mut results = Vec::with_capacity(req.items.len());
     for item in &req.items {

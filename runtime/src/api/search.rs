@@ -12,6 +12,7 @@ use super::auth::Tenant;
 use super::error::ApiError;
 use super::{AppState, openapi};
 use crate::store::{TxQuery, TxRow};
+use crate::text::{self, MAX_ID_LEN};
 use crate::txn::Record;
 
 /// Items of one page unless the caller asks for another number; at most `MAX_LIMIT`.
@@ -64,6 +65,13 @@ pub(super) async fn search(
         && !crate::store::KINDS.contains(&kind.as_str())
     {
         return Err(bad(format!("unknown kind {kind:?}: saga, 2pc or transaction")));
+    }
+    // Text reaches the store as it came: none may carry what a store cannot hold (NUL).
+    if let Some(state) = &q.state {
+        text::check("state", state, 64).map_err(bad)?;
+    }
+    if let Some(name) = &q.name {
+        text::check("name", name, 256).map_err(bad)?;
     }
     let attention = q.needs_attention.unwrap_or(false);
     let mut query = TxQuery {
@@ -155,6 +163,7 @@ fn decode_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
     let bytes: Vec<u8> = (0..cursor.len()).step_by(2).map(|i| u8::from_str_radix(&cursor[i..i + 2], 16)).collect::<Result<_, _>>().map_err(|_| invalid())?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     let (at, id) = text.split_once(':').ok_or_else(invalid)?;
+    crate::text::check("id", id, MAX_ID_LEN).map_err(|_| invalid())?;
     Ok((at.parse().map_err(|_| invalid())?, id.to_string()))
 }
 
@@ -166,7 +175,8 @@ mod tests {
     fn cursors_round_trip_and_garbage_is_refused() {
         let position = (1_764_590_000_123, "saga-0193".to_string());
         assert_eq!(decode_cursor(&encode_cursor(&position)).unwrap(), position);
-        for garbage in ["zz", "abc", "", "3a", &"00".repeat(300)] {
+        let nul = encode_cursor(&(1, "a\0b".to_string()));
+        for garbage in ["zz", "abc", "", "3a", &"00".repeat(300), &nul] {
             assert!(decode_cursor(garbage).is_err(), "{garbage}");
         }
         assert_eq!(instant("2026-12-01T10:00:00Z").unwrap(), 1_796_119_200_000);

@@ -255,6 +255,8 @@ impl Manager {
         if let Some(p) = &req.retry_policy {
             p.validate().map_err(ManagerError::Invalid)?;
         }
+        let context = req.context.unwrap_or_default();
+        crate::txn::spec::check_context(&context).map_err(ManagerError::Invalid)?;
         if let Some(policy) = &req.policy
             && policy != "builtin"
         {
@@ -262,7 +264,7 @@ impl Manager {
         }
         let doc = ManagedDoc {
             requirements,
-            context: req.context.unwrap_or_default(),
+            context,
             policy: req.policy,
             policy_used: None,
             participants: vec![],

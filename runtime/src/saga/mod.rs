@@ -35,7 +35,6 @@ use state::{MAX_STEPS, check_dag};
 
 pub const KIND: &str = "saga";
 const SAGAS: Kind = Kind { store: KIND, name: "saga" };
-const MAX_CONTEXT_BYTES: usize = 256 * 1024;
 /// Longest saga-wide timeout: 7 days.
 pub const MAX_SAGA_TIMEOUT_MS: u64 = 7 * 24 * 3_600_000;
 /// Most bytes of step outputs one saga keeps; an output that would pass it is refused as
@@ -153,9 +152,7 @@ impl SagaEngine {
     async fn create_inner(&self, tenant: &str, req: CreateSaga, id: Option<uuid::Uuid>, wait: bool) -> Result<Saga, SagaError> {
         crate::text::check("saga_name", &req.saga_name, 256).map_err(SagaError::Invalid)?;
         let context = req.context.unwrap_or_default();
-        if serde_json::to_vec(&context).map_or(0, |v| v.len()) > MAX_CONTEXT_BYTES {
-            return Err(SagaError::Invalid(format!("context is larger than {MAX_CONTEXT_BYTES} bytes")));
-        }
+        crate::txn::spec::check_context(&context).map_err(SagaError::Invalid)?;
         if req.timeout_ms.is_some_and(|t| t == 0 || t > MAX_SAGA_TIMEOUT_MS) {
             return Err(SagaError::Invalid(format!("timeout_ms must be between 1 and {MAX_SAGA_TIMEOUT_MS}")));
         }

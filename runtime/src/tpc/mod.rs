@@ -123,8 +123,10 @@ impl TpcEngine {
         }
         let retry_policy = req.retry_policy.unwrap_or_default();
         retry_policy.validate().map_err(TpcError::Invalid)?;
+        let context = req.context.unwrap_or_default();
+        crate::txn::spec::check_context(&context).map_err(TpcError::Invalid)?;
         let mut doc = TpcDoc {
-            context: req.context.unwrap_or_default(),
+            context,
             participants: vec![],
             decision: None,
             error: None,
