@@ -598,3 +598,173 @@ on_every_store!(a_compensation_runs_on_its_own_plugin_or_endpoint_when_the_step_
     let other = n.sagas.create(TENANT, serde_json::from_value(json!({"saga_name": "z"})).unwrap()).await.unwrap();
     assert!(n.sagas.add_step(TENANT, other.id(), step(missing)).await.is_err());
 });
+
+/// Waits (at most 30 s) for the journal to announce `kind` for `step` of saga `id`; announced
+/// only once written, so what it returns is durable. `step` None: the saga's end.
+async fn until_written(progress: &mut tokio::sync::broadcast::Receiver<wasmtx::model::Progress>, id: &str, kind: &str, step: Option<&str>) {
+    let wait = async {
+        loop {
+            let p = progress.recv().await.unwrap();
+            let end = step.is_none() && p.terminal;
+            if p.tx_id == id && (end || (p.event.kind == kind && p.event.step.as_deref() == step)) {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), wait).await.unwrap_or_else(|_| panic!("{kind} {step:?} of {id} was never written"));
+}
+
+/// The paths the participant was called on, in order.
+fn paths(http: &HttpParticipant) -> Vec<String> {
+    http.calls.lock().unwrap().iter().map(|c| c["path"].as_str().unwrap().to_string()).collect()
+}
+
+on_every_store!(a_branch_that_answers_first_is_durably_completed_while_the_others_still_run, |url: String| async move {
+    let n = with_plugins(&url).await;
+    let mut script = from(&["a", "b", "e"], 0);
+    for s in ["c", "d"] {
+        script.0.insert(format!("do_{s}"), vec![Answer::Held(200, json!({"from": s}))]);
+    }
+    let http = HttpParticipant::start(script).await;
+    // a → (b, c, d) → e; c and d are held until b's completion has been seen in the store.
+    let steps = vec![branch(&http, "a", &[]), branch(&http, "b", &["a"]), branch(&http, "c", &["a"]), branch(&http, "d", &["a"]), branch(&http, "e", &["b", "c", "d"])];
+    let req: CreateSaga = serde_json::from_value(json!({"saga_name": "held", "steps": steps})).unwrap();
+    let created = n.sagas.create(TENANT, req).await.unwrap();
+    let id = created.id().to_string();
+    let mut progress = n.sagas.subscribe();
+    n.sagas.execute(TENANT, &id, false).await.unwrap();
+    until_written(&mut progress, &id, "step_completed", Some("b")).await;
+    // Another coordinator reading the store (as after a crash) sees b done, c and d running:
+    // it would not call b again.
+    let other = node(&url).await;
+    let seen = other.sagas.get(TENANT, &id).await.unwrap();
+    let states: Vec<StepState> = seen.doc.steps.iter().map(|s| s.state).collect();
+    use StepState::{Completed, Pending, Running};
+    assert_eq!(states, [Completed, Completed, Running, Running, Pending]);
+    assert_eq!(seen.document()["steps"][1]["output"], json!({"from": "b"}));
+    http.release();
+    until_written(&mut progress, &id, "saga_completed", None).await;
+    let done = n.sagas.get(TENANT, &id).await.unwrap();
+    assert_eq!(done.state, SagaState::Completed, "{:?}", done.doc.error);
+    assert_eq!(http.calls_to("do_b").len(), 1);
+});
+
+on_every_store!(an_http_step_that_loses_its_connection_or_spends_its_retries_on_5xx_is_undone_as_unknown, |url: String| async move {
+    let n = with_plugins(&url).await;
+    let mut script = Script::default();
+    script.0.insert("do_lost".into(), vec![Answer::Drop]);
+    script.0.insert("do_down".into(), vec![Answer::Status(503, json!({"error": "unavailable"}))]);
+    let http = HttpParticipant::start(script).await;
+    let step = |name: &str, retry_count: u32| {
+        json!({"name": name, "endpoint": http.url, "action": format!("do_{name}"), "compensation": format!("undo_{name}"), "retry_count": retry_count})
+    };
+    for (name, retry_count, why) in [("lost", 0, "connection closed"), ("down", 1, "HTTP 503")] {
+        let id = saga(&n, json!({}), vec![step("first", 0), step(name, retry_count)]).await;
+        let done = n.sagas.execute(TENANT, &id, true).await.unwrap();
+        assert_eq!(done.state, SagaState::Compensated, "{name}: {:?}", done.doc.error);
+        let s = &done.doc.steps[1];
+        assert_eq!((s.state, s.attempts, s.outcome_unknown), (StepState::Compensated, retry_count + 1, true), "{name}: {:?}", s.error);
+        assert!(kinds(&n, &id).await.contains(&format!("step_uncertain {name}")), "{name}");
+        let undo = http.calls_to(&format!("undo_{name}"));
+        assert!(s.error.as_deref().unwrap().contains(why), "{name}: {:?}", s.error);
+        assert_eq!(undo.len(), 1, "{name}");
+        assert_eq!(undo[0]["forward_outcome"], "unknown", "{name}");
+        assert_eq!(done.doc.steps[0].state, StepState::Compensated, "{name}");
+    }
+    assert_eq!(http.calls_to("do_down").len(), 2, "503 is retried until the budget is spent");
+    assert_eq!(http.calls_to("undo_first")[0]["forward_outcome"], "success");
+});
+
+on_every_store!(a_dag_undoes_a_timed_out_branch_and_a_completed_one_but_not_a_refused_one, |url: String| async move {
+    let n = with_plugins(&url).await;
+    let mut script = from(&["a", "b"], 0);
+    script.0.insert("do_c".into(), vec![Answer::Late(1500, 200, json!({"from": "c"}))]);
+    script.0.insert("do_d".into(), vec![Answer::Status(422, json!({"error": "refused"}))]);
+    let http = HttpParticipant::start(script).await;
+    // a → (b, c, d): b completes, c answers after its timeout, d refuses.
+    let mut late = branch(&http, "c", &["a"]);
+    late["timeout_ms"] = json!(300);
+    let steps = vec![branch(&http, "a", &[]), branch(&http, "b", &["a"]), late, branch(&http, "d", &["a"])];
+    let req: CreateSaga = serde_json::from_value(json!({"saga_name": "mixed", "steps": steps})).unwrap();
+    let created = n.sagas.create(TENANT, req).await.unwrap();
+    let done = n.sagas.execute(TENANT, created.id(), true).await.unwrap();
+    assert_eq!(done.state, SagaState::Compensated, "{:?}", done.doc.error);
+    let states: Vec<StepState> = done.doc.steps.iter().map(|s| s.state).collect();
+    assert_eq!(states, [StepState::Compensated, StepState::Compensated, StepState::Compensated, StepState::Failed]);
+    assert!(done.doc.steps[2].outcome_unknown && !done.doc.steps[1].outcome_unknown);
+    assert_eq!(http.calls_to("undo_c")[0]["forward_outcome"], "unknown");
+    assert_eq!(http.calls_to("undo_b")[0]["forward_outcome"], "success");
+    let paths = paths(&http);
+    assert!(!paths.contains(&"undo_d".to_string()), "a definite failure is not undone: {paths:?}");
+    let pos = |p: &str| paths.iter().position(|x| x == p).unwrap_or_else(|| panic!("{p} in {paths:?}"));
+    assert!(pos("undo_b") < pos("undo_a") && pos("undo_c") < pos("undo_a"), "{paths:?}");
+});
+
+on_every_store!(independent_compensations_start_together_before_the_step_they_follow, |url: String| async move {
+    let n = with_plugins(&url).await;
+    let mut script = from(&["a", "b", "c", "d"], 0);
+    script.0.insert("do_e".into(), vec![Answer::Status(422, json!({"error": "no courier"}))]);
+    let http = HttpParticipant::start(script).await;
+    // a → (b, c, d) → e; e fails once b, c and d completed.
+    let steps = vec![branch(&http, "a", &[]), branch(&http, "b", &["a"]), branch(&http, "c", &["a"]), branch(&http, "d", &["a"]), branch(&http, "e", &["b", "c", "d"])];
+    let req: CreateSaga = serde_json::from_value(json!({"saga_name": "fan", "steps": steps})).unwrap();
+    let created = n.sagas.create(TENANT, req).await.unwrap();
+    let done = n.sagas.execute(TENANT, created.id(), true).await.unwrap();
+    assert_eq!(done.state, SagaState::Compensated, "{:?}", done.doc.error);
+    let history = n.sagas.history(TENANT, created.id()).await.unwrap();
+    let position = |kind: &str, s: &str| history.iter().position(|e| e.kind == kind && e.step.as_deref() == Some(s)).unwrap_or_else(|| panic!("{kind} {s}: {history:?}"));
+    // b, c and d's compensations begin in one write, each naming the others.
+    let begun: Vec<usize> = ["b", "c", "d"].iter().map(|s| position("compensation_started", s)).collect();
+    assert_eq!(begun.iter().max().unwrap() - begun.iter().min().unwrap(), 2, "one batch: {history:?}");
+    for s in ["b", "c", "d"] {
+        let mut with: Vec<String> = serde_json::from_value(history[position("compensation_started", s)].detail["with"].clone()).unwrap();
+        with.sort();
+        let others: Vec<&str> = ["b", "c", "d"].into_iter().filter(|o| *o != s).collect();
+        assert_eq!(with, others, "{s}");
+    }
+    // a's only once all three are undone, alone.
+    let a = position("compensation_started", "a");
+    assert!(["b", "c", "d"].iter().all(|s| position("step_compensated", s) < a), "{history:?}");
+    assert!(history[a].detail.get("with").is_none(), "{:?}", history[a]);
+    assert!(http.calls_to("undo_e").is_empty());
+});
+
+on_every_store!(max_parallel_bounds_the_calls_in_flight_at_the_participant, |url: String| async move {
+    let n = with_plugins(&url).await;
+    let names = ["p1", "p2", "p3", "p4", "p5"];
+    let http = HttpParticipant::start(from(&names, 300)).await;
+    let steps: Vec<Value> = names.iter().map(|s| branch(&http, s, &[])).collect();
+    let req: CreateSaga = serde_json::from_value(json!({"saga_name": "bounded", "max_parallel": 2, "steps": steps})).unwrap();
+    let created = n.sagas.create(TENANT, req).await.unwrap();
+    let done = n.sagas.execute(TENANT, created.id(), true).await.unwrap();
+    assert_eq!(done.state, SagaState::Completed, "{:?}", done.doc.error);
+    assert!(names.iter().all(|s| http.calls_to(&format!("do_{s}")).len() == 1));
+    assert_eq!(http.most_at_once(), 2, "two at once, never more");
+});
+
+on_every_store!(a_dag_whose_compensations_fail_ends_failed_naming_every_step_not_undone, |url: String| async move {
+    let n = with_plugins(&url).await;
+    let mut script = from(&["a", "b", "c"], 0);
+    script.0.insert("do_d".into(), vec![Answer::Status(422, json!({"error": "refused"}))]);
+    for s in ["b", "c"] {
+        script.0.insert(format!("undo_{s}"), vec![Answer::Status(500, json!({"error": format!("{s}'s ledger closed")}))]);
+    }
+    let http = HttpParticipant::start(script).await;
+    // a → (b, c, d); d refuses, then neither b nor c can be undone, so a is not undone either.
+    let steps = vec![branch(&http, "a", &[]), branch(&http, "b", &["a"]), branch(&http, "c", &["a"]), branch(&http, "d", &["a"])];
+    let req: CreateSaga = serde_json::from_value(json!({"saga_name": "stuck", "steps": steps})).unwrap();
+    let created = n.sagas.create(TENANT, req).await.unwrap();
+    let done = n.sagas.execute(TENANT, created.id(), true).await.unwrap();
+    assert_eq!(done.state, SagaState::Failed);
+    let states: Vec<StepState> = done.doc.steps.iter().map(|s| s.state).collect();
+    assert_eq!(states, [StepState::Completed, StepState::CompensationFailed, StepState::CompensationFailed, StepState::Failed]);
+    assert!(http.calls_to("undo_a").is_empty(), "nothing is undone behind a failed compensation");
+    let error = done.doc.error.clone().unwrap();
+    for said in ["step b failed", "b's ledger closed", "step c failed", "c's ledger closed", "not undone behind it: a"] {
+        assert!(error.contains(said), "{said}: {error}");
+    }
+    let history = n.sagas.history(TENANT, created.id()).await.unwrap();
+    let failed = history.iter().find(|e| e.kind == "saga_failed").unwrap();
+    assert_eq!(failed.detail["steps"], json!(["b", "c"]));
+    assert_eq!(failed.detail["not_undone"], json!(["a"]));
+});

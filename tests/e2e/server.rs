@@ -861,3 +861,28 @@ on_every_store!(a_requests_traceparent_is_carried_to_every_http_participant_as_a
     assert_eq!(http.traceparents("do_c"), vec![None]);
     server.kill().await;
 });
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn self_dependencies_and_cycles_get_a_422_naming_the_steps() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None, &[]).await;
+    push(&server, "payment", plugins::PAYMENT).await;
+    let step = |name: &str, deps: &[&str]| json!({"name": name, "plugin": "payment", "depends_on": deps});
+    let refused = |status: StatusCode, err: &Value, says: &[&str]| {
+        assert_eq!((status, err["error"]["code"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("invalid_request")), "{err}");
+        let message = err["error"]["message"].as_str().unwrap();
+        assert!(says.iter().all(|s| message.contains(s)), "{says:?} in {message}");
+    };
+    let (status, err) = post(&server, "/v1/sagas", json!({"saga_name": "bad", "steps": [step("a", &["a"])]})).await;
+    refused(status, &err, &["\"a\"", "itself"]);
+    let cycle = json!([step("a", &["c"]), step("b", &["a"]), step("c", &["b"])]);
+    let (status, err) = post(&server, "/v1/sagas", json!({"saga_name": "bad", "steps": cycle})).await;
+    refused(status, &err, &["cycle", "a", "b", "c"]);
+    let (_, created) = post(&server, "/v1/sagas", json!({"saga_name": "ok", "steps": [step("a", &[])]})).await;
+    let id = created["saga_id"].as_str().unwrap();
+    let (status, err) = post(&server, &format!("/v1/sagas/{id}/steps"), step("b", &["b"])).await;
+    refused(status, &err, &["\"b\"", "itself"]);
+    let (_, doc) = get(&server, &format!("/v1/sagas/{id}")).await;
+    assert_eq!(doc["steps"].as_array().unwrap().len(), 1, "the refused step was not added");
+    server.kill().await;
+}

@@ -6,7 +6,8 @@
 //! futures beside it and come back as answers. Steps of a sequence follow each other (each
 //! depends on the one before), so a sequential saga makes exactly the writes it always made: a
 //! step's completion is written with the next step's start. In a DAG every step whose
-//! dependencies completed starts, the starts of one moment share one write, and a failure stops
+//! dependencies completed starts, the starts of one moment share one write; an answer that no
+//! start follows at once is written before the driver waits for the others. A failure stops
 //! new starts, waits for the calls in flight, then undoes what was (or may have been) done,
 //! each compensation after those of the steps that follow it, independent ones in parallel.
 
@@ -54,21 +55,42 @@ impl Flight {
 }
 
 /// Marks steps `steps` running, one more attempt each; returns the events to write before
-/// calling them. Steps started together name each other (`with`): the history shows what ran
-/// at once.
+/// calling them.
 pub(super) fn begin_steps(saga: &mut Saga, steps: &[usize]) -> Result<Vec<NewEvent>, SagaError> {
+    begin(saga, steps, Phase::Execute)
+}
+
+/// Marks steps `steps` compensating, one more compensation attempt each; returns the events to
+/// write before calling their compensations.
+fn begin_compensations(saga: &mut Saga, steps: &[usize]) -> Result<Vec<NewEvent>, SagaError> {
+    begin(saga, steps, Phase::Compensate)
+}
+
+/// Begins `steps` in `phase`. Steps begun together name each other (`with`): the history shows
+/// what ran at once, forward and backward.
+fn begin(saga: &mut Saga, steps: &[usize], phase: Phase) -> Result<Vec<NewEvent>, SagaError> {
     let names: Vec<String> = steps.iter().map(|&i| saga.doc.steps[i].spec.name.clone()).collect();
     let mut events = Vec::with_capacity(steps.len());
     for &i in steps {
         let step = &mut saga.doc.steps[i];
-        step.state.become_(StepState::Running)?;
-        step.attempts += 1;
-        let mut detail = json!({ "attempt": step.attempts });
+        let (kind, attempt) = match phase {
+            Phase::Compensate => {
+                step.state.become_(StepState::Compensating)?;
+                step.compensation_attempts += 1;
+                ("compensation_started", step.compensation_attempts)
+            }
+            _ => {
+                step.state.become_(StepState::Running)?;
+                step.attempts += 1;
+                ("step_started", step.attempts)
+            }
+        };
+        let mut detail = json!({ "attempt": attempt });
         let with: Vec<&String> = names.iter().filter(|n| **n != step.spec.name).collect();
         if !with.is_empty() {
             detail["with"] = json!(with);
         }
-        events.push(NewEvent::new("step_started", Some(&step.spec.name), detail));
+        events.push(NewEvent::new(kind, Some(&step.spec.name), detail));
     }
     Ok(events)
 }
@@ -137,7 +159,7 @@ impl SagaEngine {
                         self.persist(&mut saga, vec![NewEvent::new("saga_compensating", None, detail)]).await?;
                         continue;
                     }
-                    let done = flight.next().await;
+                    let done = self.next_answer(&mut saga, &mut flight).await?;
                     self.absorb_forward(&mut saga, done, cancel, &mut flight).await?;
                 }
                 SagaState::Compensating => {
@@ -156,13 +178,7 @@ impl SagaEngine {
                     }
                     let ready = if draining { Vec::new() } else { saga.doc.compensable(&flight.busy, room) };
                     if !ready.is_empty() {
-                        let mut events = Vec::with_capacity(ready.len());
-                        for &i in &ready {
-                            let step = &mut saga.doc.steps[i];
-                            step.state.become_(StepState::Compensating)?;
-                            step.compensation_attempts += 1;
-                            events.push(NewEvent::new("compensation_started", Some(&step.spec.name), json!({ "attempt": step.compensation_attempts })));
-                        }
+                        let events = begin_compensations(&mut saga, &ready)?;
                         self.persist(&mut saga, events).await?;
                         for i in ready {
                             self.launch(&saga, i, Phase::Compensate, &mut flight);
@@ -173,16 +189,30 @@ impl SagaEngine {
                         self.end_compensation(&mut saga).await?;
                         break;
                     }
-                    let done = flight.next().await;
+                    let done = self.next_answer(&mut saga, &mut flight).await?;
                     self.absorb_compensation(&mut saga, done, &mut flight).await?;
                 }
                 _ => break,
             }
         }
-        if !saga.pending.is_empty() {
-            self.persist(&mut saga, Vec::new()).await?;
-        }
+        self.write_pending(&mut saga).await?;
         Ok(saga)
+    }
+
+    /// Waits for the next answer in flight. What was decided but only deferred (a completion,
+    /// a failure) is written first: it rides with the next start when one follows at once,
+    /// but must not wait in memory for a slower branch — a crash meanwhile would run a
+    /// completed step again, and readers would see it still running.
+    async fn next_answer(&self, saga: &mut Saga, flight: &mut Flight) -> Result<Done, SagaError> {
+        self.write_pending(saga).await?;
+        Ok(flight.next().await)
+    }
+
+    async fn write_pending(&self, saga: &mut Saga) -> Result<(), SagaError> {
+        match saga.pending.is_empty() {
+            true => Ok(()),
+            false => self.persist(saga, Vec::new()).await,
+        }
     }
 
     /// Records a forward answer (or the end of a retry's wait). Once the saga is stopping
@@ -236,7 +266,8 @@ impl SagaEngine {
                     saga.doc.context.insert(key, output.clone());
                 }
                 saga.doc.steps[i].output = Some(output);
-                // Written with the next step's start (or the saga's end): nothing acts between.
+                // Written with the next step's start, the saga's end, or before the driver
+                // waits for another answer, whichever comes first: nothing acts between.
                 saga.defer(vec![NewEvent::new("step_completed", Some(&name), json!({ "attempt": attempt }))]);
             }
             Verdict::RetryLater(reason) => {
@@ -261,7 +292,8 @@ impl SagaEngine {
                 if saga.doc.error.is_none() {
                     saga.doc.error = Some(format!("step {name} {what}: {reason}"));
                 }
-                // Written with the saga's turn to compensating, before anything is undone.
+                // Written with the saga's turn to compensating (or before the driver waits for
+                // the branches still in flight), before anything is undone.
                 saga.defer(vec![NewEvent::new(kind, Some(&name), json!({ "attempt": attempt, "reason": reason }))]);
             }
         }
@@ -273,10 +305,8 @@ impl SagaEngine {
         let (i, attempt, outcome) = match done {
             Done::Waited { .. } if self.inner.driving.is_draining() => return Ok(()),
             Done::Waited { i } => {
-                let step = &mut saga.doc.steps[i];
-                step.compensation_attempts += 1;
-                let event = NewEvent::new("compensation_started", Some(&step.spec.name), json!({ "attempt": step.compensation_attempts }));
-                self.persist(saga, vec![event]).await?;
+                let events = begin_compensations(saga, &[i])?;
+                self.persist(saga, events).await?;
                 self.launch(saga, i, Phase::Compensate, flight);
                 return Ok(());
             }
@@ -292,7 +322,8 @@ impl SagaEngine {
                 // What the compensation reported goes to the history (a refund id, say); a
                 // payload that is not JSON is kept as the string it is.
                 let output = serde_json::from_str::<Value>(&payload).unwrap_or(Value::String(payload));
-                // Written with the next compensation's start (or the saga's end).
+                // Written with the next compensation's start, the saga's end, or before the
+                // driver waits for the compensations still in flight.
                 saga.defer(vec![NewEvent::new("step_compensated", Some(&name), json!({ "attempt": attempt, "output": output }))]);
             }
             Outcome::Failure(reason) | Outcome::Retry(reason) if attempt < allowed => {

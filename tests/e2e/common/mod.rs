@@ -5,11 +5,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{Value, json};
@@ -157,6 +159,10 @@ pub enum Answer {
     Hang,
     /// Do the work (the call is recorded), then answer after this many ms.
     Late(u64, u16, Value),
+    /// Do the work, then answer once the test calls `HttpParticipant::release`.
+    Held(u16, Value),
+    /// Do the work, then lose the connection partway through the answer.
+    Drop,
 }
 
 /// An HTTP participant for tests: answers as scripted and records every call it receives.
@@ -165,6 +171,10 @@ pub struct HttpParticipant {
     pub url: String,
     pub calls: Arc<Mutex<Vec<Value>>>,
     pub hung: Arc<Notify>,
+    /// Opened by `release`: the `Held` calls answer.
+    gate: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Calls being answered now, and the most there ever were at once.
+    in_flight: Arc<(AtomicUsize, AtomicUsize)>,
 }
 
 impl HttpParticipant {
@@ -174,8 +184,20 @@ impl HttpParticipant {
             script: Arc<Script>,
             calls: Arc<Mutex<Vec<Value>>>,
             hung: Arc<Notify>,
+            gate: Arc<tokio::sync::watch::Sender<bool>>,
+            in_flight: Arc<(AtomicUsize, AtomicUsize)>,
         }
-        async fn handle(State(s): State<S>, UrlPath(action): UrlPath<String>, headers: axum::http::HeaderMap, Json(body): Json<Value>) -> (StatusCode, Json<Value>) {
+        /// Counts a call in flight until its answer is given (or the caller gave up on it).
+        struct InFlight(Arc<(AtomicUsize, AtomicUsize)>);
+        impl Drop for InFlight {
+            fn drop(&mut self) {
+                self.0.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        async fn handle(State(s): State<S>, UrlPath(action): UrlPath<String>, headers: axum::http::HeaderMap, Json(body): Json<Value>) -> Response {
+            let now = s.in_flight.0.fetch_add(1, Ordering::SeqCst) + 1;
+            s.in_flight.1.fetch_max(now, Ordering::SeqCst);
+            let _counted = InFlight(s.in_flight.clone());
             let n = {
                 let mut calls = s.calls.lock().unwrap();
                 let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
@@ -185,10 +207,19 @@ impl HttpParticipant {
             let answers = s.script.0.get(&action).cloned().unwrap_or_default();
             let answer = answers.get(n - 1).or(answers.last()).cloned().unwrap_or(Answer::Status(200, json!({"ok": true})));
             match answer {
-                Answer::Status(code, body) => (StatusCode::from_u16(code).unwrap(), Json(body)),
+                Answer::Status(code, body) => (StatusCode::from_u16(code).unwrap(), Json(body)).into_response(),
                 Answer::Late(ms, code, body) => {
                     tokio::time::sleep(Duration::from_millis(ms)).await;
-                    (StatusCode::from_u16(code).unwrap(), Json(body))
+                    (StatusCode::from_u16(code).unwrap(), Json(body)).into_response()
+                }
+                Answer::Held(code, body) => {
+                    let _ = s.gate.subscribe().wait_for(|open| *open).await;
+                    (StatusCode::from_u16(code).unwrap(), Json(body)).into_response()
+                }
+                Answer::Drop => {
+                    // The body breaks off after its first bytes: the server closes the connection.
+                    let chunks = [Ok(bytes::Bytes::from_static(b"{\"do")), Err(std::io::Error::other("connection lost"))];
+                    (StatusCode::OK, axum::body::Body::from_stream(futures::stream::iter(chunks))).into_response()
                 }
                 Answer::Hang => {
                     s.hung.notify_one();
@@ -199,7 +230,9 @@ impl HttpParticipant {
         }
         let calls = Arc::new(Mutex::new(Vec::new()));
         let hung = Arc::new(Notify::new());
-        let state = S { script: Arc::new(script), calls: calls.clone(), hung: hung.clone() };
+        let gate = Arc::new(tokio::sync::watch::Sender::new(false));
+        let in_flight = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let state = S { script: Arc::new(script), calls: calls.clone(), hung: hung.clone(), gate: gate.clone(), in_flight: in_flight.clone() };
         async fn handle_get(State(s): State<S>, UrlPath(action): UrlPath<String>) -> Json<Value> {
             s.calls.lock().unwrap().push(json!({"path": action, "body": {"method": "GET"}}));
             Json(json!({"pong": true}))
@@ -208,7 +241,17 @@ impl HttpParticipant {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        HttpParticipant { url, calls, hung }
+        HttpParticipant { url, calls, hung, gate, in_flight }
+    }
+
+    /// Lets every `Held` call answer, now and from now on.
+    pub fn release(&self) {
+        self.gate.send_replace(true);
+    }
+
+    /// The most calls this participant was answering at once.
+    pub fn most_at_once(&self) -> usize {
+        self.in_flight.1.load(Ordering::SeqCst)
     }
 
     /// Waits until a call is hanging here (fails the test after 60 s rather than hang it).
