@@ -16,7 +16,10 @@ use serde_json::{Value, json};
 use crate::model::Progress;
 use crate::outbound::NoAnswer;
 use crate::participant::Invoker;
-use crate::store::{Lease, NewEvent, Store, StoreError, TxRow, now_ms};
+use std::sync::Arc;
+
+use crate::store::{Lease, NewEvent, Store, StoreError};
+use crate::txn::{Clock, Record, Transition};
 
 /// The events a tenant may subscribe to.
 pub const EVENTS: &[&str] = &["failed", "compensation_failed", "decision_unacknowledged", "policy_fallback"];
@@ -68,6 +71,43 @@ pub fn event_of(p: &Progress) -> Option<&'static str> {
     }
 }
 
+/// Where a delivery is: sent until a 2xx (`delivered`) or until it runs out of tries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+crate::txn::tx_state!(DeliveryState);
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Delivered => "delivered",
+            DeliveryState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<DeliveryState> {
+        [DeliveryState::Pending, DeliveryState::Delivered, DeliveryState::Failed].into_iter().find(|d| d.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        self != DeliveryState::Pending
+    }
+}
+
+impl Transition for DeliveryState {
+    fn can_become(self, to: DeliveryState) -> bool {
+        use DeliveryState::*;
+        matches!((self, to), (Pending, Pending) | (Pending, Delivered) | (Pending, Failed))
+    }
+}
+
+type Stored = Record<DeliveryState, Delivery>;
+
 /// A stored delivery.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Delivery {
@@ -92,11 +132,12 @@ pub struct Alerts {
     invoker: Invoker,
     node_id: String,
     lease: Duration,
+    clock: Arc<dyn Clock>,
 }
 
 impl Alerts {
     pub fn new(store: Store, invoker: Invoker, node_id: String, lease: Duration) -> Alerts {
-        Alerts { store, invoker, node_id, lease }
+        Alerts { store, invoker, node_id, lease, clock: Arc::new(crate::txn::SystemClock) }
     }
 
     pub async fn settings(&self, tenant: &str) -> Result<Option<AlertSettings>, StoreError> {
@@ -115,38 +156,28 @@ impl Alerts {
         if !settings.events.iter().any(|e| e == event) {
             return Ok(());
         }
-        let id = format!("alert-{}", uuid::Uuid::now_v7());
-        let now = now_ms();
+        let id = format!("alert-{}", self.clock.new_id());
+        let now = self.clock.now_ms();
         let payload = json!({
             "delivery_id": id, "event": event, "transaction_id": p.tx_id, "state": p.state,
             "detail": {"kind": p.event.kind, "step": p.event.step, "detail": p.event.detail},
             "at": crate::txn::rfc3339(now),
         });
         let delivery = Delivery { url: settings.url, event: event.into(), payload, attempts: 0, last_error: None };
-        let row = TxRow {
-            tenant: p.tenant.clone(),
-            id,
-            kind: KIND.into(),
-            name: event.into(),
-            state: "pending".into(),
-            doc: serde_json::to_string(&delivery).expect("deliveries serialise"),
-            rev: 0,
-            owner: Some(self.node_id.clone()),
-            lease_until_ms: now + self.lease.as_millis() as i64,
-            created_at_ms: now,
-            updated_at_ms: now,
-            ended: false,
-        };
+        let mut rec = Stored::create(&p.tenant, KIND, id, event, DeliveryState::Pending, delivery, now);
+        rec.row.doc = serde_json::to_string(&rec.doc).expect("deliveries serialise");
+        (rec.row.owner, rec.row.lease_until_ms) = (Some(self.node_id.clone()), now + self.lease.as_millis() as i64);
         // Durable before anything is sent: a crash from here on is retried by a claim.
-        self.store.insert_tx(&row, &[NewEvent::new("alert_raised", None, json!({"event": event, "of": p.tx_id}))]).await?;
-        self.deliver(row).await;
+        self.store.insert_tx(&rec.row, &[NewEvent::new("alert_raised", None, json!({"event": event, "of": p.tx_id}))]).await?;
+        self.deliver(rec).await;
         Ok(())
     }
 
     /// Claims deliveries whose retry is due (or whose coordinator died) and sends them.
     pub async fn recover_expired(&self, own: bool) -> usize {
-        let lease = Lease { owner: self.node_id.clone(), until_ms: now_ms() + self.lease.as_millis() as i64 };
-        let claimed = match self.store.claim_expired(KIND, &["pending"], &lease, now_ms(), 64, own).await {
+        let now = self.clock.now_ms();
+        let lease = Lease { owner: self.node_id.clone(), until_ms: now + self.lease.as_millis() as i64 };
+        let claimed = match self.store.claim_expired(KIND, &["pending"], &lease, now, 64, own).await {
             Ok(rows) => rows,
             Err(e) => {
                 tracing::warn!("claiming alert deliveries failed: {e}");
@@ -155,53 +186,67 @@ impl Alerts {
         };
         let n = claimed.len();
         for row in claimed {
-            let me = self.clone();
-            tokio::spawn(async move { me.deliver(row).await });
+            match Stored::from_row(row) {
+                Ok(rec) => {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.deliver(rec).await });
+                }
+                Err(e) => tracing::warn!("corrupt alert delivery left as it is: {e}"),
+            }
         }
         n
     }
 
     /// One try of a delivery; records the outcome (delivered, retry later, or given up).
-    async fn deliver(&self, mut row: TxRow) {
-        let Ok(mut delivery) = serde_json::from_str::<Delivery>(&row.doc) else {
-            tracing::warn!(delivery = %row.id, "corrupt alert delivery left as it is");
-            return;
-        };
-        let secret = match self.settings(&row.tenant).await {
+    async fn deliver(&self, mut rec: Stored) {
+        let secret = match self.settings(&rec.row.tenant).await {
             Ok(Some(s)) => s.secret,
             _ => String::new(),
         };
+        let delivery = &rec.doc;
         let body = serde_json::to_vec(&delivery.payload).expect("payloads serialise");
         let signed = format!("sha256={}", signature(&secret, &body));
-        let headers = [("x-wasmtx-signature", signed.as_str()), ("x-wasmtx-delivery", row.id.as_str()), ("x-wasmtx-event", delivery.event.as_str())];
-        let answer = self.invoker.post_json_as(&row.tenant, &delivery.url, &headers, &delivery.payload, TIMEOUT, MAX_ANSWER).await;
-        delivery.attempts += 1;
-        let now = now_ms();
-        let (state, event) = match answer {
-            Ok((status, _)) if (200..300).contains(&status) => ("delivered", json!({"attempt": delivery.attempts, "status": status})),
+        let headers = [("x-wasmtx-signature", signed.as_str()), ("x-wasmtx-delivery", rec.row.id.as_str()), ("x-wasmtx-event", delivery.event.as_str())];
+        let answer = self.invoker.post_json_as(&rec.row.tenant, &delivery.url, &headers, &delivery.payload, TIMEOUT, MAX_ANSWER).await;
+        let (next, event) = rec.doc.settle(answer);
+        if let Err(e) = rec.state.become_(next) {
+            tracing::warn!(delivery = %rec.row.id, "alert delivery not recorded: {e}");
+            return;
+        }
+        let now = self.clock.now_ms();
+        rec.row.state = next.as_str().into();
+        rec.row.ended = next.is_terminal();
+        rec.row.doc = serde_json::to_string(&rec.doc).expect("deliveries serialise");
+        rec.row.updated_at_ms = now;
+        // The next try is due when the lease runs out: 1 s, 2 s, 4 s, … at most 10 minutes.
+        let backoff = 1000i64 << rec.doc.attempts.min(10).saturating_sub(1);
+        (rec.row.owner, rec.row.lease_until_ms) = match rec.row.ended {
+            true => (None, 0),
+            false => (Some(self.node_id.clone()), now + backoff.min(600_000)),
+        };
+        let kind = if rec.row.ended { format!("alert_{}", next.as_str()) } else { "alert_retry".into() };
+        if let Err(e) = self.store.save_tx(&rec.row, &[NewEvent::new(&kind, None, event)]).await {
+            tracing::warn!(delivery = %rec.row.id, "recording an alert delivery failed: {e}");
+        }
+    }
+}
+
+impl Delivery {
+    /// Counts a try and judges its answer: delivered on a 2xx, else another try later, or
+    /// given up after `MAX_ATTEMPTS`. Returns the next state and the journal entry's detail.
+    fn settle(&mut self, answer: Result<(u16, String), NoAnswer>) -> (DeliveryState, Value) {
+        self.attempts += 1;
+        match answer {
+            Ok((status, _)) if (200..300).contains(&status) => (DeliveryState::Delivered, json!({"attempt": self.attempts, "status": status})),
             outcome => {
                 let why = match outcome {
                     Ok((status, _)) => format!("answered {status}"),
                     Err(NoAnswer::Refused(e) | NoAnswer::Unclear(e)) => e,
                 };
-                delivery.last_error = Some(why.clone());
-                let state = if delivery.attempts >= MAX_ATTEMPTS { "failed" } else { "pending" };
-                (state, json!({"attempt": delivery.attempts, "error": why}))
+                self.last_error = Some(why.clone());
+                let next = if self.attempts >= MAX_ATTEMPTS { DeliveryState::Failed } else { DeliveryState::Pending };
+                (next, json!({"attempt": self.attempts, "error": why}))
             }
-        };
-        row.state = state.into();
-        row.ended = state != "pending";
-        row.doc = serde_json::to_string(&delivery).expect("deliveries serialise");
-        row.updated_at_ms = now;
-        // The next try is due when the lease runs out: 1 s, 2 s, 4 s, … at most 10 minutes.
-        let backoff = 1000i64 << delivery.attempts.min(10).saturating_sub(1);
-        (row.owner, row.lease_until_ms) = match row.ended {
-            true => (None, 0),
-            false => (Some(self.node_id.clone()), now + backoff.min(600_000)),
-        };
-        let kind = if row.ended { format!("alert_{state}") } else { "alert_retry".into() };
-        if let Err(e) = self.store.save_tx(&row, &[NewEvent::new(&kind, None, event)]).await {
-            tracing::warn!(delivery = %row.id, "recording an alert delivery failed: {e}");
         }
     }
 }
@@ -209,6 +254,12 @@ impl Alerts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deliveries_move_only_as_the_table_says() {
+        use DeliveryState::*;
+        crate::txn::transition::assert_table(&[Pending, Delivered, Failed], &[(Pending, Pending), (Pending, Delivered), (Pending, Failed)]);
+    }
 
     #[test]
     fn settings_are_checked_and_events_recognised() {
@@ -229,6 +280,13 @@ mod tests {
         assert_eq!(event_of(&p("compensation_failed", "compensating", false)), Some("compensation_failed"));
         assert_eq!(event_of(&p("alert", "failed", false)), Some("decision_unacknowledged"));
         assert_eq!(event_of(&p("step_completed", "running", false)), None);
+        let mut d = Delivery { url: "https://ops.example.com/hook".into(), event: "failed".into(), payload: json!({}), attempts: 0, last_error: None };
+        assert_eq!(d.settle(Err(NoAnswer::Unclear("reset".into()))).0, DeliveryState::Pending);
+        assert_eq!(d.settle(Ok((500, String::new()))).0, DeliveryState::Pending);
+        assert_eq!(d.last_error.as_deref(), Some("answered 500"));
+        assert_eq!(d.settle(Ok((204, String::new()))).0, DeliveryState::Delivered);
+        d.attempts = MAX_ATTEMPTS - 1;
+        assert_eq!(d.settle(Ok((404, String::new()))).0, DeliveryState::Failed, "the last try given up");
         // RFC 4231, test case 2.
         assert_eq!(signature("Jefe", b"what do ya want for nothing?"), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
     }

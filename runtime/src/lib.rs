@@ -24,6 +24,7 @@ pub mod retention;
 pub mod saga;
 pub mod tpc;
 pub mod store;
+pub mod telemetry;
 pub mod text;
 pub mod trace;
 pub mod txn;

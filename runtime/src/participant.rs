@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::model::{CallContext, Outcome, Vote};
 use crate::outbound::{DEFAULT_MAX_ANSWER_BYTES, HostRule, NoAnswer, Outbound, Reach, Scope};
@@ -184,6 +185,7 @@ impl Invoker {
             transaction_id: ctx.transaction_id.clone(),
             step: ctx.step.clone(),
             http: Some(crate::plugin::HttpGrant { outbound: self.outbound.clone(), scope }),
+            traceparent: crate::trace::outgoing(&tracing::Span::current(), ctx.traceparent.as_deref()),
         }
     }
 
@@ -197,7 +199,7 @@ impl Invoker {
         timeout: Duration,
     ) -> Result<crate::model::Decision, crate::plugin::CallError> {
         let plan = self.plan(&profile.tenant, timeout, Reaching::Plugin);
-        let tags = CallTags { tenant: profile.tenant.clone(), transaction_id: transaction_id.into(), step: "policy".into(), http: None };
+        let tags = CallTags { tenant: profile.tenant.clone(), transaction_id: transaction_id.into(), step: "policy".into(), ..CallTags::default() };
         self.host.select(component, profile, &plan.limits, tags).await
     }
 
@@ -209,12 +211,14 @@ impl Invoker {
     /// answer is a `Retry` naming what happened.
     pub async fn outcome(&self, target: &Target, phase: Phase, ctx: CallContext, timeout: Duration) -> Outcome {
         let started = std::time::Instant::now();
-        let outcome = bounded(self.outcome_uncounted(target, phase, ctx, timeout).await);
+        let span = call_span(target, phase, &ctx);
+        let outcome = bounded(self.outcome_uncounted(target, phase, ctx, timeout).instrument(span.clone()).await);
         let kind = match &outcome {
             Outcome::Success(_) => "success",
             Outcome::Failure(_) => "failure",
             Outcome::Retry(_) => "retry",
         };
+        span.record("outcome", kind);
         self.metrics.record_call(phase.as_str(), kind, started.elapsed());
         outcome
     }
@@ -265,11 +269,13 @@ impl Invoker {
     /// Asks for a vote. Only an explicit `prepared` is a yes.
     pub async fn prepare(&self, target: &Target, ctx: CallContext, timeout: Duration) -> Vote {
         let started = std::time::Instant::now();
-        let vote = match self.prepare_uncounted(target, ctx, timeout).await {
+        let span = call_span(target, Phase::Prepare, &ctx);
+        let vote = match self.prepare_uncounted(target, ctx, timeout).instrument(span.clone()).await {
             Vote::Abort(reason) => Vote::Abort(truncate(&reason)),
             prepared => prepared,
         };
         let kind = if vote == Vote::Prepared { "prepared" } else { "abort" };
+        span.record("outcome", kind);
         self.metrics.record_call("prepare", kind, started.elapsed());
         vote
     }
@@ -324,7 +330,7 @@ impl Invoker {
         if let Some(node) = &self.node_id {
             headers.push(("Wasmtx-Node", node));
         }
-        let traceparent = ctx.traceparent.as_deref().and_then(crate::trace::child);
+        let traceparent = crate::trace::outgoing(&tracing::Span::current(), ctx.traceparent.as_deref());
         if let Some(tp) = &traceparent {
             headers.push(("traceparent", tp));
         }
@@ -345,6 +351,15 @@ fn bounded(outcome: Outcome) -> Outcome {
 /// A reason as it is kept: a failure, retry or abort vote — whether a plugin said it, an HTTP
 /// participant answered it or a trap produced it — lands in the step's error, the journal
 /// and the document, so it is cut to its first 500 characters.
+/// The span of one call (a child of the phase it is made in).
+fn call_span(target: &Target, phase: Phase, ctx: &CallContext) -> tracing::Span {
+    let to = match target {
+        Target::Plugin(_) => "plugin",
+        Target::Http { .. } => "http",
+    };
+    tracing::info_span!("call", phase = phase.as_str(), step = %ctx.step, attempt = ctx.attempt, to, outcome = tracing::field::Empty)
+}
+
 fn truncate(s: &str) -> String {
     const MAX: usize = 500;
     match s.char_indices().nth(MAX) {

@@ -236,7 +236,7 @@ on_every_store!(traps_timeouts_and_memory_bombs_are_retried_then_compensated_as_
     }
 });
 
-on_every_store!(invalid_json_output_fails_the_step, |url: String| async move {
+on_every_store!(invalid_json_output_fails_the_step_and_undoes_it_as_uncertain, |url: String| async move {
     let n = with_plugins(&url).await;
     let id = saga(
         &n,
@@ -248,6 +248,9 @@ on_every_store!(invalid_json_output_fails_the_step, |url: String| async move {
     assert_eq!(done.state, SagaState::Compensated);
     assert!(done.doc.steps[0].error.as_deref().unwrap().contains("not valid JSON"));
     assert_eq!(done.doc.steps[0].attempts, 1, "garbage is not retried");
+    // It answered success: it may have done its work, so it is undone, told so.
+    assert_eq!(done.doc.steps[0].state, StepState::Compensated);
+    assert!(done.doc.steps[0].outcome_unknown);
 });
 
 on_every_store!(http_steps_follow_the_participant_protocol, |url: String| async move {
@@ -397,7 +400,8 @@ impl wasmtx::txn::Clock for StillClock {
 on_every_store!(an_engine_takes_its_time_and_ids_from_its_clock, |url: String| async move {
     use wasmtx::participant::Invoker;
     use wasmtx::plugin::{CallLimits, Catalog, ComponentCache};
-    use wasmtx::saga::{EngineConfig, SagaEngine};
+    use wasmtx::saga::SagaEngine;
+    use wasmtx::txn::EngineConfig;
     let store = wasmtx::store::Store::open(&url).await.unwrap();
     let catalog = Catalog::new(store.clone(), ComponentCache::new(common::host()));
     let config = EngineConfig { clock: std::sync::Arc::new(StillClock::default()), ..EngineConfig::default() };

@@ -144,7 +144,7 @@ on_every_durable_store!(an_idempotent_create_whose_answer_was_never_remembered_i
     };
     let first: Value = create().await.unwrap().json().await.unwrap();
     let store = wasmtx::store::Store::open(&db).await.unwrap();
-    assert_eq!(store.forget_replies().await.unwrap(), 1);
+    assert_eq!(store.purge_replies("default", i64::MAX, 100).await.unwrap(), 1, "the create's answer is forgotten");
 
     let retried = create().await.unwrap();
     assert_eq!(retried.status(), StatusCode::CREATED);
@@ -884,5 +884,122 @@ async fn self_dependencies_and_cycles_get_a_422_naming_the_steps() {
     refused(status, &err, &["\"b\"", "itself"]);
     let (_, doc) = get(&server, &format!("/v1/sagas/{id}")).await;
     assert_eq!(doc["steps"].as_array().unwrap().len(), 1, "the refused step was not added");
+    server.kill().await;
+}
+
+/// An OTLP/HTTP collector for tests: decodes the protobuf batches it is sent and keeps their
+/// spans.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_proto::tonic::trace::v1::Span>>>,
+    arrived: std::sync::Arc<tokio::sync::Notify>,
+}
+
+type OtlpSpan = opentelemetry_proto::tonic::trace::v1::Span;
+
+impl Collector {
+    async fn start() -> (Collector, String) {
+        use axum::extract::State;
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use prost::Message;
+        async fn export(State(c): State<Collector>, body: axum::body::Bytes) -> axum::http::StatusCode {
+            let batch = ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf batch");
+            let spans = batch.resource_spans.into_iter().flat_map(|r| r.scope_spans).flat_map(|s| s.spans);
+            c.spans.lock().unwrap().extend(spans);
+            c.arrived.notify_waiters();
+            axum::http::StatusCode::OK
+        }
+        let collector = Collector::default();
+        let app = axum::Router::new().route("/v1/traces", axum::routing::post(export)).with_state(collector.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (collector, url)
+    }
+
+    /// The spans received once they satisfy `done` (waiting at most a minute for batches).
+    async fn until(&self, done: impl Fn(&[OtlpSpan]) -> bool) -> Vec<OtlpSpan> {
+        let wait = async {
+            loop {
+                let arrived = self.arrived.notified();
+                {
+                    let spans = self.spans.lock().unwrap();
+                    if done(&spans) {
+                        return spans.clone();
+                    }
+                }
+                arrived.await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(60), wait).await.expect("the spans are exported")
+    }
+}
+
+fn attribute(span: &OtlpSpan, key: &str) -> Option<String> {
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
+    let value = span.attributes.iter().find(|a| a.key == key)?.value.as_ref()?.value.as_ref()?;
+    Some(match value {
+        Any::StringValue(s) => s.clone(),
+        Any::IntValue(i) => i.to_string(),
+        other => format!("{other:?}"),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_of_transactions_phases_and_calls_are_exported_over_otlp_in_the_callers_trace() {
+    let (collector, otlp) = Collector::start().await;
+    let http = HttpParticipant::start(Script::default()).await;
+    let host = http.url.trim_start_matches("http://").to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None, &["--admin-token", "admin-secret-0123456789", "--allow-private-endpoints", "--otlp-endpoint", &otlp]).await;
+    let admin = common::Caller::new(&server, Some("admin-secret-0123456789".into()));
+    let (_, tenant) = admin.post("/v1/admin/tenants", json!({"tenant_id": "traced", "allowed_hosts": [host]})).await;
+    let key = tenant["api_key"].as_str().unwrap().to_string();
+    let caller = common::Caller::new(&server, Some(key.clone()));
+    assert_eq!(caller.push("scripted", plugins::SCRIPTED).await.0, StatusCode::CREATED);
+
+    // A saga of an HTTP participant and a plugin that makes an outbound request itself.
+    let (trace, parent) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
+    let steps = json!([
+        {"name": "a", "endpoint": http.url, "action": "do_a"},
+        {"name": "b", "plugin": "scripted", "parameters": {"script": {"execute": {"do": "http_get", "url": format!("{}/ping", http.url)}}}},
+    ]);
+    let r = client().post(format!("{}/v1/sagas", server.url)).bearer_auth(&key).header("traceparent", format!("00-{trace}-{parent}-01"))
+        .json(&json!({"saga_name": "traced", "steps": steps, "execute": true, "wait": true})).send().await.unwrap();
+    assert_eq!(r.json::<Value>().await.unwrap()["state"], "completed");
+
+    let ours = |s: &OtlpSpan| hex::encode(&s.trace_id) == trace;
+    let spans = collector.until(|spans| spans.iter().filter(|s| ours(s) && s.name == "call").count() >= 2 && spans.iter().any(|s| ours(s) && s.name == "saga")).await;
+    let named = |name: &str| -> Vec<&OtlpSpan> { spans.iter().filter(|s| ours(s) && s.name == name).collect() };
+    let (create, saga, execute) = (named("create"), named("saga"), named("execute"));
+    assert_eq!((create.len(), saga.len(), execute.len()), (1, 1, 1), "{:?}", spans.iter().map(|s| &s.name).collect::<Vec<_>>());
+    assert_eq!(hex::encode(&create[0].parent_span_id), parent, "the create request's span hangs under the caller's");
+    assert_eq!(saga[0].parent_span_id, create[0].span_id, "the transaction under its create request");
+    assert_eq!(execute[0].parent_span_id, saga[0].span_id, "the phase under the transaction");
+    let calls = named("call");
+    assert!(calls.iter().all(|c| c.parent_span_id == execute[0].span_id), "each call under its phase");
+    let call = |step: &str| calls.iter().find(|c| attribute(c, "step").as_deref() == Some(step)).unwrap_or_else(|| panic!("a call span of step {step}"));
+    assert_eq!(attribute(call("a"), "outcome").as_deref(), Some("success"));
+    assert_eq!(attribute(call("b"), "to").as_deref(), Some("plugin"));
+    // The callee is told the call's own span as its parent: its spans hang under the call.
+    let header_of = |c: &OtlpSpan| Some(format!("00-{trace}-{}-01", hex::encode(&c.span_id)));
+    assert_eq!(http.traceparents("do_a"), vec![header_of(call("a"))], "the HTTP participant's call");
+    assert_eq!(http.traceparents("ping"), vec![header_of(call("b"))], "the plugin's own outbound request");
+
+    // A 2PC transaction: its prepare and decision phases, each with its calls.
+    let participants = json!([{"participant_id": "p", "endpoint": http.url}]);
+    let r = client().post(format!("{}/v1/2pc", server.url)).bearer_auth(&key).header("traceparent", format!("00-{trace}-{parent}-01"))
+        .json(&json!({"transaction_name": "t", "participants": participants})).send().await.unwrap();
+    let id = r.json::<Value>().await.unwrap()["transaction_id"].as_str().unwrap().to_string();
+    let (_, done) = caller.post(&format!("/v1/2pc/{id}/execute"), json!({})).await;
+    assert_eq!(done["state"], "aborted", "the participant's answer is no prepared vote: {done}");
+    let spans = collector.until(|spans| spans.iter().any(|s| ours(s) && s.name == "2pc")).await;
+    let named = |name: &str| -> Vec<&OtlpSpan> { spans.iter().filter(|s| ours(s) && s.name == name).collect() };
+    let (tpc, prepare, decide) = (named("2pc"), named("prepare"), named("decide"));
+    assert_eq!((tpc.len(), prepare.len(), decide.len()), (1, 1, 1));
+    assert_eq!((prepare[0].parent_span_id.clone(), decide[0].parent_span_id.clone()), (tpc[0].span_id.clone(), tpc[0].span_id.clone()));
+    assert_eq!(attribute(decide[0], "decision").as_deref(), Some("abort"));
+    let under = |phase: &OtlpSpan| spans.iter().filter(|s| s.name == "call" && s.parent_span_id == phase.span_id).count();
+    assert_eq!((under(prepare[0]), under(decide[0])), (1, 1), "a prepare call and an abort call");
     server.kill().await;
 }

@@ -28,7 +28,8 @@ use input::{Id, JsonBody, UploadBody};
 use crate::participant::Invoker;
 use crate::plugin::Catalog;
 use auth::Tenant;
-use crate::saga::{CreateSaga, SagaEngine, SagaError, SagaState, StepSpec, rfc3339};
+use crate::saga::{CreateSaga, SagaEngine, SagaError, SagaState, StepSpec};
+use crate::txn::rfc3339;
 use crate::tpc::{CreateTpc, ParticipantSpec, TpcEngine, TpcError};
 use crate::manager::{CreateManaged, ManagedParticipant, Manager, ManagerError, Status};
 use crate::model::Progress;
@@ -466,7 +467,7 @@ async fn create_saga(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let trace = traceparent(&headers);
+    let trace = traceparent(&headers, "saga");
     idempotent_create(&s, "sagas", &tenant, &actor, &headers, body, move |s, tenant, bytes, id| async move {
         let mut req: CreateSaga = parse_bytes(&bytes)?;
         req.traceparent = trace;
@@ -529,10 +530,12 @@ async fn until_ended(s: &AppState, progress: &mut broadcast::Receiver<Progress>,
 /// crash between creating the resource and remembering the answer: the retry's create finds
 /// the id taken (`Conflict`) and answers with the existing resource. (Only then can a retry
 /// with another body not be told apart: the first body's hash was never stored.)
-/// The request's W3C `traceparent`, if it has a valid one (an invalid one is ignored, as
-/// the specification says).
-fn traceparent(headers: &HeaderMap) -> Option<String> {
-    headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(crate::trace::parse)
+/// The `traceparent` a transaction created by this request keeps (see
+/// `trace::of_request`): the request's, if it has a valid one (an invalid one is ignored, as
+/// the specification says), or its `create` span's when spans are exported.
+fn traceparent(headers: &HeaderMap, kind: &'static str) -> Option<String> {
+    let header = headers.get("traceparent").and_then(|v| v.to_str().ok()).and_then(crate::trace::parse);
+    crate::trace::of_request(header, kind)
 }
 
 async fn idempotent_create<F, Fut>(
@@ -726,7 +729,7 @@ async fn create_tpc(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let trace = traceparent(&headers);
+    let trace = traceparent(&headers, "2pc");
     idempotent_create(&s, "2pc", &tenant, &actor, &headers, body, move |s, tenant, bytes, id| async move {
         let mut req: CreateTpc = parse_bytes(&bytes)?;
         req.traceparent = trace;
@@ -791,7 +794,7 @@ async fn create_managed(
     headers: HeaderMap,
     body: JsonBody,
 ) -> Result<Response, ApiError> {
-    let trace = traceparent(&headers);
+    let trace = traceparent(&headers, "managed");
     idempotent_create(&s, "transactions", &tenant, &actor, &headers, body, move |s, tenant, bytes, id| async move {
         let mut req: CreateManaged = parse_bytes(&bytes)?;
         req.traceparent = trace;

@@ -17,7 +17,6 @@ use anyhow::Context;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
-use sqlx::Connection;
 
 use super::report::{Report, percentile, round1};
 use crate::saga::SagaState;
@@ -71,30 +70,21 @@ type Calls = Arc<Mutex<Vec<Call>>>;
 pub async fn bench_fleet(report: &mut Report, args: FleetArgs) -> anyhow::Result<bool> {
     anyhow::ensure!((2..=16).contains(&args.servers), "--servers must be 2-16 (one is killed)");
     anyhow::ensure!(args.count >= 2 && args.concurrency >= 1, "--count must be at least 2, --concurrency at least 1");
-    let redis = crate::store::redis::Location::handles(&args.database_url);
     anyhow::ensure!(
-        redis || args.database_url.starts_with("postgres"),
+        crate::store::Store::is_shared(&args.database_url),
         "the fleet shares one store: --database-url postgres://…, redis://… or redis+cluster://…"
     );
-    let scratch = std::env::temp_dir().join(format!("wasmtx-fleet-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&scratch)?;
-    if redis {
-        let prefix = format!("wasmtx-fleet-{}", uuid::Uuid::new_v4().simple());
-        let separator = if args.database_url.contains('?') { '&' } else { '?' };
-        let db_url = format!("{}{separator}prefix={prefix}", args.database_url);
-        let kind = crate::store::Store::open(&db_url).await?.kind();
-        report.add("store", kind, format!("{kind} (fresh key prefix {prefix})"));
-        let result = run(report, &args, &scratch, &db_url).await;
-        let _ = std::fs::remove_dir_all(&scratch);
-        return result;
-    }
-    let (db_url, db_name) = fresh_database(&args.database_url).await?;
-    report.add("store", "postgres", format!("postgres (fresh database {db_name})"));
-    let result = run(report, &args, &scratch, &db_url).await;
+    let scratch_dir = std::env::temp_dir().join(format!("wasmtx-fleet-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&scratch_dir)?;
+    let store = crate::store::Scratch::create(&args.database_url)
+        .await
+        .with_context(|| format!("making a fresh store beside {}", args.database_url))?;
+    report.add("store", store.described.split(' ').next().unwrap_or("store"), store.described.clone());
+    let result = run(report, &args, &scratch_dir, &store.url).await;
     if !args.keep_database {
-        let _ = drop_database(&args.database_url, &db_name).await;
+        let _ = store.remove().await;
     }
-    let _ = std::fs::remove_dir_all(&scratch);
+    let _ = std::fs::remove_dir_all(&scratch_dir);
     result
 }
 
@@ -445,20 +435,3 @@ async fn check(report: &mut Report, db_url: &str, calls: &[Call]) -> anyhow::Res
     Ok(passed)
 }
 
-
-async fn fresh_database(admin_url: &str) -> anyhow::Result<(String, String)> {
-    let mut conn = sqlx::PgConnection::connect(admin_url)
-        .await
-        .with_context(|| format!("connecting to PostgreSQL at {admin_url}"))?;
-    let name = format!("wasmtx_fleet_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
-    let base = admin_url.split('?').next().unwrap_or(admin_url);
-    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
-    Ok((format!("{base}/{name}"), name))
-}
-
-async fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
-    let mut conn = sqlx::PgConnection::connect(admin_url).await?;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await?;
-    Ok(())
-}

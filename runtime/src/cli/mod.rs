@@ -95,7 +95,17 @@ enum PluginCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(&cli.log_format);
+    let otlp = match &cli.command {
+        Command::Serve(args) => args.otlp_endpoint.clone(),
+        _ => None,
+    };
+    let exporter = match init_tracing(&cli.log_format, otlp.as_deref()) {
+        Ok(exporter) => exporter,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -103,23 +113,39 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    };
+    if let Some(exporter) = exporter {
+        exporter.shutdown();
     }
+    code
 }
 
-fn init_tracing(format: &str) {
+/// Logs to stderr (filtered by `WASMTX_LOG`, `warn` by default) and, with an OTLP endpoint,
+/// exports the engines' spans (at `info`, whatever the log filter says).
+fn init_tracing(format: &str, otlp: Option<&str>) -> Result<Option<crate::telemetry::Exporter>, String> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("WASMTX_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        "json" => builder.json().try_init(),
-        _ => builder.try_init(),
+    let log = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let log = match format {
+        "json" => log.json().with_filter(filter).boxed(),
+        _ => log.with_filter(filter).boxed(),
     };
+    let exporter = crate::telemetry::Exporter::start(otlp)?;
+    let spans = exporter.as_ref().map(|e| {
+        let only_ours = tracing_subscriber::filter::Targets::new().with_target("wasmtx", tracing::Level::INFO);
+        tracing_opentelemetry::layer().with_tracer(e.tracer()).with_filter(only_ours)
+    });
+    let _ = tracing_subscriber::registry().with(log).with(spans).try_init();
+    Ok(exporter)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -12,7 +12,8 @@ use clap::Args;
 use crate::api::{AppState, Services, router};
 use crate::participant::Invoker;
 use crate::plugin::{CallLimits, Catalog, ComponentCache, HostConfig, PluginHost};
-use crate::saga::{EngineConfig, SagaEngine};
+use crate::saga::SagaEngine;
+use crate::txn::EngineConfig;
 use crate::tpc::TpcEngine;
 use crate::manager::Manager;
 use crate::store::Store;
@@ -57,6 +58,11 @@ pub struct ServeArgs {
     /// before their transactions are handed back and the process exits (0).
     #[arg(long, env = "WASMTX_SHUTDOWN_GRACE_MS", default_value_t = 30_000)]
     pub shutdown_grace_ms: u64,
+    /// Export spans (one per transaction drive, phase and call) over OTLP/HTTP to this
+    /// collector, e.g. `http://127.0.0.1:4318` (`/v1/traces` is appended). Off by default;
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (a full URL) works too.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// A request's body must arrive within this many ms of its headers (else 408).
     #[arg(long, env = "WASMTX_BODY_TIMEOUT_MS", default_value_t = 30_000)]
     pub body_timeout_ms: u64,

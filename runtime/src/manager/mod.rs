@@ -11,6 +11,7 @@ pub mod select;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 use serde_json::{Map, Value, json};
 
 use crate::model::{Availability, Consistency, Decision as PolicyDecision, Pattern, Profile, RetryPolicy};
@@ -389,7 +390,7 @@ impl Manager {
             json!({"pattern": pattern, "reason": m.doc.reason, "policy": m.doc.policy_used, "delegate": delegate_id}),
         ));
         self.persist(&mut m, events).await?;
-        let _renewal = crate::txn::recovery::keep_lease(self.inner.store.clone(), m.row.id.clone(), self.sagas.node_id().into(), self.lease());
+        let _renewal = self.inner.keep_lease(&m.row.id);
         match pattern {
             Pattern::Saga => {
                 self.sagas.execute(tenant, &delegate_id, true).await?;
@@ -445,7 +446,9 @@ impl Manager {
                 .collect(),
             context: Value::Object(m.doc.context.clone()).to_string(),
         };
-        let answer = self.sagas.invoker().select(&component, profile, &m.row.id, POLICY_TIMEOUT).await;
+        let span = tracing::info_span!("select", transaction_id = %m.row.id, policy = %name);
+        crate::trace::adopt(&span, m.doc.traceparent.as_deref());
+        let answer = self.sagas.invoker().select(&component, profile, &m.row.id, POLICY_TIMEOUT).instrument(span).await;
         Ok(match answer {
             Err(e) => fallback(events, m, format!("policy {name} failed: {e}")),
             Ok(PolicyDecision::Reject(reason)) => {
@@ -652,10 +655,6 @@ impl Manager {
 
     pub async fn history(&self, tenant: &str, id: &str) -> Result<Vec<crate::store::EventRow>, ManagerError> {
         self.inner.history(tenant, MANAGED, id).await
-    }
-
-    fn lease(&self) -> Duration {
-        self.inner.journal.lease()
     }
 
     /// Claims running managed transactions whose coordinator stopped renewing their lease

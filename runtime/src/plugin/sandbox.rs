@@ -28,6 +28,8 @@ pub struct CallTags {
     pub transaction_id: String,
     pub step: String,
     pub http: Option<HttpGrant>,
+    /// Sent on the plugin's outbound requests that carry none (W3C trace context).
+    pub traceparent: Option<String>,
 }
 
 /// The outbound client and the tenant's scope a plugin's wasi:http requests go through.
@@ -181,12 +183,15 @@ type SendFuture = Box<
 impl WasiHttpHooks for Allowlist {
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         fut: Box<dyn std::future::Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> SendFuture {
         _ = fut;
         let tags = self.tags.clone();
+        if let Some(tp) = tags.traceparent.as_deref().and_then(|tp| http::HeaderValue::from_str(tp).ok()) {
+            request.headers_mut().entry("traceparent").or_insert(tp);
+        }
         use std::sync::atomic::Ordering;
         let in_flight = self.in_flight.clone();
         if in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_REQUESTS_IN_FLIGHT {

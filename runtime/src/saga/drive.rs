@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use serde_json::{Value, json};
+use serde_json::json;
 use tracing::Instrument;
 
-use super::state::{StepState, Verdict, judge};
+use super::state::{StepState, Undo, Verdict, judge, judge_undo};
 use super::{MAX_SAGA_OUTPUT_BYTES, Saga, SagaEngine, SagaError, SagaState};
 use crate::model::{CallContext, Outcome};
 use crate::participant::Phase;
@@ -33,14 +33,29 @@ enum Done {
     Waited { i: usize },
 }
 
-/// The calls and retry waits in flight, and the steps they belong to.
+/// The calls and retry waits in flight, the steps they belong to, and the span of the phase
+/// they are made in.
 #[derive(Default)]
 struct Flight {
     futures: FuturesUnordered<BoxFuture<'static, Done>>,
     busy: HashSet<usize>,
+    phase: Option<(Phase, tracing::Span)>,
 }
 
 impl Flight {
+    /// The span of `phase` (`execute` or `compensate`), a child of the driver's; the first
+    /// call of the next phase ends the previous one's.
+    fn span_of(&mut self, phase: Phase) -> tracing::Span {
+        match &self.phase {
+            Some((current, span)) if *current == phase => span.clone(),
+            _ => {
+                let span = tracing::info_span!("phase", otel.name = phase.as_str());
+                self.phase = Some((phase, span.clone()));
+                span
+            }
+        }
+    }
+
     fn add(&mut self, i: usize, future: BoxFuture<'static, Done>) {
         self.busy.insert(i);
         self.futures.push(future);
@@ -100,12 +115,7 @@ impl SagaEngine {
     /// its running steps were begun (and written) by `start` a moment ago and are called at
     /// once; otherwise a running step lost its call and starts again, one attempt more.
     pub(super) async fn drive(&self, mut saga: Saga, cancel: &AtomicBool, started: bool) -> Result<Saga, SagaError> {
-        let _renewal = crate::txn::recovery::keep_lease(
-            self.inner.store.clone(),
-            saga.id().to_string(),
-            self.node_id().to_string(),
-            self.inner.config.lease,
-        );
+        let _renewal = self.inner.keep_lease(saga.id());
         let mut flight = Flight::default();
         if started && saga.state == SagaState::Running {
             let begun: Vec<usize> = (0..saga.doc.steps.len()).filter(|&i| saga.doc.steps[i].state == StepState::Running).collect();
@@ -316,17 +326,15 @@ impl SagaEngine {
         let policy = saga.doc.retry_policy.clone();
         let step = &mut saga.doc.steps[i];
         let name = step.spec.name.clone();
-        match outcome {
-            Outcome::Success(payload) => {
+        match judge_undo(outcome, attempt, allowed) {
+            Undo::Compensated(output) => {
                 step.state.become_(StepState::Compensated)?;
-                // What the compensation reported goes to the history (a refund id, say); a
-                // payload that is not JSON is kept as the string it is.
-                let output = serde_json::from_str::<Value>(&payload).unwrap_or(Value::String(payload));
+                // What the compensation reported goes to the history (a refund id, say).
                 // Written with the next compensation's start, the saga's end, or before the
                 // driver waits for the compensations still in flight.
                 saga.defer(vec![NewEvent::new("step_compensated", Some(&name), json!({ "attempt": attempt, "output": output }))]);
             }
-            Outcome::Failure(reason) | Outcome::Retry(reason) if attempt < allowed => {
+            Undo::RetryLater(reason) => {
                 let delay = policy.delay(attempt, rand::random::<f64>());
                 let detail = json!({ "attempt": attempt, "reason": reason, "delay_ms": delay.as_millis() as u64 });
                 self.persist(saga, vec![NewEvent::new("compensation_retry", Some(&name), detail)]).await?;
@@ -335,7 +343,7 @@ impl SagaEngine {
                     Done::Waited { i }
                 }));
             }
-            Outcome::Failure(reason) | Outcome::Retry(reason) => {
+            Undo::Failed(reason) => {
                 step.state.become_(StepState::CompensationFailed)?;
                 step.error = Some(reason.clone());
                 saga.defer(vec![NewEvent::new("compensation_failed", Some(&name), json!({ "attempt": attempt, "reason": reason }))]);
@@ -425,7 +433,7 @@ impl SagaEngine {
             deadline_ms: timeout.as_millis() as u64,
             traceparent: saga.doc.traceparent.clone(),
         };
-        let span = tracing::info_span!("phase", tenant = %ctx.tenant, transaction_id = %ctx.transaction_id, step = %ctx.step, phase = phase.as_str());
+        let span = flight.span_of(phase);
         let invoker = self.inner.invoker.clone();
         flight.add(i, Box::pin(async move {
             let outcome = match target.await {

@@ -22,8 +22,7 @@ use tokio::sync::broadcast;
 use crate::txn::journal::{Record, wait_for_end};
 use crate::txn::Transition;
 use crate::txn::core::{EngineCore, Kind, from_remembered_row};
-pub use crate::txn::core::EngineConfig;
-use tracing::Instrument;
+use crate::txn::EngineConfig;
 
 pub use crate::model::Progress;
 use crate::model::RetryPolicy;
@@ -79,7 +78,6 @@ pub struct CreateSaga {
 pub type Saga = Record<SagaState, SagaDoc>;
 
 
-pub use crate::txn::rfc3339;
 
 #[derive(Clone)]
 pub struct SagaEngine {
@@ -384,16 +382,11 @@ impl SagaEngine {
     /// Claims running or compensating sagas whose lease expired (and, with `own`, those this
     /// node held before a restart) and drives them in the background. Returns how many.
     pub async fn recover_expired(&self, own: bool) -> Result<usize, SagaError> {
-        let (n, claimed) = self.inner.claim_expired::<SagaState, SagaDoc>(SAGAS, &["running", "compensating"], own).await?;
-        for mut saga in claimed {
-            tracing::info!(saga_id = %saga.id(), state = saga.state.as_str(), "recovering saga");
-            saga.doc.recoveries += 1;
-            let event = NewEvent::new("saga_recovered", None, json!({ "owner": self.node_id(), "recoveries": saga.doc.recoveries }));
-            if self.persist(&mut saga, vec![event]).await.is_ok() {
-                let _ = self.spawn_drive(saga, false).await;
-            }
-        }
-        Ok(n)
+        let no_more = |_: &mut Saga| Ok(Vec::new());
+        let resume = |saga: Saga| async move {
+            let _ = self.spawn_drive(saga, false).await;
+        };
+        self.inner.recover_expired(SAGAS, &["running", "compensating"], own, "saga_recovered", no_more, resume).await
     }
 
     fn is_driving(&self, id: &str) -> bool {
@@ -408,27 +401,15 @@ impl SagaEngine {
 
     /// `spawn_drive`; with `started`, the next step was begun (and written) by `start`.
     async fn spawn_drive_from(&self, saga: Saga, wait: bool, started: bool) -> Result<Saga, SagaError> {
-        let driving = self.inner.driving.register(saga.id()).ok_or_else(|| SagaError::Busy(saga.id().into()))?;
         let engine = self.clone();
-        let snapshot = saga.clone();
+        let snapshot = (!wait).then(|| saga.clone());
         let span = tracing::info_span!("saga", tenant = %saga.row.tenant, transaction_id = %saga.row.id);
-        let task = tokio::spawn(
-            async move {
-                let result = engine.drive(saga, &driving.stop, started).await;
-                drop(driving);
-                if let Err(e) = &result {
-                    tracing::warn!("saga driver stopped: {e}");
-                }
-                result
-            }
-            .instrument(span),
-        );
-        if !wait {
-            return Ok(snapshot);
-        }
-        match task.await {
-            Ok(result) => result,
-            Err(e) => Err(SagaError::Internal(format!("saga driver failed: {e}"))),
+        crate::trace::adopt(&span, saga.doc.traceparent.as_deref());
+        let id = saga.id().to_string();
+        let driver = self.inner.driving.spawn(&id, span, move |stop| async move { engine.drive(saga, &stop, started).await })?;
+        match snapshot {
+            Some(snapshot) => Ok(snapshot),
+            None => driver.join().await,
         }
     }
 

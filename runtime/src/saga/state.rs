@@ -314,6 +314,13 @@ pub fn check_dag(steps: &[&StepSpec]) -> Result<(), String> {
 }
 
 
+impl crate::txn::Recovers for SagaDoc {
+    fn count_recovery(&mut self) -> u32 {
+        self.recoveries += 1;
+        self.recoveries
+    }
+}
+
 impl SagaDoc {
     /// Whether an operator should look at it: it `failed`, a compensation is still being
     /// retried after `ATTENTION_ATTEMPTS` tries, or its leases keep expiring.
@@ -429,23 +436,45 @@ impl SagaDoc {
 pub enum Verdict {
     Completed(Value),
     RetryLater(String),
-    /// A definite no (`failure`, 409/422, an output that is not JSON): nothing to undo.
+    /// A definite no (`failure`, 409/422): nothing to undo.
     Failed(String),
     /// Given up without a clear answer: the step may have done its work.
     Uncertain(String),
 }
 
 /// Judges an answer of try `attempt` out of `allowed`. A success whose payload is not JSON
-/// is a broken plugin, not a transient fault: it fails.
+/// is a broken plugin or participant, not a transient fault: the step is not retried, but it
+/// said it succeeded, so it may have done its work and is undone as uncertain.
 pub fn judge(outcome: Outcome, attempt: u32, allowed: u32) -> Verdict {
     match outcome {
         Outcome::Success(payload) => match serde_json::from_str::<Value>(&payload) {
             Ok(v) => Verdict::Completed(v),
-            Err(e) => Verdict::Failed(format!("the output is not valid JSON ({e}): {}", preview(&payload))),
+            Err(e) => Verdict::Uncertain(format!("the output is not valid JSON ({e}): {}", preview(&payload))),
         },
         Outcome::Failure(reason) => Verdict::Failed(reason),
         Outcome::Retry(reason) if attempt < allowed => Verdict::RetryLater(reason),
         Outcome::Retry(reason) => Verdict::Uncertain(format!("gave up after {attempt} attempts: {reason}")),
+    }
+}
+
+/// What a compensation's answer means once its retry budget is taken into account.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Undo {
+    /// Undone; what the compensation reported (a payload that is not JSON is kept as the
+    /// string it is: it goes to the history only).
+    Compensated(Value),
+    RetryLater(String),
+    /// The budget is spent: an operator must act.
+    Failed(String),
+}
+
+/// Judges a compensation's answer of try `attempt` out of `allowed`. A compensation must
+/// succeed in the end, so a definite failure is retried like a transient one.
+pub fn judge_undo(outcome: Outcome, attempt: u32, allowed: u32) -> Undo {
+    match outcome {
+        Outcome::Success(payload) => Undo::Compensated(serde_json::from_str::<Value>(&payload).unwrap_or(Value::String(payload))),
+        Outcome::Failure(reason) | Outcome::Retry(reason) if attempt < allowed => Undo::RetryLater(reason),
+        Outcome::Failure(reason) | Outcome::Retry(reason) => Undo::Failed(reason),
     }
 }
 
@@ -638,10 +667,20 @@ mod tests {
     #[test]
     fn judges_answers_against_the_budget() {
         assert_eq!(judge(Outcome::Success("{\"a\":1}".into()), 1, 3), Verdict::Completed(json!({"a": 1})));
-        assert!(matches!(judge(Outcome::Success("{nope".into()), 1, 3), Verdict::Failed(m) if m.contains("not valid JSON")));
+        assert!(matches!(judge(Outcome::Success("{nope".into()), 1, 3), Verdict::Uncertain(m) if m.contains("not valid JSON")));
         assert_eq!(judge(Outcome::Retry("busy".into()), 2, 3), Verdict::RetryLater("busy".into()));
         assert!(matches!(judge(Outcome::Retry("busy".into()), 3, 3), Verdict::Uncertain(m) if m.contains("after 3 attempts")));
         assert_eq!(judge(Outcome::Failure("no".into()), 1, 3), Verdict::Failed("no".into()));
+    }
+
+    #[test]
+    fn judges_compensation_answers_against_the_budget() {
+        assert_eq!(judge_undo(Outcome::Success("{\"refund\":7}".into()), 1, 2), Undo::Compensated(json!({"refund": 7})));
+        assert_eq!(judge_undo(Outcome::Success("done".into()), 1, 2), Undo::Compensated(json!("done")));
+        assert_eq!(judge_undo(Outcome::Failure("no".into()), 1, 2), Undo::RetryLater("no".into()));
+        assert_eq!(judge_undo(Outcome::Retry("busy".into()), 1, 2), Undo::RetryLater("busy".into()));
+        assert_eq!(judge_undo(Outcome::Failure("no".into()), 2, 2), Undo::Failed("no".into()));
+        assert_eq!(judge_undo(Outcome::Retry("busy".into()), 2, 2), Undo::Failed("busy".into()));
     }
 
     #[test]

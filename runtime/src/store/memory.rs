@@ -371,13 +371,6 @@ impl Retention for MemoryStore {
 
 #[async_trait]
 impl Inspect for MemoryStore {
-    async fn forget_replies(&self) -> Result<u64> {
-        let mut s = self.inner.lock().unwrap();
-        let n = s.replies.len() as u64;
-        s.replies.clear();
-        Ok(n)
-    }
-
     async fn state_counts(&self) -> Result<Vec<(String, String, i64)>> {
         let s = self.inner.lock().unwrap();
         let mut counts: std::collections::BTreeMap<(String, String), i64> = Default::default();

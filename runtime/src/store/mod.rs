@@ -323,10 +323,6 @@ pub trait Backend: TxStore + PluginStore + TenantStore + IdempotencyStore + Sett
 /// the engines, which only ever look at their own transactions.
 #[async_trait]
 pub trait Inspect: Send + Sync {
-    /// Deletes every remembered idempotent answer (tests stand for a crash between creating a
-    /// resource and remembering its answer); returns how many there were.
-    async fn forget_replies(&self) -> Result<u64>;
-
     /// How many transactions are in each (kind, state).
     async fn state_counts(&self) -> Result<Vec<(String, String, i64)>>;
 
@@ -336,6 +332,43 @@ pub trait Inspect: Send + Sync {
     /// Every event named `event` in the journals of transactions of `kind`: (transaction,
     /// when its entry was written, the event).
     async fn journal_events(&self, kind: &str, event: &str) -> Result<Vec<(String, i64, NewEvent)>>;
+}
+
+/// A fresh, empty store beside a shared one, for a run that must not see other data
+/// (`bench fleet`): a new database on the same PostgreSQL server, or a new key prefix on the
+/// same Redis. `remove` deletes it.
+pub struct Scratch {
+    /// The scratch store's URL.
+    pub url: String,
+    /// What it is, for a report: "postgres (fresh database …)".
+    pub described: String,
+    dropped: Option<(String, String)>,
+}
+
+impl Scratch {
+    /// Makes one beside the shared store at `url` (see `Store::is_shared`).
+    pub async fn create(url: &str) -> Result<Scratch> {
+        let fresh = format!("wasmtx_fleet_{}", uuid::Uuid::new_v4().simple());
+        if redis::Location::handles(url) {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            let url = format!("{url}{separator}prefix={fresh}");
+            let kind = Store::open(&url).await?.kind();
+            return Ok(Scratch { url, described: format!("{kind} (fresh key prefix {fresh})"), dropped: None });
+        }
+        if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let scratch = sql::create_database(url, &fresh).await?;
+            return Ok(Scratch { url: scratch, described: format!("postgres (fresh database {fresh})"), dropped: Some((url.to_string(), fresh)) });
+        }
+        Err(StoreError::UnsupportedUrl(url.to_string()))
+    }
+
+    /// Deletes the scratch database (a Redis prefix's keys expire with their retention).
+    pub async fn remove(self) -> Result<()> {
+        match self.dropped {
+            Some((admin, name)) => sql::drop_database(&admin, &name).await,
+            None => Ok(()),
+        }
+    }
 }
 
 /// The store a coordinator holds: any backend, behind one cheap, cloneable handle.
@@ -373,6 +406,11 @@ impl Store {
             return Ok(Store(Arc::new(redis::RedisStore::open(url).await?)));
         }
         Err(StoreError::UnsupportedUrl(url.to_string()))
+    }
+
+    /// Whether `url` names a store that several coordinators can share (PostgreSQL, Redis).
+    pub fn is_shared(url: &str) -> bool {
+        url.starts_with("postgres:") || url.starts_with("postgresql:") || redis::Location::handles(url)
     }
 
     /// A store over another backend.

@@ -16,11 +16,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use futures::future::join_all;
 use tokio::sync::broadcast;
+use tracing::Instrument;
 
 use crate::txn::journal::{Record, wait_for_end};
 use crate::txn::Transition;
 use crate::txn::core::{EngineCore, Kind, from_remembered_row};
-use tracing::Instrument;
 
 use crate::model::{CallContext, Outcome, Progress, RetryPolicy, Vote};
 use crate::participant::{Invoker, Phase, Target};
@@ -63,6 +63,10 @@ pub struct CreateTpc {
 /// A 2PC transaction as loaded from the store.
 pub type Tpc = Record<TpcState, TpcDoc>;
 
+/// `presume_abort`'s decision, as the events a recovery writes.
+fn presume_abort_events(tx: &mut Tpc) -> Result<Vec<NewEvent>, TpcError> {
+    Ok(presume_abort(tx)?.into_iter().collect())
+}
 
 /// Presumed abort: a transaction found preparing with no coordinator has no durable decision,
 /// so no participant can have been told to commit; it is aborted. Returns the decision event.
@@ -301,54 +305,31 @@ impl TpcEngine {
     /// Claims transactions whose lease expired and drives them in the background.
     pub async fn recover_expired(&self, own: bool) -> Result<usize, TpcError> {
         let states = ["preparing", "prepared", "committing", "aborting"];
-        let (n, claimed) = self.inner.claim_expired::<TpcState, TpcDoc>(TRANSACTIONS, &states, own).await?;
-        for mut tx in claimed {
-            tracing::info!(transaction_id = %tx.id(), state = tx.state.as_str(), "recovering 2PC transaction");
-            tx.doc.recoveries += 1;
-            let mut events = vec![NewEvent::new("transaction_recovered", None, json!({"owner": self.node_id(), "recoveries": tx.doc.recoveries}))];
-            events.extend(presume_abort(&mut tx)?);
-            if self.persist(&mut tx, events).await.is_ok() {
-                let engine = self.clone();
-                tokio::spawn(async move {
-                    let _ = engine.spawn_drive(tx).await;
-                });
-            }
-        }
-        Ok(n)
+        let resume = |tx: Tpc| async move {
+            let engine = self.clone();
+            tokio::spawn(async move {
+                let _ = engine.spawn_drive(tx).await;
+            });
+        };
+        self.inner.recover_expired(TRANSACTIONS, &states, own, "transaction_recovered", presume_abort_events, resume).await
     }
 
+    /// Drives `tx` in its own task (see `Drivers::spawn`) and waits for its end.
     async fn spawn_drive(&self, tx: Tpc) -> Result<Tpc, TpcError> {
-        let driving = self.inner.driving.register(tx.id()).ok_or_else(|| TpcError::Busy(tx.id().into()))?;
         let engine = self.clone();
         let span = tracing::info_span!("2pc", tenant = %tx.row.tenant, transaction_id = %tx.row.id);
-        let task = tokio::spawn(
-            async move {
-                let result = engine.drive(tx, &driving.stop).await;
-                drop(driving);
-                if let Err(e) = &result {
-                    tracing::warn!("2PC driver stopped: {e}");
-                }
-                result
-            }
-            .instrument(span),
-        );
-        match task.await {
-            Ok(result) => result,
-            Err(e) => Err(TpcError::Internal(format!("2PC driver failed: {e}"))),
-        }
+        crate::trace::adopt(&span, tx.doc.traceparent.as_deref());
+        let id = tx.id().to_string();
+        self.inner.driving.spawn(&id, span, move |stop| async move { engine.drive(tx, &stop).await })?.join().await
     }
 
     async fn drive(&self, mut tx: Tpc, abort_requested: &AtomicBool) -> Result<Tpc, TpcError> {
-        let _renewal = crate::txn::recovery::keep_lease(
-            self.inner.store.clone(),
-            tx.id().to_string(),
-            self.node_id().to_string(),
-            self.inner.config.lease,
-        );
+        let _renewal = self.inner.keep_lease(tx.id());
         if tx.state == TpcState::Preparing {
-            self.prepare_and_decide(&mut tx, abort_requested).await?;
+            self.prepare_and_decide(&mut tx, abort_requested).instrument(tracing::info_span!("prepare")).await?;
         }
         let Some(decision) = tx.doc.decision else { return Ok(tx) };
+        let phase = tracing::info_span!("decide", decision = if decision == Decision::Commit { "commit" } else { "abort" });
         let mut round: u32 = 0;
         while !tx.state.is_terminal() {
             // Shutting down: the decision is durable; the next owner sends it on, at once.
@@ -359,7 +340,7 @@ impl TpcEngine {
                 return Ok(tx);
             }
             round += 1;
-            self.decision_round(&mut tx, decision).await?;
+            self.decision_round(&mut tx, decision).instrument(phase.clone()).await?;
             if !tx.state.is_terminal() {
                 let delay = tx.doc.retry_policy.delay(round, rand::random::<f64>());
                 tokio::time::sleep(delay).await;
@@ -369,7 +350,10 @@ impl TpcEngine {
     }
 
     /// Phase one: all prepares in parallel under the prepare timeout, then the durable
-    /// decision.
+    /// decision. The timeout is each participant's own time to vote, as the invoker bounds
+    /// every call (an HTTP exchange from its start, a plugin's from when the Wasm host admits
+    /// it): a host busy with other tenants' calls delays the vote, never turns it into an
+    /// abort — as it never fails a saga's step.
     async fn prepare_and_decide(&self, tx: &mut Tpc, abort_requested: &AtomicBool) -> Result<(), TpcError> {
         let timeout = Duration::from_millis(tx.doc.prepare_timeout_ms);
         let calls = (0..tx.doc.participants.len()).map(|i| {

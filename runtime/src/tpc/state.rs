@@ -91,6 +91,22 @@ pub enum ParticipantState {
     Aborted,
 }
 
+impl crate::txn::Transition for ParticipantState {
+    fn can_become(self, to: ParticipantState) -> bool {
+        use ParticipantState::*;
+        matches!(
+            (self, to),
+            (Pending, Prepared)
+                | (Pending, VotedAbort)
+                // Aborted without having voted: presumed abort, or an abort during prepare.
+                | (Pending, Aborted)
+                | (Prepared, Committed)
+                | (Prepared, Aborted)
+                | (VotedAbort, Aborted)
+        )
+    }
+}
+
 /// A participant as the caller described it (API.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -184,6 +200,13 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+impl crate::txn::Recovers for TpcDoc {
+    fn count_recovery(&mut self) -> u32 {
+        self.recoveries += 1;
+        self.recoveries
+    }
+}
+
 impl TpcDoc {
     /// Whether an operator should look at it: it `failed`, a decision is still being retried
     /// after `ATTENTION_ATTEMPTS` tries, or its leases keep expiring.
@@ -219,7 +242,7 @@ impl TpcDoc {
         }
         let mut events = Vec::new();
         for (p, vote) in self.participants.iter_mut().zip(votes) {
-            p.state = if vote == Vote::Prepared { ParticipantState::Prepared } else { ParticipantState::VotedAbort };
+            p.state.become_(if vote == Vote::Prepared { ParticipantState::Prepared } else { ParticipantState::VotedAbort })?;
             let detail = match &vote {
                 Vote::Prepared => serde_json::json!({"vote": "prepared"}),
                 Vote::Abort(r) => {
@@ -263,10 +286,10 @@ impl TpcDoc {
             let pid = p.spec.participant_id.clone();
             match outcome {
                 Outcome::Success(_) => {
-                    p.state = match decision {
+                    p.state.become_(match decision {
                         Decision::Commit => ParticipantState::Committed,
                         Decision::Abort => ParticipantState::Aborted,
-                    };
+                    })?;
                     p.error = None;
                     events.push(NewEvent::new("acknowledged", Some(&pid), serde_json::json!({"decision": decision, "attempt": p.attempts})));
                 }
@@ -360,7 +383,8 @@ mod tests {
     #[test]
     fn acknowledgements_end_the_transaction_or_ask_again_or_fail_it() {
         let mut d = doc_of(2, Some(2));
-        let mut state = TpcState::Prepared;
+        let mut state = TpcState::Preparing;
+        d.apply_votes(&mut state, vec![Vote::Prepared, Vote::Prepared], false).unwrap();
         let asked = d.awaiting(Decision::Commit);
         let events = d.apply_acks(&mut state, Decision::Commit, &asked, vec![Outcome::Success("{}".into()), Outcome::Retry("down".into())]).unwrap();
         assert_eq!(state, TpcState::Committing, "one acknowledged, one to ask again");
@@ -408,6 +432,15 @@ mod tests {
         assert_eq!(TpcDoc::decide(&[Vote::Prepared, Vote::Prepared]), Decision::Commit);
         assert_eq!(TpcDoc::decide(&[Vote::Prepared, Vote::Abort("no".into())]), Decision::Abort);
         assert_eq!(TpcDoc::decide(&[]), Decision::Abort, "nobody to commit: presumed abort");
+    }
+
+    #[test]
+    fn participant_states_move_only_as_the_table_says() {
+        use ParticipantState::*;
+        crate::txn::transition::assert_table(
+            &[Pending, Prepared, VotedAbort, Committed, Aborted],
+            &[(Pending, Prepared), (Pending, VotedAbort), (Pending, Aborted), (Prepared, Committed), (Prepared, Aborted), (VotedAbort, Aborted)],
+        );
     }
 
     #[test]

@@ -10,9 +10,16 @@ use serde::de::DeserializeOwned;
 use super::{Record, TxError, TxState};
 use crate::participant::{Invoker, Target};
 use crate::plugin::{Catalog, Role};
-use crate::store::{EventRow, Store};
+use crate::store::{EventRow, NewEvent, Store};
 use crate::txn::journal::Journal;
 use crate::txn::recovery::Drivers;
+
+/// A document that counts how often its transaction was recovered (taken over after its
+/// coordinator stopped renewing the lease).
+pub(crate) trait Recovers {
+    /// Counts one more recovery; returns the count.
+    fn count_recovery(&mut self) -> u32;
+}
 
 /// A protocol's transactions: their `kind` in the store, and how errors name one.
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +65,11 @@ impl EngineCore {
     /// are answered (shutdown).
     pub(crate) fn drain(&self) {
         self.driving.drain();
+    }
+
+    /// Renews this node's lease on `id` while the guard lives (see `recovery::keep_lease`).
+    pub(crate) fn keep_lease(&self, id: &str) -> super::recovery::AbortOnDrop {
+        super::recovery::keep_lease(self.store.clone(), id.to_string(), self.config.node_id.clone(), self.config.lease, self.config.clock.clone())
     }
 
     /// Now, by the engine's clock.
@@ -126,6 +138,38 @@ impl EngineCore {
         let n = claimed.len();
         let records = claimed.into_iter().filter(|row| !self.driving.contains(&row.id)).map(Record::from_row).collect::<Result<_, _>>()?;
         Ok((n, records))
+    }
+
+    /// One recovery pass over `kind`: claims what expired (see `claim_expired`), counts and
+    /// records each recovery (an `event` naming this node, with what `more` adds: 2PC
+    /// presumes abort), and hands each recorded one to `resume`. Returns how many were
+    /// claimed.
+    pub(crate) async fn recover_expired<S, D, Fut>(
+        &self,
+        kind: Kind,
+        states: &[&str],
+        own: bool,
+        event: &str,
+        more: impl Fn(&mut Record<S, D>) -> Result<Vec<NewEvent>, TxError>,
+        resume: impl Fn(Record<S, D>) -> Fut,
+    ) -> Result<usize, TxError>
+    where
+        S: TxState,
+        D: Serialize + DeserializeOwned + Recovers,
+        Fut: std::future::Future<Output = ()>,
+    {
+        let (n, claimed) = self.claim_expired::<S, D>(kind, states, own).await?;
+        for mut rec in claimed {
+            tracing::info!(transaction_id = %rec.row.id, kind = kind.name, state = rec.state.as_str(), "recovering");
+            let recoveries = rec.doc.count_recovery();
+            let mut events = vec![NewEvent::new(event, None, serde_json::json!({ "owner": self.config.node_id, "recoveries": recoveries }))];
+            events.extend(more(&mut rec)?);
+            // A write that fails (another coordinator got there first) leaves it to them.
+            if self.journal.persist(&mut rec, events).await.is_ok() {
+                resume(rec).await;
+            }
+        }
+        Ok(n)
     }
 
     /// Refuses a plugin reference that does not resolve, or whose component does not export

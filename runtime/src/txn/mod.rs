@@ -35,6 +35,7 @@ pub(crate) mod transition;
 
 pub use clock::{Clock, SystemClock};
 pub use core::EngineConfig;
+pub(crate) use core::Recovers;
 pub use error::TxError;
 pub use journal::{Journal, Record, TxState, merged, wait_for_end};
 pub use transition::{IllegalTransition, Transition};

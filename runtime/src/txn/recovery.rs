@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use crate::store::{Lease, Store, now_ms};
+use super::TxError;
+use crate::store::{Lease, Store};
 
 /// Aborts a background task when dropped.
 pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
@@ -17,11 +18,11 @@ impl Drop for AbortOnDrop {
 
 /// Renews the lease on `id` every third of its length while the guard lives, so a long call
 /// does not let another coordinator take over a transaction that is still being driven.
-pub fn keep_lease(store: Store, id: String, owner: String, lease: Duration) -> AbortOnDrop {
+pub fn keep_lease(store: Store, id: String, owner: String, lease: Duration, clock: std::sync::Arc<dyn super::Clock>) -> AbortOnDrop {
     AbortOnDrop(tokio::spawn(async move {
         loop {
             tokio::time::sleep(lease / 3).await;
-            let l = Lease { owner: owner.clone(), until_ms: now_ms() + lease.as_millis() as i64 };
+            let l = Lease { owner: owner.clone(), until_ms: clock.now_ms() + lease.as_millis() as i64 };
             match store.renew_lease(&id, &l).await {
                 Ok(true) => {}
                 Ok(false) => break,
@@ -40,7 +41,9 @@ where
     F: Fn(bool) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = usize> + Send,
 {
+    let metrics = crate::metrics::Metrics::global();
     let n = pass(true).await;
+    metrics.count_recovery_pass();
     if n > 0 {
         tracing::info!(claimed = n, "recovering in-flight transactions");
     }
@@ -48,6 +51,7 @@ where
         loop {
             tokio::time::sleep(every).await;
             pass(false).await;
+            metrics.count_recovery_pass();
         }
     }))
 }
@@ -123,5 +127,43 @@ impl Drivers {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         map.insert(id.to_string(), stop.clone());
         Some(Driving { drivers: self.clone(), id: id.to_string(), stop })
+    }
+
+    /// Runs `drive` (given the stop flag) in its own task as the driver of `id`, inside
+    /// `span`, so a caller that goes away (an HTTP client hanging up) never stops a
+    /// transaction half-way. `Busy` if `id` is already driven here.
+    pub fn spawn<T, Fut>(self: &std::sync::Arc<Self>, id: &str, span: tracing::Span, drive: impl FnOnce(std::sync::Arc<std::sync::atomic::AtomicBool>) -> Fut) -> Result<Driver<T>, TxError>
+    where
+        T: Send + 'static,
+        Fut: std::future::Future<Output = Result<T, TxError>> + Send + 'static,
+    {
+        use tracing::Instrument;
+        let driving = self.register(id).ok_or_else(|| TxError::Busy(id.into()))?;
+        let run = drive(driving.stop.clone());
+        let task = tokio::spawn(
+            async move {
+                let result = run.await;
+                drop(driving);
+                if let Err(e) = &result {
+                    tracing::warn!("driver stopped: {e}");
+                }
+                result
+            }
+            .instrument(span),
+        );
+        Ok(Driver(task))
+    }
+}
+
+/// A transaction's driver running in its own task.
+pub struct Driver<T>(tokio::task::JoinHandle<Result<T, TxError>>);
+
+impl<T> Driver<T> {
+    /// What the driver ended with; a driver that panicked is the server's fault (500).
+    pub async fn join(self) -> Result<T, TxError> {
+        match self.0.await {
+            Ok(result) => result,
+            Err(e) => Err(TxError::Internal(format!("the transaction's driver failed: {e}"))),
+        }
     }
 }

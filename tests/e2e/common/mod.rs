@@ -19,7 +19,8 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::Notify;
 use wasmtx::participant::Invoker;
 use wasmtx::plugin::{CallLimits, Catalog, ComponentCache, HostConfig, PluginHost};
-use wasmtx::saga::{EngineConfig, SagaEngine};
+use wasmtx::saga::SagaEngine;
+use wasmtx::txn::EngineConfig;
 use wasmtx::store::Store;
 use wasmtx::tpc::TpcEngine;
 use wasmtx::manager::Manager;
@@ -233,8 +234,9 @@ impl HttpParticipant {
         let gate = Arc::new(tokio::sync::watch::Sender::new(false));
         let in_flight = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
         let state = S { script: Arc::new(script), calls: calls.clone(), hung: hung.clone(), gate: gate.clone(), in_flight: in_flight.clone() };
-        async fn handle_get(State(s): State<S>, UrlPath(action): UrlPath<String>) -> Json<Value> {
-            s.calls.lock().unwrap().push(json!({"path": action, "body": {"method": "GET"}}));
+        async fn handle_get(State(s): State<S>, UrlPath(action): UrlPath<String>, headers: axum::http::HeaderMap) -> Json<Value> {
+            let traceparent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+            s.calls.lock().unwrap().push(json!({"path": action, "body": {"method": "GET"}, "traceparent": traceparent}));
             Json(json!({"pong": true}))
         }
         let app = Router::new().route("/{action}", post(handle).get(handle_get)).with_state(state);

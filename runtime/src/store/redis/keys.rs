@@ -89,15 +89,10 @@ impl Keys {
         format!("{}:audit:{tenant}", self.prefix)
     }
 
-    /// A remembered reply, and its tenant's register of replies (key → expiry).
+    /// A remembered reply, and its tenant's register of replies (key → when remembered).
     pub fn reply(&self, tenant: &str, key: &str) -> (String, String) {
         let tag = format!("{{{}:reply:{tenant}}}", self.prefix);
         (format!("{tag}:{key}"), tag)
-    }
-
-    /// The tenants that have remembered replies.
-    pub fn reply_tenants(&self) -> String {
-        format!("{}:reply-tenants", self.prefix)
     }
 
     /// The store's own settings (its bucket count).

@@ -811,7 +811,6 @@ impl IdempotencyStore for RedisStore {
     }
 
     async fn remember_reply(&self, tenant: &str, key: &str, reply: &IdempotentReply, now_ms: i64) -> Result<()> {
-        let _: i64 = self.conn().sadd(self.keys.reply_tenants(), tenant).await?;
         let (at, register) = self.keys.reply(tenant, key);
         let body = serde_json::to_string(reply).expect("replies serialise");
         let _: i64 = SCRIPTS.remember_reply.key(at).key(register).arg(body).arg(key).arg(now_ms).arg(self.retention_ms).invoke_async(&mut self.conn()).await?;
@@ -849,15 +848,26 @@ impl AuditStore for RedisStore {
 }
 
 /// Ended transactions and idempotency replies expire by themselves on Redis (`?retention=`,
-/// set on each key when it is written); audit entries are trimmed from the old end.
+/// set on each key when it is written); replies can also be purged sooner, and audit entries
+/// are trimmed from the old end.
 #[async_trait]
 impl Retention for RedisStore {
     async fn purge_ended(&self, _tenant: &str, _kind: &str, _states: &[&str], _before_ms: i64, _limit: i64) -> Result<u64> {
         Ok(0)
     }
 
-    async fn purge_replies(&self, _tenant: &str, _before_ms: i64, _limit: i64) -> Result<u64> {
-        Ok(0)
+    /// Replies expire by themselves after the store's `retention`; a tenant's shorter
+    /// retention deletes them sooner, through its register.
+    async fn purge_replies(&self, tenant: &str, before_ms: i64, limit: i64) -> Result<u64> {
+        let (_, register) = self.keys.reply(tenant, "");
+        let keys: Vec<String> = self.conn().zrangebyscore_limit(&register, "-inf", format!("({before_ms}"), 0, limit.max(0) as isize).await?;
+        let mut purged = 0;
+        for key in &keys {
+            let n: u64 = self.conn().del(self.keys.reply(tenant, key).0).await?;
+            let _: i64 = self.conn().zrem(&register, key).await?;
+            purged += n;
+        }
+        Ok(purged)
     }
 
     async fn purge_audit(&self, tenant: &str, before_ms: i64, limit: i64) -> Result<u64> {
@@ -882,21 +892,6 @@ impl Retention for RedisStore {
 
 #[async_trait]
 impl Inspect for RedisStore {
-    async fn forget_replies(&self) -> Result<u64> {
-        let tenants: Vec<String> = self.conn().smembers(self.keys.reply_tenants()).await?;
-        let mut forgotten = 0;
-        for tenant in tenants {
-            let (_, register) = self.keys.reply(&tenant, "");
-            let keys: Vec<String> = self.conn().zrange(&register, 0, -1).await?;
-            for key in &keys {
-                let n: u64 = self.conn().del(self.keys.reply(&tenant, key).0).await?;
-                forgotten += n;
-            }
-            let _: i64 = self.conn().del(&register).await?;
-        }
-        Ok(forgotten)
-    }
-
     async fn state_counts(&self) -> Result<Vec<(String, String, i64)>> {
         let mut counts: std::collections::BTreeMap<(String, String), i64> = Default::default();
         for kind in super::KINDS {

@@ -41,6 +41,45 @@ pub(crate) enum Dialect {
     Postgres,
 }
 
+/// What differs between the two dialects, in one place; the store's methods ask here
+/// instead of matching on the dialect.
+impl Dialect {
+    fn kind(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
+        }
+    }
+
+    /// The clause that makes a selection skip rows other coordinators hold (Postgres). SQLite
+    /// has one writer at a time: the statement around it is atomic on its own.
+    fn skip_locked(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
+            Dialect::Sqlite => "",
+        }
+    }
+
+    /// A transaction that writes. On SQLite it takes the write lock up front (`BEGIN
+    /// IMMEDIATE`), so it waits its turn behind the group committer (busy_timeout) instead of
+    /// failing with "database is locked" when its read lock cannot be upgraded.
+    async fn begin_write(self, pool: &AnyPool) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self {
+            Dialect::Sqlite => pool.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => pool.begin().await?,
+        })
+    }
+
+    /// Serialises writers of `lock` until `tx` ends, across coordinators (Postgres: an
+    /// advisory lock; SQLite's write lock already does).
+    async fn serialise(self, tx: &mut sqlx::Transaction<'static, sqlx::Any>, lock: &str) -> Result<()> {
+        if self == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))").bind(lock).execute(&mut **tx).await?;
+        }
+        Ok(())
+    }
+}
+
 /// Every Postgres session plans each execution with what the tables hold now. A generic plan
 /// cached while a fresh database's tables were nearly empty keeps scanning whole tables as they
 /// grow (measured: 228 sagas/s in `bench saga`, PostgreSQL spending 78% of the CPU in index scans).
@@ -134,24 +173,15 @@ impl SqlStore {
         Ok(SqlStore { pool, dialect, commits })
     }
 
-    /// A transaction that writes. On SQLite it takes the write lock up front (`BEGIN
-    /// IMMEDIATE`), so it waits its turn behind the group committer (busy_timeout) instead of
-    /// failing with "database is locked" when its read lock cannot be upgraded.
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
-        Ok(match self.dialect {
-            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Dialect::Postgres => self.pool.begin().await?,
-        })
+        self.dialect.begin_write(&self.pool).await
     }
 }
 
 #[async_trait]
 impl Backend for SqlStore {
     fn kind(&self) -> &'static str {
-        match self.dialect {
-            Dialect::Sqlite => "sqlite",
-            Dialect::Postgres => "postgres",
-        }
+        self.dialect.kind()
     }
 
     /// Answers when the database does.
@@ -163,10 +193,6 @@ impl Backend for SqlStore {
 
 #[async_trait]
 impl Inspect for SqlStore {
-    async fn forget_replies(&self) -> Result<u64> {
-        Ok(sqlx::query("DELETE FROM idempotency").execute(&self.pool).await?.rows_affected())
-    }
-
     async fn state_counts(&self) -> Result<Vec<(String, String, i64)>> {
         let rows = sqlx::query("SELECT kind, state, COUNT(*) FROM transactions GROUP BY kind, state").fetch_all(&self.pool).await?;
         rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))).collect()
@@ -300,11 +326,7 @@ impl TxStore for SqlStore {
     ) -> Result<Vec<TxRow>> {
         let placeholders: Vec<String> = (0..states.len()).map(|i| format!("${}", i + 6)).collect();
         let in_states = placeholders.join(", ");
-        let lock = match self.dialect {
-            Dialect::Postgres => "FOR UPDATE SKIP LOCKED",
-            // SQLite has one writer at a time; the UPDATE below is atomic on its own.
-            Dialect::Sqlite => "",
-        };
+        let lock = self.dialect.skip_locked();
         let limit_param = states.len() + 6;
         let sql = format!(
             "UPDATE transactions SET owner = $1, lease_until = $2, rev = rev + 1
@@ -350,13 +372,8 @@ impl PluginStore for SqlStore {
         now_ms: i64,
     ) -> Result<(PluginRow, bool)> {
         let mut tx = self.begin_write().await?;
-        if self.dialect == Dialect::Postgres {
-            // Serialise version numbering per (tenant, name) across coordinators.
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-                .bind(format!("plugin:{tenant}:{name}"))
-                .execute(&mut *tx)
-                .await?;
-        }
+        // Version numbers per (tenant, name) are given out one writer at a time.
+        self.dialect.serialise(&mut tx, &format!("plugin:{tenant}:{name}")).await?;
         let existing = sqlx::query(
             "SELECT tenant_id, name, version, digest, exports, created_at FROM plugins
              WHERE tenant_id = $1 AND name = $2 AND digest = $3",
@@ -671,8 +688,8 @@ async fn insert_key(tx: &mut sqlx::Transaction<'_, sqlx::Any>, key: &KeyRow) -> 
 impl Retention for SqlStore {
     async fn purge_ended(&self, tenant: &str, kind: &str, states: &[&str], before_ms: i64, limit: i64) -> Result<u64> {
         let in_states: Vec<String> = (0..states.len()).map(|i| format!("${}", i + 5)).collect();
-        // Postgres: rows another coordinator is purging (or writing) are skipped, not waited for.
-        let lock = if self.dialect == Dialect::Postgres { "FOR UPDATE SKIP LOCKED" } else { "" };
+        // Rows another coordinator is purging (or writing) are skipped, not waited for.
+        let lock = self.dialect.skip_locked();
         let sql = format!(
             "DELETE FROM transactions WHERE id IN (SELECT id FROM transactions
                  WHERE tenant_id = $1 AND kind = $2 AND updated_at < $3 AND state IN ({})
@@ -757,4 +774,25 @@ fn plugin_row(r: &AnyRow) -> Result<PluginRow> {
         exports: serde_json::from_str(&exports).unwrap_or_default(),
         created_at_ms: r.try_get(5)?,
     })
+}
+
+/// Creates database `name` (letters, digits, `_`) on the PostgreSQL server at `admin_url`;
+/// returns its URL.
+pub(crate) async fn create_database(admin_url: &str, name: &str) -> Result<String> {
+    use sqlx::Connection;
+    debug_assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    let mut conn = sqlx::PgConnection::connect(admin_url).await?;
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
+    let base = admin_url.split('?').next().unwrap_or(admin_url);
+    let base = base.rsplit_once('/').map_or(base, |(b, _)| b);
+    Ok(format!("{base}/{name}"))
+}
+
+/// Drops database `name` on the PostgreSQL server at `admin_url`, closing its connections.
+pub(crate) async fn drop_database(admin_url: &str, name: &str) -> Result<()> {
+    use sqlx::Connection;
+    debug_assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+    let mut conn = sqlx::PgConnection::connect(admin_url).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await?;
+    Ok(())
 }
