@@ -274,7 +274,7 @@ mod tests {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
         let p = |kind: &str, state: &'static str, terminal: bool| Progress {
-            tenant: "t".into(), tx_id: "saga-1".into(), state, terminal, event: NewEvent::new(kind, None, json!({})),
+            tenant: "t".into(), tx_id: "saga-1".into(), state, terminal, created_at_ms: 0, event: NewEvent::new(kind, None, json!({})),
         };
         assert_eq!(event_of(&p("saga_failed", "failed", true)), Some("failed"));
         assert_eq!(event_of(&p("compensation_failed", "compensating", false)), Some("compensation_failed"));

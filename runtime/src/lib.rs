@@ -13,6 +13,7 @@
 
 pub mod alert;
 pub mod api;
+pub mod attention;
 pub mod cli;
 pub mod manager;
 pub mod metrics;

@@ -1,7 +1,8 @@
 //! Process metrics (`/metrics`, Prometheus text through `prometheus-client`): transaction
-//! events by kind and ends by kind and outcome, plugin/participant call outcomes and latency
-//! per phase, executions in flight, HTTP requests by route and status, and the store's group
-//! commits (batch size, latency). No tenant appears in a label: `/metrics` is for the
+//! events by kind, ends and durations by kind and outcome, transactions needing attention,
+//! plugin instances running, plugin/participant call outcomes and latency
+//! per phase, executions in flight, HTTP requests by route and status, the store's group
+//! commits (batch size, latency) and the recovery passes completed. No tenant appears in a label: `/metrics` is for the
 //! operator, and one tenant's activity must not be visible to another.
 
 use std::sync::{Arc, OnceLock};
@@ -54,6 +55,9 @@ pub struct Metrics {
     registry: Registry,
     events: Family<KindLabel, Counter>,
     ends: Family<EndLabels, Counter>,
+    durations: Family<EndLabels, Histogram, fn() -> Histogram>,
+    instances: Gauge,
+    attention: Family<KindLabel, Gauge>,
     calls: Family<CallLabels, Counter>,
     phase_latency: Family<PhaseLabel, Histogram, fn() -> Histogram>,
     in_flight: Gauge,
@@ -61,6 +65,7 @@ pub struct Metrics {
     request_latency: Family<PhaseLabel, Histogram, fn() -> Histogram>,
     commit_batch: Histogram,
     commit_latency: Histogram,
+    recovery_passes: Counter,
 }
 
 impl Default for Metrics {
@@ -70,6 +75,12 @@ impl Default for Metrics {
         registry.register("transaction_events", "Durable transaction events by kind", events.clone());
         let ends = Family::<EndLabels, Counter>::default();
         registry.register("transaction_ends", "Transactions that reached an end state, by kind and outcome", ends.clone());
+        let durations = Family::<EndLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency);
+        registry.register("transaction_duration_seconds", "From creation to the end state, by kind and outcome", durations.clone());
+        let instances = Gauge::default();
+        registry.register("plugin_instances", "Plugin instances running now", instances.clone());
+        let attention = Family::<KindLabel, Gauge>::default();
+        registry.register("transactions_needing_attention", "Transactions needing an operator by kind, across tenants (counted every sweep, at most 1000 per tenant and kind)", attention.clone());
         let calls = Family::<CallLabels, Counter>::default();
         registry.register("participant_calls", "Plugin and HTTP participant calls by phase and outcome", calls.clone());
         let phase_latency = Family::<PhaseLabel, Histogram, fn() -> Histogram>::new_with_constructor(latency);
@@ -84,7 +95,9 @@ impl Default for Metrics {
         registry.register("store_commit_batch_writes", "Writes per group commit", commit_batch.clone());
         let commit_latency = latency();
         registry.register("store_commit_duration_seconds", "Group commit latency", commit_latency.clone());
-        Metrics { registry, events, ends, calls, phase_latency, in_flight, requests, request_latency, commit_batch, commit_latency }
+        let recovery_passes = Counter::default();
+        registry.register("recovery_passes", "Recovery passes completed (claiming expired leases)", recovery_passes.clone());
+        Metrics { registry, events, ends, durations, instances, attention, calls, phase_latency, in_flight, requests, request_latency, commit_batch, commit_latency, recovery_passes }
     }
 }
 
@@ -99,9 +112,22 @@ impl Metrics {
         self.events.get_or_create(&KindLabel { kind: kind.to_string() }).inc();
     }
 
-    /// A transaction of `kind` reached the end state `outcome`.
-    pub fn count_end(&self, kind: &str, outcome: &str) {
-        self.ends.get_or_create(&EndLabels { kind: kind.to_string(), outcome: outcome.to_string() }).inc();
+    /// A transaction of `kind` reached the end state `outcome`, `took` after it was created.
+    pub fn count_end(&self, kind: &str, outcome: &str, took: Duration) {
+        let labels = EndLabels { kind: kind.to_string(), outcome: outcome.to_string() };
+        self.ends.get_or_create(&labels).inc();
+        self.durations.get_or_create(&labels).observe(took.as_secs_f64());
+    }
+
+    /// Plugin instances running now (`delta` +1 when one is instantiated, -1 when it is
+    /// dropped).
+    pub fn add_instances(&self, delta: i64) {
+        self.instances.inc_by(delta);
+    }
+
+    /// Transactions needing an operator, as last counted (see `serve`'s census).
+    pub fn set_attention(&self, kind: &str, n: i64) {
+        self.attention.get_or_create(&KindLabel { kind: kind.to_string() }).set(n);
     }
 
     /// One participant call of `phase` that ended as `outcome` after `took`.
@@ -133,6 +159,11 @@ impl Metrics {
         self.commit_latency.observe(took.as_secs_f64());
     }
 
+    /// One recovery pass ended (whatever it claimed).
+    pub fn count_recovery_pass(&self) {
+        self.recovery_passes.inc();
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
@@ -148,11 +179,15 @@ mod tests {
     fn metrics_render_as_prometheus_text_without_tenants() {
         let m = Metrics::default();
         m.count_event("saga_completed");
-        m.count_end("saga", "completed");
+        m.count_end("saga", "completed", Duration::from_millis(40));
+        m.add_instances(3);
+        m.add_instances(-1);
+        m.set_attention("saga", 4);
         m.record_call("execute", "success", Duration::from_millis(3));
         m.add_in_flight(2);
         m.record_request("GET", "/v1/sagas/{id}", 200, Duration::from_millis(1));
         m.record_commit(12, Duration::from_millis(2));
+        m.count_recovery_pass();
         let text = m.render();
         for line in [
             "wasmtx_transaction_events_total{kind=\"saga_completed\"} 1",
@@ -161,6 +196,10 @@ mod tests {
             "wasmtx_executions_in_flight 2",
             "wasmtx_http_requests_total{method=\"GET\",route=\"/v1/sagas/{id}\",status=\"200\"} 1",
             "wasmtx_store_commit_batch_writes_count 1",
+            "wasmtx_recovery_passes_total 1",
+            "wasmtx_transaction_duration_seconds_count{kind=\"saga\",outcome=\"completed\"} 1",
+            "wasmtx_plugin_instances 2",
+            "wasmtx_transactions_needing_attention{kind=\"saga\"} 4",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }

@@ -100,6 +100,8 @@ pub struct Progress {
     pub state: &'static str,
     /// Whether that state is an end state.
     pub terminal: bool,
+    /// When the transaction was created (ms since the epoch).
+    pub created_at_ms: i64,
     pub event: crate::store::NewEvent,
 }
 

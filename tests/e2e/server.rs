@@ -107,8 +107,51 @@ on_every_store!(the_http_api_runs_a_saga_end_to_end, |url: String| async move {
     assert!(text.contains("wasmtx_phase_duration_seconds_count{phase=\"execute\"} 2"), "{text}");
     assert!(text.contains("wasmtx_transaction_ends_total{kind=\"saga\",outcome=\"completed\"} 1"), "{text}");
     assert!(text.contains("wasmtx_http_requests_total{method=\"GET\",route=\"/v1/sagas/{id}/history\",status=\"200\"} 1"), "routes by pattern, not by id: {text}");
+    assert!(text.contains("wasmtx_transaction_duration_seconds_count{kind=\"saga\",outcome=\"completed\"} 1"), "{text}");
+    assert!(text.contains("wasmtx_plugin_instances 0"), "no call runs now: {text}");
     assert!(!text.contains("saga-0"), "no ids in labels");
     assert!(!text.contains("default"), "no tenant in labels");
+    server.kill().await;
+});
+
+on_every_store!(metrics_count_what_needs_attention_and_the_plugin_instances_running, |url: String| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), common::server_db(&url), &["--sweep-every-ms", "50"]).await;
+    push(&server, "scripted", plugins::SCRIPTED).await;
+    let metric = |text: &str, series: &str| -> Option<i64> {
+        text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+    };
+    let scrape = || async { client().get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap() };
+    // A saga whose first step's compensation keeps failing ends failed: an operator must act.
+    let steps = json!([
+        {"name": "a", "plugin": "scripted", "retry_count": 0, "parameters": {"script": {"compensate": {"do": "fail", "reason": "ledger closed"}}}},
+        {"name": "b", "plugin": "scripted", "retry_count": 0, "parameters": {"script": {"execute": {"do": "fail", "reason": "no"}}}},
+    ]);
+    let (_, doc) = post(&server, "/v1/sagas", json!({"saga_name": "stuck", "steps": steps, "execute": true, "wait": true})).await;
+    assert_eq!(doc["state"], "failed", "{doc}");
+    let attention = "wasmtx_transactions_needing_attention{kind=\"saga\"}";
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = scrape().await;
+        if metric(&text, attention) == Some(1) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the failed saga is never counted:\n{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // A plugin call in progress is an instance running.
+    let sleeping = json!([{"name": "nap", "plugin": "scripted", "parameters": {"script": {"execute": {"do": "sleep", "ms": 60_000}}}}]);
+    let (_, created) = post(&server, "/v1/sagas", json!({"saga_name": "nap", "steps": sleeping, "execute": true})).await;
+    assert_eq!(created["state"], "running", "{created}");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let text = scrape().await;
+        if metric(&text, "wasmtx_plugin_instances") == Some(1) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the running call is never counted:\n{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     server.kill().await;
 });
 

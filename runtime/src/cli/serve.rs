@@ -235,6 +235,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             every: Duration::from_millis(args.sweep_every_ms.max(10)),
         },
     );
+    // What needs an operator, counted for /metrics as often as the sweeper runs.
+    let _census = {
+        let (store, metrics) = (node.store.clone(), node.invoker.metrics().clone());
+        let every = Duration::from_millis(args.sweep_every_ms.max(10));
+        crate::txn::recovery::AbortOnDrop(tokio::spawn(async move {
+            loop {
+                match crate::attention::census(&store).await {
+                    Ok(counts) => counts.into_iter().for_each(|(kind, n)| metrics.set_attention(kind, n)),
+                    Err(e) => tracing::warn!("counting the transactions that need attention failed: {e}"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        }))
+    };
     // Announcements that are alert events become deliveries (each stored before it is sent).
     let _alerting = {
         let alerts = node.alerts.clone();
@@ -268,7 +282,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                         Some("tpc") => "2pc",
                         _ => "transaction",
                     };
-                    metrics.count_end(kind, p.state);
+                    let took = Duration::from_millis(crate::store::now_ms().saturating_sub(p.created_at_ms).max(0) as u64);
+                    metrics.count_end(kind, p.state, took);
                 }
             }
         }))

@@ -48,6 +48,23 @@ pub(crate) struct CallState {
     pub(crate) stdout: CappedOutput,
     pub(crate) stderr: CappedOutput,
     pub(crate) tags: CallTags,
+    _running: Running,
+}
+
+/// Counts a plugin instance in `/metrics` for as long as its state lives.
+struct Running;
+
+impl Running {
+    fn start() -> Running {
+        crate::metrics::Metrics::global().add_instances(1);
+        Running
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        crate::metrics::Metrics::global().add_instances(-1);
+    }
 }
 
 impl CallState {
@@ -72,6 +89,7 @@ impl CallState {
             stdout,
             stderr,
             tags,
+            _running: Running::start(),
         }
     }
 

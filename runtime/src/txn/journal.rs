@@ -179,6 +179,7 @@ impl Journal {
                 state: rec.state.as_str(),
                 // Observers stop at the end state: announce it with the batch's last event.
                 terminal: rec.state.is_terminal() && i == last,
+                created_at_ms: rec.row.created_at_ms,
                 event,
             });
         }
