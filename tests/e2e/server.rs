@@ -872,6 +872,53 @@ on_every_store!(a_failure_is_delivered_to_the_tenants_webhook_signed_and_retried
     server.kill().await;
 });
 
+on_every_store!(a_webhook_that_answers_a_flood_or_a_redirect_costs_one_try_each, |url: String| async move {
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), common::server_db(&url), &["--lease-ms", "500"]).await;
+    push(&server, "scripted", plugins::SCRIPTED).await;
+    // First a 2xx with 16 MiB of body, then a redirect to the coordinator itself, then 200.
+    let tries: Arc<Mutex<Vec<String>>> = Arc::default();
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let target = format!("{}/v1/sagas", server.url);
+    let (t, a) = (tries.clone(), arrived.clone());
+    let app = axum::Router::new().route("/hook", axum::routing::post(move |headers: axum::http::HeaderMap| {
+        let (t, a, target) = (t.clone(), a.clone(), target.clone());
+        async move {
+            use axum::response::IntoResponse;
+            let n = {
+                let mut tries = t.lock().unwrap();
+                tries.push(headers["x-wasmtx-delivery"].to_str().unwrap().to_string());
+                tries.len()
+            };
+            a.notify_one();
+            match n {
+                1 => (axum::http::StatusCode::OK, vec![b'x'; 16 << 20]).into_response(),
+                2 => (axum::http::StatusCode::TEMPORARY_REDIRECT, [("location", target)]).into_response(),
+                _ => axum::http::StatusCode::OK.into_response(),
+            }
+        }
+    }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let set = client().put(format!("{}/v1/settings/alerts", server.url)).json(&json!({"url": hook, "events": ["failed"], "secret": "a-secret-of-sixteen-or-more"})).send().await.unwrap();
+    assert_eq!(set.status(), StatusCode::OK);
+    let (_, failed) = post(&server, "/v1/sagas", doomed_saga("refund", true)).await;
+    assert_eq!(failed["state"], "failed");
+    while tries.lock().unwrap().len() < 3 {
+        arrived.notified().await;
+    }
+    let tries = tries.lock().unwrap().clone();
+    assert!(tries.iter().all(|id| *id == tries[0]), "one delivery, tried again after the flood and the redirect: {tries:?}");
+    // The redirect was not followed: the only saga is the failed one.
+    let (_, listed) = get(&server, "/v1/sagas").await;
+    assert_eq!(listed["sagas"].as_array().unwrap().len(), 1, "{listed}");
+    let (status, _) = get(&server, "/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    server.kill().await;
+});
+
 on_every_store!(a_requests_traceparent_is_carried_to_every_http_participant_as_a_child, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), common::server_db(&url), &[]).await;
