@@ -305,3 +305,40 @@ async fn on_redis_an_index_entry_without_its_row_is_never_claimed_and_is_cleaned
     let again = store.claim_expired("saga", &["running"], &wasmtx::store::Lease { owner: "node-b".into(), ..lease.clone() }, now_ms(), 64, false).await.unwrap();
     assert!(again.is_empty(), "a live lease is not claimed again");
 }
+
+/// A "Redis" that answers every command with bytes that are no RESP reply, or with an error
+/// reply, or closes the connection: opening a store on it fails with an error, in bounded
+/// time, and never panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_answers_garbage_is_refused_with_an_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cases = [&b"\x00\xffnot resp at all\r\n"[..], b"-ERR unknown command\r\n", b"", b"$999999999999\r\n"];
+    // Each case in its own task: a refusal may take the store's whole open timeout.
+    let checks = cases.map(|answer| tokio::spawn(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    // Answer whatever comes the same way; an empty answer hangs up.
+                    while socket.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                        if answer.is_empty() {
+                            return;
+                        }
+                        let _ = socket.write_all(answer).await;
+                    }
+                });
+            }
+        });
+        let opened = tokio::time::timeout(std::time::Duration::from_secs(40), Store::open(&url)).await;
+        match opened {
+            Ok(Err(e)) => assert!(!e.to_string().is_empty()),
+            Ok(Ok(_)) => panic!("a store opened on garbage ({answer:?})"),
+            Err(_) => panic!("opening a store on garbage ({answer:?}) never ended"),
+        }
+    }));
+    for check in checks {
+        check.await.unwrap();
+    }
+}

@@ -30,6 +30,7 @@
 mod keys;
 
 use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
 use std::sync::LazyLock;
 
 use async_trait::async_trait;
@@ -207,16 +208,49 @@ pub struct RedisStore {
     known: std::sync::Mutex<HashMap<String, String>>,
 }
 
+/// How long opening the store (connecting, checking the servers) may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long connecting to a Redis node may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one command may wait for its reply; every command here is short (no blocking
+/// commands), so only a server in trouble takes this long.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reconnection attempts (with backoff) before a command fails.
+const CONNECT_RETRIES: usize = 3;
+
 /// Transactions whose state `RedisStore::known` keeps, at most.
 const MAX_KNOWN: usize = 100_000;
 
 impl RedisStore {
-    /// Connects, checks every master's persistence settings, and records the bucket count.
+    /// Connects, checks every master's persistence settings, and records the bucket count;
+    /// a server that does not answer as Redis does within `OPEN_TIMEOUT` is an error.
     pub async fn open(url: &str) -> Result<RedisStore> {
         let location = Location::parse(url)?;
+        match tokio::time::timeout(OPEN_TIMEOUT, Self::open_at(location)).await {
+            Ok(opened) => opened,
+            Err(_) => Err(StoreError::Database(format!("the Redis store did not answer as Redis does within {} s", OPEN_TIMEOUT.as_secs()))),
+        }
+    }
+
+    async fn open_at(location: Location) -> Result<RedisStore> {
+        // A server that does not answer, or answers what is no reply, fails the command in
+        // bounded time instead of holding it (and the engine behind it) forever.
         let conn = match location.cluster {
-            false => Conn::One(redis::Client::open(location.nodes[0].as_str())?.get_connection_manager().await?),
-            true => Conn::Cluster(redis::cluster::ClusterClient::new(location.nodes.clone())?.get_async_connection().await?),
+            false => {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(CONNECT_TIMEOUT)
+                    .set_response_timeout(RESPONSE_TIMEOUT)
+                    .set_number_of_retries(CONNECT_RETRIES);
+                Conn::One(redis::Client::open(location.nodes[0].as_str())?.get_connection_manager_with_config(config).await?)
+            }
+            true => {
+                let client = redis::cluster::ClusterClientBuilder::new(location.nodes.clone())
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(RESPONSE_TIMEOUT)
+                    .retries(CONNECT_RETRIES as u32)
+                    .build()?;
+                Conn::Cluster(client.get_async_connection().await?)
+            }
         };
         let store = RedisStore {
             conn,
