@@ -107,7 +107,7 @@ macro_rules! on_every_durable_store {
 #[macro_export]
 macro_rules! on_every_swept_store {
     ($name:ident, $scenario:expr) => {
-        $crate::on_stores!([sqlite, postgres, memory], $name, $scenario);
+        $crate::on_stores!([sqlite, postgres, memory, redis, redis_cluster], $name, $scenario);
     };
 }
 

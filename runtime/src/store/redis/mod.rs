@@ -177,6 +177,7 @@ struct Scripts {
     revoke_key: Script,
     live_key: Script,
     remember_reply: Script,
+    purge_tx: Script,
 }
 
 static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
@@ -192,6 +193,7 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     revoke_key: Script::new(include_str!("lua/revoke_key.lua")),
     live_key: Script::new(include_str!("lua/live_key.lua")),
     remember_reply: Script::new(include_str!("lua/remember_reply.lua")),
+    purge_tx: Script::new(include_str!("lua/purge_tx.lua")),
 });
 
 /// The fields of a row hash, in the order `row_of` reads them.
@@ -882,12 +884,39 @@ impl AuditStore for RedisStore {
 }
 
 /// Ended transactions and idempotency replies expire by themselves on Redis (`?retention=`,
-/// set on each key when it is written); replies can also be purged sooner, and audit entries
-/// are trimmed from the old end.
+/// set on each key when it is written); both can be purged sooner (a tenant's own
+/// retention), and audit entries are trimmed from the old end.
 #[async_trait]
 impl Retention for RedisStore {
-    async fn purge_ended(&self, _tenant: &str, _kind: &str, _states: &[&str], _before_ms: i64, _limit: i64) -> Result<u64> {
-        Ok(0)
+    /// Ended transactions also expire by themselves after the store's `retention`; a
+    /// tenant's shorter retention deletes them sooner. Candidates are the tenant's
+    /// transactions created before the cutoff (one written last before it was created before
+    /// it), oldest first, in each bucket; each is deleted only if it is still ended, last
+    /// written before the cutoff, and unchanged since it was read.
+    async fn purge_ended(&self, tenant: &str, kind: &str, states: &[&str], before_ms: i64, limit: i64) -> Result<u64> {
+        let mut purged = 0;
+        for bucket in 0..BUCKETS {
+            let listed = self.keys.listed(bucket, tenant, kind);
+            let ids: Vec<String> = self.conn().zrangebyscore_limit(&listed, "-inf", format!("({before_ms}"), 0, limit.max(0) as isize).await?;
+            for id in ids {
+                match self.row(&id).await? {
+                    // Expired already: only its list entry was left.
+                    None => {
+                        let _: i64 = self.conn().zrem(&listed, &id).await?;
+                    }
+                    Some(row) if row.tenant == tenant && row.updated_at_ms < before_ms && states.contains(&row.state.as_str()) => {
+                        let deleted: i64 = SCRIPTS.purge_tx.key(self.keys.tx(&id)).key(self.keys.journal(&id)).arg(row.rev).invoke_async(&mut self.conn()).await?;
+                        if deleted == 1 {
+                            let _: i64 = self.conn().zrem(&listed, &id).await?;
+                            self.learn(&id, None);
+                            purged += 1;
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        Ok(purged)
     }
 
     /// Replies expire by themselves after the store's `retention`; a tenant's shorter
