@@ -156,7 +156,12 @@ impl Alerts {
         if !settings.events.iter().any(|e| e == event) {
             return Ok(());
         }
-        let id = format!("alert-{}", self.clock.new_id());
+        // A failure's delivery is named after the write that failed the transaction, so the
+        // census raising it again after a crash (see `reconcile`) finds it raised.
+        let id = match event {
+            "failed" => format!("alert-failed-{}-r{}", p.tx_id, p.rev),
+            _ => format!("alert-{}", self.clock.new_id()),
+        };
         let now = self.clock.now_ms();
         let payload = json!({
             "delivery_id": id, "event": event, "transaction_id": p.tx_id, "state": p.state,
@@ -168,8 +173,34 @@ impl Alerts {
         rec.row.doc = serde_json::to_string(&rec.doc).expect("deliveries serialise");
         (rec.row.owner, rec.row.lease_until_ms) = (Some(self.node_id.clone()), now + self.lease.as_millis() as i64);
         // Durable before anything is sent: a crash from here on is retried by a claim.
-        self.store.insert_tx(&rec.row, &[NewEvent::new("alert_raised", None, json!({"event": event, "of": p.tx_id}))]).await?;
+        match self.store.insert_tx(&rec.row, &[NewEvent::new("alert_raised", None, json!({"event": event, "of": p.tx_id}))]).await {
+            Err(StoreError::Conflict { .. }) => return Ok(()),
+            inserted => inserted?,
+        }
         self.deliver(rec).await;
+        Ok(())
+    }
+
+    /// Raises the `failed` alert of transactions that failed lately (`failed`, written since
+    /// `since_ms`) if it was not raised: the process that failed them may have died between
+    /// that write and storing the delivery. Raised ones are found by their id.
+    pub async fn reconcile(&self, failed: &[crate::store::TxRow], since_ms: i64) -> Result<(), StoreError> {
+        for row in failed.iter().filter(|r| r.updated_at_ms >= since_ms) {
+            let id = format!("alert-failed-{}-r{}", row.id, row.rev);
+            if self.store.get_tx(&row.tenant, KIND, &id).await?.is_some() {
+                continue;
+            }
+            let p = Progress {
+                tenant: row.tenant.clone(),
+                tx_id: row.id.clone(),
+                state: "failed",
+                terminal: true,
+                created_at_ms: row.created_at_ms,
+                rev: row.rev,
+                event: NewEvent::new("failed", None, json!({"raised_by": "census"})),
+            };
+            self.raise(&p).await?;
+        }
         Ok(())
     }
 
@@ -274,7 +305,7 @@ mod tests {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
         let p = |kind: &str, state: &'static str, terminal: bool| Progress {
-            tenant: "t".into(), tx_id: "saga-1".into(), state, terminal, created_at_ms: 0, event: NewEvent::new(kind, None, json!({})),
+            tenant: "t".into(), tx_id: "saga-1".into(), state, terminal, created_at_ms: 0, rev: 1, event: NewEvent::new(kind, None, json!({})),
         };
         assert_eq!(event_of(&p("saga_failed", "failed", true)), Some("failed"));
         assert_eq!(event_of(&p("compensation_failed", "compensating", false)), Some("compensation_failed"));

@@ -37,20 +37,34 @@ fn needs_attention(row: TxRow) -> bool {
     }
 }
 
-/// One pass: how many transactions of each kind need attention, over every tenant (and the
-/// single-tenant `default`).
-pub async fn census(store: &Store) -> Result<BTreeMap<&'static str, i64>, StoreError> {
+/// What one pass found.
+#[derive(Debug, Default)]
+pub struct Census {
+    /// How many transactions of each kind need attention.
+    pub counts: BTreeMap<&'static str, i64>,
+    /// The failed ones read (of every kind), for the alerts to check they were raised.
+    pub failed: Vec<TxRow>,
+}
+
+/// One pass over every tenant (and the single-tenant `default`).
+pub async fn census(store: &Store) -> Result<Census, StoreError> {
     let mut tenants = store.tenant_ids().await?;
     tenants.push(crate::api_tenant().to_string());
-    let mut counts: BTreeMap<&'static str, i64> = states().iter().map(|(kind, _)| (*kind, 0)).collect();
+    let mut census = Census { counts: states().iter().map(|(kind, _)| (*kind, 0)).collect(), failed: Vec::new() };
     for tenant in &tenants {
         for (kind, states) in states() {
             for state in states {
                 let query = TxQuery { kind: Some(kind.into()), state: Some(state.into()), ..TxQuery::default() };
-                let rows = store.search_tx(tenant, &query, CAP).await?;
-                *counts.entry(kind).or_default() += rows.into_iter().map(needs_attention).filter(|&yes| yes).count() as i64;
+                for row in store.search_tx(tenant, &query, CAP).await? {
+                    if row.state == "failed" {
+                        census.failed.push(row.clone());
+                    }
+                    if needs_attention(row) {
+                        *census.counts.entry(kind).or_default() += 1;
+                    }
+                }
             }
         }
     }
-    Ok(counts)
+    Ok(census)
 }

@@ -102,6 +102,8 @@ pub struct Progress {
     pub terminal: bool,
     /// When the transaction was created (ms since the epoch).
     pub created_at_ms: i64,
+    /// The transaction's revision after the change.
+    pub rev: i64,
     pub event: crate::store::NewEvent,
 }
 

@@ -872,6 +872,35 @@ on_every_store!(a_failure_is_delivered_to_the_tenants_webhook_signed_and_retried
     server.kill().await;
 });
 
+on_every_store!(a_failure_whose_alert_was_never_raised_is_raised_by_the_census_once, |url: String| async move {
+    // A coordinator that dies between failing a transaction and storing its delivery leaves
+    // a failed transaction with no delivery: here, one that failed before alerts were set.
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), common::server_db(&url), &["--sweep-every-ms", "50"]).await;
+    push(&server, "scripted", plugins::SCRIPTED).await;
+    let (_, failed) = post(&server, "/v1/sagas", doomed_saga("refund", true)).await;
+    assert_eq!(failed["state"], "failed");
+    let (hook, seen, arrived) = receiver().await;
+    let set = client().put(format!("{}/v1/settings/alerts", server.url)).json(&json!({"url": hook, "events": ["failed"], "secret": "a-secret-of-sixteen-or-more"})).send().await.unwrap();
+    assert_eq!(set.status(), StatusCode::OK);
+    // The receiver answers 500 to the first try: the second is the same delivery.
+    while seen.lock().unwrap().len() < 2 {
+        arrived.notified().await;
+    }
+    // Later passes find it raised: one delivery, whatever number of tries.
+    let (_, later) = post(&server, "/v1/sagas", doomed_saga("another", true)).await;
+    while seen.lock().unwrap().iter().all(|(_, body)| !String::from_utf8_lossy(body).contains(later["saga_id"].as_str().unwrap())) {
+        arrived.notified().await;
+    }
+    let seen = seen.lock().unwrap().clone();
+    let of = |id: &str| -> std::collections::BTreeSet<String> {
+        seen.iter().filter(|(_, b)| String::from_utf8_lossy(b).contains(id)).map(|(h, _)| h["x-wasmtx-delivery"].to_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(of(failed["saga_id"].as_str().unwrap()).len(), 1, "raised once: {seen:?}");
+    assert_eq!(of(later["saga_id"].as_str().unwrap()).len(), 1, "the census and the engine raise it once between them");
+    server.kill().await;
+});
+
 on_every_store!(a_webhook_that_answers_a_flood_or_a_redirect_costs_one_try_each, |url: String| async move {
     use std::sync::{Arc, Mutex};
     let dir = tempfile::tempdir().unwrap();

@@ -235,14 +235,22 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             every: Duration::from_millis(args.sweep_every_ms.max(10)),
         },
     );
-    // What needs an operator, counted for /metrics as often as the sweeper runs.
+    // What needs an operator, counted for /metrics as often as the sweeper runs; a failure
+    // of the last ten minutes whose alert was never raised (its coordinator died between the
+    // two writes) is raised now.
     let _census = {
-        let (store, metrics) = (node.store.clone(), node.invoker.metrics().clone());
+        let (store, metrics, alerts) = (node.store.clone(), node.invoker.metrics().clone(), node.alerts.clone());
         let every = Duration::from_millis(args.sweep_every_ms.max(10));
         crate::txn::recovery::AbortOnDrop(tokio::spawn(async move {
             loop {
                 match crate::attention::census(&store).await {
-                    Ok(counts) => counts.into_iter().for_each(|(kind, n)| metrics.set_attention(kind, n)),
+                    Ok(census) => {
+                        census.counts.into_iter().for_each(|(kind, n)| metrics.set_attention(kind, n));
+                        let since = crate::store::now_ms() - 600_000;
+                        if let Err(e) = alerts.reconcile(&census.failed, since).await {
+                            tracing::warn!("raising missed failure alerts failed: {e}");
+                        }
+                    }
                     Err(e) => tracing::warn!("counting the transactions that need attention failed: {e}"),
                 }
                 tokio::time::sleep(every).await;

@@ -180,6 +180,7 @@ impl Journal {
                 // Observers stop at the end state: announce it with the batch's last event.
                 terminal: rec.state.is_terminal() && i == last,
                 created_at_ms: rec.row.created_at_ms,
+                rev: rec.row.rev,
                 event,
             });
         }
