@@ -80,11 +80,23 @@ fn database(url: &str) -> Option<&str> {
 /// decision); the other routes misbehave for `go` only: `/redirect/{code}/{port}/{action}` redirects to 127.0.0.1:`port`/secret,
 /// `/sized/{bytes}/{action}` answers a JSON string of `bytes` bytes, `/slow/{ms}/{action}`
 /// answers after `ms` milliseconds, anything else
-/// (`/secret/…`) answers `{"secret": true}`.
+/// (`/secret/…`) answers `{"secret": true}`. `GET /hold/{ms}` (what a plugin's `http_get`
+/// sends) answers after `ms` milliseconds and is not counted as a call: it tells how many
+/// plugin calls wait on it at once.
 #[derive(Clone)]
 struct Misbehaving {
     url: String,
     calls: Arc<AtomicUsize>,
+    holding: Arc<Holding>,
+}
+
+/// The `GET /hold` requests being answered now, the most there ever were, and a signal at
+/// each arrival.
+#[derive(Default)]
+struct Holding {
+    now: AtomicUsize,
+    most: AtomicUsize,
+    arrived: tokio::sync::Notify,
 }
 
 impl Misbehaving {
@@ -127,7 +139,24 @@ impl Misbehaving {
             calls.fetch_add(1, Ordering::SeqCst);
             axum::Json(json!({"secret": true}))
         }
+        async fn hold(State(holding): State<Arc<Holding>>, UrlPath(ms): UrlPath<u64>) -> axum::Json<Value> {
+            /// Counts the request until it is answered or its caller gives up on it.
+            struct Held(Arc<Holding>);
+            impl Drop for Held {
+                fn drop(&mut self) {
+                    self.0.now.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            let now = holding.now.fetch_add(1, Ordering::SeqCst) + 1;
+            holding.most.fetch_max(now, Ordering::SeqCst);
+            let _held = Held(holding.clone());
+            holding.arrived.notify_waiters();
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            axum::Json(json!({"held_ms": ms}))
+        }
+        let holding = Arc::new(Holding::default());
         let app = axum::Router::new()
+            .route("/hold/{ms}", axum::routing::get(hold).with_state(holding.clone()))
             .route("/huge/{mb}/{declared}/{action}", post(huge))
             .route("/redirect/{code}/{port}/{action}", post(redirect))
             .route("/sized/{bytes}/{action}", post(sized))
@@ -137,11 +166,32 @@ impl Misbehaving {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Misbehaving { url, calls }
+        Misbehaving { url, calls, holding }
     }
 
     fn calls(&self) -> usize {
         self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `n` `GET /hold` requests are being answered at once (fails the test
+    /// after 60 s rather than hang it).
+    async fn until_holding(&self, n: usize) {
+        let arrived = async {
+            loop {
+                // Registered before the count is read: an arrival in between still wakes it.
+                let next = self.holding.arrived.notified();
+                if self.holding.now.load(Ordering::SeqCst) >= n {
+                    return;
+                }
+                next.await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), arrived).await.unwrap_or_else(|_| panic!("{n} requests were never held at once"));
+    }
+
+    /// The most `GET /hold` requests that were answered at once.
+    fn most_held(&self) -> usize {
+        self.holding.most.load(Ordering::SeqCst)
     }
 
     fn port(&self) -> u16 {
@@ -275,13 +325,25 @@ on_every_store!(huge_answers_fail_their_call_once_at_a_bounded_cost, |url: Strin
     assert!(doc["steps"][0]["error"].as_str().unwrap().contains("more than the 1048576 accepted"), "{doc}");
     let grown = peak_rss_mib(pid).saturating_sub(before);
     assert!(grown < 256, "1.5 GiB of answers cost {grown} MiB of peak memory");
-    // Recovery passes (every 250 ms) leave ended sagas alone: nobody calls the flood again.
+    // Recovery passes (every 250 ms) leave what the failures ended alone: at least three whole
+    // passes begun after them, longer than a 500 ms lease, and nobody called the flood again.
     let calls = huge.calls();
-    let (_, fresh) = anyone.post("/v1/sagas", json!({"saga_name": "marker", "execute": true})).await;
-    anyone.saga_until(fresh["saga_id"].as_str().unwrap(), |d| d["state"] == "completed").await;
-    assert_eq!(huge.calls(), calls);
+    let passes = recovery_passes(&server).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while recovery_passes(&server).await < passes + 4 {
+        assert!(tokio::time::Instant::now() < deadline, "no recovery pass ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(huge.calls(), calls, "recovery called the flood again");
     server.kill().await;
 });
+
+/// The recovery passes `server` has completed (its `/metrics`).
+async fn recovery_passes(server: &Server) -> u64 {
+    let text = client().get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap();
+    let line = text.lines().find(|l| l.starts_with("wasmtx_recovery_passes_total ")).unwrap_or_else(|| panic!("no recovery pass counter in:\n{text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenants_answer_cap_is_its_own() {
@@ -349,6 +411,49 @@ async fn a_tenant_flooding_the_host_waits_its_turn_and_others_keep_running() {
         let doc = greedy.saga_until(id, |d| d["state"] != "running").await;
         assert_eq!(doc["state"], "completed", "more calls than the pool's 8 slots wait instead of failing: {doc}");
     }
+    server.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_2pc_of_plugins_commits_while_another_tenant_fills_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let holder = Misbehaving::start().await;
+    let server = Server::start(dir.path(), None, &["--admin-token", ADMIN, "--max-instances", "2", "--allow-private-endpoints"]).await;
+    let flood = tenant(&server, "flood", json!({"allowed_hosts": [format!("127.0.0.1:{}", holder.port())]})).await;
+    let calm = tenant(&server, "calm", json!({})).await;
+    for t in [&flood, &calm] {
+        assert_eq!(t.push("scripted", plugins::SCRIPTED).await.0, StatusCode::CREATED);
+    }
+    // Four calls that each keep an instance for 1.5 s: the pool of two is full, twice over.
+    let hold = json!([{"name": "hold", "plugin": "scripted", "retry_count": 0,
+                       "parameters": {"script": {"execute": {"do": "http_get", "url": format!("{}/hold/1500", holder.url)}}}}]);
+    let mut flooding = Vec::new();
+    for _ in 0..4 {
+        let (status, created) = flood.post("/v1/sagas", json!({"saga_name": "flood", "steps": hold, "execute": true})).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        flooding.push(created["saga_id"].as_str().unwrap().to_string());
+    }
+    holder.until_holding(2).await;
+    // A plugin uploaded meanwhile waits its turn for the instance its check needs.
+    let upload = {
+        let calm = Caller { url: calm.url.clone(), key: calm.key.clone() };
+        tokio::spawn(async move { calm.push("payment", plugins::PAYMENT).await })
+    };
+    // calm's participants wait for instances far longer than the 200 ms each has to vote:
+    // waiting for the host is not a slow vote.
+    let participants = json!([{"participant_id": "a", "plugin": "scripted"}, {"participant_id": "b", "plugin": "scripted"}]);
+    let (status, created) = calm.post("/v1/2pc", json!({"transaction_name": "t", "prepare_timeout_ms": 200, "participants": participants})).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let (status, doc) = calm.post(&format!("/v1/2pc/{}/execute", created["transaction_id"].as_str().unwrap()), json!({})).await;
+    assert_eq!((status, doc["state"].clone()), (StatusCode::OK, json!("committed")), "{doc}");
+    assert!(doc["duration_ms"].as_u64().unwrap() > 200, "the votes came after the prepare timeout's length: {doc}");
+    let (status, body) = upload.await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for id in &flooding {
+        let doc = flood.saga_until(id, |d| d["state"] != "running").await;
+        assert_eq!(doc["state"], "completed", "{doc}");
+    }
+    assert_eq!(holder.most_held(), 2, "the pool's two instances were all the flood had");
     server.kill().await;
 }
 
@@ -854,6 +959,90 @@ on_every_store!(plugin_uploads_succeed_while_everything_else_writes, |url: Strin
     server.kill().await;
 });
 
+/// `component` with a custom section naming `n` appended: the same plugin, other bytes (a
+/// new version when uploaded).
+fn variant(component: &[u8], n: u32) -> Vec<u8> {
+    let name = b"wasmtx-test-variant";
+    let payload = n.to_le_bytes();
+    let size = 1 + name.len() + payload.len();
+    assert!(size < 128 && name.len() < 128, "one-byte LEB128 lengths");
+    let mut bytes = component.to_vec();
+    bytes.extend([0, size as u8, name.len() as u8]);
+    bytes.extend(name);
+    bytes.extend(payload);
+    bytes
+}
+
+on_every_store!(a_plugin_swapped_under_load_serves_the_sagas_started_after_each_swap, |url: String| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), database(&url), &[]).await;
+    let anyone = anonymous(&server);
+    let scripted = plugin_bytes(plugins::SCRIPTED);
+    let upload = |n: u32| {
+        let (url, bytes) = (format!("{}/v1/plugins/x", server.url), variant(&scripted, n));
+        async move {
+            let r = client().put(url).body(bytes).send().await.unwrap();
+            let status = r.status();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            assert_eq!(status, StatusCode::CREATED, "upload {n}: {body}");
+            body["version"].as_u64().unwrap()
+        }
+    };
+    assert_eq!(upload(1).await, 1);
+    // A saga that started on version 1 and runs across every swap: its plugin step comes
+    // after an HTTP step that answers only once the swaps are done.
+    let gate = common::HttpParticipant::start(common::Script(
+        [("go".to_string(), vec![common::Answer::Held(200, json!({"ok": true}))])].into(),
+    ))
+    .await;
+    let pinned = anyone.saga(json!([{"name": "wait", "endpoint": gate.url, "action": "go", "timeout_ms": 300_000}, {"name": "after", "plugin": "x"}])).await;
+    assert_eq!(anyone.post(&format!("/v1/sagas/{pinned}/execute"), json!({"wait": false})).await.0, StatusCode::ACCEPTED);
+    // Sagas on x, one after another from four clients: each is started after the version
+    // last answered, and must run that version or a newer one.
+    let published = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let runners: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, published, stop) = (server.url.clone(), published.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut ran = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let at_least = published.load(Ordering::SeqCst);
+                    let saga = json!({"saga_name": "load", "steps": [{"name": "s", "plugin": "x"}], "execute": true, "wait": true});
+                    let r = client().post(format!("{url}/v1/sagas")).json(&saga).send().await.unwrap();
+                    let doc: Value = r.json().await.unwrap();
+                    assert_eq!(doc["state"], "completed", "{doc}");
+                    let version: u64 = doc["steps"][0]["plugin_version"].as_str().unwrap().strip_prefix("x@").unwrap().parse().unwrap();
+                    assert!(version >= at_least, "a saga started after version {at_least} was published ran version {version}");
+                    ran += 1;
+                }
+                ran
+            })
+        })
+        .collect();
+    for n in 2..=4 {
+        assert_eq!(upload(n).await, n as u64);
+        published.store(n as u64, Ordering::SeqCst);
+    }
+    // Uploads of the same name at once: each its own version.
+    let (a, b) = tokio::join!(upload(5), upload(6));
+    let mut versions = [a, b];
+    versions.sort();
+    assert_eq!(versions, [5, 6]);
+    published.store(6, Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    for r in runners {
+        assert!(r.await.unwrap() > 0, "every client ran sagas during the swaps");
+    }
+    gate.release();
+    let doc = anyone.saga_until(&pinned, |d| d["state"] != "running").await;
+    assert_eq!(doc["state"], "completed", "{doc}");
+    assert_eq!(doc["steps"][1]["plugin_version"], "x@1", "a running saga keeps the version it started with");
+    let (_, listed) = anyone.get("/v1/plugins/x").await;
+    assert_eq!(listed["versions"].as_array().unwrap().len(), 6, "{listed}");
+    server.kill().await;
+});
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_trail_records_what_was_done_once_it_was_done() {
     let dir = tempfile::tempdir().unwrap();
@@ -920,6 +1109,72 @@ async fn a_tenants_memory_share_bounds_its_concurrent_calls() {
     };
     assert_eq!(most_at_once("small").await, 2, "the share admits two 32 MiB calls at a time");
     assert!(most_at_once("unbounded").await > 2, "a tenant without a share is bounded by the pool only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_too_heavy_for_two_at_once_waits_for_room_and_one_too_heavy_for_the_pool_is_refused() {
+    use wasmtx::model::{CallContext, Outcome};
+    use wasmtx::plugin::{CallLimits, CallTags, Catalog, CatalogError, HostConfig, LoadError, PluginHost};
+    let pool = |instances: u32| {
+        PluginHost::new(HostConfig { max_concurrent_instances: instances, cache_dir: Some(wasmtx_testkit::compiled_cache_dir()), ..HostConfig::default() }).unwrap()
+    };
+    let python = plugin_bytes(plugins::PYTHON_INVENTORY);
+    // The Python component instantiates more core modules than a pool keeps per instance
+    // slot (8): one slot's worth of them is too few, and it is refused when loaded.
+    let refused = Catalog::in_memory(pool(1)).add("t", "inventory", &python).await.map(drop).unwrap_err();
+    assert!(matches!(&refused, CatalogError::Load(LoadError::Invalid(why)) if why.contains("exceeds the configured maximum")), "{refused}");
+    // Two slots' worth fit one call at a time: the others wait for the core instances, not
+    // only for a slot, and none fails.
+    let host = pool(2);
+    let (inventory, _) = Catalog::in_memory(host.clone()).add("t", "inventory", &python).await.unwrap();
+    let calls: Vec<_> = (0..6)
+        .map(|i| {
+            let (host, component) = (host.clone(), inventory.component.clone());
+            tokio::spawn(async move {
+                let ctx = CallContext {
+                    tenant: "t".into(),
+                    transaction_id: format!("tx-{i}"),
+                    step: "reserve".into(),
+                    action: "reserve".into(),
+                    attempt: 1,
+                    idempotency_key: format!("tx-{i}:reserve"),
+                    input: json!({"sku": "book", "quantity": 1}).to_string(),
+                    deadline_ms: 30_000,
+                    traceparent: None,
+                };
+                host.execute(&component, ctx, &CallLimits::default(), CallTags { tenant: "t".into(), ..CallTags::default() }).await
+            })
+        })
+        .collect();
+    for c in calls {
+        let outcome = c.await.unwrap();
+        assert!(matches!(outcome, Ok(Outcome::Success(_))), "{outcome:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_memory_share_set_by_the_admin_bounds_the_tenants_concurrent_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let holder = Misbehaving::start().await;
+    let server = Server::start(dir.path(), None, &["--admin-token", ADMIN, "--allow-private-endpoints"]).await;
+    // Calls capped at 32 MiB in a share of 64 MiB: two at a time, in a pool of 1,000.
+    let limits = json!({"memory_mb": 32, "max_plugin_memory_mb": 64});
+    let small = tenant(&server, "small", json!({"limits": limits, "allowed_hosts": [format!("127.0.0.1:{}", holder.port())]})).await;
+    assert_eq!(small.push("scripted", plugins::SCRIPTED).await.0, StatusCode::CREATED);
+    let hold = json!([{"name": "hold", "plugin": "scripted", "retry_count": 0,
+                       "parameters": {"script": {"execute": {"do": "http_get", "url": format!("{}/hold/400", holder.url)}}}}]);
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        let (status, created) = small.post("/v1/sagas", json!({"saga_name": "s", "steps": hold, "execute": true})).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        ids.push(created["saga_id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        let doc = small.saga_until(id, |d| d["state"] != "running").await;
+        assert_eq!(doc["state"], "completed", "a call beyond the share waits: {doc}");
+    }
+    assert_eq!(holder.most_held(), 2, "the share admitted two 32 MiB calls at a time");
+    server.kill().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -252,20 +252,39 @@ async fn without_an_admin_token_the_admin_api_is_off_and_single_tenant_mode_need
     server.kill().await;
 }
 
+/// A server on loopback that answers every request with a 302 to `to`; returns its URL.
+async fn bouncer(to: String) -> String {
+    let app = axum::Router::new().fallback(move || {
+        let to = to.clone();
+        async move { (axum::http::StatusCode::FOUND, [("location", to)]) }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// A saga step whose plugin GETs `url` over wasi:http.
+fn http_get(url: &str) -> Value {
+    json!({"name": "fetch", "plugin": "scripted", "retry_count": 0,
+           "parameters": {"script": {"execute": {"do": "http_get", "url": url}}}})
+}
+
 on_every_store!(plugins_reach_only_their_tenants_allowed_hosts, |url: String| async move {
     let dir = tempfile::tempdir().unwrap();
     let db = common::server_db(&url);
     let target = common::HttpParticipant::start(common::Script::default()).await;
     let host = target.url.trim_start_matches("http://").to_string();
+    let bounce = bouncer(format!("{}/ping", target.url)).await;
     // The target listens on loopback, which tenants reach only when the operator allows it.
     let server = Server::start(dir.path(), db, &["--admin-token", ADMIN, "--allow-private-endpoints"]).await;
     let admin = Caller::new(&server, Some(ADMIN.into()));
-    let (_, open) = admin.post("/v1/admin/tenants", json!({"tenant_id": "open", "allowed_hosts": [host]})).await;
+    let bounce_host = bounce.trim_start_matches("http://");
+    let (_, open) = admin.post("/v1/admin/tenants", json!({"tenant_id": "open", "allowed_hosts": [host, bounce_host]})).await;
     let (_, closed) = admin.post("/v1/admin/tenants", json!({"tenant_id": "closed"})).await;
     let (status, bad) = admin.post("/v1/admin/tenants", json!({"tenant_id": "bad", "allowed_hosts": ["http://x/y"]})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
-    let get = json!({"name": "fetch", "plugin": "scripted", "retry_count": 0,
-                     "parameters": {"script": {"execute": {"do": "http_get", "url": format!("{}/ping", target.url)}}}});
+    let get = http_get(&format!("{}/ping", target.url));
     let mut outcomes = Vec::new();
     for tenant in [&open, &closed] {
         let caller = Caller::new(&server, Some(tenant["api_key"].as_str().unwrap().into()));
@@ -281,6 +300,34 @@ on_every_store!(plugins_reach_only_their_tenants_allowed_hosts, |url: String| as
     let refused = outcomes[1]["steps"][0]["error"].as_str().unwrap();
     assert!(refused.contains("HttpRequestDenied"), "the outcome says the request was refused: {refused}");
     assert_eq!(target.calls_to("ping").len(), 1, "only the allowed tenant's request arrived");
+    // A redirect is the plugin's answer, never followed on its behalf (the target it points
+    // at is allowed, and hears nothing).
+    let open = Caller::new(&server, Some(open["api_key"].as_str().unwrap().into()));
+    let id = open.saga(&[http_get(&format!("{bounce}/anything"))]).await;
+    let (_, doc) = open.post(&format!("/v1/sagas/{id}/execute"), json!({})).await;
+    assert_eq!(doc["state"], "completed", "{doc}");
+    assert_eq!(doc["steps"][0]["output"]["status"], 302, "{doc}");
+    assert_eq!(target.calls_to("ping").len(), 1, "the redirect was not followed");
+    server.kill().await;
+    // Without --allow-private-endpoints, loopback is refused though the tenant lists it, by
+    // address or by a name that resolves to it; nothing is sent.
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), db, &["--admin-token", ADMIN]).await;
+    let admin = Caller::new(&server, Some(ADMIN.into()));
+    let port = host.rsplit(':').next().unwrap();
+    let by_name = format!("localhost:{port}");
+    let (status, strict) = admin.post("/v1/admin/tenants", json!({"tenant_id": "strict", "allowed_hosts": [host, by_name]})).await;
+    assert_eq!(status, StatusCode::CREATED, "{strict}");
+    let strict = Caller::new(&server, Some(strict["api_key"].as_str().unwrap().into()));
+    assert_eq!(strict.push("scripted", plugins::SCRIPTED).await.0, StatusCode::CREATED);
+    for url in [format!("{}/ping", target.url), format!("http://{by_name}/ping")] {
+        let id = strict.saga(&[http_get(&url)]).await;
+        let (_, doc) = strict.post(&format!("/v1/sagas/{id}/execute"), json!({})).await;
+        assert_eq!(doc["state"], "compensated", "{url}: {doc}");
+        let refused = doc["steps"][0]["error"].as_str().unwrap();
+        assert!(refused.contains("DestinationIpProhibited"), "{url}: the outcome says the address was refused: {refused}");
+    }
+    assert_eq!(target.calls_to("ping").len(), 1, "no request reached loopback");
     server.kill().await;
 });
 

@@ -41,6 +41,19 @@ pub struct Catalog {
     rows: Arc<Mutex<Rows>>,
 }
 
+/// Remembers `row` as its name's newest version (and as itself) — unless a newer one is
+/// remembered: a lookup that read the store before a publish answers after it, and must not
+/// hide the published version for `LATEST_TTL`.
+fn remember_newest(rows: &mut Rows, tenant: &str, row: &PluginRow) {
+    let now = Instant::now();
+    let newest = (tenant.to_string(), row.name.clone(), None);
+    let newer_known = rows.get(&newest).is_some_and(|(known, at)| known.version > row.version && at.elapsed() < LATEST_TTL);
+    if !newer_known {
+        rows.insert(newest, (row.clone(), now));
+    }
+    rows.insert((tenant.to_string(), row.name.clone(), Some(row.version)), (row.clone(), now));
+}
+
 /// One version of a named plugin, with its compiled component.
 #[derive(Debug, Clone)]
 pub struct PluginVersion {
@@ -113,7 +126,9 @@ impl Catalog {
         let component = self.cache.load(bytes).await?;
         let exports = component.export_names();
         let (row, created) = self.store.put_plugin(tenant, name, &component.digest, bytes, &exports, now_ms()).await?;
-        self.rows.lock().unwrap().remove(&(tenant.to_string(), name.to_string(), None));
+        if created {
+            remember_newest(&mut self.rows.lock().unwrap(), tenant, &row);
+        }
         Ok((row, created, component))
     }
 
@@ -128,8 +143,12 @@ impl Catalog {
         let row = self.store.plugin(tenant, name, version).await?;
         if let Some(row) = &row {
             let mut rows = self.rows.lock().unwrap();
-            rows.insert(key, (row.clone(), Instant::now()));
-            rows.insert((tenant.to_string(), name.to_string(), Some(row.version)), (row.clone(), Instant::now()));
+            match version {
+                Some(_) => {
+                    rows.insert(key, (row.clone(), Instant::now()));
+                }
+                None => remember_newest(&mut rows, tenant, row),
+            }
         }
         Ok(row)
     }
@@ -151,5 +170,31 @@ impl Catalog {
             .ok_or_else(|| CatalogError::MissingBytes(row.digest.clone()))?;
         let component = self.cache.load(&bytes).await?;
         Ok((row, component))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(version: i64) -> PluginRow {
+        PluginRow { tenant: "t".into(), name: "x".into(), version, digest: format!("d{version}"), exports: vec![], created_at_ms: 0 }
+    }
+
+    fn newest(rows: &Rows) -> i64 {
+        rows[&("t".to_string(), "x".to_string(), None)].0.version
+    }
+
+    #[test]
+    fn a_lookup_answering_after_a_publish_does_not_hide_the_published_version() {
+        let mut rows = Rows::new();
+        remember_newest(&mut rows, "t", &row(1));
+        remember_newest(&mut rows, "t", &row(2));
+        // A lookup that read the store before version 2 was published.
+        remember_newest(&mut rows, "t", &row(1));
+        assert_eq!(newest(&rows), 2);
+        assert!(rows.contains_key(&("t".to_string(), "x".to_string(), Some(1))));
+        remember_newest(&mut rows, "t", &row(3));
+        assert_eq!(newest(&rows), 3);
     }
 }

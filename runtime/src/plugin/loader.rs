@@ -164,7 +164,11 @@ fn compile_cached(
     }
     let compiled = component::Component::new(engine, bytes).map_err(|e| {
         let message = format!("{e:#}");
-        if message.contains("core module") || message.contains("component version") {
+        // More core instances, memories or tables than the whole pool holds: it could never
+        // be instantiated (and a call would wait for room for ever).
+        if message.contains("in the pooling allocator") {
+            LoadError::Invalid(format!("the component needs more than the Wasm host's whole instance pool: {message}"))
+        } else if message.contains("core module") || message.contains("component version") {
             LoadError::NotWasm
         } else {
             LoadError::Invalid(message)
@@ -249,14 +253,29 @@ fn role_indices(pre: &InstancePre<CallState>, roles: &[Role]) -> Result<RoleIndi
 const TYPE_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn type_check(host: &PluginHost, component: &Component) -> Result<(), LoadError> {
-    let mut store = wasmtime::Store::new(host.engine(), CallState::new(CallTags::default(), 64 << 20));
-    store.limiter(|s| &mut s.limiter);
-    store.set_epoch_deadline(super::deadline_ticks(TYPE_CHECK_TIMEOUT));
-    if host.config().fuel_metering {
-        let _ = store.set_fuel(u64::MAX);
-    }
-    let instance = tokio::time::timeout(TYPE_CHECK_TIMEOUT, component.pre.instantiate_async(&mut store))
-        .await
+    const MEMORY_CAP: usize = 64 << 20;
+    let new_store = || {
+        let mut store = wasmtime::Store::new(host.engine(), CallState::new(CallTags::default(), MEMORY_CAP));
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(super::deadline_ticks(TYPE_CHECK_TIMEOUT));
+        if host.config().fuel_metering {
+            let _ = store.set_fuel(u64::MAX);
+        }
+        store
+    };
+    // The instance is the pool's like a call's: admitted in turn, never refused for want of room
+    // while calls run (an upload during a flood waits, then succeeds).
+    let _admission = host.admit("", MEMORY_CAP).await;
+    let mut room = host.room();
+    let (mut store, instance) = loop {
+        let mut store = new_store();
+        match tokio::time::timeout(TYPE_CHECK_TIMEOUT, component.pre.instantiate_async(&mut store)).await {
+            Ok(Err(e)) if super::Room::is_full(&e) => room.wait().await,
+            instantiated => break (store, instantiated),
+        }
+    };
+    drop(room);
+    let instance = instance
         .map_err(|_| LoadError::Invalid("instantiation did not finish in time".into()))?
         .map_err(|e| LoadError::Invalid(format!("instantiation failed: {e:#}")))?;
     let idx = &component.indices;

@@ -120,6 +120,10 @@ struct HostInner {
     slots: Arc<Semaphore>,
     /// Tenants' shares of the slots and of plugin memory, where they have one.
     shares: RwLock<HashMap<String, Arc<ShareGate>>>,
+    /// Held (written) by a call that found another kind of pool slot full, for as long as it
+    /// waits: calls admitted after it instantiate only once it has, so it is not overtaken
+    /// for ever by lighter components.
+    strained: tokio::sync::RwLock<()>,
     /// Compilations running at once.
     compiles: Arc<Semaphore>,
 }
@@ -139,14 +143,37 @@ struct ShareGate {
 }
 
 /// What a call holds while it runs: its tenant's share and a pool slot.
-struct Admission {
+pub(crate) struct Admission {
     _share: Vec<OwnedSemaphorePermit>,
     _slot: OwnedSemaphorePermit,
 }
 
-/// How long a call waits for the pool to free a slot of another kind (core instances,
-/// memories, tables) before it is reported as a failure to instantiate.
-const POOL_RETRY_FOR: Duration = Duration::from_secs(60);
+/// An admitted instantiation that found another kind of pool slot full (core instances,
+/// memories, tables: a component with many core modules). Nothing of it has run, so it waits
+/// rather than fail: ahead of the instantiations admitted after it, for the calls that run to
+/// end (each within its deadline). It fits once they have: no loaded component needs more than
+/// the whole pool.
+pub(crate) struct Room<'a> {
+    strained: &'a tokio::sync::RwLock<()>,
+    ahead: Option<tokio::sync::RwLockWriteGuard<'a, ()>>,
+    backoff: Duration,
+}
+
+impl Room<'_> {
+    /// Whether `e` says the pool is full (then `wait` and try again, in a fresh store).
+    pub(crate) fn is_full(e: &wasmtime::Error) -> bool {
+        e.downcast_ref::<PoolConcurrencyLimitError>().is_some()
+    }
+
+    /// Waits a little longer each time before the next try.
+    pub(crate) async fn wait(&mut self) {
+        if self.ahead.is_none() {
+            self.ahead = Some(self.strained.write().await);
+        }
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(Duration::from_millis(200));
+    }
+}
 
 impl Drop for HostInner {
     fn drop(&mut self) {
@@ -173,10 +200,20 @@ enum Reply {
 impl PluginHost {
     pub fn new(config: HostConfig) -> wasmtime::Result<Self> {
         let mut pool = PoolingAllocationConfig::default();
+        let (core_instances, memories, tables) = (
+            config.max_concurrent_instances.saturating_mul(8),
+            config.max_concurrent_instances.saturating_mul(2),
+            config.max_concurrent_instances.saturating_mul(4),
+        );
         pool.total_component_instances(config.max_concurrent_instances)
-            .total_core_instances(config.max_concurrent_instances.saturating_mul(8))
-            .total_memories(config.max_concurrent_instances.saturating_mul(2))
-            .total_tables(config.max_concurrent_instances.saturating_mul(4))
+            .total_core_instances(core_instances)
+            .total_memories(memories)
+            .total_tables(tables)
+            // A component that would not fit an empty pool is refused when it is loaded, so a
+            // call that finds the pool full only waits for other calls to end (`invoke`).
+            .max_core_instances_per_component(core_instances)
+            .max_memories_per_component(memories)
+            .max_tables_per_component(tables)
             .total_stacks(config.max_concurrent_instances)
             .max_memory_size(config.max_memory_bytes)
             // Reset the first MiB of a reused slot with memset instead of madvise: a typical
@@ -207,7 +244,16 @@ impl PluginHost {
         let slots = Arc::new(Semaphore::new(config.max_concurrent_instances as usize));
         let compiles = Arc::new(Semaphore::new(config.max_concurrent_compiles.max(1)));
         Ok(PluginHost {
-            inner: Arc::new(HostInner { engine, linker, config, ticker_stop, slots, shares: RwLock::default(), compiles }),
+            inner: Arc::new(HostInner {
+                engine,
+                linker,
+                config,
+                ticker_stop,
+                slots,
+                shares: RwLock::default(),
+                strained: tokio::sync::RwLock::new(()),
+                compiles,
+            }),
         })
     }
 
@@ -233,8 +279,10 @@ impl PluginHost {
     }
 
     /// Waits for the tenant's share (when it has one), then for a pool slot: in arrival
-    /// order, so a tenant flooding the host queues behind its own share, not in front of others.
-    async fn admit(&self, tenant: &str, memory_cap: usize) -> Admission {
+    /// order, so a tenant flooding the host queues behind its own share, not in front of others
+    /// — and behind a call admitted earlier that waits for room (`Room`). Every instance the
+    /// host makes is admitted so (a call's, an upload's type check).
+    pub(crate) async fn admit(&self, tenant: &str, memory_cap: usize) -> Admission {
         let gate = self.inner.shares.read().unwrap().get(tenant).cloned();
         let mut share = Vec::new();
         if let Some(gate) = gate {
@@ -247,7 +295,13 @@ impl PluginHost {
             }
         }
         let slot = self.inner.slots.clone().acquire_owned().await.expect("never closed");
+        drop(self.inner.strained.read().await);
         Admission { _share: share, _slot: slot }
+    }
+
+    /// The wait of an admitted instantiation for room of another kind than slots.
+    pub(crate) fn room(&self) -> Room<'_> {
+        Room { strained: &self.inner.strained, ahead: None, backoff: Duration::from_millis(5) }
     }
 
     pub(crate) fn compiles(&self) -> Arc<Semaphore> {
@@ -346,11 +400,12 @@ impl PluginHost {
             return Err(CallError::MissingRole { role: role.as_str() });
         }
         let memory_cap = limits.memory_bytes.min(self.inner.config.max_memory_bytes);
+        // Waiting to be admitted is the host's delay, not the plugin's: the call's deadline
+        // starts once it is admitted, and the wait never fails it.
         let _admission = self.admit(&tags.tenant, memory_cap).await;
+        let mut room = self.room();
         let mut invocation = Some(invocation);
         let mut tags = Some(tags);
-        let waiting_since = std::time::Instant::now();
-        let mut backoff = Duration::from_millis(5);
         let (store, result) = loop {
             let mut store = self.new_store(tags.take().expect("tags per try"), memory_cap, limits)?;
             // One deadline for a plugin that computes (it yields every tick) and one that waits
@@ -358,19 +413,15 @@ impl PluginHost {
             let call = invocation.take().expect("one invocation per try");
             let result = tokio::time::timeout(limits.timeout, call_in_store(component, &mut store, call)).await;
             match result {
-                // Another kind of pool slot is full (a component with many core instances):
-                // the call has not started, so it waits its turn rather than fail.
-                Ok(Err(CallFailure::Instantiate(e, back)))
-                    if e.downcast_ref::<PoolConcurrencyLimitError>().is_some() && waiting_since.elapsed() < POOL_RETRY_FOR =>
-                {
+                Ok(Err(CallFailure::Instantiate(e, back))) if Room::is_full(&e) => {
                     invocation = Some(back);
                     tags = Some(store.into_data().tags);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_millis(200));
+                    room.wait().await;
                 }
                 result => break (store, result),
             }
         };
+        drop(room);
         let state = store.data();
         state.flush_output();
         match result {

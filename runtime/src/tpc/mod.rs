@@ -362,10 +362,7 @@ impl TpcEngine {
             let invoker = self.inner.invoker.clone();
             async move {
                 match target.await {
-                    Ok(target) => match tokio::time::timeout(timeout, invoker.prepare(&target, ctx, timeout)).await {
-                        Ok(vote) => vote,
-                        Err(_) => Vote::Abort(format!("no vote within {timeout:?}")),
-                    },
+                    Ok(target) => invoker.prepare(&target, ctx, timeout).await,
                     Err(reason) => Vote::Abort(reason),
                 }
             }
