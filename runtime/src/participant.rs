@@ -2,6 +2,10 @@
 //! (the HTTP-participant protocol of API.md). Everything that is not a clear answer is mapped
 //! here, once: a trap, timeout or transport error becomes `Retry` for an outcome and `Abort`
 //! for a vote, so the engines only ever see the contract's answers.
+//!
+//! It owns the per-tenant grants (limits, allowlists, answer caps) every call runs under and
+//! opens each call's span; it never decides what an answer means for a transaction (the
+//! engines' `state.rs` do) and never writes to the store.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,5 +1,8 @@
 //! The `wasmtx` command line: argument parsing and the glue from commands to the library.
 //! Commands print human-readable progress to stderr and results to stdout.
+//!
+//! The glue only: it composes the library's parts (store, host, engines, API) and reports; it
+//! never reaches into a store backend's driver or an engine's state.
 
 mod api_bench;
 mod bench;

@@ -5,6 +5,9 @@
 //! The manager owns only the choice and the mapping; the engines own execution and its
 //! guarantees. Its record names the delegate (saga or 2PC transaction) before that delegate is
 //! executed, so recovery always knows what to finish.
+//!
+//! It drives its delegates only through their engines' public methods and reads them as typed
+//! records; it never renders API documents and never touches a store driver, wasmtime or HTTP.
 
 pub mod select;
 

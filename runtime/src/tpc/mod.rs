@@ -5,6 +5,10 @@
 //! it and never changes. Commit (or abort) is then sent in rounds to every participant that has
 //! not acknowledged, each round's answers committed before the next round. Recovery: a
 //! transaction with no decision is aborted; one with a decision finishes it.
+//!
+//! `state.rs` decides (the votes' decision, the acknowledgements' outcome); this module
+//! persists, then calls. It must never touch sqlx, wasmtime or reqwest directly, nor the saga
+//! engine: what both protocols share is in `txn`.
 
 pub mod state;
 
