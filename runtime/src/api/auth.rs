@@ -26,7 +26,6 @@ impl FromRequestParts<AppState> for Tenant {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let store = &state.inner.store;
         if !state.has_tenants().await? {
             if !state.inner.single_tenant {
                 return Err(ApiError::new(
@@ -37,13 +36,9 @@ impl FromRequestParts<AppState> for Tenant {
             }
             return Ok(Tenant(crate::api_tenant().to_string(), "anonymous".into()));
         }
-        let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m.to_string());
-        let token = bearer(&parts.headers).ok_or_else(|| unauthorized("an API key is required: Authorization: Bearer <key>"))?;
-        let (key_id, secret) = split_key(token).ok_or_else(|| unauthorized("malformed API key"))?;
-        let key = store.live_key(key_id).await?.ok_or_else(|| unauthorized("unknown or revoked API key"))?;
-        if !constant_time_eq(hash_secret(&key.salt, secret).as_bytes(), key.hash.as_bytes()) {
-            return Err(unauthorized("unknown or revoked API key"));
-        }
+        let token = bearer(&parts.headers)
+            .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "an API key is required: Authorization: Bearer <key>"))?;
+        let key = key_holder(state, token).await?;
         let limits = state.load_tenant_limits(&key.tenant_id).await?;
         // JSON bodies are read under this cap, on the bytes read (uploads have their own).
         if let Some(max) = limits.max_body_bytes {
@@ -54,6 +49,19 @@ impl FromRequestParts<AppState> for Tenant {
         }
         Ok(Tenant(key.tenant_id, format!("key:{}", key.key_id)))
     }
+}
+
+/// The live key `token` is (`wtx_<key id>_<secret>`), its secret checked against the stored
+/// salted hash in constant time; its tenant's limits are loaded. The API's `Tenant` and the
+/// console's sign-in both ask here.
+pub(super) async fn key_holder(state: &AppState, token: &str) -> Result<KeyRow, ApiError> {
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m.to_string());
+    let (key_id, secret) = split_key(token).ok_or_else(|| unauthorized("malformed API key"))?;
+    let key = state.inner.store.live_key(key_id).await?.ok_or_else(|| unauthorized("unknown or revoked API key"))?;
+    if !constant_time_eq(hash_secret(&key.salt, secret).as_bytes(), key.hash.as_bytes()) {
+        return Err(unauthorized("unknown or revoked API key"));
+    }
+    Ok(key)
 }
 
 /// The credentials of `Authorization: Bearer <token>` (the scheme in any case, RFC 7235).
@@ -72,7 +80,7 @@ fn hash_secret(salt: &str, secret: &str) -> String {
     hex::encode(Sha256::new().chain_update(salt.as_bytes()).chain_update(secret.as_bytes()).finalize())
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -190,12 +198,17 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
     let Some(expected) = &state.inner.admin_token else {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "admin_disabled", "the admin API is off: start the server with WASMTX_ADMIN_TOKEN set"));
     };
-    // Compared as digests, so neither the token's content nor its length shows in the timing.
-    let digest = |t: &str| Sha256::digest(t.as_bytes());
     match bearer(headers) {
-        Some(given) if constant_time_eq(&digest(given), &digest(expected)) => Ok(()),
+        Some(given) if is_admin_token(expected, given) => Ok(()),
         _ => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the admin token is missing or wrong")),
     }
+}
+
+/// Whether `given` is the admin token: compared as digests, so neither the token's content
+/// nor its length shows in the timing.
+pub(super) fn is_admin_token(expected: &str, given: &str) -> bool {
+    let digest = |t: &str| Sha256::digest(t.as_bytes());
+    constant_time_eq(&digest(given), &digest(expected))
 }
 
 #[utoipa::path(post, path = "/v1/admin/tenants", tag = "operations", request_body = CreateTenant, responses((status = 201, description = "Created, with its first key (shown once)", body = super::openapi::TenantCreated), (status = 400, description = "Malformed request (bad JSON, bad query)", body = super::openapi::ErrorBody), (status = 401, description = "Missing or wrong admin token", body = super::openapi::ErrorBody), (status = 413, description = "Body too large", body = super::openapi::ErrorBody), (status = 422, description = "Invalid content", body = super::openapi::ErrorBody), (status = 500, description = "The server's own fault", body = super::openapi::ErrorBody), (status = 503, description = "The store does not answer", body = super::openapi::ErrorBody)))]

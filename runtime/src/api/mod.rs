@@ -3,6 +3,7 @@
 //! the caller's mistakes and 5xx only for the server's own faults. Handlers never touch SQL.
 
 mod auth;
+mod console;
 mod error;
 mod input;
 mod operate;
@@ -293,13 +294,15 @@ impl Drop for InFlight {
 
 pub fn router(state: AppState) -> Router {
     // Every route comes with its OpenAPI description (`openapi::routes`).
+    // The console (`/ui`, HTML, outside the JSON contract) brings its own error pages and layers.
     let (routes, _) = openapi::routes().split_for_parts();
     routes
         .fallback(not_found)
-        .with_state(state)
+        .with_state(state.clone())
         .layer(axum::middleware::from_fn(count_request))
         .layer(axum::middleware::from_fn(input::json_errors))
         .layer(axum::middleware::from_fn(input::bounded_request))
+        .merge(console::router(state))
 }
 
 
