@@ -382,3 +382,72 @@ async fn the_admin_creates_a_tenant_and_rotates_its_key_and_single_tenant_mode_n
     browser.quit().await;
     server.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn votes_a_managed_selection_and_the_searchs_filters_and_pages_read_in_the_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let participant = HttpParticipant::start(Script::default()).await;
+    let (server, acme, _) = two_tenants(dir.path(), &participant).await;
+    let Some(browser) = Browser::open(&server).await else { return };
+    let api = Caller::new(&server, Some(acme.clone()));
+    assert_eq!(api.push("scripted", plugins::SCRIPTED).await.0, StatusCode::CREATED);
+    let refuse = json!({"script": {"prepare": {"do": "vote_abort", "reason": "insufficient funds"}}});
+    let (_, tpc) = api.post("/v1/2pc", json!({"transaction_name": "transfer", "participants": [
+        {"participant_id": "debit", "plugin": "scripted"}, {"participant_id": "credit", "plugin": "scripted", "parameters": refuse}]})).await;
+    let tpc = tpc["transaction_id"].as_str().unwrap().to_string();
+    let (_, aborted) = api.post(&format!("/v1/2pc/{tpc}/execute"), json!({})).await;
+    assert_eq!(aborted["state"], "aborted", "{aborted}");
+    let (_, managed) = api.post("/v1/transactions", json!({"transaction_name": "managed-order"})).await;
+    let managed = managed["transaction_id"].as_str().unwrap().to_string();
+    api.post(&format!("/v1/transactions/{managed}/participants"), json!({"participant_id": "reserve", "plugin": "scripted"})).await;
+    let (_, done) = api.post(&format!("/v1/transactions/{managed}/execute"), json!({})).await;
+    let delegate = done["coordinator_status"]["id"].as_str().expect("a delegate").to_string();
+
+    browser.sign_in(&acme).await;
+    // 2PC: each participant's vote, and the decision.
+    browser.goto(&format!("/ui/transactions/2pc/{tpc}")).await;
+    assert!(browser.text("#decision").await.contains("abort"));
+    let votes = browser.text("#participants").await;
+    assert!(votes.contains("debit") && votes.contains("prepared") && votes.contains("abort: insufficient funds") && votes.contains("scripted@1"), "{votes}");
+    browser.screenshot("two-phase").await;
+
+    // Managed: the pattern selected, why, and the delegate one click away.
+    browser.goto(&format!("/ui/transactions/transaction/{managed}")).await;
+    let pattern = browser.text("#pattern").await;
+    assert!(pattern == "saga" || pattern == "2pc", "{pattern}");
+    assert!(browser.text("#selection-heading + dl").await.contains("Policy"));
+    browser.screenshot("managed").await;
+    browser.click("#delegate").await;
+    assert_eq!(browser.text("h1").await, delegate);
+
+    // The search: a filter from the form, then pages of two through everything.
+    browser.goto("/ui/transactions").await;
+    browser.click("#f-kind option[value='2pc']").await;
+    browser.click(".filters button[type=submit]").await;
+    browser.until("//table[@id='results']").await;
+    let found = browser.text("#results tbody").await;
+    assert!(found.contains(&tpc) && !found.contains(&managed), "{found}");
+    browser.goto("/ui/transactions?limit=2").await;
+    let mut seen = Vec::new();
+    loop {
+        let rows = browser.client.find_all(Locator::Css("#results tbody tr td:first-child a")).await.unwrap();
+        assert!(!rows.is_empty() && rows.len() <= 2);
+        for row in rows {
+            seen.push(row.text().await.unwrap());
+        }
+        match browser.client.find(Locator::Css("#next-page")).await {
+            Ok(next) => next.click().await.unwrap(),
+            Err(_) => break,
+        }
+        browser.text("#results").await;
+    }
+    let mut unique = seen.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), seen.len(), "nothing seen twice: {seen:?}");
+    for id in [&tpc, &managed, &delegate] {
+        assert!(seen.contains(id), "{id} in {seen:?}");
+    }
+    browser.quit().await;
+    server.kill().await;
+}
