@@ -264,6 +264,13 @@ async fn a_version_uploaded_in_the_console_serves_new_transactions_while_a_pinne
     assert_eq!(browser.text("#versions-worker tr[data-version='2'] td.pins").await, "none");
     assert!(browser.text("#versions-worker tr[data-version='1'] td.pins").await.contains(&pinned), "still pinned to version 1");
     browser.screenshot("plugins").await;
+    // Garbage is refused with the reason, and nothing changes.
+    browser.fill("#plugin-name", "worker").await;
+    browser.client.find(Locator::Css("#plugin-file")).await.unwrap().send_keys(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).await.unwrap();
+    browser.click("#upload").await;
+    assert_eq!(browser.text("h1").await, "That did not work");
+    browser.goto("/ui/plugins").await;
+    assert!(browser.client.find(Locator::Css("#versions-worker tr[data-version='3']")).await.is_err(), "no version 3");
 
     // A new saga takes version 2; the pinned one still shows version 1.
     let (_, fresh) = api.post("/v1/sagas", json!({"saga_name": "fresh", "execute": true, "wait": true, "context": {"to": "ops@example.com"}, "steps": [{"name": "work", "plugin": "worker"}]})).await;
@@ -356,6 +363,12 @@ async fn the_admin_creates_a_tenant_and_rotates_its_key_and_single_tenant_mode_n
     browser.text("#attention-empty").await;
 
     browser.sign_in(ADMIN).await;
+    // A caller's mistake is a 4xx page that says what is wrong.
+    browser.goto("/ui/settings").await;
+    browser.fill("#policy", "no-such-policy").await;
+    browser.click("form[action='/ui/settings/default-policy'] button").await;
+    assert_ne!(browser.text("h1").await, "The server failed");
+    assert!(browser.text("p.error").await.contains("no-such-policy"), "the message names the policy");
     browser.goto("/ui/settings").await;
     browser.fill("#tenant-id", "initech").await;
     browser.fill("#tenant-limits", r#"{"max_concurrent": 5}"#).await;
