@@ -342,3 +342,19 @@ async fn a_redis_that_answers_garbage_is_refused_with_an_error() {
         check.await.unwrap();
     }
 }
+
+on_every_store!(a_tenants_live_keys_are_listed_newest_first_without_revoked_or_others, |url: String| async move {
+    use wasmtx::store::{KeyRow, TenantRow};
+    let store = Store::open(&url).await.unwrap();
+    let key = |id: &str, tenant: &str, at: i64| KeyRow { key_id: id.into(), tenant_id: tenant.into(), salt: "s".into(), hash: "h".into(), created_at_ms: at };
+    for tenant in ["acme", "globex"] {
+        let row = TenantRow { tenant_id: tenant.into(), limits: json!({}), allowed_hosts: json!([]), created_at_ms: 1 };
+        assert!(store.create_tenant(&row, &key(&format!("{tenant}-k1"), tenant, 1)).await.unwrap());
+    }
+    store.add_key(&key("acme-k2", "acme", 2)).await.unwrap();
+    store.add_key(&key("acme-k3", "acme", 3)).await.unwrap();
+    assert!(store.revoke_key("acme", "acme-k2", 4).await.unwrap());
+    let ids: Vec<String> = store.live_keys("acme").await.unwrap().into_iter().map(|k| k.key_id).collect();
+    assert_eq!(ids, ["acme-k3", "acme-k1"], "live ones, newest first, none of another tenant's");
+    assert!(store.live_keys("nobody").await.unwrap().is_empty());
+});

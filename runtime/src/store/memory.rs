@@ -269,6 +269,12 @@ impl TenantStore for MemoryStore {
         }
     }
 
+    async fn live_keys(&self, tenant: &str) -> Result<Vec<KeyRow>> {
+        let mut live: Vec<KeyRow> = self.inner.lock().unwrap().keys.values().filter(|(k, revoked)| !revoked && k.tenant_id == tenant).map(|(k, _)| k.clone()).collect();
+        live.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then(a.key_id.cmp(&b.key_id)));
+        Ok(live)
+    }
+
     async fn live_key(&self, key_id: &str) -> Result<Option<KeyRow>> {
         Ok(self.inner.lock().unwrap().keys.get(key_id).filter(|(_, revoked)| !revoked).map(|(k, _)| k.clone()))
     }

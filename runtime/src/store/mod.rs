@@ -258,6 +258,9 @@ pub trait TenantStore: Send + Sync {
     /// The live key with this id.
     async fn live_key(&self, key_id: &str) -> Result<Option<KeyRow>>;
 
+    /// `tenant`'s live keys, newest first.
+    async fn live_keys(&self, tenant: &str) -> Result<Vec<KeyRow>>;
+
     async fn tenant(&self, tenant: &str) -> Result<Option<TenantRow>>;
 
     async fn tenant_ids(&self) -> Result<Vec<String>>;

@@ -21,8 +21,7 @@ use crate::api::{ApiError, AppState};
 
 /// Tenants the admin's list shows at most.
 const TENANTS_SHOWN: usize = 200;
-/// Audit entries read to find a tenant's keys, and keys shown.
-const AUDIT_READ: i64 = 1_000;
+/// A tenant's keys shown at most.
 const KEYS_SHOWN: usize = 50;
 
 /// The body of a handler's JSON answer.
@@ -163,24 +162,10 @@ fn admin_headers(app: &AppState, viewer: &Viewer) -> Result<HeaderMap, Problem> 
     Ok(headers)
 }
 
-/// The tenant's keys that appear in its audit trail (created with it, or added since), live
-/// ones first: (key id, created, live).
+/// The tenant's live keys, newest first, at most `KEYS_SHOWN`: (key id, created, live).
 async fn keys(app: &AppState, tenant: &str) -> Result<Vec<(String, i64, bool)>, Problem> {
-    let mut keys: Vec<(String, i64, bool)> = Vec::new();
-    for (at, _, action, detail) in app.inner.store.audit_log(tenant, AUDIT_READ).await? {
-        if matches!(action.as_str(), "tenant_created" | "key_added")
-            && let Some(id) = detail["key_id"].as_str()
-            && !keys.iter().any(|(k, _, _)| k == id)
-            && keys.len() < KEYS_SHOWN
-        {
-            keys.push((id.to_string(), at, false));
-        }
-    }
-    for key in &mut keys {
-        key.2 = app.inner.store.live_key(&key.0).await?.is_some_and(|k| k.tenant_id == tenant);
-    }
-    keys.sort_by_key(|k| (!k.2, -k.1));
-    Ok(keys)
+    let live = app.inner.store.live_keys(tenant).await?;
+    Ok(live.into_iter().take(KEYS_SHOWN).map(|k| (k.key_id, k.created_at_ms, true)).collect())
 }
 
 pub async fn tenant(State(console): State<Console>, viewer: Viewer, path: Result<Path<String>, PathRejection>) -> Result<Markup, Problem> {
@@ -210,7 +195,7 @@ fn tenant_page(viewer: &Viewer, row: &crate::store::TenantRow, keys: &[(String, 
         h2 { "Allowed hosts" }
         (page::json(&row.allowed_hosts, 4_000))
         h2 { "Keys" }
-        @if keys.is_empty() { p.quiet { "No key in the audit trail." } }
+        @if keys.is_empty() { p.quiet { "No live key." } }
         div.scroll {
             table.list #keys {
                 caption.visually-hidden { "Keys of " (id) }

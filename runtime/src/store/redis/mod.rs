@@ -812,6 +812,22 @@ impl TenantStore for RedisStore {
         Ok(done == 1)
     }
 
+    async fn live_keys(&self, tenant: &str) -> Result<Vec<KeyRow>> {
+        let (_, keys, revoked) = self.keys.tenants();
+        let all: HashMap<String, String> = self.conn().hgetall(keys).await?;
+        let gone: std::collections::HashSet<String> = self.conn().smembers(revoked).await?;
+        let mut live: Vec<KeyRow> = all
+            .iter()
+            .filter(|(id, _)| !gone.contains(*id))
+            .map(|(id, k)| decode::<KeyRow>(id, k))
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .filter(|k| k.tenant_id == tenant)
+            .collect();
+        live.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms).then(a.key_id.cmp(&b.key_id)));
+        Ok(live)
+    }
+
     async fn live_key(&self, key_id: &str) -> Result<Option<KeyRow>> {
         let (_, keys, revoked) = self.keys.tenants();
         let key: Option<String> = SCRIPTS.live_key.key(keys).key(revoked).arg(key_id).invoke_async(&mut self.conn()).await?;

@@ -533,6 +533,16 @@ impl TenantStore for SqlStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn live_keys(&self, tenant: &str) -> Result<Vec<KeyRow>> {
+        let rows = sqlx::query("SELECT key_id, tenant_id, salt, hash, created_at FROM api_keys WHERE tenant_id = $1 AND revoked_at IS NULL ORDER BY created_at DESC, key_id")
+            .bind(tenant)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok(KeyRow { key_id: r.try_get(0)?, tenant_id: r.try_get(1)?, salt: r.try_get(2)?, hash: r.try_get(3)?, created_at_ms: r.try_get(4)? }))
+            .collect()
+    }
+
     async fn live_key(&self, key_id: &str) -> Result<Option<KeyRow>> {
         let row = sqlx::query("SELECT key_id, tenant_id, salt, hash, created_at FROM api_keys WHERE key_id = $1 AND revoked_at IS NULL")
             .bind(key_id)
