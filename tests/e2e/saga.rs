@@ -772,3 +772,28 @@ on_every_store!(a_dag_whose_compensations_fail_ends_failed_naming_every_step_not
     assert_eq!(failed.detail["steps"], json!(["b", "c"]));
     assert_eq!(failed.detail["not_undone"], json!(["a"]));
 });
+
+on_every_store!(a_failed_saga_resumed_to_its_end_says_again_why_it_was_undone, |url: String| async move {
+    let n = with_plugins(&url).await;
+    let mut script = Script::default();
+    script.0.insert("bill".into(), vec![Answer::Status(409, json!({"e": "card expired"}))]);
+    // The refund fails once (no retries left), then works after the operator's resume.
+    script.0.insert("unreserve".into(), vec![Answer::Status(500, json!({"e": "ledger closed"})), Answer::Status(200, json!({}))]);
+    let http = HttpParticipant::start(script).await;
+    let id = saga(
+        &n,
+        json!({}),
+        vec![
+            json!({"name": "reserve", "endpoint": http.url, "action": "reserve", "compensation": "unreserve", "retry_count": 0}),
+            json!({"name": "bill", "endpoint": http.url, "action": "bill", "retry_count": 0}),
+        ],
+    )
+    .await;
+    let failed = n.sagas.execute(TENANT, &id, true).await.unwrap();
+    assert_eq!(failed.state, SagaState::Failed);
+    assert!(failed.doc.error.as_deref().unwrap().contains("compensation of step reserve failed"), "{:?}", failed.doc.error);
+    let done = n.sagas.resume(TENANT, &id).await.unwrap();
+    assert_eq!(done.state, SagaState::Compensated);
+    let error = done.doc.error.as_deref().unwrap();
+    assert!(error.contains("bill") && error.contains("card expired") && !error.contains("compensation of"), "the reason it was undone, not the failure resume fixed: {error}");
+});

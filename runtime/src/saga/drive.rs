@@ -377,7 +377,7 @@ impl SagaEngine {
             error.push_str(&format!("; not undone behind it: {}", blocked.join(", ")));
         }
         saga.state.become_(SagaState::Failed)?;
-        saga.doc.error = Some(error);
+        saga.doc.compensating_because = saga.doc.error.replace(error);
         saga.row.owner = None;
         saga.row.lease_until_ms = 0;
         let detail = json!({ "step": names[0], "steps": names, "not_undone": blocked });

@@ -166,6 +166,7 @@ impl SagaEngine {
             context,
             steps: vec![],
             error: None,
+            compensating_because: None,
             timeout_ms: req.timeout_ms,
             retry_policy,
             started_at_ms: None,
@@ -335,6 +336,8 @@ impl SagaEngine {
                     step.compensation_attempts = 0;
                 }
                 saga.state.become_(SagaState::Compensating)?;
+                // Compensating again, for the reason it first did.
+                saga.doc.error = saga.doc.compensating_because.take();
                 saga.row.owner = Some(self.node_id().into());
                 self.persist(&mut saga, vec![NewEvent::new("saga_resumed", None, json!({ "owner": self.node_id() }))])
                     .await

@@ -231,6 +231,10 @@ pub struct SagaDoc {
     pub steps: Vec<StepRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// While `failed`: why it was compensating (what `error` said before a compensation
+    /// failed), so a resume that undoes everything ends with that reason again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compensating_because: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
     #[serde(default)]
@@ -538,6 +542,7 @@ mod tests {
                 .map(|(i, s)| StepRecord { state: *s, ..StepRecord::new(spec(&format!("s{i}"))) })
                 .collect(),
             error: None,
+            compensating_because: None,
             timeout_ms: None,
             retry_policy: RetryPolicy::default(),
             started_at_ms: None,
