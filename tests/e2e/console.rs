@@ -84,10 +84,19 @@ impl Browser {
         self.client.goto(&format!("{}{path}", self.base)).await.unwrap();
     }
 
-    /// Waits for `css` to match, and answers its text.
+    /// Waits for `css` to match, and answers its text. An element found on a page that was
+    /// then replaced (the answer to a form just sent, an auto-refresh) is stale: it is found
+    /// again on the page that replaced it.
     async fn text(&self, css: &str) -> String {
-        let element = self.client.wait().at_most(PATIENCE).for_element(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css} never appeared: {e}"));
-        element.text().await.unwrap()
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let element = self.client.wait().at_most(PATIENCE).for_element(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css} never appeared: {e}"));
+            match element.text().await {
+                Ok(text) => return text,
+                Err(e) if is_stale(&e) && std::time::Instant::now() < deadline => continue,
+                Err(e) => panic!("reading {css}: {e}"),
+            }
+        }
     }
 
     /// Waits until an element matching XPath `xpath` exists (pages that refresh themselves
@@ -102,14 +111,36 @@ impl Browser {
         field.send_keys(text).await.unwrap();
     }
 
+    /// Clicks what `css` matches; an element gone stale before the click was not clicked, so
+    /// it is found again and clicked on the page that replaced it.
     async fn click(&self, css: &str) {
-        self.client.wait().at_most(PATIENCE).for_element(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css} never appeared: {e}")).click().await.unwrap();
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            let element = self.client.wait().at_most(PATIENCE).for_element(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css} never appeared: {e}"));
+            match element.click().await {
+                Ok(_) => return,
+                Err(e) if is_stale(&e) && std::time::Instant::now() < deadline => continue,
+                Err(e) => panic!("clicking {css}: {e}"),
+            }
+        }
+    }
+
+    /// Clicks what `css` matches (a form's button, a link) and waits until the page it was
+    /// on has been replaced by the answer, so what is read next is the new page's.
+    async fn follow(&self, css: &str) {
+        let old = self.client.find(Locator::Css("html")).await.unwrap();
+        self.click(css).await;
+        let deadline = std::time::Instant::now() + PATIENCE;
+        while old.tag_name().await.is_ok() {
+            assert!(std::time::Instant::now() < deadline, "the page after clicking {css} never came");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn sign_in(&self, key: &str) {
         self.goto("/ui/sign-in").await;
         self.fill("#key", key).await;
-        self.click("form[action='/ui/sign-in'] button[type=submit]").await;
+        self.follow("form[action='/ui/sign-in'] button[type=submit]").await;
     }
 
     /// The session cookie, as a `Cookie` header for requests outside the browser.
@@ -131,6 +162,11 @@ impl Browser {
     async fn quit(self) {
         let _ = self.client.clone().close().await;
     }
+}
+
+/// Whether a WebDriver command failed because its element belongs to a page that is gone.
+fn is_stale(e: &fantoccini::error::CmdError) -> bool {
+    matches!(e, fantoccini::error::CmdError::Standard(w) if w.error == fantoccini::error::ErrorStatus::StaleElementReference)
 }
 
 impl Drop for Browser {
@@ -366,13 +402,13 @@ async fn the_admin_creates_a_tenant_and_rotates_its_key_and_single_tenant_mode_n
     // A caller's mistake is a 4xx page that says what is wrong.
     browser.goto("/ui/settings").await;
     browser.fill("#policy", "no-such-policy").await;
-    browser.click("form[action='/ui/settings/default-policy'] button").await;
+    browser.follow("form[action='/ui/settings/default-policy'] button").await;
     assert_ne!(browser.text("h1").await, "The server failed");
     assert!(browser.text("p.error").await.contains("no-such-policy"), "the message names the policy");
     browser.goto("/ui/settings").await;
     browser.fill("#tenant-id", "initech").await;
     browser.fill("#tenant-limits", r#"{"max_concurrent": 5}"#).await;
-    browser.click("#create-tenant").await;
+    browser.follow("#create-tenant").await;
     let first = browser.text("#new-key").await;
     assert!(first.starts_with("wtx_"), "{first}");
     assert_eq!(Caller::new(&server, Some(first.clone())).get("/v1/sagas").await.0, StatusCode::OK, "the key shown works");
@@ -436,7 +472,7 @@ async fn votes_a_managed_selection_and_the_searchs_filters_and_pages_read_in_the
     // The search: a filter from the form, then pages of two through everything.
     browser.goto("/ui/transactions").await;
     browser.click("#f-kind option[value='2pc']").await;
-    browser.click(".filters button[type=submit]").await;
+    browser.follow(".filters button[type=submit]").await;
     browser.until("//table[@id='results']").await;
     let found = browser.text("#results tbody").await;
     assert!(found.contains(&tpc) && !found.contains(&managed), "{found}");
@@ -449,7 +485,7 @@ async fn votes_a_managed_selection_and_the_searchs_filters_and_pages_read_in_the
             seen.push(row.text().await.unwrap());
         }
         match browser.client.find(Locator::Css("#next-page")).await {
-            Ok(next) => next.click().await.unwrap(),
+            Ok(_) => browser.follow("#next-page").await,
             Err(_) => break,
         }
         browser.text("#results").await;
