@@ -173,7 +173,7 @@ impl Alerts {
         rec.row.doc = serde_json::to_string(&rec.doc).expect("deliveries serialise");
         (rec.row.owner, rec.row.lease_until_ms) = (Some(self.node_id.clone()), now + self.lease.as_millis() as i64);
         // Durable before anything is sent: a crash from here on is retried by a claim.
-        match self.store.insert_tx(&rec.row, &[NewEvent::new("alert_raised", None, json!({"event": event, "of": p.tx_id}))]).await {
+        match self.store.insert_tx(&rec.row, &[NewEvent::new("alert_raised", None, json!({"event": event, "of": p.tx_id}))], None).await {
             Err(StoreError::Conflict { .. }) => return Ok(()),
             inserted => inserted?,
         }
@@ -256,7 +256,7 @@ impl Alerts {
             false => (Some(self.node_id.clone()), now + backoff.min(600_000)),
         };
         let kind = if rec.row.ended { format!("alert_{}", next.as_str()) } else { "alert_retry".into() };
-        if let Err(e) = self.store.save_tx(&rec.row, &[NewEvent::new(&kind, None, event)]).await {
+        if let Err(e) = self.store.save_tx(&rec.row, &[NewEvent::new(&kind, None, event)], None).await {
             tracing::warn!(delivery = %rec.row.id, "recording an alert delivery failed: {e}");
         }
     }

@@ -6,7 +6,7 @@
 mod common;
 
 use serde_json::json;
-use wasmtx::store::{NewEvent, Store, StoreError, TxRow, now_ms};
+use wasmtx::store::{Audit, NewEvent, Store, StoreError, TxRow, now_ms};
 
 fn row(id: &str, rev: i64, state: &str) -> TxRow {
     TxRow {
@@ -34,7 +34,7 @@ on_every_durable_store!(concurrent_writes_share_commits_and_keep_their_own_outco
     let ids: Vec<String> = (0..40).map(|i| format!("tx-{i}")).collect();
     let inserted = futures::future::join_all(ids.iter().map(|id| {
         let store = store.clone();
-        async move { store.insert_tx(&row(id, 0, "pending"), &events(2)).await }
+        async move { store.insert_tx(&row(id, 0, "pending"), &events(2), None).await }
     }))
     .await;
     assert!(inserted.iter().all(Result::is_ok), "{inserted:?}");
@@ -43,10 +43,10 @@ on_every_durable_store!(concurrent_writes_share_commits_and_keep_their_own_outco
     let saved = futures::future::join_all(ids.iter().enumerate().map(|(i, id)| {
         let store = store.clone();
         let rev = if i == 7 { 5 } else { 0 };
-        async move { store.save_tx(&row(id, rev, "running"), &events(i % 3)).await }
+        async move { store.save_tx(&row(id, rev, "running"), &events(i % 3), None).await }
     }))
     .await;
-    let duplicate = store.insert_tx(&row("tx-3", 0, "pending"), &events(1)).await;
+    let duplicate = store.insert_tx(&row("tx-3", 0, "pending"), &events(1), None).await;
     assert!(matches!(duplicate, Err(StoreError::Conflict { .. })), "{duplicate:?}");
     for (i, result) in saved.iter().enumerate() {
         match i {
@@ -71,7 +71,7 @@ on_every_durable_store!(audit_entries_share_commits_with_transaction_writes, |ur
     let store = Store::open(&url).await.unwrap();
     let writes = (0..20).map(|i| {
         let store = store.clone();
-        async move { store.insert_tx(&row(&format!("a-{i}"), 0, "pending"), &events(1)).await }
+        async move { store.insert_tx(&row(&format!("a-{i}"), 0, "pending"), &events(1), None).await }
     });
     let audits = (0..20).map(|i| {
         let store = store.clone();
@@ -90,14 +90,42 @@ on_every_durable_store!(audit_entries_share_commits_with_transaction_writes, |ur
     assert!(store.audit_log("someone-else", 100).await.unwrap().is_empty());
 });
 
+on_every_store!(a_writes_audit_entry_is_written_only_when_the_write_takes_effect, |url: String| async move {
+    // Riders on one batch: six writers race for one revision, each with its own entry, beside
+    // an insert of a taken id and an insert of a new one.
+    let store = Store::open(&url).await.unwrap();
+    let asked = |i: usize| Audit { actor: format!("key:{i}"), action: "saga_execute".into(), detail: json!({ "id": "race", "i": i }) };
+    store.insert_tx(&row("race", 0, "pending"), &events(1), Some(&asked(100))).await.unwrap();
+    let writers = (0..6).map(|i| {
+        let (store, audit) = (store.clone(), asked(i));
+        async move { store.save_tx(&row("race", 0, "running"), &events(1), Some(&audit)).await }
+    });
+    let insert = |id: &'static str, i: usize| {
+        let (store, audit) = (store.clone(), asked(i));
+        async move { store.insert_tx(&row(id, 0, "pending"), &events(1), Some(&audit)).await }
+    };
+    let (results, taken, fresh) = futures::join!(futures::future::join_all(writers), insert("race", 200), insert("fresh", 300));
+    assert!(matches!(taken, Err(StoreError::Conflict { .. })), "{taken:?}");
+    fresh.unwrap();
+    let won: Vec<usize> = results.iter().enumerate().filter(|(_, r)| r.is_ok()).map(|(i, _)| i).collect();
+    assert_eq!(won.len(), 1, "{results:?}");
+    let mut recorded: Vec<(String, i64)> =
+        store.audit_log("t", 100).await.unwrap().into_iter().map(|(_, actor, _, detail)| (actor, detail["i"].as_i64().unwrap())).collect();
+    recorded.sort();
+    let mut expected = vec![("key:100".to_string(), 100), (format!("key:{}", won[0]), won[0] as i64), ("key:300".to_string(), 300)];
+    expected.sort();
+    assert_eq!(recorded, expected, "exactly the writes that took effect are audited");
+    assert!(store.audit_log("other-tenant", 100).await.unwrap().is_empty());
+});
+
 on_every_durable_store!(two_writers_of_one_revision_one_wins, |url: String| async move {
     // Submitted together they can land in one batch; set-based statements must still apply
     // exactly one of them.
     let store = Store::open(&url).await.unwrap();
-    store.insert_tx(&row("race", 0, "pending"), &events(1)).await.unwrap();
+    store.insert_tx(&row("race", 0, "pending"), &events(1), None).await.unwrap();
     let writers = (0..6).map(|i| {
         let store = store.clone();
-        async move { store.save_tx(&row("race", 0, &format!("state-{i}")), &events(1)).await }
+        async move { store.save_tx(&row("race", 0, &format!("state-{i}")), &events(1), None).await }
     });
     let results = futures::future::join_all(writers).await;
     let won: Vec<usize> = results.iter().enumerate().filter(|(_, r)| r.is_ok()).map(|(i, _)| i).collect();
@@ -125,7 +153,7 @@ on_every_sql_store!(history_written_as_event_rows_is_migrated_into_journal_entri
     // the migration's record, and open the store again: the history reads as it was written.
     let store = Store::open(&url).await.unwrap();
     // Two events, so `last_seq` is 2 as it would be for the two rows put back below.
-    store.insert_tx(&row("old", 0, "pending"), &events(2)).await.unwrap();
+    store.insert_tx(&row("old", 0, "pending"), &events(2), None).await.unwrap();
     drop(store);
     sqlx::any::install_default_drivers();
     let db = sqlx::AnyPool::connect(&url).await.unwrap();
@@ -154,7 +182,7 @@ on_every_sql_store!(history_written_as_event_rows_is_migrated_into_journal_entri
     // New writes continue the numbering after the migrated entries.
     let mut next = row("old", 0, "running");
     next.updated_at_ms = 3000;
-    store.save_tx(&next, &events(2)).await.unwrap();
+    store.save_tx(&next, &events(2), None).await.unwrap();
     let kinds: Vec<(i64, String)> = store.events("old").await.unwrap().into_iter().map(|e| (e.seq, e.kind)).collect();
     assert_eq!(kinds, [(1, "saga_created".into()), (2, "step_started".into()), (3, "e0".into()), (4, "e1".into())]);
 });
@@ -166,7 +194,7 @@ on_every_sql_store!(a_write_the_database_refuses_fails_alone_and_its_batch_neigh
     let store = Store::open(&url).await.unwrap();
     let ids: Vec<String> = (0..20).map(|i| format!("ok-{i}")).collect();
     for id in ids.iter().chain(std::iter::once(&"broken".to_string())) {
-        store.insert_tx(&row(id, 0, "pending"), &events(1)).await.unwrap();
+        store.insert_tx(&row(id, 0, "pending"), &events(1), None).await.unwrap();
     }
     sqlx::any::install_default_drivers();
     let db = sqlx::AnyPool::connect(&url).await.unwrap();
@@ -175,7 +203,7 @@ on_every_sql_store!(a_write_the_database_refuses_fails_alone_and_its_batch_neigh
 
     let writes = ids.iter().map(|id| id.as_str()).chain(std::iter::once("broken")).map(|id| {
         let store = store.clone();
-        async move { (id, store.save_tx(&row(id, 0, "running"), &events(1)).await) }
+        async move { (id, store.save_tx(&row(id, 0, "running"), &events(1), None).await) }
     });
     for (id, result) in futures::future::join_all(writes).await {
         match id {
@@ -248,11 +276,11 @@ async fn on_redis_ended_transactions_and_replies_expire_after_the_retention_and_
     let url = format!("{}&retention=1s", common::redis::standalone_url());
     let store = Store::open(&url).await.unwrap();
     let ended = TxRow { ended: true, ..row("done", 0, "completed") };
-    store.insert_tx(&ended, &events(2)).await.unwrap();
-    store.insert_tx(&row("busy", 0, "running"), &events(1)).await.unwrap();
-    store.insert_tx(&TxRow { ended: true, ..row("resumed", 0, "failed") }, &events(1)).await.unwrap();
+    store.insert_tx(&ended, &events(2), None).await.unwrap();
+    store.insert_tx(&row("busy", 0, "running"), &events(1), None).await.unwrap();
+    store.insert_tx(&TxRow { ended: true, ..row("resumed", 0, "failed") }, &events(1), None).await.unwrap();
     // An operator resumes the failed one before it expires: kept again.
-    store.save_tx(&row("resumed", 0, "running"), &events(1)).await.unwrap();
+    store.save_tx(&row("resumed", 0, "running"), &events(1), None).await.unwrap();
     let reply = wasmtx::store::IdempotentReply { request_hash: "h".into(), status: 201, body: json!({}) };
     store.remember_reply("t", "order-1", &reply, now_ms()).await.unwrap();
     assert!(store.idempotent_reply("t", "order-1").await.unwrap().is_some());
@@ -291,11 +319,11 @@ async fn on_redis_an_index_entry_without_its_row_is_never_claimed_and_is_cleaned
     let _: () = redis::cmd("SADD").arg(keys.tenants_in(bucket)).arg("t").query_async(&mut conn).await.unwrap();
     let _: () = redis::cmd("ZADD").arg(keys.in_state(bucket, "t", "saga", "running")).arg(1).arg("ghost").query_async(&mut conn).await.unwrap();
     // And one whose row moved on without the entry being removed.
-    store.insert_tx(&row("moved", 0, "running"), &events(1)).await.unwrap();
-    store.save_tx(&TxRow { ended: true, ..row("moved", 0, "completed") }, &events(1)).await.unwrap();
+    store.insert_tx(&row("moved", 0, "running"), &events(1), None).await.unwrap();
+    store.save_tx(&TxRow { ended: true, ..row("moved", 0, "completed") }, &events(1), None).await.unwrap();
     let moved_bucket = wasmtx::store::redis::Keys::bucket("moved");
     let _: () = redis::cmd("ZADD").arg(keys.in_state(moved_bucket, "t", "saga", "running")).arg(2).arg("moved").query_async(&mut conn).await.unwrap();
-    store.insert_tx(&row("real", 0, "running"), &events(1)).await.unwrap();
+    store.insert_tx(&row("real", 0, "running"), &events(1), None).await.unwrap();
     assert_eq!(store.count_active("t").await.unwrap(), 3, "a superset until someone looks");
 
     let lease = wasmtx::store::Lease { owner: "node-a".into(), until_ms: now_ms() + 60_000 };

@@ -10,6 +10,10 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use super::input::{Id, IdPair, JsonBody};
 use super::{AppState, ApiError, parse};
@@ -57,11 +61,77 @@ impl FromRequestParts<AppState> for Tenant {
 pub(super) async fn key_holder(state: &AppState, token: &str) -> Result<KeyRow, ApiError> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m.to_string());
     let (key_id, secret) = split_key(token).ok_or_else(|| unauthorized("malformed API key"))?;
-    let key = state.inner.store.live_key(key_id).await?.ok_or_else(|| unauthorized("unknown or revoked API key"))?;
+    let key = match state.inner.remembered.key(key_id) {
+        Some(key) => key,
+        None => {
+            let key = state.inner.store.live_key(key_id).await?.ok_or_else(|| unauthorized("unknown or revoked API key"))?;
+            state.inner.remembered.remember_key(&key);
+            key
+        }
+    };
     if !constant_time_eq(hash_secret(&key.salt, secret).as_bytes(), key.hash.as_bytes()) {
         return Err(unauthorized("unknown or revoked API key"));
     }
     Ok(key)
+}
+
+/// How long what the store said about tenants and keys is believed without asking again: a
+/// tenant created, or a key revoked, through another coordinator takes effect here within
+/// this (through this one, at once).
+pub const REMEMBER_FOR: Duration = Duration::from_secs(1);
+
+/// Keys remembered at most; past this the memory is emptied (and filled again as asked).
+const MAX_REMEMBERED_KEYS: usize = 10_000;
+
+/// What every request would otherwise ask the store: whether any tenant exists (once yes, for
+/// good: tenants are never deleted) and the live keys seen lately. Only answers the store
+/// gave are kept — an unknown key is asked again every time — and each key is still checked
+/// against its salted hash on every request.
+#[derive(Default)]
+pub(super) struct Remembered {
+    tenants_exist: AtomicBool,
+    no_tenants_at: Mutex<Option<Instant>>,
+    keys: Mutex<HashMap<String, (KeyRow, Instant)>>,
+}
+
+impl Remembered {
+    /// `Some(answer)` if the store answered lately (or tenants are known to exist).
+    pub(super) fn has_tenants(&self) -> Option<bool> {
+        if self.tenants_exist.load(Ordering::Relaxed) {
+            return Some(true);
+        }
+        let asked = *self.no_tenants_at.lock().unwrap();
+        asked.filter(|at| at.elapsed() < REMEMBER_FOR).map(|_| false)
+    }
+
+    /// The store's answer to "do tenants exist?".
+    pub(super) fn remember_tenants(&self, exist: bool) {
+        match exist {
+            true => self.tenants_exist(),
+            false => *self.no_tenants_at.lock().unwrap() = Some(Instant::now()),
+        }
+    }
+
+    pub(super) fn tenants_exist(&self) {
+        self.tenants_exist.store(true, Ordering::Relaxed);
+    }
+
+    fn key(&self, key_id: &str) -> Option<KeyRow> {
+        let keys = self.keys.lock().unwrap();
+        keys.get(key_id).filter(|(_, at)| at.elapsed() < REMEMBER_FOR).map(|(key, _)| key.clone())
+    }
+
+    fn remember_key(&self, key: &KeyRow) {
+        let mut keys = self.keys.lock().unwrap();
+        if keys.len() >= MAX_REMEMBERED_KEYS {
+            keys.clear();
+        }
+        keys.insert(key.key_id.clone(), (key.clone(), Instant::now()));
+    }
+
+    fn forget_key(&self, key_id: &str) {
+        self.keys.lock().unwrap().remove(key_id);
+    }
 }
 
 /// The credentials of `Authorization: Bearer <token>` (the scheme in any case, RFC 7235).
@@ -246,6 +316,7 @@ pub(super) async fn create_tenant(
         return Err(ApiError::new(StatusCode::CONFLICT, "tenant_exists", format!("tenant {} already exists", req.tenant_id)));
     }
     tracing::info!(tenant = %req.tenant_id, "tenant created");
+    s.inner.remembered.tenants_exist();
     s.audit(&req.tenant_id, "admin", "tenant_created", json!({"limits": row.limits, "key_id": key.key_id})).await;
     let body = json!({"tenant_id": req.tenant_id, "api_key": api_key, "key_id": key.key_id});
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -270,7 +341,9 @@ pub(super) async fn revoke_key(
     IdPair(tenant, key_id): IdPair,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&s, &headers)?;
-    if !s.inner.store.revoke_key(&tenant, &key_id, now_ms()).await? {
+    let revoked = s.inner.store.revoke_key(&tenant, &key_id, now_ms()).await;
+    s.inner.remembered.forget_key(&key_id);
+    if !revoked? {
         return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("tenant {tenant:?} has no live key {key_id:?}")));
     }
     s.audit(&tenant, "admin", "key_revoked", json!({"key_id": key_id})).await;

@@ -30,7 +30,7 @@ use crate::participant::Invoker;
 use crate::plugin::Catalog;
 use auth::Tenant;
 use crate::saga::{CreateSaga, SagaEngine, SagaError, SagaState, StepSpec};
-use crate::txn::rfc3339;
+use crate::txn::{Asked, rfc3339};
 use crate::tpc::{CreateTpc, ParticipantSpec, TpcEngine, TpcError};
 use crate::manager::{CreateManaged, ManagedParticipant, Manager, ManagerError, Status};
 use crate::model::Progress;
@@ -46,9 +46,8 @@ pub struct AppState {
 struct Shared {
     admin_token: Option<String>,
     single_tenant: bool,
-    /// Set once a tenant is seen to exist; tenants are never deleted, so from then on no
-    /// request asks the store again.
-    tenants_exist: std::sync::atomic::AtomicBool,
+    /// What the store said lately about tenants and keys.
+    remembered: auth::Remembered,
     invoker: Invoker,
     /// Limits of the tenants seen so far (they do not change after creation).
     limits: std::sync::RwLock<std::collections::HashMap<String, auth::TenantLimits>>,
@@ -85,7 +84,7 @@ impl AppState {
             inner: Arc::new(Shared {
                 admin_token: s.admin_token.filter(|t| !t.is_empty()),
                 single_tenant: s.single_tenant,
-                tenants_exist: std::sync::atomic::AtomicBool::new(false),
+                remembered: Default::default(),
                 invoker: s.invoker,
                 limits: Default::default(),
                 admissions: Default::default(),
@@ -122,17 +121,14 @@ impl AppState {
         Ok(limits)
     }
 
-    /// Whether any tenant exists (then every request needs a key): asked of the store until
-    /// the answer is yes, remembered after.
+    /// Whether any tenant exists (then every request needs a key): once yes, for good; a no
+    /// is asked of the store again after `auth::REMEMBER_FOR`.
     async fn has_tenants(&self) -> Result<bool, ApiError> {
-        use std::sync::atomic::Ordering;
-        if self.inner.tenants_exist.load(Ordering::Relaxed) {
-            return Ok(true);
+        if let Some(exist) = self.inner.remembered.has_tenants() {
+            return Ok(exist);
         }
         let exist = self.inner.store.has_tenants().await?;
-        if exist {
-            self.inner.tenants_exist.store(true, Ordering::Relaxed);
-        }
+        self.inner.remembered.remember_tenants(exist);
         Ok(exist)
     }
 
@@ -471,7 +467,7 @@ async fn create_saga(
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     let trace = traceparent(&headers, "saga");
-    idempotent_create(&s, "sagas", &tenant, &actor, &headers, body, move |s, tenant, bytes, id| async move {
+    idempotent_create(&s, "sagas", &tenant, &actor, &headers, body, move |s, tenant, asked, bytes, id| async move {
         let mut req: CreateSaga = parse_bytes(&bytes)?;
         req.traceparent = trace;
         // A create that also starts the saga is an execution, counted like one; with `wait`
@@ -486,7 +482,7 @@ async fn create_saga(
         let create = {
             let (s, tenant) = (s.clone(), tenant.clone());
             async move {
-                Ok(match s.inner.sagas.create_with_id(&tenant, req, id).await {
+                Ok(match s.inner.sagas.create_with_id(&tenant, req, id, Some(&asked)).await {
                     Err(SagaError::Store(StoreError::Conflict { id, .. })) => s.inner.sagas.get(&tenant, &id).await?,
                     created => created?,
                 })
@@ -551,14 +547,14 @@ async fn idempotent_create<F, Fut>(
     create: F,
 ) -> Result<Response, ApiError>
 where
-    F: FnOnce(AppState, String, axum::body::Bytes, Option<uuid::Uuid>) -> Fut,
+    F: FnOnce(AppState, String, Asked, axum::body::Bytes, Option<uuid::Uuid>) -> Fut,
     Fut: std::future::Future<Output = Result<Value, ApiError>>,
 {
     let bytes = body.0;
     // Keys are scoped per endpoint: the same key on `POST /v1/sagas` and `POST /v1/2pc`
     // names two requests.
     let key = idempotency_key(headers)?.map(|k| format!("{scope}:{k}"));
-    let request_hash = hex::encode(Sha256::digest(&bytes));
+    let request_hash = key.as_ref().map(|_| hex::encode(Sha256::digest(&bytes))).unwrap_or_default();
     if let Some(key) = &key
         && let Some(reply) = s.inner.store.idempotent_reply(tenant, key).await?
     {
@@ -573,8 +569,8 @@ where
         return Ok((status, Json(reply.body)).into_response());
     }
     let id = key.as_deref().map(|k| resource_id(tenant, k));
-    let body = create(s.clone(), tenant.to_string(), bytes, id).await?;
-    s.audit(tenant, actor, "created", body.clone()).await;
+    // Audited by the create's own write (a retry that finds it created records nothing more).
+    let body = create(s.clone(), tenant.to_string(), Asked::new(actor, "created"), bytes, id).await?;
     if let Some(key) = &key {
         let reply = IdempotentReply { request_hash, status: 201, body: body.clone() };
         s.inner.store.remember_reply(tenant, key, &reply, now_ms()).await?;
@@ -610,8 +606,7 @@ async fn add_step(
     body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let spec: StepSpec = parse(body)?;
-    let (index, total) = s.inner.sagas.add_step(&tenant, &id, spec).await?;
-    s.audit(&tenant, &actor, "step_added", json!({"id": id})).await;
+    let (index, total) = s.inner.sagas.add_step_asked(&tenant, &id, spec, Some(&Asked::new(&actor, "step_added"))).await?;
     Ok(Json(json!({"status": "success", "step_index": index, "total_steps": total})))
 }
 
@@ -641,10 +636,10 @@ async fn execute_saga(
 ) -> Result<Response, ApiError> {
     let req: ExecuteBody = parse_optional(body)?;
     let run = {
-        let (engine, tenant, id) = (s.inner.sagas.clone(), tenant.clone(), id.clone());
-        async move { Ok(engine.execute(&tenant, &id, req.wait).await?) }
+        let (engine, tenant, id, asked) = (s.inner.sagas.clone(), tenant.clone(), id.clone(), Asked::new(&actor, "saga_execute"));
+        async move { Ok(engine.execute_asked(&tenant, &id, req.wait, Some(&asked)).await?) }
     };
-    let saga = s.execution(&tenant, Admit::UntilRunning(&id), Some((&actor, "saga_execute", json!({"id": id}))), run).await?;
+    let saga = s.execution(&tenant, Admit::UntilRunning(&id), None, run).await?;
     let status = if req.wait { StatusCode::OK } else { StatusCode::ACCEPTED };
     Ok((status, Json(saga.document())).into_response())
 }
@@ -733,10 +728,10 @@ async fn create_tpc(
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     let trace = traceparent(&headers, "2pc");
-    idempotent_create(&s, "2pc", &tenant, &actor, &headers, body, move |s, tenant, bytes, id| async move {
+    idempotent_create(&s, "2pc", &tenant, &actor, &headers, body, move |s, tenant, asked, bytes, id| async move {
         let mut req: CreateTpc = parse_bytes(&bytes)?;
         req.traceparent = trace;
-        let tx = match s.inner.tpc.create_with_id(&tenant, req, id).await {
+        let tx = match s.inner.tpc.create_with_id(&tenant, req, id, Some(&asked)).await {
             Err(TpcError::Store(StoreError::Conflict { id, .. })) => s.inner.tpc.get(&tenant, &id).await?,
             created => created?,
         };
@@ -753,18 +748,17 @@ async fn add_participant(
     body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let spec: ParticipantSpec = parse(body)?;
-    let total = s.inner.tpc.add_participant(&tenant, &id, spec).await?;
-    s.audit(&tenant, &actor, "participant_added", json!({"id": id})).await;
+    let total = s.inner.tpc.add_participant_asked(&tenant, &id, spec, Some(&Asked::new(&actor, "participant_added"))).await?;
     Ok(Json(json!({"status": "success", "total_participants": total})))
 }
 
 #[utoipa::path(post, path = "/v1/2pc/{id}/execute", tag = "2pc", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "Prepared, decided and told", body = openapi::TpcDocument), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 409, description = "Not in a state that allows this", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody), (status = 429, description = "The tenant's max_concurrent executions are running", body = openapi::ErrorBody)))]
 async fn execute_tpc(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
     let run = {
-        let (engine, tenant, id) = (s.inner.tpc.clone(), tenant.clone(), id.clone());
-        async move { Ok(engine.execute(&tenant, &id).await?) }
+        let (engine, tenant, id, asked) = (s.inner.tpc.clone(), tenant.clone(), id.clone(), Asked::new(&actor, "tpc_execute"));
+        async move { Ok(engine.execute_asked(&tenant, &id, Some(&asked)).await?) }
     };
-    let tx = s.execution(&tenant, Admit::UntilRunning(&id), Some((&actor, "tpc_execute", json!({"id": id}))), run).await?;
+    let tx = s.execution(&tenant, Admit::UntilRunning(&id), None, run).await?;
     Ok(Json(tx.document()))
 }
 
@@ -798,10 +792,10 @@ async fn create_managed(
     body: JsonBody,
 ) -> Result<Response, ApiError> {
     let trace = traceparent(&headers, "managed");
-    idempotent_create(&s, "transactions", &tenant, &actor, &headers, body, move |s, tenant, bytes, id| async move {
+    idempotent_create(&s, "transactions", &tenant, &actor, &headers, body, move |s, tenant, asked, bytes, id| async move {
         let mut req: CreateManaged = parse_bytes(&bytes)?;
         req.traceparent = trace;
-        let m = match s.inner.manager.create_with_id(&tenant, req, id).await {
+        let m = match s.inner.manager.create_with_id(&tenant, req, id, Some(&asked)).await {
             Err(ManagerError::Store(StoreError::Conflict { id, .. })) => s.inner.manager.get(&tenant, &id).await?,
             created => created?,
         };
@@ -818,8 +812,7 @@ async fn add_managed_participant(
     body: JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let spec: ManagedParticipant = parse(body)?;
-    let total = s.inner.manager.add_participant(&tenant, &id, spec).await?;
-    s.audit(&tenant, &actor, "participant_added", json!({"id": id})).await;
+    let total = s.inner.manager.add_participant_asked(&tenant, &id, spec, Some(&Asked::new(&actor, "participant_added"))).await?;
     Ok(Json(json!({"status": "success", "total_participants": total})))
 }
 
@@ -843,10 +836,10 @@ async fn execute_managed(
 ) -> Result<Json<Value>, ApiError> {
     let req: ExecuteManaged = parse_optional(body)?;
     let run = {
-        let (manager, tenant, id) = (s.inner.manager.clone(), tenant.clone(), id.clone());
-        async move { Ok(manager.execute(&tenant, &id, req.pattern.as_deref()).await?) }
+        let (manager, tenant, id, asked) = (s.inner.manager.clone(), tenant.clone(), id.clone(), Asked::new(&actor, "transaction_execute"));
+        async move { Ok(manager.execute_asked(&tenant, &id, req.pattern.as_deref(), Some(&asked)).await?) }
     };
-    let m = s.execution(&tenant, Admit::UntilRunning(&id), Some((&actor, "transaction_execute", json!({"id": id}))), run).await?;
+    let m = s.execution(&tenant, Admit::UntilRunning(&id), None, run).await?;
     managed_document(&s, &tenant, m).await
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use super::report::{Report, ms, peak_rss_of, percentile, round1, round2, run_load};
+use super::report::{Report, cpu_ms_per, cpu_time_of, ms, peak_rss_of, percentile, round1, round2, run_load};
 
 #[derive(clap::Args)]
 pub struct ApiArgs {
@@ -83,7 +83,7 @@ pub async fn bench_api(report: &mut Report, args: ApiArgs) -> anyhow::Result<()>
         Some(url) => Target { url: url.trim_end_matches('/').to_string(), child: None, _scratch: None },
         None => start_server(args.database_url.as_deref()).await?,
     };
-    let client = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).timeout(Duration::from_secs(120)).build()?;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?;
     for name in ["payment", "inventory", "shipping", "ledger"] {
         let path = args.plugin_dir.join(format!("{name}.wasm"));
         let bytes = std::fs::read(&path)
@@ -97,11 +97,18 @@ pub async fn bench_api(report: &mut Report, args: ApiArgs) -> anyhow::Result<()>
     };
     report.add("mode", args.mode.name(), args.mode.name());
     eprintln!("running {} {}, {} clients…", args.count, args.mode.name(), args.concurrency);
-    let cpu_before = target.child.as_ref().and_then(|c| c.id()).and_then(cpu_ticks);
-    let (client, url, mode) = (client.clone(), target.url.clone(), args.mode);
+    let server_pid = target.child.as_ref().and_then(|c| c.id()).map(|pid| pid.to_string());
+    let cpu_before = server_pid.as_deref().and_then(cpu_time_of);
+    let bodies = std::sync::Arc::new(Bodies::of(args.mode, participant.as_deref()));
+    let pool = Pool::new(&target.url)?;
     let (latencies, wall) = run_load(args.concurrency, args.count, move || {
-        let (client, url, participant) = (client.clone(), url.clone(), participant.clone());
-        async move { one(&client, &url, mode, participant.as_deref()).await }
+        let (pool, bodies) = (pool.clone(), bodies.clone());
+        async move {
+            let mut conn = pool.take().await?;
+            one(&mut conn, &bodies).await?;
+            pool.give_back(conn);
+            anyhow::Ok(())
+        }
     })
     .await?;
     let rate = latencies.len() as f64 / wall.as_secs_f64();
@@ -110,12 +117,13 @@ pub async fn bench_api(report: &mut Report, args: ApiArgs) -> anyhow::Result<()>
     report.add("p50_ms", round2(ms(percentile(&latencies, 0.50))), format!("{:.2} ms (every request of one transaction)", ms(percentile(&latencies, 0.50))));
     report.add("p99_ms", round2(ms(percentile(&latencies, 0.99))), format!("{:.2} ms", ms(percentile(&latencies, 0.99))));
     report.add("wall_s", round1(wall.as_secs_f64()), format!("{:.2} s", wall.as_secs_f64()));
-    if let Some(pid) = target.child.as_ref().and_then(|c| c.id()) {
-        if let (Some(before), Some(after)) = (cpu_before, cpu_ticks(pid)) {
-            let per_tx_ms = (after - before) as f64 * 1000.0 / ticks_per_second() / latencies.len() as f64;
+    let mut server_cpu = None;
+    if let Some(pid) = &server_pid {
+        server_cpu = cpu_ms_per(cpu_before, cpu_time_of(pid), latencies.len());
+        if let Some(per_tx_ms) = server_cpu {
             report.add("server_cpu_ms_per_tx", round2(per_tx_ms), format!("{per_tx_ms:.3} ms of server CPU per transaction"));
         }
-        if let Some(kib) = peak_rss_of(&pid.to_string()) {
+        if let Some(kib) = peak_rss_of(pid) {
             report.add("server_peak_rss_mib", round1(kib as f64 / 1024.0), format!("{:.1} MiB", kib as f64 / 1024.0));
         }
     }
@@ -126,7 +134,8 @@ pub async fn bench_api(report: &mut Report, args: ApiArgs) -> anyhow::Result<()>
     let twin = match args.mode {
         Mode::Saga | Mode::SagaOne => Some(super::engine_bench::Scenario::Saga { steps: 3, shape: super::engine_bench::Shape::Sequence }),
         Mode::Tpc => Some(super::engine_bench::Scenario::Tpc { participants: 3 }),
-        Mode::HttpSaga | Mode::Managed => None,
+        Mode::Managed => Some(super::engine_bench::Scenario::Managed),
+        Mode::HttpSaga => None,
     };
     if let (Some(scenario), None) = (twin, &args.server) {
         let load = super::engine_bench::Load { concurrency: args.concurrency, count: args.count, database_url: args.database_url.clone(), plugin_dir: args.plugin_dir.clone() };
@@ -135,57 +144,156 @@ pub async fn bench_api(report: &mut Report, args: ApiArgs) -> anyhow::Result<()>
         report.add("engine_p50_ms", round2(ms(engine.p50)), format!("{:.2} ms", ms(engine.p50)));
         let ratio = rate / engine.rate;
         report.add("api_over_engine", round2(ratio), format!("{:.0}% of the engine's throughput", ratio * 100.0));
+        if let Some(engine_cpu) = engine.cpu_ms_per_tx {
+            report.add("engine_cpu_ms_per_tx", round2(engine_cpu), format!("{engine_cpu:.3} ms of CPU per transaction (in process)"));
+            if let Some(server_cpu) = server_cpu.filter(|_| engine_cpu > 0.0) {
+                let cost = server_cpu / engine_cpu;
+                report.add("server_cpu_over_engine", round2(cost), format!("{cost:.2}× the engine's CPU per transaction (the client's own CPU not counted)"));
+            }
+        }
     }
     Ok(())
 }
 
-/// One transaction, every request of it; fails unless it ends successfully.
-async fn one(client: &reqwest::Client, url: &str, mode: Mode, participant: Option<&str>) -> anyhow::Result<()> {
-    let post = |path: String, body: Value| async move {
-        let r = client.post(format!("{url}{path}")).json(&body).send().await?;
-        let status = r.status();
-        let doc: Value = r.json().await.unwrap_or(Value::Null);
-        anyhow::ensure!(status.is_success(), "POST {path}: {status} {doc}");
-        anyhow::Ok(doc)
-    };
-    let context = json!({"amount": 10, "quantity": 1});
-    match mode {
-        Mode::SagaOne => {
-            let steps: Vec<Value> = ["payment", "inventory", "shipping"].iter().map(|p| json!({"name": p, "plugin": p})).collect();
-            let doc = post("/v1/sagas".into(), json!({"saga_name": "bench", "context": context, "steps": steps, "execute": true, "wait": true})).await?;
-            anyhow::ensure!(doc["state"] == "completed", "saga {} ended {}", doc["saga_id"], doc["state"]);
-        }
-        Mode::Saga | Mode::HttpSaga => {
-            let steps: Vec<Value> = ["payment", "inventory", "shipping"]
-                .iter()
-                .map(|p| match participant {
-                    Some(endpoint) => json!({"name": p, "endpoint": endpoint}),
-                    None => json!({"name": p, "plugin": p}),
-                })
-                .collect();
-            let created = post("/v1/sagas".into(), json!({"saga_name": "bench", "context": context, "steps": steps})).await?;
-            let id = created["saga_id"].as_str().context("no saga_id")?;
-            let doc = post(format!("/v1/sagas/{id}/execute"), json!({"wait": true})).await?;
-            anyhow::ensure!(doc["state"] == "completed", "saga {id} ended {}", doc["state"]);
-        }
-        Mode::Tpc => {
-            let participants: Vec<Value> = (0..3).map(|i| json!({"participant_id": format!("p{i}"), "plugin": "ledger"})).collect();
-            let created = post("/v1/2pc".into(), json!({"transaction_name": "bench", "context": context, "participants": participants})).await?;
-            let id = created["transaction_id"].as_str().context("no transaction_id")?;
-            let doc = post(format!("/v1/2pc/{id}/execute"), json!({})).await?;
-            anyhow::ensure!(doc["state"] == "committed", "2PC {id} ended {}", doc["state"]);
-        }
-        Mode::Managed => {
-            let created = post("/v1/transactions".into(), json!({"transaction_name": "bench", "context": context})).await?;
-            let id = created["transaction_id"].as_str().context("no transaction_id")?.to_string();
-            for p in ["payment", "inventory", "shipping"] {
-                post(format!("/v1/transactions/{id}/participants"), json!({"participant_id": p, "plugin": p})).await?;
+/// The request bodies of one mode, serialised once: what the client sends is the same for
+/// every transaction but the id in the path.
+struct Bodies {
+    mode: Mode,
+    create: bytes::Bytes,
+    execute: bytes::Bytes,
+    adds: Vec<bytes::Bytes>,
+}
+
+impl Bodies {
+    fn of(mode: Mode, participant: Option<&str>) -> Bodies {
+        let context = json!({"amount": 10, "quantity": 1});
+        let steps: Vec<Value> = ["payment", "inventory", "shipping"]
+            .iter()
+            .map(|p| match participant {
+                Some(endpoint) => json!({"name": p, "endpoint": endpoint}),
+                None => json!({"name": p, "plugin": p}),
+            })
+            .collect();
+        let (create, execute) = match mode {
+            Mode::SagaOne => (json!({"saga_name": "bench", "context": context, "steps": steps, "execute": true, "wait": true}), json!({})),
+            Mode::Saga | Mode::HttpSaga => (json!({"saga_name": "bench", "context": context, "steps": steps}), json!({"wait": true})),
+            Mode::Tpc => {
+                let participants: Vec<Value> = (0..3).map(|i| json!({"participant_id": format!("p{i}"), "plugin": "ledger"})).collect();
+                (json!({"transaction_name": "bench", "context": context, "participants": participants}), json!({}))
             }
-            let doc = post(format!("/v1/transactions/{id}/execute"), json!({})).await?;
-            anyhow::ensure!(doc["transaction_status"] == "committed", "managed {id} ended {}", doc["transaction_status"]);
+            Mode::Managed => (json!({"transaction_name": "bench", "context": context}), json!({})),
+        };
+        let adds = match mode {
+            Mode::Managed => ["payment", "inventory", "shipping"].iter().map(|p| bytes_of(&json!({"participant_id": p, "plugin": p}))).collect(),
+            _ => Vec::new(),
+        };
+        Bodies { mode, create: bytes_of(&create), execute: bytes_of(&execute), adds }
+    }
+}
+
+fn bytes_of(v: &Value) -> bytes::Bytes {
+    bytes::Bytes::from(serde_json::to_vec(v).expect("JSON serialises"))
+}
+
+/// What the client reads of an answer: the id it was given, and the state reached.
+#[derive(serde::Deserialize)]
+struct Answer<'a> {
+    #[serde(borrow, default)]
+    saga_id: Option<&'a str>,
+    #[serde(borrow, default)]
+    transaction_id: Option<&'a str>,
+    #[serde(borrow, default)]
+    state: Option<&'a str>,
+    #[serde(borrow, default)]
+    transaction_status: Option<&'a str>,
+}
+
+/// One transaction, every request of it; fails unless it ends successfully.
+async fn one(conn: &mut Conn, bodies: &Bodies) -> anyhow::Result<()> {
+    let base = match bodies.mode {
+        Mode::Saga | Mode::SagaOne | Mode::HttpSaga => "/v1/sagas",
+        Mode::Tpc => "/v1/2pc",
+        Mode::Managed => "/v1/transactions",
+    };
+    let created = conn.post(base, bodies.create.clone()).await?;
+    let answer: Answer = serde_json::from_slice(&created).context("reading the create's answer")?;
+    if bodies.mode == Mode::SagaOne {
+        anyhow::ensure!(answer.state == Some("completed"), "saga {:?} ended {:?}", answer.saga_id, answer.state);
+        return Ok(());
+    }
+    let id = answer.saga_id.or(answer.transaction_id).context("the create answered no id")?.to_string();
+    for add in &bodies.adds {
+        conn.post(&format!("{base}/{id}/participants"), add.clone()).await?;
+    }
+    let ended = conn.post(&format!("{base}/{id}/execute"), bodies.execute.clone()).await?;
+    let answer: Answer = serde_json::from_slice(&ended).context("reading the execute's answer")?;
+    let (reached, wanted) = match bodies.mode {
+        Mode::Tpc => (answer.state, "committed"),
+        Mode::Managed => (answer.transaction_status, "committed"),
+        _ => (answer.state, "completed"),
+    };
+    anyhow::ensure!(reached == Some(wanted), "{id} ended {reached:?}");
+    Ok(())
+}
+
+/// One keep-alive HTTP/1.1 connection to the server, used by one transaction at a time: the
+/// leanest client hyper offers, so the client's own cost stays small beside the server's.
+struct Conn {
+    send: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
+}
+
+impl Conn {
+    async fn open(addr: std::net::SocketAddr) -> anyhow::Result<Conn> {
+        let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        let (send, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Conn { send })
+    }
+
+    /// POSTs `body` (JSON) to `path`; the answer's body, unless its status is not a success.
+    async fn post(&mut self, path: &str, body: bytes::Bytes) -> anyhow::Result<bytes::Bytes> {
+        use http_body_util::BodyExt;
+        let request = hyper::Request::post(path)
+            .header(hyper::header::HOST, "wasmtx")
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(body))?;
+        self.send.ready().await?;
+        let answer = tokio::time::timeout(Duration::from_secs(120), self.send.send_request(request)).await.context("no answer within 120 s")??;
+        let status = answer.status();
+        let body = answer.into_body().collect().await?.to_bytes();
+        anyhow::ensure!(status.is_success(), "POST {path}: {status} {}", String::from_utf8_lossy(&body));
+        Ok(body)
+    }
+}
+
+/// Open connections not in use; a transaction takes one (or opens one) and gives it back.
+#[derive(Clone)]
+struct Pool {
+    addr: std::net::SocketAddr,
+    idle: std::sync::Arc<std::sync::Mutex<Vec<Conn>>>,
+}
+
+impl Pool {
+    fn new(url: &str) -> anyhow::Result<Pool> {
+        let authority = url.strip_prefix("http://").context("the server's URL must be http://host:port")?;
+        let addr = std::net::ToSocketAddrs::to_socket_addrs(authority.trim_end_matches('/'))?.next().context("the server's address does not resolve")?;
+        Ok(Pool { addr, idle: Default::default() })
+    }
+
+    async fn take(&self) -> anyhow::Result<Conn> {
+        let idle = self.idle.lock().unwrap().pop();
+        match idle {
+            Some(conn) if !conn.send.is_closed() => Ok(conn),
+            _ => Conn::open(self.addr).await,
         }
     }
-    Ok(())
+
+    fn give_back(&self, conn: Conn) {
+        self.idle.lock().unwrap().push(conn);
+    }
 }
 
 /// Starts `wasmtx serve` on a scratch directory (and `database_url`) and waits until it listens.
@@ -205,17 +313,4 @@ async fn fast_participant() -> anyhow::Result<String> {
         let _ = axum::serve(listener, app).await;
     });
     Ok(url)
-}
-
-/// User plus system CPU ticks of process `pid` so far.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
-fn ticks_per_second() -> f64 {
-    // SAFETY: sysconf only reads a system constant.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if ticks > 0 { ticks as f64 } else { 100.0 }
 }

@@ -103,6 +103,9 @@ async fn bench_transactions(report: &mut Report, scenario: Scenario, load: Load)
     report.add("p50_ms", round2(ms(m.p50)), format!("{:.2} ms (create with its members + execute to the end, each write durable)", ms(m.p50)));
     report.add("p99_ms", round2(ms(m.p99)), format!("{:.2} ms", ms(m.p99)));
     report.add("wall_s", round1(m.wall.as_secs_f64()), format!("{:.2} s", m.wall.as_secs_f64()));
+    if let Some(cpu) = m.cpu_ms_per_tx {
+        report.add("cpu_ms_per_tx", round2(cpu), format!("{cpu:.3} ms of CPU per transaction (this process)"));
+    }
     report.add_peak_rss();
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::report::{percentile, run_load};
+use super::report::{cpu_ms_per, cpu_time_of, percentile, run_load};
 
 /// How many transactions a durable benchmark runs, how, and where.
 #[derive(clap::Args)]
@@ -39,6 +39,9 @@ pub enum Shape {
 pub enum Scenario {
     Saga { steps: usize, shape: Shape },
     Tpc { participants: usize },
+    /// Managed transactions of 3 step participants, each added on its own, the pattern chosen
+    /// by the built-in rules (as `bench api --mode managed` sends them).
+    Managed,
 }
 
 impl Scenario {
@@ -46,6 +49,7 @@ impl Scenario {
         match self {
             Scenario::Saga { .. } => &SAGA_PLUGINS,
             Scenario::Tpc { .. } => &["ledger"],
+            Scenario::Managed => &SAGA_PLUGINS,
         }
     }
 
@@ -53,6 +57,7 @@ impl Scenario {
         match self {
             Scenario::Saga { steps, .. } => steps,
             Scenario::Tpc { participants } => participants,
+            Scenario::Managed => SAGA_PLUGINS.len(),
         }
     }
 
@@ -107,6 +112,15 @@ impl Scenario {
                 let end = node.tpc.execute(tenant, tx.id()).await?;
                 anyhow::ensure!(end.state == crate::tpc::TpcState::Committed, "2PC {} ended {:?}", end.id(), end.state);
             }
+            Scenario::Managed => {
+                let req = serde_json::from_value(json!({"transaction_name": "bench", "context": {"amount": 10, "quantity": 1}}))?;
+                let m = node.manager.create(tenant, req).await?;
+                for p in SAGA_PLUGINS {
+                    node.manager.add_participant(tenant, m.id(), serde_json::from_value(json!({"participant_id": p, "plugin": p}))?).await?;
+                }
+                let end = node.manager.execute(tenant, m.id(), None).await?;
+                anyhow::ensure!(end.state == crate::manager::Status::Committed, "managed {} ended {:?}", end.id(), end.state);
+            }
         }
         Ok(())
     }
@@ -123,6 +137,9 @@ pub struct Measured {
     pub p50: Duration,
     pub p99: Duration,
     pub wall: Duration,
+    /// This process's CPU time per transaction during the run (the engine, its store driver
+    /// and plugins; with SQLite, the database too).
+    pub cpu_ms_per_tx: Option<f64>,
 }
 
 /// Runs `load` transactions of `scenario` in this process, on a fresh tenant of the store.
@@ -156,18 +173,21 @@ pub async fn measure(scenario: Scenario, load: Load) -> anyhow::Result<Measured>
         Scenario::Saga { steps, shape: Shape::Sequence } => (format!("sagas of {steps} steps"), "sagas"),
         Scenario::Saga { steps, shape: Shape::FanOut } => (format!("sagas of 1 step, {steps} at once, then 1"), "sagas"),
         Scenario::Tpc { participants } => (format!("2PC transactions of {participants} participants"), "tx"),
+        Scenario::Managed => ("managed transactions of 3 participants".to_string(), "tx"),
     };
     eprintln!("running {count} {what} in process, {concurrency} at a time…");
 
     let node = std::sync::Arc::new(node);
+    let cpu_before = cpu_time_of("self");
     let (latencies, wall) = run_load(concurrency, count, move || {
         let (node, tenant) = (node.clone(), tenant.clone());
         async move { scenario.run_one(&node, &tenant).await }
     })
     .await?;
+    let cpu_ms_per_tx = cpu_ms_per(cpu_before, cpu_time_of("self"), latencies.len());
     let rate = latencies.len() as f64 / wall.as_secs_f64();
     let (p50, p99) = (percentile(&latencies, 0.50), percentile(&latencies, 0.99));
     let _ = std::fs::remove_dir_all(&scratch);
-    Ok(Measured { store, what, unit, concurrency, done: latencies.len(), rate, p50, p99, wall })
+    Ok(Measured { store, what, unit, concurrency, done: latencies.len(), rate, p50, p99, wall, cpu_ms_per_tx })
 }
 

@@ -154,6 +154,25 @@ pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// CPU time (user plus system) process `pid` (`self` for this one) has used so far, from
+/// /proc (Linux).
+pub(crate) fn cpu_time_of(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let per_second = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        t if t > 0 => t as f64,
+        _ => 100.0,
+    };
+    Some(Duration::from_secs_f64(ticks as f64 / per_second))
+}
+
+/// Milliseconds of CPU per transaction between two readings of `cpu_time_of`.
+pub(crate) fn cpu_ms_per(before: Option<Duration>, after: Option<Duration>, count: usize) -> Option<f64> {
+    Some(ms(after?.checked_sub(before?)?) / count.max(1) as f64)
+}
+
 /// Peak resident set size of process `pid` (`self` for this one) in KiB, from /proc (Linux).
 pub(crate) fn peak_rss_of(pid: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

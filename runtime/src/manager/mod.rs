@@ -21,8 +21,8 @@ use crate::model::{Availability, Consistency, Decision as PolicyDecision, Patter
 use crate::plugin::{Catalog, Role};
 use crate::saga::{CreateSaga, SagaEngine, SagaError, SagaState, StepSpec};
 use crate::txn::Transition;
-use crate::txn::core::{EngineCore, Kind};
-use crate::txn::journal::Record;
+use crate::txn::core::{EngineCore, Kind, from_remembered_row};
+use crate::txn::journal::{Asked, Record};
 use crate::store::{NewEvent, Store, StoreError};
 use crate::tpc::{CreateTpc, ParticipantSpec, TpcEngine, TpcError, TpcState};
 use select::{Capability, Selection};
@@ -245,12 +245,13 @@ impl Manager {
     }
 
     pub async fn create(&self, tenant: &str, req: CreateManaged) -> Result<Managed, ManagerError> {
-        self.create_with_id(tenant, req, None).await
+        self.create_with_id(tenant, req, None, None).await
     }
 
     /// `create`, with the id's unique part given (derived from an `Idempotency-Key`, so a
-    /// retried request finds what the first one created); `Conflict` if that id exists.
-    pub async fn create_with_id(&self, tenant: &str, req: CreateManaged, id: Option<uuid::Uuid>) -> Result<Managed, ManagerError> {
+    /// retried request finds what the first one created); `Conflict` if that id exists. Who
+    /// `asked` is audited by the create's own write.
+    pub async fn create_with_id(&self, tenant: &str, req: CreateManaged, id: Option<uuid::Uuid>, asked: Option<&Asked>) -> Result<Managed, ManagerError> {
         crate::text::check("transaction_name", &req.transaction_name, 256).map_err(ManagerError::Invalid)?;
         let requirements = req.requirements.unwrap_or_default();
         if requirements.timeout_ms == 0 || requirements.timeout_ms > 86_400_000 {
@@ -286,6 +287,7 @@ impl Manager {
         let id = format!("tx-{}", id.unwrap_or_else(|| self.inner.new_id()));
         let mut m = Managed::create(tenant, KIND, id, &req.transaction_name, Status::Pending, doc, self.inner.now());
         let event = NewEvent::new("transaction_created", None, json!({"transaction_name": req.transaction_name}));
+        m.asked_by(asked);
         self.inner.journal.insert(&mut m, vec![event]).await?;
         Ok(m)
     }
@@ -300,7 +302,18 @@ impl Manager {
     }
 
     pub async fn add_participant(&self, tenant: &str, id: &str, spec: ManagedParticipant) -> Result<usize, ManagerError> {
-        let mut m = self.get(tenant, id).await?;
+        self.add_participant_asked(tenant, id, spec, None).await
+    }
+
+    /// `add_participant`, who `asked` audited by its own write.
+    pub async fn add_participant_asked(&self, tenant: &str, id: &str, spec: ManagedParticipant, asked: Option<&Asked>) -> Result<usize, ManagerError> {
+        let added = from_remembered_row(|cached| self.add_participant_once(tenant, id, spec.clone(), cached, asked)).await;
+        added.map_err(|e| if e.is_conflict() { ManagerError::Busy(id.into()) } else { e })
+    }
+
+    async fn add_participant_once(&self, tenant: &str, id: &str, spec: ManagedParticipant, cached: bool, asked: Option<&Asked>) -> Result<usize, ManagerError> {
+        let mut m: Managed = self.inner.get_for_update(tenant, MANAGED, id, cached).await?;
+        m.asked_by(asked);
         if m.state != Status::Pending {
             return Err(ManagerError::WrongState { id: id.into(), state: m.state.as_str(), action: "adding a participant" });
         }
@@ -342,7 +355,15 @@ impl Manager {
 
     /// Selects the pattern (or honours a forced one), then runs the transaction to its end.
     pub async fn execute(&self, tenant: &str, id: &str, pattern: Option<&str>) -> Result<Managed, ManagerError> {
+        self.execute_asked(tenant, id, pattern, None).await
+    }
+
+    /// `execute`, who `asked` audited by the write that selects the pattern (or rejects).
+    pub async fn execute_asked(&self, tenant: &str, id: &str, pattern: Option<&str>, asked: Option<&Asked>) -> Result<Managed, ManagerError> {
+        // Read from the store, not from memory: the delegate is created before this
+        // transaction's write, so that write must not fail for a stale starting point.
         let mut m = self.get(tenant, id).await?;
+        m.asked_by(asked);
         if m.state != Status::Pending {
             return Err(ManagerError::WrongState { id: id.into(), state: m.state.as_str(), action: "execute" });
         }

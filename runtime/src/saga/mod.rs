@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio::sync::broadcast;
 
-use crate::txn::journal::{Record, wait_for_end};
+use crate::txn::journal::{Asked, Record, wait_for_end};
 use crate::txn::Transition;
 use crate::txn::core::{EngineCore, Kind, from_remembered_row};
 use crate::txn::EngineConfig;
@@ -128,15 +128,16 @@ impl SagaEngine {
     }
 
     pub async fn create(&self, tenant: &str, req: CreateSaga) -> Result<Saga, SagaError> {
-        self.create_with_id(tenant, req, None).await
+        self.create_with_id(tenant, req, None, None).await
     }
 
     /// `create`, with the id's unique part given (derived from an `Idempotency-Key`, so a
     /// retried request finds what the first one created); `Conflict` if that id exists.
-    /// With `req.execute`, the saga is running (in the background) when this returns.
-    pub async fn create_with_id(&self, tenant: &str, req: CreateSaga, id: Option<uuid::Uuid>) -> Result<Saga, SagaError> {
+    /// With `req.execute`, the saga is running (in the background) when this returns. Who
+    /// `asked` is audited by the create's own write.
+    pub async fn create_with_id(&self, tenant: &str, req: CreateSaga, id: Option<uuid::Uuid>, asked: Option<&Asked>) -> Result<Saga, SagaError> {
         let wait = req.wait;
-        self.create_inner(tenant, req, id, wait).await
+        self.create_inner(tenant, req, id, wait, asked).await
     }
 
     /// Creates a saga and runs it to its end state: one durable write creates and starts it
@@ -144,10 +145,10 @@ impl SagaEngine {
     /// next step's start.
     pub async fn run(&self, tenant: &str, mut req: CreateSaga) -> Result<Saga, SagaError> {
         req.execute = true;
-        self.create_inner(tenant, req, None, true).await
+        self.create_inner(tenant, req, None, true, None).await
     }
 
-    async fn create_inner(&self, tenant: &str, req: CreateSaga, id: Option<uuid::Uuid>, wait: bool) -> Result<Saga, SagaError> {
+    async fn create_inner(&self, tenant: &str, req: CreateSaga, id: Option<uuid::Uuid>, wait: bool, asked: Option<&Asked>) -> Result<Saga, SagaError> {
         crate::text::check("saga_name", &req.saga_name, 256).map_err(SagaError::Invalid)?;
         let context = req.context.unwrap_or_default();
         crate::txn::spec::check_context(&context).map_err(SagaError::Invalid)?;
@@ -187,6 +188,7 @@ impl SagaEngine {
         }
         let id = format!("saga-{}", id.unwrap_or_else(|| self.inner.new_id()));
         let mut saga = Saga::create(tenant, KIND, id, &req.saga_name, SagaState::Pending, doc, self.inner.now());
+        saga.asked_by(asked);
         if !req.execute {
             self.inner.journal.insert(&mut saga, events).await?;
             return Ok(saga);
@@ -215,8 +217,13 @@ impl SagaEngine {
 
     /// Appends a step to a pending saga; returns (its index, the step count).
     pub async fn add_step(&self, tenant: &str, id: &str, spec: StepSpec) -> Result<(usize, usize), SagaError> {
+        self.add_step_asked(tenant, id, spec, None).await
+    }
+
+    /// `add_step`, who `asked` audited by its own write.
+    pub async fn add_step_asked(&self, tenant: &str, id: &str, spec: StepSpec, asked: Option<&Asked>) -> Result<(usize, usize), SagaError> {
         spec.validate().map_err(SagaError::Invalid)?;
-        let added = from_remembered_row(|cached| self.add_step_once(tenant, id, spec.clone(), cached)).await;
+        let added = from_remembered_row(|cached| self.add_step_once(tenant, id, spec.clone(), cached, asked)).await;
         added.map_err(|e| if e.is_conflict() { SagaError::Busy(id.into()) } else { e })
     }
 
@@ -243,8 +250,9 @@ impl SagaEngine {
         Ok(())
     }
 
-    async fn add_step_once(&self, tenant: &str, id: &str, spec: StepSpec, cached: bool) -> Result<(usize, usize), SagaError> {
+    async fn add_step_once(&self, tenant: &str, id: &str, spec: StepSpec, cached: bool, asked: Option<&Asked>) -> Result<(usize, usize), SagaError> {
         let mut saga = self.get_for_update(tenant, id, cached).await?;
+        saga.asked_by(asked);
         if saga.state != SagaState::Pending {
             return Err(SagaError::WrongState { id: id.into(), state: saga.state.as_str(), action: "adding a step" });
         }
@@ -260,7 +268,12 @@ impl SagaEngine {
     /// Starts a pending saga: pins plugin versions, takes the lease, drives it. With `wait`
     /// the returned saga is at an end state; otherwise it is running in the background.
     pub async fn execute(&self, tenant: &str, id: &str, wait: bool) -> Result<Saga, SagaError> {
-        let started = from_remembered_row(|cached| self.start(tenant, id, cached)).await;
+        self.execute_asked(tenant, id, wait, None).await
+    }
+
+    /// `execute`, who `asked` audited by the start's own write.
+    pub async fn execute_asked(&self, tenant: &str, id: &str, wait: bool, asked: Option<&Asked>) -> Result<Saga, SagaError> {
+        let started = from_remembered_row(|cached| self.start(tenant, id, cached, asked)).await;
         let saga = started.map_err(|e| match e.is_conflict() {
             true => SagaError::WrongState { id: id.into(), state: "running", action: "execute" },
             false => e,
@@ -269,11 +282,12 @@ impl SagaEngine {
     }
 
     /// Pins plugin versions, takes the lease and records the start of a pending saga.
-    async fn start(&self, tenant: &str, id: &str, cached: bool) -> Result<Saga, SagaError> {
+    async fn start(&self, tenant: &str, id: &str, cached: bool, asked: Option<&Asked>) -> Result<Saga, SagaError> {
         let mut saga = self.get_for_update(tenant, id, cached).await?;
         if saga.state != SagaState::Pending {
             return Err(SagaError::WrongState { id: id.into(), state: saga.state.as_str(), action: "execute" });
         }
+        saga.asked_by(asked);
         let events = self.begin_run(tenant, &mut saga).await?;
         self.persist(&mut saga, events).await?;
         Ok(saga)

@@ -28,10 +28,12 @@ const QUEUE: usize = 8192;
 /// One change to commit: a revision-checked change of a transaction with its history
 /// events, or an audit entry.
 pub(crate) enum Write {
-    /// A new transaction (revision 0); conflicts if the id exists.
-    Insert(TxRow, Vec<NewEvent>),
-    /// A new revision of a stored transaction; conflicts unless the stored revision is `row.rev`.
-    Save(TxRow, Vec<NewEvent>),
+    /// A new transaction (revision 0), with the audit entry of who asked for it; conflicts if
+    /// the id exists (and then writes no entry).
+    Insert(TxRow, Vec<NewEvent>, Option<AuditRow>),
+    /// A new revision of a stored transaction, with the audit entry of who asked for it;
+    /// conflicts unless the stored revision is `row.rev` (and then writes no entry).
+    Save(TxRow, Vec<NewEvent>, Option<AuditRow>),
     /// Who did what, appended (API requests write one each; batching them spares a commit per
     /// request).
     Audit(AuditRow),
@@ -47,11 +49,34 @@ pub(crate) struct AuditRow {
     pub detail: String,
 }
 
+impl AuditRow {
+    /// `entry`, of `tenant`'s trail, as written now.
+    pub(crate) fn new(tenant: &str, entry: &crate::store::Audit) -> Self {
+        AuditRow {
+            id: uuid::Uuid::now_v7().to_string(),
+            tenant: tenant.to_string(),
+            at_ms: crate::store::now_ms(),
+            actor: entry.actor.clone(),
+            action: entry.action.clone(),
+            detail: entry.detail.to_string(),
+        }
+    }
+}
+
 impl Write {
+    /// The audit entry this write appends, given whether it took effect: its own (an entry
+    /// always does), or the one that rides on a transaction's write that was not refused.
+    pub(crate) fn audit_row(&self, took_effect: bool) -> Option<&AuditRow> {
+        match self {
+            Write::Audit(a) => Some(a),
+            Write::Insert(_, _, audit) | Write::Save(_, _, audit) => audit.as_ref().filter(|_| took_effect),
+        }
+    }
+
     /// What a batch holds at most once.
     pub(crate) fn key(&self) -> &str {
         match self {
-            Write::Insert(row, _) | Write::Save(row, _) => &row.id,
+            Write::Insert(row, ..) | Write::Save(row, ..) => &row.id,
             Write::Audit(a) => &a.id,
         }
     }
@@ -59,14 +84,14 @@ impl Write {
     /// The transaction row (inserts and saves only).
     pub(crate) fn row(&self) -> &TxRow {
         match self {
-            Write::Insert(row, _) | Write::Save(row, _) => row,
+            Write::Insert(row, ..) | Write::Save(row, ..) => row,
             Write::Audit(_) => unreachable!("an audit entry has no transaction row"),
         }
     }
 
     pub(crate) fn events(&self) -> &[NewEvent] {
         match self {
-            Write::Insert(_, events) | Write::Save(_, events) => events,
+            Write::Insert(_, events, _) | Write::Save(_, events, _) => events,
             Write::Audit(_) => &[],
         }
     }
@@ -77,7 +102,7 @@ impl Write {
     pub(crate) fn outcome(&self, last_seq: Option<i64>) -> (Result<i64>, Option<JournalEntry<'_>>) {
         let row = match self {
             Write::Audit(_) => return (Ok(0), None),
-            Write::Insert(row, _) | Write::Save(row, _) => row,
+            Write::Insert(row, ..) | Write::Save(row, ..) => row,
         };
         let Some(last_seq) = last_seq else {
             return (Err(StoreError::Conflict { kind: "transaction", id: row.id.clone() }), None);
@@ -209,8 +234,8 @@ pub(crate) fn outcomes<'a>(
     let mut results = Vec::with_capacity(writes.len());
     for w in writes {
         let last_seq = match w {
-            Write::Insert(row, events) => inserted.contains(&row.id).then_some(events.len() as i64),
-            Write::Save(row, _) => saved.get(&row.id).copied(),
+            Write::Insert(row, events, _) => inserted.contains(&row.id).then_some(events.len() as i64),
+            Write::Save(row, ..) => saved.get(&row.id).copied(),
             Write::Audit(_) => None,
         };
         let (result, entry) = w.outcome(last_seq);

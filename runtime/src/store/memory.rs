@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use super::{
-    AuditStore, Backend, EventRow, IdempotencyStore, IdempotentReply, Inspect, KeyRow, Lease, NewEvent, PluginRow,
+    Audit, AuditStore, Backend, EventRow, IdempotencyStore, IdempotentReply, Inspect, KeyRow, Lease, NewEvent, PluginRow,
     PluginStore, Result, Retention, SettingStore, StoreError, TenantRow, TenantStore, TxQuery, TxRow, TxStore,
 };
 
@@ -124,11 +124,18 @@ impl State {
             self.journal.entry(row.id.clone()).or_default().push((first, row.updated_at_ms, events.to_vec()));
         }
     }
+
+    /// The audit entry of a transaction's write that took effect, in the same step.
+    fn audit_written(&mut self, row: &TxRow, audit: Option<&Audit>) {
+        if let Some(a) = audit {
+            self.audit.push((row.tenant.clone(), super::now_ms(), a.actor.clone(), a.action.clone(), a.detail.clone()));
+        }
+    }
 }
 
 #[async_trait]
 impl TxStore for MemoryStore {
-    async fn insert_tx(&self, row: &TxRow, events: &[NewEvent]) -> Result<()> {
+    async fn insert_tx(&self, row: &TxRow, events: &[NewEvent], audit: Option<&Audit>) -> Result<()> {
         let mut s = self.inner.lock().unwrap();
         if s.txs.contains_key(&row.id) {
             return Err(StoreError::Conflict { kind: "transaction", id: row.id.clone() });
@@ -136,10 +143,11 @@ impl TxStore for MemoryStore {
         let last_seq = events.len() as i64;
         s.txs.insert(row.id.clone(), (row.clone(), last_seq));
         s.append(row, events, last_seq);
+        s.audit_written(row, audit);
         Ok(())
     }
 
-    async fn save_tx(&self, row: &TxRow, events: &[NewEvent]) -> Result<i64> {
+    async fn save_tx(&self, row: &TxRow, events: &[NewEvent], audit: Option<&Audit>) -> Result<i64> {
         let mut s = self.inner.lock().unwrap();
         let conflict = || StoreError::Conflict { kind: "transaction", id: row.id.clone() };
         let (stored, last_seq) = s.txs.get_mut(&row.id).ok_or_else(conflict)?;
@@ -150,6 +158,7 @@ impl TxStore for MemoryStore {
         let last = *last_seq;
         *stored = TxRow { rev: row.rev + 1, ..row.clone() };
         s.append(row, events, last);
+        s.audit_written(row, audit);
         Ok(row.rev + 1)
     }
 

@@ -78,6 +78,23 @@ impl NewEvent {
     }
 }
 
+/// Who asked for a transaction's write, and what for: an entry of its tenant's audit trail,
+/// written by the same commit as the change it records, so the trail holds exactly the
+/// changes that took effect (a write refused as a conflict records nothing).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Audit {
+    pub actor: String,
+    pub action: String,
+    pub detail: Value,
+}
+
+impl Audit {
+    /// `actor` asked for `action` on transaction `id`.
+    pub fn of(actor: &str, action: &str, id: &str) -> Self {
+        Audit { actor: actor.to_string(), action: action.to_string(), detail: serde_json::json!({ "id": id }) }
+    }
+}
+
 /// A history event as stored.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct EventRow {
@@ -136,14 +153,16 @@ pub struct IdempotentReply {
 /// Transactions: revision-checked writes with their journal entries, reads, leases.
 #[async_trait]
 pub trait TxStore: Send + Sync {
-    /// Inserts a new transaction with its first events; `Conflict` if the id exists.
-    /// Committed together with other writers' changes (group commit), acknowledged after.
-    async fn insert_tx(&self, row: &TxRow, events: &[NewEvent]) -> Result<()>;
+    /// Inserts a new transaction with its first events (and `audit`, in the tenant's trail);
+    /// `Conflict` if the id exists. Committed together with other writers' changes (group
+    /// commit), acknowledged after.
+    async fn insert_tx(&self, row: &TxRow, events: &[NewEvent], audit: Option<&Audit>) -> Result<()>;
 
     /// Writes `row` (its state, document, lease) if the stored revision is still
-    /// `row.rev`, appends `events`, and returns the new revision. Otherwise `Conflict`.
-    /// Committed together with other writers' changes (group commit), acknowledged after.
-    async fn save_tx(&self, row: &TxRow, events: &[NewEvent]) -> Result<i64>;
+    /// `row.rev`, appends `events` (and `audit`), and returns the new revision. Otherwise
+    /// `Conflict`, and nothing is written. Committed together with other writers' changes
+    /// (group commit), acknowledged after.
+    async fn save_tx(&self, row: &TxRow, events: &[NewEvent], audit: Option<&Audit>) -> Result<i64>;
 
     async fn get_tx(&self, tenant: &str, kind: &str, id: &str) -> Result<Option<TxRow>>;
 

@@ -22,7 +22,7 @@ use futures::future::join_all;
 use tokio::sync::broadcast;
 use tracing::Instrument;
 
-use crate::txn::journal::{Record, wait_for_end};
+use crate::txn::journal::{Asked, Record, wait_for_end};
 use crate::txn::Transition;
 use crate::txn::core::{EngineCore, Kind, from_remembered_row};
 
@@ -115,12 +115,13 @@ impl TpcEngine {
     }
 
     pub async fn create(&self, tenant: &str, req: CreateTpc) -> Result<Tpc, TpcError> {
-        self.create_with_id(tenant, req, None).await
+        self.create_with_id(tenant, req, None, None).await
     }
 
     /// `create`, with the id's unique part given (derived from an `Idempotency-Key`, so a
-    /// retried request finds what the first one created); `Conflict` if that id exists.
-    pub async fn create_with_id(&self, tenant: &str, req: CreateTpc, id: Option<uuid::Uuid>) -> Result<Tpc, TpcError> {
+    /// retried request finds what the first one created); `Conflict` if that id exists. Who
+    /// `asked` is audited by the create's own write.
+    pub async fn create_with_id(&self, tenant: &str, req: CreateTpc, id: Option<uuid::Uuid>, asked: Option<&Asked>) -> Result<Tpc, TpcError> {
         crate::text::check("transaction_name", &req.transaction_name, 256).map_err(TpcError::Invalid)?;
         let prepare_timeout_ms = req.prepare_timeout_ms.unwrap_or(DEFAULT_PREPARE_TIMEOUT_MS);
         if prepare_timeout_ms == 0 || prepare_timeout_ms > crate::txn::spec::MAX_CALL_TIMEOUT_MS {
@@ -154,6 +155,7 @@ impl TpcEngine {
         }
         let id = format!("tpc-{}", id.unwrap_or_else(|| self.inner.new_id()));
         let mut tx = Tpc::create(tenant, KIND, id, &req.transaction_name, TpcState::Init, doc, self.inner.now());
+        tx.asked_by(asked);
         self.inner.journal.insert(&mut tx, events).await?;
         Ok(tx)
     }
@@ -173,8 +175,13 @@ impl TpcEngine {
 
     /// Adds a participant to a transaction that has not started; returns the count.
     pub async fn add_participant(&self, tenant: &str, id: &str, spec: ParticipantSpec) -> Result<usize, TpcError> {
+        self.add_participant_asked(tenant, id, spec, None).await
+    }
+
+    /// `add_participant`, who `asked` audited by its own write.
+    pub async fn add_participant_asked(&self, tenant: &str, id: &str, spec: ParticipantSpec, asked: Option<&Asked>) -> Result<usize, TpcError> {
         spec.validate().map_err(TpcError::Invalid)?;
-        let added = from_remembered_row(|cached| self.add_participant_once(tenant, id, spec.clone(), cached)).await;
+        let added = from_remembered_row(|cached| self.add_participant_once(tenant, id, spec.clone(), cached, asked)).await;
         added.map_err(|e| if e.is_conflict() { TpcError::Busy(id.into()) } else { e })
     }
 
@@ -199,8 +206,9 @@ impl TpcEngine {
         Ok(())
     }
 
-    async fn add_participant_once(&self, tenant: &str, id: &str, spec: ParticipantSpec, cached: bool) -> Result<usize, TpcError> {
+    async fn add_participant_once(&self, tenant: &str, id: &str, spec: ParticipantSpec, cached: bool, asked: Option<&Asked>) -> Result<usize, TpcError> {
         let mut tx = self.get_for_update(tenant, id, cached).await?;
+        tx.asked_by(asked);
         if tx.state != TpcState::Init {
             return Err(TpcError::WrongState { id: id.into(), state: tx.state.as_str(), action: "adding a participant" });
         }
@@ -216,7 +224,12 @@ impl TpcEngine {
     /// participant does not acknowledge and no budget is set — then it keeps retrying in the
     /// background and the returned document says so).
     pub async fn execute(&self, tenant: &str, id: &str) -> Result<Tpc, TpcError> {
-        let started = from_remembered_row(|cached| self.start(tenant, id, cached)).await;
+        self.execute_asked(tenant, id, None).await
+    }
+
+    /// `execute`, who `asked` audited by the start's own write.
+    pub async fn execute_asked(&self, tenant: &str, id: &str, asked: Option<&Asked>) -> Result<Tpc, TpcError> {
+        let started = from_remembered_row(|cached| self.start(tenant, id, cached, asked)).await;
         let tx = started.map_err(|e| match e {
             e if e.is_conflict() => TpcError::WrongState { id: id.into(), state: "preparing", action: "execute" },
             e => e,
@@ -225,8 +238,9 @@ impl TpcEngine {
     }
 
     /// Pins plugin versions, takes the lease and records that prepare begins.
-    async fn start(&self, tenant: &str, id: &str, cached: bool) -> Result<Tpc, TpcError> {
+    async fn start(&self, tenant: &str, id: &str, cached: bool, asked: Option<&Asked>) -> Result<Tpc, TpcError> {
         let mut tx = self.get_for_update(tenant, id, cached).await?;
+        tx.asked_by(asked);
         if tx.state != TpcState::Init {
             return Err(TpcError::WrongState { id: id.into(), state: tx.state.as_str(), action: "execute" });
         }

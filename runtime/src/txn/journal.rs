@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
 use crate::model::Progress;
-use crate::store::{NewEvent, Store, StoreError, TxRow};
+use crate::store::{Audit, NewEvent, Store, StoreError, TxRow};
 
 /// The state enum of a transaction kind.
 pub trait TxState: Copy + Send + Sync + 'static {
@@ -26,6 +26,9 @@ pub struct Record<S, D> {
     pub doc: D,
     /// Events of changes made in memory and written with the next `persist` (see `defer`).
     pub pending: Vec<NewEvent>,
+    /// Who asked for the change written next: recorded in the tenant's audit trail by that
+    /// write's own commit (see `asked_by`).
+    pub audit: Option<Audit>,
 }
 
 impl<S: TxState, D: Serialize + DeserializeOwned> Record<S, D> {
@@ -34,7 +37,7 @@ impl<S: TxState, D: Serialize + DeserializeOwned> Record<S, D> {
         let state = S::parse(&row.state).ok_or_else(|| corrupt(format!("unknown state {}", row.state)))?;
         let doc = serde_json::from_str(&row.doc).map_err(|e| corrupt(e.to_string()))?;
         let row = TxRow { ended: state.is_terminal(), ..row };
-        Ok(Record { row, state, doc, pending: Vec::new() })
+        Ok(Record { row, state, doc, pending: Vec::new(), audit: None })
     }
 
     /// A new, unowned record of `kind` for `tenant`, not yet stored.
@@ -54,11 +57,17 @@ impl<S: TxState, D: Serialize + DeserializeOwned> Record<S, D> {
             updated_at_ms: now,
             ended: state.is_terminal(),
         };
-        Record { row, state, doc, pending: Vec::new() }
+        Record { row, state, doc, pending: Vec::new(), audit: None }
     }
 
     pub fn id(&self) -> &str {
         &self.row.id
+    }
+
+    /// Records `actor` asking for `action` on this transaction, in the tenant's audit trail,
+    /// with the next write — only if that write takes effect.
+    pub fn asked_by(&mut self, asked: Option<&Asked>) {
+        self.audit = asked.map(|a| Audit::of(&a.actor, a.action, &self.row.id));
     }
 
     /// Records `events` of a change already made to the record in memory, to be written with
@@ -68,6 +77,19 @@ impl<S: TxState, D: Serialize + DeserializeOwned> Record<S, D> {
     /// idempotency key, exactly as after a crash between the call and its write.
     pub fn defer(&mut self, events: Vec<NewEvent>) {
         self.pending.extend(events);
+    }
+}
+
+/// Who asks an engine for a change, for the audit trail: the API's caller and what it asked.
+#[derive(Debug, Clone)]
+pub struct Asked {
+    pub actor: String,
+    pub action: &'static str,
+}
+
+impl Asked {
+    pub fn new(actor: &str, action: &'static str) -> Self {
+        Asked { actor: actor.to_string(), action }
     }
 }
 
@@ -133,7 +155,8 @@ impl Journal {
     /// Stores a new record with its first events.
     pub async fn insert<S: TxState, D: Serialize>(&self, rec: &mut Record<S, D>, events: Vec<NewEvent>) -> Result<(), StoreError> {
         self.stamp(rec);
-        self.store.insert_tx(&rec.row, &events).await?;
+        let audit = rec.audit.take();
+        self.store.insert_tx(&rec.row, &events, audit.as_ref()).await?;
         self.remember(&rec.row, rec.state.is_terminal());
         self.announce(rec, events);
         Ok(())
@@ -157,7 +180,8 @@ impl Journal {
             false => [std::mem::take(&mut rec.pending), events].concat(),
         };
         self.stamp(rec);
-        rec.row.rev = match self.store.save_tx(&rec.row, &events).await {
+        let audit = rec.audit.take();
+        rec.row.rev = match self.store.save_tx(&rec.row, &events, audit.as_ref()).await {
             Ok(rev) => rev,
             Err(e) => {
                 self.forget(&rec.row.id);

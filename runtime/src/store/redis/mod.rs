@@ -42,7 +42,7 @@ use serde_json::Value;
 pub use keys::{BUCKETS, Keys};
 
 use super::{
-    ACTIVE, AuditStore, Backend, EventRow, IdempotencyStore, IdempotentReply, Inspect, KeyRow, Lease, NewEvent,
+    ACTIVE, Audit, AuditStore, Backend, EventRow, IdempotencyStore, IdempotentReply, Inspect, KeyRow, Lease, NewEvent,
     PluginRow, PluginStore, Result, Retention, SettingStore, StoreError, TenantRow, TenantStore, TxQuery, TxRow, TxStore,
 };
 
@@ -561,9 +561,21 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt { id: what.into(), reason: e.to_string() })
 }
 
+impl RedisStore {
+    /// Appends the audit entry of a transaction's write that took effect. The trail is a list
+    /// of its own (another slot on a cluster), so the entry follows the write instead of
+    /// sharing its script; the write stands if the entry cannot be written (logged).
+    async fn audit_written(&self, row: &TxRow, audit: Option<&Audit>) {
+        let Some(a) = audit else { return };
+        if let Err(e) = AuditStore::audit(self, &row.tenant, &a.actor, &a.action, &a.detail).await {
+            tracing::error!(tenant = %row.tenant, transaction_id = %row.id, action = %a.action, "recording an audit entry failed: {e}");
+        }
+    }
+}
+
 #[async_trait]
 impl TxStore for RedisStore {
-    async fn insert_tx(&self, row: &TxRow, events: &[NewEvent]) -> Result<()> {
+    async fn insert_tx(&self, row: &TxRow, events: &[NewEvent], audit: Option<&Audit>) -> Result<()> {
         // The index first: if this process dies before the row is written, an entry too many.
         let score = self.index(Indexed::of(row), true, (!row.ended).then_some(row.state.as_str())).await?;
         let mut call = SCRIPTS.insert_tx.key(self.keys.tx(&row.id));
@@ -586,13 +598,14 @@ impl TxStore for RedisStore {
         match inserted {
             1 => {
                 self.learn(&row.id, Some(row));
+                self.audit_written(row, audit).await;
                 Ok(())
             }
             _ => Err(StoreError::Conflict { kind: "transaction", id: row.id.clone() }),
         }
     }
 
-    async fn save_tx(&self, row: &TxRow, events: &[NewEvent]) -> Result<i64> {
+    async fn save_tx(&self, row: &TxRow, events: &[NewEvent], audit: Option<&Audit>) -> Result<i64> {
         let conflict = || StoreError::Conflict { kind: "transaction", id: row.id.clone() };
         let (count, events) = (events.len(), events_json(events));
         let save = |score: Option<String>| {
@@ -635,6 +648,7 @@ impl TxStore for RedisStore {
         if old_state != row.state && !old_score.is_empty() {
             self.unindex(&row.tenant, &row.kind, &row.id, &old_state, &old_score).await?;
         }
+        self.audit_written(row, audit).await;
         Ok(rev)
     }
 

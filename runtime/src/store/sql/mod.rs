@@ -18,7 +18,7 @@ use sqlx::{AnyPool, Row};
 
 use super::commit;
 use super::{
-    AuditStore, Backend, EventRow, IdempotencyStore, IdempotentReply, Inspect, KeyRow, Lease, NewEvent, PluginRow,
+    Audit, AuditStore, Backend, EventRow, IdempotencyStore, IdempotentReply, Inspect, KeyRow, Lease, NewEvent, PluginRow,
     PluginStore, Result, Retention, SettingStore, StoreError, TenantRow, TenantStore, TxQuery, TxRow, TxStore, now_ms,
 };
 
@@ -225,12 +225,14 @@ impl Inspect for SqlStore {
 
 #[async_trait]
 impl TxStore for SqlStore {
-    async fn insert_tx(&self, row: &TxRow, events: &[NewEvent]) -> Result<()> {
-        self.commits.submit(commit::Write::Insert(row.clone(), events.to_vec())).await.map(drop)
+    async fn insert_tx(&self, row: &TxRow, events: &[NewEvent], audit: Option<&Audit>) -> Result<()> {
+        let audit = audit.map(|a| commit::AuditRow::new(&row.tenant, a));
+        self.commits.submit(commit::Write::Insert(row.clone(), events.to_vec(), audit)).await.map(drop)
     }
 
-    async fn save_tx(&self, row: &TxRow, events: &[NewEvent]) -> Result<i64> {
-        self.commits.submit(commit::Write::Save(row.clone(), events.to_vec())).await
+    async fn save_tx(&self, row: &TxRow, events: &[NewEvent], audit: Option<&Audit>) -> Result<i64> {
+        let audit = audit.map(|a| commit::AuditRow::new(&row.tenant, a));
+        self.commits.submit(commit::Write::Save(row.clone(), events.to_vec(), audit)).await
     }
 
     async fn get_tx(&self, tenant: &str, kind: &str, id: &str) -> Result<Option<TxRow>> {
@@ -655,15 +657,8 @@ impl SettingStore for SqlStore {
 #[async_trait]
 impl AuditStore for SqlStore {
     async fn audit(&self, tenant: &str, actor: &str, action: &str, detail: &Value) -> Result<()> {
-        let entry = commit::AuditRow {
-            id: uuid::Uuid::now_v7().to_string(),
-            tenant: tenant.to_string(),
-            at_ms: now_ms(),
-            actor: actor.to_string(),
-            action: action.to_string(),
-            detail: detail.to_string(),
-        };
-        self.commits.submit(commit::Write::Audit(entry)).await.map(drop)
+        let entry = Audit { actor: actor.to_string(), action: action.to_string(), detail: detail.clone() };
+        self.commits.submit(commit::Write::Audit(commit::AuditRow::new(tenant, &entry))).await.map(drop)
     }
 
     async fn audit_log(&self, tenant: &str, limit: i64) -> Result<Vec<(i64, String, String, Value)>> {

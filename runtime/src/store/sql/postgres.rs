@@ -37,13 +37,6 @@ impl BatchWriter for PostgresWriter {
 async fn apply_postgres(pool: &sqlx::PgPool, writes: &[Write]) -> Result<Vec<Result<i64>>> {
     let inserts: Vec<&Write> = writes.iter().filter(|w| matches!(w, Write::Insert(..))).collect();
     let saves: Vec<&Write> = writes.iter().filter(|w| matches!(w, Write::Save(..))).collect();
-    let audits: Vec<&AuditRow> = writes
-        .iter()
-        .filter_map(|w| match w {
-            Write::Audit(a) => Some(a),
-            _ => None,
-        })
-        .collect();
     let mut tx = pool.begin().await?;
     let mut inserted = HashSet::new();
     if !inserts.is_empty() {
@@ -82,6 +75,7 @@ async fn apply_postgres(pool: &sqlx::PgPool, writes: &[Write]) -> Result<Vec<Res
         }
     }
     let (results, entries) = outcomes(writes, &inserted, &saved);
+    let audits: Vec<&AuditRow> = writes.iter().zip(&results).filter_map(|(w, result)| w.audit_row(result.is_ok())).collect();
     if !entries.is_empty() {
         let tx_id: Vec<&str> = entries.iter().map(|e| e.tx_id).collect();
         let seq: Vec<i64> = entries.iter().map(|e| e.seq).collect();

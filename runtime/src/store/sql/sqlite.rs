@@ -55,11 +55,8 @@ fn apply_sqlite(conn: &mut rusqlite::Connection, writes: &[Write]) -> Result<Vec
             tx.prepare_cached("INSERT INTO audit (id, tenant_id, at, actor, action, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
         for w in writes {
             let last_seq = match w {
-                Write::Audit(a) => {
-                    audit.execute(rusqlite::params![a.id, a.tenant, a.at_ms, a.actor, a.action, a.detail])?;
-                    None
-                }
-                Write::Insert(row, events) => {
+                Write::Audit(_) => None,
+                Write::Insert(row, events, _) => {
                     let n = events.len() as i64;
                     let inserted = insert.execute(rusqlite::params![
                         row.tenant, row.id, row.kind, row.name, row.state, row.doc, row.rev, row.owner,
@@ -67,7 +64,7 @@ fn apply_sqlite(conn: &mut rusqlite::Connection, writes: &[Write]) -> Result<Vec
                     ])?;
                     (inserted == 1).then_some(n)
                 }
-                Write::Save(row, events) => update
+                Write::Save(row, events, _) => update
                     .query_row(
                         rusqlite::params![
                             row.tenant, row.id, row.state, row.doc, row.rev, row.owner, row.lease_until_ms,
@@ -80,6 +77,9 @@ fn apply_sqlite(conn: &mut rusqlite::Connection, writes: &[Write]) -> Result<Vec
             let (result, entry) = w.outcome(last_seq);
             if let Some(entry) = entry {
                 journal.execute(rusqlite::params![entry.tx_id, entry.seq, entry.at, entry.events])?;
+            }
+            if let Some(a) = w.audit_row(result.is_ok()) {
+                audit.execute(rusqlite::params![a.id, a.tenant, a.at_ms, a.actor, a.action, a.detail])?;
             }
             results.push(result);
         }
