@@ -94,8 +94,9 @@ fn bench_api_drives_a_server_of_its_own_in_every_mode() {
         assert_eq!(report["transactions"], 12, "{mode}: {report}");
         assert!(report["tx_per_s"].as_f64().unwrap() > 0.0 && report["server_cpu_ms_per_tx"].is_number(), "{mode}: {report}");
         // The engine's figure beside it, where the engine bench has the same transactions.
-        let twin = matches!(mode, "saga" | "saga-one" | "2pc");
+        let twin = matches!(mode, "saga" | "saga-one" | "2pc" | "managed");
         assert_eq!(report["engine_tx_per_s"].as_f64().is_some_and(|r| r > 0.0), twin, "{mode}: {report}");
         assert_eq!(report["api_over_engine"].is_number(), twin, "{mode}: {report}");
+        assert_eq!(report["engine_cpu_ms_per_tx"].is_number(), twin, "{mode}: {report}");
     }
 }

@@ -355,6 +355,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn remembered_answers_a_yes_for_good_and_forgets_a_revoked_key_at_once() {
+        let remembered = Remembered::default();
+        assert_eq!(remembered.has_tenants(), None, "nothing asked yet: ask the store");
+        remembered.remember_tenants(false);
+        assert_eq!(remembered.has_tenants(), Some(false));
+        remembered.remember_tenants(true);
+        assert_eq!(remembered.has_tenants(), Some(true));
+        let (key, _) = new_key("acme");
+        assert!(remembered.key(&key.key_id).is_none(), "unknown keys are asked every time");
+        remembered.remember_key(&key);
+        assert_eq!(remembered.key(&key.key_id).map(|k| k.tenant_id), Some("acme".to_string()));
+        remembered.forget_key(&key.key_id);
+        assert!(remembered.key(&key.key_id).is_none(), "a key revoked here is asked again at once");
+    }
+
+    #[test]
     fn keys_verify_against_their_salted_hash_only() {
         let (row, key) = new_key("acme");
         let (id, secret) = split_key(&key).unwrap();
