@@ -98,7 +98,7 @@ pub async fn bench_api(report: &mut Report, args: ApiArgs) -> anyhow::Result<()>
     report.add("mode", args.mode.name(), args.mode.name());
     eprintln!("running {} {}, {} clients…", args.count, args.mode.name(), args.concurrency);
     let server_pid = target.child.as_ref().and_then(|c| c.id()).map(|pid| pid.to_string());
-    let cpu_before = server_pid.as_deref().and_then(cpu_time_of);
+    let (cpu_before, client_cpu_before) = (server_pid.as_deref().and_then(cpu_time_of), cpu_time_of("self"));
     let bodies = std::sync::Arc::new(Bodies::of(args.mode, participant.as_deref()));
     let pool = Pool::new(&target.url)?;
     let (latencies, wall) = run_load(args.concurrency, args.count, move || {
@@ -117,6 +117,10 @@ pub async fn bench_api(report: &mut Report, args: ApiArgs) -> anyhow::Result<()>
     report.add("p50_ms", round2(ms(percentile(&latencies, 0.50))), format!("{:.2} ms (every request of one transaction)", ms(percentile(&latencies, 0.50))));
     report.add("p99_ms", round2(ms(percentile(&latencies, 0.99))), format!("{:.2} ms", ms(percentile(&latencies, 0.99))));
     report.add("wall_s", round1(wall.as_secs_f64()), format!("{:.2} s", wall.as_secs_f64()));
+    // The client's own cost (and the HTTP participant's, in http-saga mode), on the same cores.
+    if let Some(client_ms) = cpu_ms_per(client_cpu_before, cpu_time_of("self"), latencies.len()) {
+        report.add("client_cpu_ms_per_tx", round2(client_ms), format!("{client_ms:.3} ms of this client's CPU per transaction"));
+    }
     let mut server_cpu = None;
     if let Some(pid) = &server_pid {
         server_cpu = cpu_ms_per(cpu_before, cpu_time_of(pid), latencies.len());
