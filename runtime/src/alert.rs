@@ -13,7 +13,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::model::Progress;
+use crate::model::{Change, Progress};
 use crate::outbound::NoAnswer;
 use crate::participant::Invoker;
 use std::sync::Arc;
@@ -190,7 +190,7 @@ impl Alerts {
             if self.store.get_tx(&row.tenant, KIND, &id).await?.is_some() {
                 continue;
             }
-            let p = Progress {
+            let p = Progress::new(Change {
                 tenant: row.tenant.clone(),
                 tx_id: row.id.clone(),
                 state: "failed",
@@ -198,7 +198,7 @@ impl Alerts {
                 created_at_ms: row.created_at_ms,
                 rev: row.rev,
                 event: NewEvent::new("failed", None, json!({"raised_by": "census"})),
-            };
+            });
             self.raise(&p).await?;
         }
         Ok(())
@@ -304,9 +304,9 @@ mod tests {
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }
-        let p = |kind: &str, state: &'static str, terminal: bool| Progress {
+        let p = |kind: &str, state: &'static str, terminal: bool| Progress::new(Change {
             tenant: "t".into(), tx_id: "saga-1".into(), state, terminal, created_at_ms: 0, rev: 1, event: NewEvent::new(kind, None, json!({})),
-        };
+        });
         assert_eq!(event_of(&p("saga_failed", "failed", true)), Some("failed"));
         assert_eq!(event_of(&p("compensation_failed", "compensating", false)), Some("compensation_failed"));
         assert_eq!(event_of(&p("alert", "failed", false)), Some("decision_unacknowledged"));

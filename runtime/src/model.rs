@@ -91,9 +91,28 @@ pub enum Decision {
 }
 
 /// A durable change of a transaction, announced after it is committed (progress output,
-/// waiting for an end state, tests).
+/// waiting for an end state, alerts, metrics, the console's charts, tests). Every observer
+/// receives every announcement, so a copy is one reference count, not the change itself.
 #[derive(Debug, Clone)]
-pub struct Progress {
+pub struct Progress(std::sync::Arc<Change>);
+
+impl Progress {
+    pub fn new(change: Change) -> Self {
+        Progress(std::sync::Arc::new(change))
+    }
+}
+
+impl std::ops::Deref for Progress {
+    type Target = Change;
+
+    fn deref(&self) -> &Change {
+        &self.0
+    }
+}
+
+/// What a `Progress` announces.
+#[derive(Debug, Clone)]
+pub struct Change {
     pub tenant: String,
     pub tx_id: String,
     /// The transaction's state after the change.

@@ -9,7 +9,6 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 
@@ -33,11 +32,6 @@ pub const MAX_URI_BYTES: usize = 8 << 10;
 #[derive(Debug, Clone, Copy)]
 pub struct BodyTimeout(pub Duration);
 
-/// Leaves `BodyTimeout(limit)` in every request.
-pub async fn body_timeout(axum::extract::State(limit): axum::extract::State<Duration>, mut req: Request, next: Next) -> Response {
-    req.extensions_mut().insert(BodyTimeout(limit));
-    next.run(req).await
-}
 
 /// The tenant's own cap on JSON bodies, left in the request by the `Tenant` extractor.
 #[derive(Debug, Clone, Copy)]
@@ -155,33 +149,38 @@ impl<S: Send + Sync> FromRequestParts<S> for IdPair {
     }
 }
 
-/// Refuses oversized headers (431) and URIs (414) before anything reads them.
-pub(crate) async fn bounded_request(req: Request, next: Next) -> Response {
+/// The refusal of a request whose headers (431) or URI (414) are too large, before anything
+/// reads them.
+pub(crate) fn oversized(req: &Request) -> Option<Response> {
     let header_bytes: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
     if header_bytes > MAX_HEADER_BYTES {
-        return ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "headers_too_large",
-            format!("the request's headers are {header_bytes} bytes; at most {MAX_HEADER_BYTES} are accepted"),
-        )
-        .into_response();
+        return Some(
+            ApiError::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+                format!("the request's headers are {header_bytes} bytes; at most {MAX_HEADER_BYTES} are accepted"),
+            )
+            .into_response(),
+        );
     }
-    let uri_bytes = req.uri().to_string().len();
+    // Measured as sent (origin form, or absolute form with its scheme and authority), without
+    // writing it out again.
+    let uri = req.uri();
+    let uri_bytes = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(0, |pq| pq.as_str().len());
     if uri_bytes > MAX_URI_BYTES {
-        return ApiError::new(
-            StatusCode::URI_TOO_LONG,
-            "uri_too_long",
-            format!("the request URI is {uri_bytes} bytes; at most {MAX_URI_BYTES} are accepted"),
-        )
-        .into_response();
+        return Some(
+            ApiError::new(StatusCode::URI_TOO_LONG, "uri_too_long", format!("the request URI is {uri_bytes} bytes; at most {MAX_URI_BYTES} are accepted"))
+                .into_response(),
+        );
     }
-    next.run(req).await
+    None
 }
 
-/// Turns an error the router made itself (405, a rejected extractor's text) into the JSON
-/// error document every other error is; `Allow` and `Retry-After` are kept.
-pub(crate) async fn json_errors(req: Request, next: Next) -> Response {
-    let response = next.run(req).await;
+/// `response`, or, when it is an error the router made itself (405, a rejected extractor's
+/// text), the JSON error document every other error is; `Allow` and `Retry-After` are kept.
+pub(crate) async fn as_json(response: Response) -> Response {
     let status = response.status();
     let is_json = response
         .headers()

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 pub use error::ApiError;
-pub use input::{BODY_READ_TIMEOUT, BodyTimeout, MAX_COMPONENT_BODY, MAX_HEADER_BYTES, MAX_JSON_BODY, MAX_URI_BYTES, body_timeout};
+pub use input::{BODY_READ_TIMEOUT, BodyTimeout, MAX_COMPONENT_BODY, MAX_HEADER_BYTES, MAX_JSON_BODY, MAX_URI_BYTES};
 use input::{Id, JsonBody, UploadBody};
 
 use crate::participant::Invoker;
@@ -295,16 +295,25 @@ pub fn router(state: AppState) -> Router {
     routes
         .fallback(not_found)
         .with_state(state.clone())
-        .layer(axum::middleware::from_fn(count_request))
-        .layer(axum::middleware::from_fn(input::json_errors))
-        .layer(axum::middleware::from_fn(input::bounded_request))
+        .layer(axum::middleware::from_fn(guard))
         .merge(console::router(state))
 }
 
 
-/// Answers 503 `request_timeout` for a request still running after `limit` (what it started
-/// keeps running: engines drive transactions in their own tasks).
-pub async fn deadline(State(limit): State<std::time::Duration>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+/// How long a request may take in all, and its body to arrive (`serve --request-timeout-ms`,
+/// `--body-timeout-ms`).
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    pub request: std::time::Duration,
+    pub body: std::time::Duration,
+}
+
+/// Leaves the body's deadline in every request (`BodyTimeout`) and answers 503
+/// `request_timeout` for a request still running after its own (what it started keeps
+/// running: engines drive transactions in their own tasks).
+pub async fn deadline(State(limits): State<Deadlines>, mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    req.extensions_mut().insert(BodyTimeout(limits.body));
+    let limit = limits.request;
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
         Err(_) => ApiError::new(
@@ -314,6 +323,16 @@ pub async fn deadline(State(limit): State<std::time::Duration>, req: axum::extra
         )
         .into_response(),
     }
+}
+
+/// The one layer around every API route (one, not three: each layer boxes a future per
+/// request): refuses oversized headers and URIs, counts the request, and answers the router's
+/// own errors as JSON.
+async fn guard(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if let Some(refused) = input::oversized(&req) {
+        return refused;
+    }
+    input::as_json(count_request(req, next).await).await
 }
 
 /// Counts each request by method, route pattern (never the ids in its path) and status.

@@ -303,9 +303,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let max_connections = fit_connections(args.max_connections);
     // Tests and scripts read this line to find the port.
     println!("wasmtx listening on http://{addr} (node {})", node.sagas.node_id());
-    let app = router(state)
-        .layer(axum::middleware::from_fn_with_state(Duration::from_millis(args.request_timeout_ms.max(1)), crate::api::deadline))
-        .layer(axum::middleware::from_fn_with_state(Duration::from_millis(args.body_timeout_ms.max(1)), crate::api::body_timeout));
+    let deadlines = crate::api::Deadlines {
+        request: Duration::from_millis(args.request_timeout_ms.max(1)),
+        body: Duration::from_millis(args.body_timeout_ms.max(1)),
+    };
+    let app = router(state).layer(axum::middleware::from_fn_with_state(deadlines, crate::api::deadline));
     let limits = Connections {
         max: max_connections,
         header_timeout: Duration::from_millis(args.header_timeout_ms.max(1)),

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
-use crate::model::Progress;
+use crate::model::{Change, Progress};
 use crate::store::{Audit, NewEvent, Store, StoreError, TxRow};
 
 /// The state enum of a transaction kind.
@@ -197,7 +197,7 @@ impl Journal {
     fn announce<S: TxState, D>(&self, rec: &Record<S, D>, events: Vec<NewEvent>) {
         let last = events.len().saturating_sub(1);
         for (i, event) in events.into_iter().enumerate() {
-            let _ = self.progress.send(Progress {
+            let _ = self.progress.send(Progress::new(Change {
                 tenant: rec.row.tenant.clone(),
                 tx_id: rec.row.id.clone(),
                 state: rec.state.as_str(),
@@ -206,7 +206,7 @@ impl Journal {
                 created_at_ms: rec.row.created_at_ms,
                 rev: rec.row.rev,
                 event,
-            });
+            }));
         }
     }
 }

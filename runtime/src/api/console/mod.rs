@@ -81,8 +81,7 @@ pub(super) fn router(app: AppState) -> Router {
         .layer(middleware::from_fn_with_state(console.clone(), session::ensure))
         .layer(middleware::from_fn(security_headers))
         .with_state(console)
-        .layer(middleware::from_fn(super::count_request))
-        .layer(middleware::from_fn(super::input::bounded_request))
+        .layer(middleware::from_fn(guard))
 }
 
 async fn not_found(viewer: Result<session::Viewer, Problem>) -> Response {
@@ -146,4 +145,12 @@ fn check_csrf(current: Option<&session::Current>, given: &str) -> Result<(), Pro
         Some(c) if super::auth::constant_time_eq(c.csrf.as_bytes(), given.as_bytes()) => Ok(()),
         _ => Err(Problem::new(StatusCode::FORBIDDEN, "The form's security token is missing or stale: go back, reload the page and try again.")),
     }
+}
+
+/// The console's outermost layer: refuses oversized headers and URIs, counts the request.
+async fn guard(req: axum::extract::Request, next: middleware::Next) -> axum::response::Response {
+    if let Some(refused) = super::input::oversized(&req) {
+        return refused;
+    }
+    super::count_request(req, next).await
 }
