@@ -35,6 +35,10 @@ pub struct ApiArgs {
     /// Where the built plugins are.
     #[arg(long, default_value = "target/plugins/wasm32-wasip2/plugin")]
     plugin_dir: PathBuf,
+    /// In `http-saga` mode, how long the participant takes to answer each call, in ms (`bench
+    /// fleet`'s participants take 2).
+    #[arg(long, default_value_t = 0)]
+    participant_delay_ms: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -92,7 +96,7 @@ pub async fn bench_api(report: &mut Report, args: ApiArgs) -> anyhow::Result<()>
         anyhow::ensure!(r.status().is_success(), "uploading {name}: {}", r.text().await?);
     }
     let participant = match args.mode {
-        Mode::HttpSaga => Some(fast_participant().await?),
+        Mode::HttpSaga => Some(start_participant(Duration::from_millis(args.participant_delay_ms)).await?),
         _ => None,
     };
     report.add("mode", args.mode.name(), args.mode.name());
@@ -308,9 +312,15 @@ async fn start_server(database_url: Option<&str>) -> anyhow::Result<Target> {
     Ok(Target { url, child: Some(child), _scratch: Some(scratch) })
 }
 
-/// An HTTP participant that answers every phase at once.
-async fn fast_participant() -> anyhow::Result<String> {
-    let app = axum::Router::new().route("/{action}", axum::routing::post(|| async { axum::Json(json!({"ok": true})) }));
+/// An HTTP participant that answers every phase after `delay` (at once without one).
+async fn start_participant(delay: Duration) -> anyhow::Result<String> {
+    let answer = move || async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        axum::Json(json!({"ok": true}))
+    };
+    let app = axum::Router::new().route("/{action}", axum::routing::post(answer));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move {

@@ -137,7 +137,7 @@ impl SqlStore {
             Dialect::Postgres => {
                 let options = AnyConnectOptions::from_str(url)?;
                 AnyPoolOptions::new()
-                    .max_connections(32)
+                    .max_connections(16)
                     .acquire_timeout(Duration::from_secs(10))
                     .after_connect(|conn, _| {
                         Box::pin(async move {
