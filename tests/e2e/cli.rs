@@ -85,6 +85,14 @@ fn log_format_json_writes_one_json_object_per_line() {
 }
 
 #[test]
+fn bench_api_refuses_a_participant_delay_past_its_bound_before_starting_anything() {
+    let out = wasmtx(&["bench", "api", "--mode", "http-saga", "--participant-delay-ms", "18446744073709551615", "--count", "1"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--participant-delay-ms must be at most 10000"), "{stderr}");
+}
+
+#[test]
 fn bench_api_drives_a_server_of_its_own_in_every_mode() {
     let plugin_dir = std::path::Path::new(plugins::PAYMENT).parent().unwrap().to_str().unwrap().to_string();
     for mode in ["saga", "saga-one", "http-saga", "2pc", "managed"] {

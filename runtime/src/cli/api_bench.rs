@@ -63,6 +63,9 @@ impl Mode {
     }
 }
 
+/// Longest answer delay `--participant-delay-ms` gives the HTTP participant.
+const MAX_PARTICIPANT_DELAY_MS: u64 = 10_000;
+
 /// The server a run drives, and the process when this run started it.
 struct Target {
     url: String,
@@ -83,6 +86,10 @@ mod tempdir {
 
 pub async fn bench_api(report: &mut Report, args: ApiArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.concurrency >= 1 && args.count >= 1, "--concurrency and --count must be positive");
+    anyhow::ensure!(
+        args.participant_delay_ms <= MAX_PARTICIPANT_DELAY_MS,
+        "--participant-delay-ms must be at most {MAX_PARTICIPANT_DELAY_MS} (a step's default timeout is 30 s)"
+    );
     let mut target = match &args.server {
         Some(url) => Target { url: url.trim_end_matches('/').to_string(), child: None, _scratch: None },
         None => start_server(args.database_url.as_deref()).await?,

@@ -50,16 +50,21 @@ pub(crate) struct AuditRow {
 }
 
 impl AuditRow {
-    /// `entry`, of `tenant`'s trail, as written now.
-    pub(crate) fn new(tenant: &str, entry: &crate::store::Audit) -> Self {
+    /// `actor` did `action` (`detail`), in `tenant`'s trail, as written now.
+    pub(crate) fn new(tenant: &str, actor: &str, action: &str, detail: &serde_json::Value) -> Self {
         AuditRow {
             id: uuid::Uuid::now_v7().to_string(),
             tenant: tenant.to_string(),
             at_ms: crate::store::now_ms(),
-            actor: entry.actor.clone(),
-            action: entry.action.clone(),
-            detail: entry.detail.to_string(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            detail: detail.to_string(),
         }
+    }
+
+    /// The entry that rides on a write of one of `tenant`'s transactions.
+    pub(crate) fn riding(tenant: &str, entry: &crate::store::Audit) -> Self {
+        AuditRow::new(tenant, &entry.actor, &entry.action, &entry.detail)
     }
 }
 

@@ -128,8 +128,12 @@ impl State {
     /// The audit entry of a transaction's write that took effect, in the same step.
     fn audit_written(&mut self, row: &TxRow, audit: Option<&Audit>) {
         if let Some(a) = audit {
-            self.audit.push((row.tenant.clone(), super::now_ms(), a.actor.clone(), a.action.clone(), a.detail.clone()));
+            self.record_audit(&row.tenant, &a.actor, &a.action, &a.detail);
         }
+    }
+
+    fn record_audit(&mut self, tenant: &str, actor: &str, action: &str, detail: &Value) {
+        self.audit.push((tenant.to_string(), super::now_ms(), actor.to_string(), action.to_string(), detail.clone()));
     }
 }
 
@@ -330,8 +334,7 @@ impl SettingStore for MemoryStore {
 #[async_trait]
 impl AuditStore for MemoryStore {
     async fn audit(&self, tenant: &str, actor: &str, action: &str, detail: &Value) -> Result<()> {
-        let entry = (tenant.to_string(), super::now_ms(), actor.to_string(), action.to_string(), detail.clone());
-        self.inner.lock().unwrap().audit.push(entry);
+        self.inner.lock().unwrap().record_audit(tenant, actor, action, detail);
         Ok(())
     }
 

@@ -226,12 +226,12 @@ impl Inspect for SqlStore {
 #[async_trait]
 impl TxStore for SqlStore {
     async fn insert_tx(&self, row: &TxRow, events: &[NewEvent], audit: Option<&Audit>) -> Result<()> {
-        let audit = audit.map(|a| commit::AuditRow::new(&row.tenant, a));
+        let audit = audit.map(|a| commit::AuditRow::riding(&row.tenant, a));
         self.commits.submit(commit::Write::Insert(row.clone(), events.to_vec(), audit)).await.map(drop)
     }
 
     async fn save_tx(&self, row: &TxRow, events: &[NewEvent], audit: Option<&Audit>) -> Result<i64> {
-        let audit = audit.map(|a| commit::AuditRow::new(&row.tenant, a));
+        let audit = audit.map(|a| commit::AuditRow::riding(&row.tenant, a));
         self.commits.submit(commit::Write::Save(row.clone(), events.to_vec(), audit)).await
     }
 
@@ -657,8 +657,7 @@ impl SettingStore for SqlStore {
 #[async_trait]
 impl AuditStore for SqlStore {
     async fn audit(&self, tenant: &str, actor: &str, action: &str, detail: &Value) -> Result<()> {
-        let entry = Audit { actor: actor.to_string(), action: action.to_string(), detail: detail.clone() };
-        self.commits.submit(commit::Write::Audit(commit::AuditRow::new(tenant, &entry))).await.map(drop)
+        self.commits.submit(commit::Write::Audit(commit::AuditRow::new(tenant, actor, action, detail))).await.map(drop)
     }
 
     async fn audit_log(&self, tenant: &str, limit: i64) -> Result<Vec<(i64, String, String, Value)>> {
