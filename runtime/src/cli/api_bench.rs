@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::{Value, json};
 
+use super::http1::{Conn, Pool};
 use super::report::{Report, cpu_ms_per, cpu_time_of, ms, peak_rss_of, percentile, round1, round2, run_load};
 
 #[derive(clap::Args)]
@@ -249,66 +250,6 @@ async fn one(conn: &mut Conn, bodies: &Bodies) -> anyhow::Result<()> {
     };
     anyhow::ensure!(reached == Some(wanted), "{id} ended {reached:?}");
     Ok(())
-}
-
-/// One keep-alive HTTP/1.1 connection to the server, used by one transaction at a time: the
-/// leanest client hyper offers, so the client's own cost stays small beside the server's.
-struct Conn {
-    send: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
-}
-
-impl Conn {
-    async fn open(addr: std::net::SocketAddr) -> anyhow::Result<Conn> {
-        let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
-        stream.set_nodelay(true)?;
-        let (send, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok(Conn { send })
-    }
-
-    /// POSTs `body` (JSON) to `path`; the answer's body, unless its status is not a success.
-    async fn post(&mut self, path: &str, body: bytes::Bytes) -> anyhow::Result<bytes::Bytes> {
-        use http_body_util::BodyExt;
-        let request = hyper::Request::post(path)
-            .header(hyper::header::HOST, "wasmtx")
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .body(http_body_util::Full::new(body))?;
-        self.send.ready().await?;
-        let answer = tokio::time::timeout(Duration::from_secs(120), self.send.send_request(request)).await.context("no answer within 120 s")??;
-        let status = answer.status();
-        let body = answer.into_body().collect().await?.to_bytes();
-        anyhow::ensure!(status.is_success(), "POST {path}: {status} {}", String::from_utf8_lossy(&body));
-        Ok(body)
-    }
-}
-
-/// Open connections not in use; a transaction takes one (or opens one) and gives it back.
-#[derive(Clone)]
-struct Pool {
-    addr: std::net::SocketAddr,
-    idle: std::sync::Arc<std::sync::Mutex<Vec<Conn>>>,
-}
-
-impl Pool {
-    fn new(url: &str) -> anyhow::Result<Pool> {
-        let authority = url.strip_prefix("http://").context("the server's URL must be http://host:port")?;
-        let addr = std::net::ToSocketAddrs::to_socket_addrs(authority.trim_end_matches('/'))?.next().context("the server's address does not resolve")?;
-        Ok(Pool { addr, idle: Default::default() })
-    }
-
-    async fn take(&self) -> anyhow::Result<Conn> {
-        let idle = self.idle.lock().unwrap().pop();
-        match idle {
-            Some(conn) if !conn.send.is_closed() => Ok(conn),
-            _ => Conn::open(self.addr).await,
-        }
-    }
-
-    fn give_back(&self, conn: Conn) {
-        self.idle.lock().unwrap().push(conn);
-    }
 }
 
 /// Starts `wasmtx serve` on a scratch directory (and `database_url`) and waits until it listens.

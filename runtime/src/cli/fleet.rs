@@ -15,10 +15,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::extract::{Path as UrlPath, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Method};
 use serde_json::{Value, json};
 
-use super::report::{Report, percentile, round1};
+use super::http1::Pool;
+use super::report::{Report, cpu_ms_per, cpu_time_of, percentile, round1, round2};
 use crate::saga::SagaState;
 use crate::store::now_ms;
 use crate::tpc::TpcState;
@@ -29,7 +30,8 @@ const TX_DEADLINE: Duration = Duration::from_secs(120);
 
 #[derive(clap::Args)]
 pub struct FleetArgs {
-    /// Coordinators to start.
+    /// Coordinators to start. With 1, nothing is killed: the figure a fleet's is compared with,
+    /// the same client and checks against one coordinator.
     #[arg(long, default_value_t = 3)]
     servers: usize,
     /// Transactions in all (half sagas of 3 steps, half 2PC with 3 participants).
@@ -68,7 +70,7 @@ type Calls = Arc<Mutex<Vec<Call>>>;
 
 /// Runs the fleet; returns whether every check passed.
 pub async fn bench_fleet(report: &mut Report, args: FleetArgs) -> anyhow::Result<bool> {
-    anyhow::ensure!((2..=16).contains(&args.servers), "--servers must be 2-16 (one is killed)");
+    anyhow::ensure!((1..=16).contains(&args.servers), "--servers must be 1-16 (one is killed when there are several)");
     anyhow::ensure!(args.count >= 2 && args.concurrency >= 1, "--count must be at least 2, --concurrency at least 1");
     anyhow::ensure!(
         crate::store::Store::is_shared(&args.database_url),
@@ -98,14 +100,18 @@ async fn run(report: &mut Report, args: &FleetArgs, scratch: &std::path::Path, d
     }
     eprintln!("{} coordinators up; running {} transactions, {} at a time…", args.servers, args.count, args.concurrency);
 
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    // The coordinators' CPU from here on (each restart's own start left out), and this
+    // process's (the client and the participants).
+    let cpu_of = |child: &Option<tokio::process::Child>| child.as_ref().and_then(|c| c.id()).and_then(|pid| cpu_time_of(&pid.to_string()));
+    let mut cpu_since: Vec<Option<Duration>> = children.iter().map(cpu_of).collect();
+    let mut servers_cpu = Some(Duration::ZERO);
+    let client_cpu_before = cpu_time_of("self");
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
-        let (client, fleet, next, done, endpoint) =
-            (client.clone(), fleet.clone(), next.clone(), done.clone(), participant.clone());
+        let (fleet, next, done, endpoint) = (fleet.clone(), next.clone(), done.clone(), participant.clone());
         let count = args.count;
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
@@ -115,7 +121,7 @@ async fn run(report: &mut Report, args: &FleetArgs, scratch: &std::path::Path, d
                     return anyhow::Ok(latencies);
                 }
                 let t = Instant::now();
-                run_one(&client, &fleet, &endpoint, i).await.with_context(|| format!("transaction {i}"))?;
+                run_one(&fleet, &endpoint, i).await.with_context(|| format!("transaction {i}"))?;
                 latencies.push(t.elapsed());
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                 if n % (count / 10).max(1) == 0 {
@@ -126,41 +132,61 @@ async fn run(report: &mut Report, args: &FleetArgs, scratch: &std::path::Path, d
     }
 
     // The crash: SIGKILL one coordinator a third of the way in, restart it after two leases
-    // (so the survivors must have taken its work over), under the same node id.
-    let victim = 1;
-    while done.load(Ordering::Relaxed) < args.count / 3 && !workers.iter().all(|w| w.is_finished()) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    // (so the survivors must have taken its work over), under the same node id. A lone
+    // coordinator is not killed: it is the figure a fleet's is compared with.
+    let victim = if args.servers > 1 { 1 } else { 0 };
+    let mut crash = None;
+    if args.servers > 1 {
+        while done.load(Ordering::Relaxed) < args.count / 3 && !workers.iter().all(|w| w.is_finished()) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let killed_at = started.elapsed();
+        servers_cpu = add_spent(servers_cpu, cpu_since[victim], cpu_of(&children[victim]));
+        fleet.urls.write().unwrap()[victim] = None;
+        if let Some(mut child) = children[victim].take() {
+            child.kill().await.context("SIGKILL")?;
+        }
+        eprintln!("  SIGKILLed coordinator {victim} at {:.2} s", killed_at.as_secs_f64());
+        tokio::time::sleep(Duration::from_millis(2 * args.lease_ms)).await;
+        children[victim] = Some(fleet.start(victim).await?);
+        cpu_since[victim] = cpu_of(&children[victim]);
+        let restarted_at = started.elapsed();
+        eprintln!("  restarted coordinator {victim} at {:.2} s", restarted_at.as_secs_f64());
+        crash = Some((killed_at, restarted_at));
     }
-    let killed_at = started.elapsed();
-    fleet.urls.write().unwrap()[victim] = None;
-    if let Some(mut child) = children[victim].take() {
-        child.kill().await.context("SIGKILL")?;
-    }
-    eprintln!("  SIGKILLed coordinator {victim} at {:.2} s", killed_at.as_secs_f64());
-    tokio::time::sleep(Duration::from_millis(2 * args.lease_ms)).await;
-    children[victim] = Some(fleet.start(victim).await?);
-    let restarted_at = started.elapsed();
-    eprintln!("  restarted coordinator {victim} at {:.2} s", restarted_at.as_secs_f64());
 
     let mut latencies = Vec::with_capacity(args.count);
     for w in workers {
         latencies.extend(w.await??);
     }
     let wall = started.elapsed();
+    for (child, since) in children.iter().zip(&cpu_since) {
+        servers_cpu = add_spent(servers_cpu, *since, cpu_of(child));
+    }
+    let client_cpu = cpu_ms_per(client_cpu_before, cpu_time_of("self"), latencies.len());
     latencies.sort_unstable();
     let rate = latencies.len() as f64 / wall.as_secs_f64();
     report.add("servers", args.servers, format!("{} coordinators, lease {} ms", args.servers, args.lease_ms));
     report.add("transactions", latencies.len(), format!("{} (half 3-step sagas, half 3-participant 2PC), concurrency {}", latencies.len(), args.concurrency));
-    report.add("tx_per_s", rate.round(), format!("{rate:.0} (through the crash)"));
+    report.add("tx_per_s", rate.round(), format!("{rate:.0}{}", if crash.is_some() { " (through the crash)" } else { " (one coordinator, not killed)" }));
     report.add("p50_ms", round1(percentile(&latencies, 0.5).as_secs_f64() * 1e3), format!("{:.1} ms", percentile(&latencies, 0.5).as_secs_f64() * 1e3));
     report.add("p99_ms", round1(percentile(&latencies, 0.99).as_secs_f64() * 1e3), format!("{:.1} ms", percentile(&latencies, 0.99).as_secs_f64() * 1e3));
-    report.add("killed_at_s", round1(killed_at.as_secs_f64()), format!("{:.2} s: coordinator {victim} SIGKILLed", killed_at.as_secs_f64()));
-    report.add("restarted_at_s", round1(restarted_at.as_secs_f64()), format!("{:.2} s: coordinator {victim} restarted", restarted_at.as_secs_f64()));
+    if let Some((killed_at, restarted_at)) = crash {
+        report.add("killed_at_s", round1(killed_at.as_secs_f64()), format!("{:.2} s: coordinator {victim} SIGKILLed", killed_at.as_secs_f64()));
+        report.add("restarted_at_s", round1(restarted_at.as_secs_f64()), format!("{:.2} s: coordinator {victim} restarted", restarted_at.as_secs_f64()));
+    }
     report.add("wall_s", round1(wall.as_secs_f64()), format!("{:.2} s", wall.as_secs_f64()));
+    if let Some(per_tx) = cpu_ms_per(Some(Duration::ZERO), servers_cpu, latencies.len()) {
+        report.add("servers_cpu_ms_per_tx", round2(per_tx), format!("{per_tx:.3} ms of the coordinators' CPU per transaction, all of them together"));
+    }
+    if let Some(per_tx) = client_cpu {
+        report.add("client_cpu_ms_per_tx", round2(per_tx), format!("{per_tx:.3} ms of this process's CPU per transaction (the client and the participants)"));
+    }
 
     // The restarted coordinator must be serving before the check (its recovery has run).
-    let url = fleet.urls.read().unwrap()[victim].clone().expect("restarted");
-    client.get(format!("{url}/healthz")).send().await?.error_for_status()?;
+    let (url, pool) = fleet.urls.read().unwrap()[victim].clone().expect("restarted");
+    let (health, _) = pool.send(Method::GET, "/healthz", None, &[]).await?;
+    anyhow::ensure!(health.is_success(), "{url}/healthz answered {health}");
     let calls = calls.lock().unwrap().clone();
     let passed = check(report, db_url, &calls).await?;
     for mut child in children.into_iter().flatten() {
@@ -169,9 +195,14 @@ async fn run(report: &mut Report, args: &FleetArgs, scratch: &std::path::Path, d
     Ok(passed)
 }
 
-/// The coordinators: where each listens (`None` while it is down).
+/// `spent` plus the CPU time a process used from `since` to `now`; unknown if any is.
+fn add_spent(spent: Option<Duration>, since: Option<Duration>, now: Option<Duration>) -> Option<Duration> {
+    Some(spent? + now?.checked_sub(since?)?)
+}
+
+/// The coordinators: where each listens and its idle connections (`None` while it is down).
 struct Fleet {
-    urls: RwLock<Vec<Option<String>>>,
+    urls: RwLock<Vec<Option<(String, Pool)>>>,
     db_url: String,
     scratch: PathBuf,
     lease_ms: u64,
@@ -183,45 +214,29 @@ impl Fleet {
         let dir = self.scratch.join(format!("node-{i}"));
         let (lease, node) = (self.lease_ms.to_string(), format!("fleet-{i}"));
         let (child, url) = super::child::serve(&dir, &["--node-id", &node, "--lease-ms", &lease], Some(&self.db_url)).await?;
-        self.urls.write().unwrap()[i] = Some(url);
+        let pool = Pool::new(&url)?;
+        self.urls.write().unwrap()[i] = Some((url, pool));
         Ok(child)
     }
 
     /// A live coordinator, preferring `i`'s.
-    fn pick(&self, i: usize) -> Option<String> {
+    fn pick(&self, i: usize) -> Option<(String, Pool)> {
         let urls = self.urls.read().unwrap();
         (0..urls.len()).find_map(|k| urls[(i + k) % urls.len()].clone())
     }
 }
 
 /// Sends one request to a live coordinator (`i`'s first), moving on to the next when one does
-/// not answer; gives up after `TX_DEADLINE`.
-async fn request(
-    client: &reqwest::Client,
-    fleet: &Fleet,
-    i: usize,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<&Value>,
-    idempotency_key: Option<&str>,
-) -> anyhow::Result<(u16, Value)> {
+/// not answer; gives up after `TX_DEADLINE`. The answer's status and JSON (`null` if none).
+async fn request(fleet: &Fleet, i: usize, method: Method, path: &str, body: Option<&Value>, idempotency_key: Option<&str>) -> anyhow::Result<(u16, Value)> {
     let deadline = Instant::now() + TX_DEADLINE;
+    let body = body.map(|b| bytes::Bytes::from(serde_json::to_vec(b).expect("JSON serialises")));
+    let headers: Vec<(&str, &str)> = idempotency_key.map(|k| ("Idempotency-Key", k)).into_iter().collect();
     let mut attempt = 0usize;
     loop {
-        let base = fleet.pick(i + attempt).context("no coordinator is up")?;
-        let mut req = client.request(method.clone(), format!("{base}{path}"));
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        if let Some(k) = idempotency_key {
-            req = req.header("Idempotency-Key", k);
-        }
-        match req.send().await {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                let value = resp.json::<Value>().await.unwrap_or(Value::Null);
-                return Ok((status, value));
-            }
+        let (base, pool) = fleet.pick(i + attempt).context("no coordinator is up")?;
+        match pool.send(method.clone(), path, body.clone(), &headers).await {
+            Ok((status, answer)) => return Ok((status.as_u16(), serde_json::from_slice(&answer).unwrap_or(Value::Null))),
             Err(e) if Instant::now() < deadline => {
                 tracing::debug!("{path} on {base}: {e}; trying another coordinator");
                 attempt += 1;
@@ -234,8 +249,7 @@ async fn request(
 
 /// Creates, fills and runs transaction `i` to an end state, whatever happens to the
 /// coordinator it started on.
-async fn run_one(client: &reqwest::Client, fleet: &Fleet, endpoint: &str, i: usize) -> anyhow::Result<()> {
-    use reqwest::Method;
+async fn run_one(fleet: &Fleet, endpoint: &str, i: usize) -> anyhow::Result<()> {
     let saga = i % 2 == 0;
     let (create, body, id_field, add, docs) = if saga {
         ("/v1/sagas", json!({"saga_name": "fleet", "context": {"n": i}}), "saga_id", "steps", "/v1/sagas")
@@ -243,7 +257,7 @@ async fn run_one(client: &reqwest::Client, fleet: &Fleet, endpoint: &str, i: usi
         ("/v1/2pc", json!({"transaction_name": "fleet", "context": {"n": i}}), "transaction_id", "participants", "/v1/2pc")
     };
     let key = format!("fleet-{i}");
-    let (status, created) = request(client, fleet, i, Method::POST, create, Some(&body), Some(&key)).await?;
+    let (status, created) = request(fleet, i, Method::POST, create, Some(&body), Some(&key)).await?;
     anyhow::ensure!(status == 201 || status == 200, "create answered {status}: {created}");
     let id = created[id_field].as_str().context("no id in the create answer")?.to_string();
     for k in 0..3 {
@@ -253,24 +267,28 @@ async fn run_one(client: &reqwest::Client, fleet: &Fleet, endpoint: &str, i: usi
             json!({"participant_id": format!("p{k}"), "endpoint": endpoint})
         };
         // Not idempotent: when the answer is lost, look before adding again.
-        let (status, answer) = request(client, fleet, i, Method::POST, &format!("{docs}/{id}/{add}"), Some(&member), None).await?;
+        let (status, answer) = request(fleet, i, Method::POST, &format!("{docs}/{id}/{add}"), Some(&member), None).await?;
         if status >= 300 {
-            let (_, doc) = request(client, fleet, i, Method::GET, &format!("{docs}/{id}"), None, None).await?;
+            let (_, doc) = request(fleet, i, Method::GET, &format!("{docs}/{id}"), None, None).await?;
             let have = doc[if saga { "steps" } else { "participants" }].as_array().map_or(0, |a| a.len());
             anyhow::ensure!(have > k, "adding member {k} answered {status}: {answer}");
         }
     }
     let execute = if saga { json!({"wait": true}) } else { json!({}) };
-    let _ = request(client, fleet, i, Method::POST, &format!("{docs}/{id}/execute"), Some(&execute), None).await?;
-    // Whatever execute answered (the coordinator may have died under it), watch the document
-    // until it ends; execute again only if it never started.
+    let (status, answer) = request(fleet, i, Method::POST, &format!("{docs}/{id}/execute"), Some(&execute), None).await?;
+    // An execute answered with the ended document is the end; otherwise (the coordinator may
+    // have died under it) watch the document until it ends, and execute again only if it
+    // never started.
+    if status == 200 && answer["state"].as_str().is_some_and(ended) {
+        return Ok(());
+    }
     let deadline = Instant::now() + TX_DEADLINE;
     loop {
-        let (_, doc) = request(client, fleet, i, Method::GET, &format!("{docs}/{id}"), None, None).await?;
+        let (_, doc) = request(fleet, i, Method::GET, &format!("{docs}/{id}"), None, None).await?;
         match doc["state"].as_str().unwrap_or("") {
             state if ended(state) => return Ok(()),
             "pending" | "init" => {
-                let _ = request(client, fleet, i, Method::POST, &format!("{docs}/{id}/execute"), Some(&execute), None).await?;
+                let _ = request(fleet, i, Method::POST, &format!("{docs}/{id}/execute"), Some(&execute), None).await?;
             }
             _ => tokio::time::sleep(Duration::from_millis(20)).await,
         }

@@ -10,6 +10,7 @@ mod engine_bench;
 mod child;
 mod client;
 mod fleet;
+mod http1;
 mod report;
 mod run;
 mod serve;
