@@ -660,12 +660,13 @@ async fn execute_saga(
     };
     let saga = s.execution(&tenant, Admit::UntilRunning(&id), None, run).await?;
     let status = if req.wait { StatusCode::OK } else { StatusCode::ACCEPTED };
-    Ok((status, Json(saga.document())).into_response())
+    Ok((status, Json(saga.as_document())).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/sagas/{id}", tag = "sagas", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "The saga", body = openapi::SagaDocument), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
-async fn get_saga(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
-    Ok(Json(s.inner.sagas.get(&tenant, &id).await?.document()))
+async fn get_saga(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Id(id): Id) -> Result<Response, ApiError> {
+    let saga = s.inner.sagas.get(&tenant, &id).await?;
+    Ok(Json(saga.as_document()).into_response())
 }
 
 #[utoipa::path(post, path = "/v1/sagas/{id}/resume", tag = "sagas", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "Continued from where it stopped", body = openapi::SagaDocument), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 409, description = "Not in a state that allows this", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody), (status = 429, description = "The tenant's max_concurrent executions are running", body = openapi::ErrorBody)))]
@@ -772,13 +773,13 @@ async fn add_participant(
 }
 
 #[utoipa::path(post, path = "/v1/2pc/{id}/execute", tag = "2pc", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "Prepared, decided and told", body = openapi::TpcDocument), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 409, description = "Not in a state that allows this", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody), (status = 429, description = "The tenant's max_concurrent executions are running", body = openapi::ErrorBody)))]
-async fn execute_tpc(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
+async fn execute_tpc(State(s): State<AppState>, Tenant(tenant, actor): Tenant, Id(id): Id) -> Result<Response, ApiError> {
     let run = {
         let (engine, tenant, id, asked) = (s.inner.tpc.clone(), tenant.clone(), id.clone(), Asked::new(&actor, "tpc_execute"));
         async move { Ok(engine.execute_asked(&tenant, &id, Some(&asked)).await?) }
     };
     let tx = s.execution(&tenant, Admit::UntilRunning(&id), None, run).await?;
-    Ok(Json(tx.document()))
+    Ok(Json(tx.as_document()).into_response())
 }
 
 #[utoipa::path(post, path = "/v1/2pc/{id}/abort", tag = "2pc", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "Aborted", body = openapi::TpcDocument), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 409, description = "Not in a state that allows this", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
@@ -792,8 +793,9 @@ async fn recover_tpc(State(s): State<AppState>, Tenant(tenant, actor): Tenant, I
 }
 
 #[utoipa::path(get, path = "/v1/2pc/{id}", tag = "2pc", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "The transaction", body = openapi::TpcDocument), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
-async fn get_tpc(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
-    Ok(Json(s.inner.tpc.get(&tenant, &id).await?.document()))
+async fn get_tpc(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Id(id): Id) -> Result<Response, ApiError> {
+    let tx = s.inner.tpc.get(&tenant, &id).await?;
+    Ok(Json(tx.as_document()).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/2pc/{id}/history", tag = "2pc", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "Every event, in order", body = openapi::History), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]

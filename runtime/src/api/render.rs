@@ -2,137 +2,221 @@
 //! transaction with its delegate's progress. The engines own the records; how they read as
 //! JSON for callers is decided here, once.
 
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
 
 use crate::manager::{Delegate, Managed, ManagedView, Manager, ManagerError, Status};
 use crate::model::Vote;
-use crate::saga::{Saga, SagaState, StepRecord};
-use crate::tpc::{ParticipantRecord, Tpc, TpcState};
+use crate::saga::{Saga, SagaState, StepRecord, StepState};
+use crate::tpc::{Decision, ParticipantRecord, ParticipantState, Tpc, TpcState};
 use crate::txn::rfc3339;
+
+/// A saga's document as API.md gives it, borrowed from its record and serialised straight
+/// from it (no JSON tree in between).
+#[derive(Serialize)]
+pub struct SagaDocument<'a> {
+    status: &'static str,
+    saga_id: &'a str,
+    saga_name: &'a str,
+    state: SagaState,
+    context: &'a Map<String, Value>,
+    steps: Vec<StepDocument<'a>>,
+    created_at: String,
+    updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    needs_attention: bool,
+    #[serde(flatten)]
+    times: Times,
+}
 
 impl Saga {
     /// The saga document of API.md.
-    pub fn document(&self) -> Value {
+    pub fn as_document(&self) -> SagaDocument<'_> {
         let status = match self.state {
             SagaState::Completed => "success",
             SagaState::Compensated => "failed",
             SagaState::Failed => "error",
             _ => "success",
         };
-        let steps: Vec<Value> = self.doc.steps.iter().map(step).collect();
-        let mut doc = json!({
-            "status": status,
-            "saga_id": self.row.id,
-            "saga_name": self.row.name,
-            "state": self.state,
-            "context": self.doc.context,
-            "steps": steps,
-            "created_at": rfc3339(self.row.created_at_ms),
-            "updated_at": rfc3339(self.row.updated_at_ms),
-        });
-        if let Some(e) = &self.doc.error {
-            doc["error"] = json!(e);
+        SagaDocument {
+            status,
+            saga_id: &self.row.id,
+            saga_name: &self.row.name,
+            state: self.state,
+            context: &self.doc.context,
+            steps: self.doc.steps.iter().map(StepDocument::of).collect(),
+            created_at: rfc3339(self.row.created_at_ms),
+            updated_at: rfc3339(self.row.updated_at_ms),
+            error: self.doc.error.as_deref(),
+            needs_attention: self.doc.needs_attention(self.state),
+            times: Times::of(self.doc.started_at_ms, self.state.is_terminal().then_some(self.row.updated_at_ms)),
         }
-        doc["needs_attention"] = json!(self.doc.needs_attention(self.state));
-        times(&mut doc, self.doc.started_at_ms, self.state.is_terminal().then_some(self.row.updated_at_ms));
-        doc
+    }
+
+    /// The saga document of API.md, as a JSON value.
+    pub fn document(&self) -> Value {
+        serde_json::to_value(self.as_document()).expect("documents serialise")
     }
 }
 
 /// When a transaction started and ended, and how long it took, where known.
-fn times(doc: &mut Value, started: Option<i64>, ended: Option<i64>) {
-    if let Some(s) = started {
-        doc["started_at"] = json!(rfc3339(s));
-    }
-    if let Some(e) = ended {
-        doc["ended_at"] = json!(rfc3339(e));
-    }
-    if let (Some(s), Some(e)) = (started, ended) {
-        doc["duration_ms"] = json!(e - s);
+#[derive(Serialize)]
+struct Times {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    started_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ended_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duration_ms: Option<i64>,
+}
+
+impl Times {
+    fn of(started: Option<i64>, ended: Option<i64>) -> Times {
+        Times { started_at: started.map(rfc3339), ended_at: ended.map(rfc3339), duration_ms: started.zip(ended).map(|(s, e)| e - s) }
     }
 }
 
 /// A saga step as its document shows it.
-fn step(s: &StepRecord) -> Value {
-    let mut v = json!({ "name": s.spec.name, "state": s.state, "attempts": s.attempts });
-    if let Some(out) = &s.output {
-        v["output"] = out.clone();
+#[derive(Serialize)]
+struct StepDocument<'a> {
+    name: &'a str,
+    state: StepState,
+    attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plugin_version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compensation_plugin_version: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compensation_endpoint: Option<&'a str>,
+    #[serde(skip_serializing_if = "is_zero")]
+    compensation_attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    forward_outcome: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    depends_on: Option<&'a [String]>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl<'a> StepDocument<'a> {
+    fn of(s: &'a StepRecord) -> Self {
+        StepDocument {
+            name: &s.spec.name,
+            state: s.state,
+            attempts: s.attempts,
+            output: s.output.as_ref(),
+            error: s.error.as_deref(),
+            plugin_version: s.plugin_version.as_deref(),
+            compensation_plugin_version: s.compensation_plugin_version.as_deref(),
+            compensation_endpoint: s.spec.compensation_endpoint.as_deref(),
+            compensation_attempts: s.compensation_attempts,
+            forward_outcome: s.outcome_unknown.then_some("unknown"),
+            depends_on: s.spec.depends_on.as_deref(),
+        }
     }
-    if let Some(e) = &s.error {
-        v["error"] = json!(e);
-    }
-    if let Some(p) = &s.plugin_version {
-        v["plugin_version"] = json!(p);
-    }
-    if let Some(p) = &s.compensation_plugin_version {
-        v["compensation_plugin_version"] = json!(p);
-    }
-    if let Some(e) = &s.spec.compensation_endpoint {
-        v["compensation_endpoint"] = json!(e);
-    }
-    if s.compensation_attempts > 0 {
-        v["compensation_attempts"] = json!(s.compensation_attempts);
-    }
-    if s.outcome_unknown {
-        v["forward_outcome"] = json!("unknown");
-    }
-    if let Some(deps) = &s.spec.depends_on {
-        v["depends_on"] = json!(deps);
-    }
-    v
+}
+
+/// A 2PC transaction's document as API.md gives it, borrowed from its record.
+#[derive(Serialize)]
+pub struct TpcDocument<'a> {
+    status: &'static str,
+    transaction_id: &'a str,
+    transaction_name: &'a str,
+    state: TpcState,
+    participants: Vec<ParticipantDocument<'a>>,
+    context: &'a Map<String, Value>,
+    created_at: String,
+    updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decision: Option<Decision>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    needs_attention: bool,
+    #[serde(flatten)]
+    times: Times,
 }
 
 impl Tpc {
     /// The 2PC document of API.md.
-    pub fn document(&self) -> Value {
+    pub fn as_document(&self) -> TpcDocument<'_> {
         let status = match self.state {
             TpcState::Committed => "success",
             TpcState::Aborted | TpcState::Aborting => "aborted",
             TpcState::Failed => "error",
             _ => "success",
         };
-        let participants: Vec<Value> = self.doc.participants.iter().map(participant).collect();
-        let mut doc = json!({
-            "status": status,
-            "transaction_id": self.row.id,
-            "transaction_name": self.row.name,
-            "state": self.state,
-            "participants": participants,
-            "context": self.doc.context,
-            "created_at": rfc3339(self.row.created_at_ms),
-            "updated_at": rfc3339(self.row.updated_at_ms),
-        });
-        if let Some(d) = self.doc.decision {
-            doc["decision"] = json!(d);
+        TpcDocument {
+            status,
+            transaction_id: &self.row.id,
+            transaction_name: &self.row.name,
+            state: self.state,
+            participants: self.doc.participants.iter().map(ParticipantDocument::of).collect(),
+            context: &self.doc.context,
+            created_at: rfc3339(self.row.created_at_ms),
+            updated_at: rfc3339(self.row.updated_at_ms),
+            decision: self.doc.decision,
+            error: self.doc.error.as_deref(),
+            needs_attention: self.doc.needs_attention(self.state),
+            times: Times::of(self.doc.started_at_ms, self.state.is_terminal().then_some(self.row.updated_at_ms)),
         }
-        if let Some(e) = &self.doc.error {
-            doc["error"] = json!(e);
-        }
-        doc["needs_attention"] = json!(self.doc.needs_attention(self.state));
-        times(&mut doc, self.doc.started_at_ms, self.state.is_terminal().then_some(self.row.updated_at_ms));
-        doc
+    }
+
+    /// The 2PC document of API.md, as a JSON value.
+    pub fn document(&self) -> Value {
+        serde_json::to_value(self.as_document()).expect("documents serialise")
     }
 }
 
 /// A 2PC participant as its document shows it.
-fn participant(p: &ParticipantRecord) -> Value {
-    let mut v = json!({"participant_id": p.spec.participant_id, "state": p.state, "attempts": p.attempts});
-    if let Some(vote) = &p.vote {
-        v["vote"] = match vote {
-            Vote::Prepared => json!("prepared"),
-            Vote::Abort(_) => json!("abort"),
+#[derive(Serialize)]
+struct ParticipantDocument<'a> {
+    participant_id: &'a str,
+    state: ParticipantState,
+    attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vote: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vote_reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plugin_version: Option<&'a str>,
+}
+
+impl<'a> ParticipantDocument<'a> {
+    fn of(p: &'a ParticipantRecord) -> Self {
+        let (vote, vote_reason) = match &p.vote {
+            Some(Vote::Prepared) => (Some("prepared"), None),
+            Some(Vote::Abort(reason)) => (Some("abort"), Some(reason.as_str())),
+            None => (None, None),
         };
-        if let Vote::Abort(reason) = vote {
-            v["vote_reason"] = json!(reason);
+        ParticipantDocument {
+            participant_id: &p.spec.participant_id,
+            state: p.state,
+            attempts: p.attempts,
+            vote,
+            vote_reason,
+            error: p.error.as_deref(),
+            plugin_version: p.plugin_version.as_deref(),
         }
     }
-    if let Some(e) = &p.error {
-        v["error"] = json!(e);
-    }
-    if let Some(pv) = &p.plugin_version {
-        v["plugin_version"] = json!(pv);
-    }
-    v
+}
+
+/// A saga step's or 2PC participant's document as a JSON value, for the managed document to
+/// pick its fields from.
+fn step(s: &StepRecord) -> Value {
+    serde_json::to_value(StepDocument::of(s)).expect("documents serialise")
+}
+
+fn participant(p: &ParticipantRecord) -> Value {
+    serde_json::to_value(ParticipantDocument::of(p)).expect("documents serialise")
 }
 
 impl Manager {
@@ -222,6 +306,8 @@ fn managed(view: &ManagedView) -> Value {
     };
     doc["needs_attention"] = json!(view.status == Status::Failed || delegate_attention);
     let ended = view.status.is_terminal().then(|| m.doc.started_at_ms.zip(m.doc.execution_time_ms).map(|(s, d)| s + d)).flatten();
-    times(&mut doc, m.doc.started_at_ms, ended);
+    if let (Value::Object(doc), Ok(Value::Object(times))) = (&mut doc, serde_json::to_value(Times::of(m.doc.started_at_ms, ended))) {
+        doc.extend(times);
+    }
     doc
 }
