@@ -252,6 +252,41 @@ async fn without_an_admin_token_the_admin_api_is_off_and_single_tenant_mode_need
     server.kill().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_api_runs_as_the_tenant_its_key_names_and_is_refused_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None, &["--admin-token", ADMIN]).await;
+    let (acme_key, _) = new_tenant(&server, "acme", json!({})).await;
+    let (globex_key, _) = new_tenant(&server, "globex", json!({})).await;
+    let plugin_dir = std::path::Path::new(plugins::PAYMENT).parent().unwrap().to_str().unwrap().to_string();
+    let bench = |key: Option<String>| {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_wasmtx"));
+        cmd.args(["bench", "--json", "api", "--server", &server.url, "--mode", "saga", "--count", "6", "--concurrency", "2"]);
+        cmd.args(["--plugin-dir", &plugin_dir]).env_remove("WASMTX_API_KEY");
+        if let Some(key) = key {
+            cmd.args(["--api-key", &key]);
+        }
+        cmd.output()
+    };
+
+    let out = bench(Some(acme_key.clone())).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["transactions"], 6, "{report}");
+    // The sagas are acme's, and globex sees none of them.
+    let (_, acme) = Caller::new(&server, Some(acme_key)).get("/v1/sagas?limit=100").await;
+    assert_eq!(acme["sagas"].as_array().unwrap().len(), 6, "{acme}");
+    assert!(acme["sagas"].as_array().unwrap().iter().all(|s| s["state"] == "completed"), "{acme}");
+    let (_, globex) = Caller::new(&server, Some(globex_key)).get("/v1/sagas").await;
+    assert_eq!(globex["sagas"], json!([]), "{globex}");
+
+    let out = bench(None).await.unwrap();
+    assert!(!out.status.success(), "a keyed server refuses a bench without a key");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("401") || stderr.contains("API key is required"), "{stderr}");
+    server.kill().await;
+}
+
 /// A server on loopback that answers every request with a 302 to `to`; returns its URL.
 async fn bouncer(to: String) -> String {
     let app = axum::Router::new().fallback(move || {

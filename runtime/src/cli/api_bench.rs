@@ -40,6 +40,9 @@ pub struct ApiArgs {
     /// fleet`'s participants take 2).
     #[arg(long, default_value_t = 0)]
     participant_delay_ms: u64,
+    /// API key of the tenant to run as, with `--server` (not needed in single-tenant mode).
+    #[arg(long, env = "WASMTX_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -91,6 +94,7 @@ pub async fn bench_api(report: &mut Report, args: ApiArgs) -> anyhow::Result<()>
         args.participant_delay_ms <= MAX_PARTICIPANT_DELAY_MS,
         "--participant-delay-ms must be at most {MAX_PARTICIPANT_DELAY_MS} (a step's default timeout is 30 s)"
     );
+    anyhow::ensure!(args.api_key.is_none() || args.server.is_some(), "--api-key needs --server (the server started here serves one tenant, without keys)");
     let mut target = match &args.server {
         Some(url) => Target { url: url.trim_end_matches('/').to_string(), child: None, _scratch: None },
         None => start_server(args.database_url.as_deref()).await?,
@@ -100,7 +104,11 @@ pub async fn bench_api(report: &mut Report, args: ApiArgs) -> anyhow::Result<()>
         let path = args.plugin_dir.join(format!("{name}.wasm"));
         let bytes = std::fs::read(&path)
             .with_context(|| format!("reading {} (build the example plugins first: scripts/build-plugins)", path.display()))?;
-        let r = client.put(format!("{}/v1/plugins/{name}", target.url)).body(bytes).send().await?;
+        let mut upload = client.put(format!("{}/v1/plugins/{name}", target.url)).body(bytes);
+        if let Some(key) = &args.api_key {
+            upload = upload.bearer_auth(key);
+        }
+        let r = upload.send().await?;
         anyhow::ensure!(r.status().is_success(), "uploading {name}: {}", r.text().await?);
     }
     let participant = match args.mode {
@@ -111,7 +119,7 @@ pub async fn bench_api(report: &mut Report, args: ApiArgs) -> anyhow::Result<()>
     eprintln!("running {} {}, {} clients…", args.count, args.mode.name(), args.concurrency);
     let server_pid = target.child.as_ref().and_then(|c| c.id()).map(|pid| pid.to_string());
     let (cpu_before, client_cpu_before) = (server_pid.as_deref().and_then(cpu_time_of), cpu_time_of("self"));
-    let bodies = std::sync::Arc::new(Bodies::of(args.mode, participant.as_deref()));
+    let bodies = std::sync::Arc::new(Bodies::of(args.mode, participant.as_deref(), args.api_key.as_deref()));
     let pool = Pool::new(&target.url)?;
     let (latencies, wall) = run_load(args.concurrency, args.count, move || {
         let (pool, bodies) = (pool.clone(), bodies.clone());
@@ -178,10 +186,12 @@ struct Bodies {
     create: bytes::Bytes,
     execute: bytes::Bytes,
     adds: Vec<bytes::Bytes>,
+    /// `Bearer <key>`, when the client runs as a tenant.
+    authorization: Option<String>,
 }
 
 impl Bodies {
-    fn of(mode: Mode, participant: Option<&str>) -> Bodies {
+    fn of(mode: Mode, participant: Option<&str>, api_key: Option<&str>) -> Bodies {
         let context = json!({"amount": 10, "quantity": 1});
         let steps: Vec<Value> = ["payment", "inventory", "shipping"]
             .iter()
@@ -203,7 +213,13 @@ impl Bodies {
             Mode::Managed => ["payment", "inventory", "shipping"].iter().map(|p| bytes_of(&json!({"participant_id": p, "plugin": p}))).collect(),
             _ => Vec::new(),
         };
-        Bodies { mode, create: bytes_of(&create), execute: bytes_of(&execute), adds }
+        let authorization = api_key.map(|k| format!("Bearer {k}"));
+        Bodies { mode, create: bytes_of(&create), execute: bytes_of(&execute), adds, authorization }
+    }
+
+    /// The headers every request carries.
+    fn headers(&self) -> Vec<(&str, &str)> {
+        self.authorization.as_deref().map(|a| ("authorization", a)).into_iter().collect()
     }
 }
 
@@ -231,7 +247,8 @@ async fn one(conn: &mut Conn, bodies: &Bodies) -> anyhow::Result<()> {
         Mode::Tpc => "/v1/2pc",
         Mode::Managed => "/v1/transactions",
     };
-    let created = conn.post(base, bodies.create.clone()).await?;
+    let headers = bodies.headers();
+    let created = conn.post(base, bodies.create.clone(), &headers).await?;
     let answer: Answer = serde_json::from_slice(&created).context("reading the create's answer")?;
     if bodies.mode == Mode::SagaOne {
         anyhow::ensure!(answer.state == Some("completed"), "saga {:?} ended {:?}", answer.saga_id, answer.state);
@@ -239,9 +256,9 @@ async fn one(conn: &mut Conn, bodies: &Bodies) -> anyhow::Result<()> {
     }
     let id = answer.saga_id.or(answer.transaction_id).context("the create answered no id")?.to_string();
     for add in &bodies.adds {
-        conn.post(&format!("{base}/{id}/participants"), add.clone()).await?;
+        conn.post(&format!("{base}/{id}/participants"), add.clone(), &headers).await?;
     }
-    let ended = conn.post(&format!("{base}/{id}/execute"), bodies.execute.clone()).await?;
+    let ended = conn.post(&format!("{base}/{id}/execute"), bodies.execute.clone(), &headers).await?;
     let answer: Answer = serde_json::from_slice(&ended).context("reading the execute's answer")?;
     let (reached, wanted) = match bodies.mode {
         Mode::Tpc => (answer.state, "committed"),

@@ -48,9 +48,10 @@ impl Conn {
         Ok((status, body))
     }
 
-    /// POSTs `body` (JSON) to `path`; the answer's body, unless its status is not a success.
-    pub async fn post(&mut self, path: &str, body: Bytes) -> anyhow::Result<Bytes> {
-        let (status, body) = self.send(Method::POST, path, Some(body), &[]).await?;
+    /// POSTs `body` (JSON) to `path` with `headers`; the answer's body, unless its status is
+    /// not a success.
+    pub async fn post(&mut self, path: &str, body: Bytes, headers: &[(&str, &str)]) -> anyhow::Result<Bytes> {
+        let (status, body) = self.send(Method::POST, path, Some(body), headers).await?;
         anyhow::ensure!(status.is_success(), "POST {path}: {status} {}", String::from_utf8_lossy(&body));
         Ok(body)
     }
