@@ -9,7 +9,7 @@ use crate::manager::{Delegate, Managed, ManagedView, Manager, ManagerError, Stat
 use crate::model::Vote;
 use crate::saga::{Saga, SagaState, StepRecord, StepState};
 use crate::tpc::{Decision, ParticipantRecord, ParticipantState, Tpc, TpcState};
-use crate::txn::rfc3339;
+use crate::txn::{Record, TxState, rfc3339};
 
 /// A saga's document as API.md gives it, borrowed from its record and serialised straight
 /// from it (no JSON tree in between).
@@ -21,13 +21,11 @@ pub struct SagaDocument<'a> {
     state: SagaState,
     context: &'a Map<String, Value>,
     steps: Vec<StepDocument<'a>>,
-    created_at: String,
-    updated_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
     needs_attention: bool,
     #[serde(flatten)]
-    times: Times,
+    lifetime: Lifetime,
 }
 
 impl Saga {
@@ -46,17 +44,37 @@ impl Saga {
             state: self.state,
             context: &self.doc.context,
             steps: self.doc.steps.iter().map(StepDocument::of).collect(),
-            created_at: rfc3339(self.row.created_at_ms),
-            updated_at: rfc3339(self.row.updated_at_ms),
             error: self.doc.error.as_deref(),
             needs_attention: self.doc.needs_attention(self.state),
-            times: Times::of(self.doc.started_at_ms, self.state.is_terminal().then_some(self.row.updated_at_ms)),
+            lifetime: Lifetime::of(self, self.doc.started_at_ms),
         }
     }
 
     /// The saga document of API.md, as a JSON value.
     pub fn document(&self) -> Value {
-        serde_json::to_value(self.as_document()).expect("documents serialise")
+        to_json(self.as_document())
+    }
+}
+
+/// A typed document as a JSON value.
+fn to_json(doc: impl Serialize) -> Value {
+    serde_json::to_value(doc).expect("documents serialise")
+}
+
+/// When a saga or 2PC transaction was created and last changed; when it started and ended,
+/// and how long it took, where known (it ended when it was last changed in an end state).
+#[derive(Serialize)]
+struct Lifetime {
+    created_at: String,
+    updated_at: String,
+    #[serde(flatten)]
+    times: Times,
+}
+
+impl Lifetime {
+    fn of<S: TxState, D>(rec: &Record<S, D>, started: Option<i64>) -> Lifetime {
+        let ended = rec.state.is_terminal().then_some(rec.row.updated_at_ms);
+        Lifetime { created_at: rfc3339(rec.row.created_at_ms), updated_at: rfc3339(rec.row.updated_at_ms), times: Times::of(started, ended) }
     }
 }
 
@@ -132,15 +150,13 @@ pub struct TpcDocument<'a> {
     state: TpcState,
     participants: Vec<ParticipantDocument<'a>>,
     context: &'a Map<String, Value>,
-    created_at: String,
-    updated_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     decision: Option<Decision>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
     needs_attention: bool,
     #[serde(flatten)]
-    times: Times,
+    lifetime: Lifetime,
 }
 
 impl Tpc {
@@ -159,18 +175,16 @@ impl Tpc {
             state: self.state,
             participants: self.doc.participants.iter().map(ParticipantDocument::of).collect(),
             context: &self.doc.context,
-            created_at: rfc3339(self.row.created_at_ms),
-            updated_at: rfc3339(self.row.updated_at_ms),
             decision: self.doc.decision,
             error: self.doc.error.as_deref(),
             needs_attention: self.doc.needs_attention(self.state),
-            times: Times::of(self.doc.started_at_ms, self.state.is_terminal().then_some(self.row.updated_at_ms)),
+            lifetime: Lifetime::of(self, self.doc.started_at_ms),
         }
     }
 
     /// The 2PC document of API.md, as a JSON value.
     pub fn document(&self) -> Value {
-        serde_json::to_value(self.as_document()).expect("documents serialise")
+        to_json(self.as_document())
     }
 }
 
@@ -212,11 +226,11 @@ impl<'a> ParticipantDocument<'a> {
 /// A saga step's or 2PC participant's document as a JSON value, for the managed document to
 /// pick its fields from.
 fn step(s: &StepRecord) -> Value {
-    serde_json::to_value(StepDocument::of(s)).expect("documents serialise")
+    to_json(StepDocument::of(s))
 }
 
 fn participant(p: &ParticipantRecord) -> Value {
-    serde_json::to_value(ParticipantDocument::of(p)).expect("documents serialise")
+    to_json(ParticipantDocument::of(p))
 }
 
 impl Manager {
@@ -306,7 +320,7 @@ fn managed(view: &ManagedView) -> Value {
     };
     doc["needs_attention"] = json!(view.status == Status::Failed || delegate_attention);
     let ended = view.status.is_terminal().then(|| m.doc.started_at_ms.zip(m.doc.execution_time_ms).map(|(s, d)| s + d)).flatten();
-    if let (Value::Object(doc), Ok(Value::Object(times))) = (&mut doc, serde_json::to_value(Times::of(m.doc.started_at_ms, ended))) {
+    if let (Value::Object(doc), Value::Object(times)) = (&mut doc, to_json(Times::of(m.doc.started_at_ms, ended))) {
         doc.extend(times);
     }
     doc
