@@ -1,7 +1,9 @@
 //! `wasmtx bench fleet`: several `wasmtx serve` processes on one PostgreSQL under load, one
 //! SIGKILLed mid-run and restarted, then the end checked against the guarantees of DESIGN.md:
 //! every transaction ends, each 2PC decision is taken once, no two coordinators drive one
-//! transaction at the same time, and no completed step is executed again.
+//! transaction at the same time, and no completed step is executed again. With `--servers 1`,
+//! one coordinator runs the same load under the same checks, not killed: the figure a fleet's
+//! is compared with.
 //!
 //! The participants are HTTP endpoints served by this process, so every call a coordinator
 //! makes is seen and recorded — with its idempotency key, its phase and the calling node
