@@ -28,8 +28,12 @@ impl BatchWriter for PostgresWriter {
         apply_postgres(&self.pool, &all[range]).await
     }
 
+    /// One per core, two to four: with two, one batch is assembled while another commits; more
+    /// only pay where there are cores for them. (On 2 cores, 2 committers ran 3-15% more sagas
+    /// than 4 in process and through the API, and a fleet 13-24% more transactions: 4 made
+    /// smaller batches that contended for the same cores.)
     fn committers(&self) -> usize {
-        4
+        std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 4)
     }
 }
 
