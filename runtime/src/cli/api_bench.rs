@@ -286,10 +286,5 @@ async fn start_participant(delay: Duration) -> anyhow::Result<String> {
         axum::Json(json!({"ok": true}))
     };
     let app = axum::Router::new().route("/{action}", axum::routing::post(answer));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok(url)
+    super::http1::serve_on_loopback(app).await
 }

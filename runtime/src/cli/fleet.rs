@@ -324,12 +324,7 @@ async fn start_participant(calls: Calls, delay: Duration) -> anyhow::Result<Stri
         axum::Json(if action == "prepare" { json!({"vote": "prepared"}) } else { json!({"ok": true}) })
     }
     let app = axum::Router::new().route("/{action}", axum::routing::post(handle)).with_state((calls, delay));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok(url)
+    super::http1::serve_on_loopback(app).await
 }
 
 /// Compares the journal with what the participants saw; prints each check and returns whether

@@ -1,6 +1,7 @@
-//! The benches' HTTP client: keep-alive HTTP/1.1 connections, the leanest client hyper offers,
-//! so a client's own cost stays small beside the server's on the same cores. A connection
-//! carries one request at a time; a pool keeps the idle ones of one server.
+//! The benches' HTTP: their client — keep-alive HTTP/1.1 connections, the leanest client hyper
+//! offers, so a client's own cost stays small beside the server's on the same cores (a
+//! connection carries one request at a time; a pool keeps the idle ones of one server) — and
+//! the loopback servers their participants answer on.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -93,4 +94,14 @@ impl Pool {
         self.give_back(conn);
         Ok(answer)
     }
+}
+
+/// Serves `app` on a free loopback port in the background; its `http://` URL.
+pub async fn serve_on_loopback(app: axum::Router) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(url)
 }
