@@ -118,6 +118,36 @@ on_every_store!(a_writes_audit_entry_is_written_only_when_the_write_takes_effect
     assert!(store.audit_log("other-tenant", 100).await.unwrap().is_empty());
 });
 
+on_every_store!(a_save_of_a_transaction_that_is_not_stored_is_a_conflict_and_stores_nothing, |url: String| async move {
+    // Alone, and among writes that share its batch: the others take effect, the save of the
+    // missing row neither fails them nor creates the row.
+    let store = Store::open(&url).await.unwrap();
+    let alone = store.save_tx(&row("gone", 0, "running"), &events(1), None).await;
+    assert!(matches!(alone, Err(StoreError::Conflict { .. })), "{alone:?}");
+    let ids: Vec<String> = (0..12).map(|i| format!("kept-{i}")).collect();
+    for id in &ids {
+        store.insert_tx(&row(id, 0, "pending"), &events(1), None).await.unwrap();
+    }
+    let asked = Audit { actor: "key:1".into(), action: "saga_execute".into(), detail: json!({ "id": "gone" }) };
+    let saves = ids.iter().map(|id| id.as_str()).chain(["gone"]).map(|id| {
+        let (store, asked) = (store.clone(), asked.clone());
+        async move { (id, store.save_tx(&row(id, 0, "running"), &events(2), Some(&asked).filter(|_| id == "gone")).await) }
+    });
+    for (id, result) in futures::future::join_all(saves).await {
+        match id {
+            "gone" => assert!(matches!(result, Err(StoreError::Conflict { .. })), "{result:?}"),
+            _ => assert_eq!(result.unwrap(), 1, "{id}"),
+        }
+    }
+    assert!(store.get_tx("t", "saga", "gone").await.unwrap().is_none(), "the save created no row");
+    assert!(store.events("gone").await.unwrap().is_empty(), "nor a journal entry");
+    assert!(store.audit_log("t", 100).await.unwrap().is_empty(), "nor an audit entry");
+    for id in &ids {
+        let seqs: Vec<i64> = store.events(id).await.unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2, 3], "{id}");
+    }
+});
+
 on_every_durable_store!(two_writers_of_one_revision_one_wins, |url: String| async move {
     // Submitted together they can land in one batch; set-based statements must still apply
     // exactly one of them.

@@ -12,7 +12,7 @@
 //! a database error fails the batch, whose writes are then retried one by one so that one bad
 //! write never takes its neighbours down with it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -102,21 +102,24 @@ impl Write {
     }
 
     /// This write's result once the database has said whether it took effect — `last_seq`: the
-    /// transaction's last event number after it; `None`: its id or revision was taken — and
-    /// the journal entry to append when it did. (An audit entry always takes effect.)
+    /// transaction's last event number after it; `None`: its id or revision was taken. (An
+    /// audit entry always takes effect.)
+    pub(crate) fn result(&self, last_seq: Option<i64>) -> Result<i64> {
+        match (self, last_seq) {
+            (Write::Audit(_), _) => Ok(0),
+            (Write::Insert(row, ..) | Write::Save(row, ..), None) => Err(StoreError::Conflict { kind: "transaction", id: row.id.clone() }),
+            (Write::Insert(row, ..), Some(_)) => Ok(row.rev),
+            (Write::Save(row, ..), Some(_)) => Ok(row.rev + 1),
+        }
+    }
+
+    /// `result`, and the journal entry to append when the write took effect.
     pub(crate) fn outcome(&self, last_seq: Option<i64>) -> (Result<i64>, Option<JournalEntry<'_>>) {
-        let row = match self {
-            Write::Audit(_) => return (Ok(0), None),
-            Write::Insert(row, ..) | Write::Save(row, ..) => row,
+        let entry = match (self, last_seq) {
+            (Write::Insert(row, events, _) | Write::Save(row, events, _), Some(last_seq)) => JournalEntry::of(row, events, last_seq),
+            _ => None,
         };
-        let Some(last_seq) = last_seq else {
-            return (Err(StoreError::Conflict { kind: "transaction", id: row.id.clone() }), None);
-        };
-        let rev = match self {
-            Write::Save(..) => row.rev + 1,
-            _ => row.rev,
-        };
-        (Ok(rev), JournalEntry::of(row, self.events(), last_seq))
+        (self.result(last_seq), entry)
     }
 }
 
@@ -228,28 +231,6 @@ async fn run(db: Arc<dyn BatchWriter>, jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
     }
 }
 
-/// Each write's result, given which inserts and updates took effect, and the journal entries
-/// of those that did.
-pub(crate) fn outcomes<'a>(
-    writes: &'a [Write],
-    inserted: &HashSet<String>,
-    saved: &HashMap<String, i64>,
-) -> (Vec<Result<i64>>, Vec<JournalEntry<'a>>) {
-    let mut entries = Vec::new();
-    let mut results = Vec::with_capacity(writes.len());
-    for w in writes {
-        let last_seq = match w {
-            Write::Insert(row, events, _) => inserted.contains(&row.id).then_some(events.len() as i64),
-            Write::Save(row, ..) => saved.get(&row.id).copied(),
-            Write::Audit(_) => None,
-        };
-        let (result, entry) = w.outcome(last_seq);
-        results.push(result);
-        entries.extend(entry);
-    }
-    (results, entries)
-}
-
 /// One row of the journal: the events of one write, numbered from `seq` on. A write's events
 /// share a row — a saga's step completion and the next step's start are one entry — which
 /// spares the database a row and an index entry per event.
@@ -270,8 +251,13 @@ impl<'a> JournalEntry<'a> {
             tx_id: &row.id,
             seq: last_seq - events.len() as i64 + 1,
             at: row.updated_at_ms,
-            events: serde_json::to_string(events).expect("events serialise"),
+            events: events_json(events),
         })
     }
+}
+
+/// A write's events as its journal entry stores them: one JSON array.
+pub(crate) fn events_json(events: &[NewEvent]) -> String {
+    serde_json::to_string(events).expect("events serialise")
 }
 

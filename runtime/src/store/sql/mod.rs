@@ -82,8 +82,10 @@ impl Dialect {
 
 /// Every Postgres session plans each execution with what the tables hold now. A generic plan
 /// cached while a fresh database's tables were nearly empty keeps scanning whole tables as they
-/// grow (measured: 228 sagas/s in `bench saga`, PostgreSQL spending 78% of the CPU in index scans).
-const PG_SESSION: &str = "SET plan_cache_mode = force_custom_plan";
+/// grow (measured: 228 sagas/s in `bench saga`, PostgreSQL spending 78% of the CPU in index scans;
+/// and the group committer's statement, planned once per connection with sequential scans
+/// ruled out, scanned the whole table through an index for each batch: 250 ms a batch).
+pub(super) const PG_SESSION: &str = "SET plan_cache_mode = force_custom_plan";
 
 /// A store on SQLite or PostgreSQL.
 pub struct SqlStore {
@@ -155,19 +157,7 @@ impl SqlStore {
                 let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?;
                 Arc::new(sqlite::SqliteWriter::open(options.get_filename())?)
             }
-            Dialect::Postgres => Arc::new(postgres::PostgresWriter::new(
-                sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(8)
-                    .acquire_timeout(Duration::from_secs(10))
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            sqlx::query(PG_SESSION).execute(&mut *conn).await?;
-                            Ok(())
-                        })
-                    })
-                    .connect(url)
-                    .await?,
-            )),
+            Dialect::Postgres => Arc::new(postgres::PostgresWriter::connect(url).await?),
         };
         let commits = commit::GroupCommit::start(writer);
         Ok(SqlStore { pool, dialect, commits })
