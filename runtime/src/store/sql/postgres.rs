@@ -18,8 +18,9 @@ use crate::store::commit::{AuditRow, BatchWriter, Write, events_json};
 pub(crate) struct PostgresWriter {
     options: PgConnectOptions,
     /// Open connections between batches. A committer takes one for a batch and puts it back
-    /// unless it may be broken (then it is closed, and the next batch opens another). No pool: sqlx's pings a connection when it is taken and again when it is given
-    /// back, two round trips beside the batch's one.
+    /// unless it may be broken (then it is closed, and the next batch opens another). No pool:
+    /// sqlx's pings a connection when it is taken and again when it is given back, two round
+    /// trips beside the batch's one.
     idle: Mutex<Vec<PgConnection>>,
 }
 
