@@ -148,6 +148,30 @@ on_every_store!(a_save_of_a_transaction_that_is_not_stored_is_a_conflict_and_sto
     }
 });
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_writes_go_on_after_the_stores_connections_were_cut() {
+    // As after a database restart: every connection the store holds is closed by the server.
+    // The group committer's own connections are not a pool's; one that has been idle is
+    // checked before a batch goes out on it, so no write fails for it.
+    let (url, _) = common::fresh_store_url("postgres").await;
+    let store = Store::open(&url).await.unwrap();
+    store.insert_tx(&row("before", 0, "pending"), &events(1), None).await.unwrap();
+    sqlx::any::install_default_drivers();
+    let admin = sqlx::AnyPool::connect(&url).await.unwrap();
+    let cut = sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        .fetch_all(&admin)
+        .await
+        .unwrap();
+    assert!(cut.len() >= 2, "the store's reader and writer connections were cut ({} of them)", cut.len());
+    admin.close().await;
+    // Idle past the writer's check (what is tested is the idle time, not an ordering).
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    store.save_tx(&row("before", 0, "running"), &events(1), None).await.unwrap();
+    store.insert_tx(&row("after", 0, "pending"), &events(1), None).await.unwrap();
+    let stored = store.get_tx("t", "saga", "before").await.unwrap().unwrap();
+    assert_eq!((stored.state.as_str(), stored.rev), ("running", 1));
+}
+
 on_every_durable_store!(two_writers_of_one_revision_one_wins, |url: String| async move {
     // Submitted together they can land in one batch; set-based statements must still apply
     // exactly one of them.

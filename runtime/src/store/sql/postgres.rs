@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Connection, Row};
@@ -17,29 +17,35 @@ use crate::store::commit::{AuditRow, BatchWriter, Write, events_json};
 /// Writes batches through connections of its own, one per committer at most.
 pub(crate) struct PostgresWriter {
     options: PgConnectOptions,
-    /// Open connections between batches. A committer takes one for a batch and puts it back
-    /// unless it may be broken (then it is closed, and the next batch opens another). No pool:
-    /// sqlx's pings a connection when it is taken and again when it is given back, two round
-    /// trips beside the batch's one.
-    idle: Mutex<Vec<PgConnection>>,
+    /// Open connections between batches, each with when it was last used. A committer takes
+    /// one for a batch and puts it back unless it may be broken (then it is closed, and the
+    /// next batch opens another). No pool: sqlx's pings a connection when it is taken and again
+    /// when it is given back, two round trips beside the batch's one; here only a connection
+    /// idle for `IDLE_CHECK` is pinged first (the database may have restarted meanwhile).
+    idle: Mutex<Vec<(PgConnection, Instant)>>,
 }
 
 /// Longest wait for a new connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection idle this long is pinged before a batch is sent on it.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 impl PostgresWriter {
     /// Connects once, so a database that cannot be reached fails the store's opening.
     pub(crate) async fn connect(url: &str) -> Result<Self> {
         let writer = PostgresWriter { options: PgConnectOptions::from_str(url)?, idle: Mutex::new(Vec::new()) };
         let first = writer.connection().await?;
-        writer.idle.lock().unwrap().push(first);
+        writer.put_back(first);
         Ok(writer)
     }
 
-    /// An idle connection, or a new one set up for the writer (`WRITER_SESSION`).
+    /// An idle connection that answers, or a new one set up for the writer (`WRITER_SESSION`).
     async fn connection(&self) -> Result<PgConnection> {
-        if let Some(conn) = self.idle.lock().unwrap().pop() {
-            return Ok(conn);
+        loop {
+            let Some((mut conn, used)) = self.idle.lock().unwrap().pop() else { break };
+            if used.elapsed() < IDLE_CHECK || conn.ping().await.is_ok() {
+                return Ok(conn);
+            }
         }
         let connect = async {
             let mut conn = PgConnection::connect_with(&self.options).await?;
@@ -51,6 +57,10 @@ impl PostgresWriter {
             Err(_) => Err(StoreError::Database(format!("no connection to PostgreSQL within {} s", CONNECT_TIMEOUT.as_secs()))),
         }
     }
+
+    fn put_back(&self, conn: PgConnection) {
+        self.idle.lock().unwrap().push((conn, Instant::now()));
+    }
 }
 
 #[async_trait::async_trait]
@@ -61,7 +71,7 @@ impl BatchWriter for PostgresWriter {
         // A statement the database refused leaves its connection as good as it was; any other
         // failure may have broken it.
         if matches!(applied, Ok(_) | Err(sqlx::Error::Database(_))) {
-            self.idle.lock().unwrap().push(conn);
+            self.put_back(conn);
         }
         Ok(applied?)
     }
