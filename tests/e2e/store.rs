@@ -172,6 +172,21 @@ async fn on_postgres_writes_go_on_after_the_stores_connections_were_cut() {
     assert_eq!((stored.state.as_str(), stored.rev), ("running", 1));
 }
 
+on_every_store!(the_first_reply_remembered_for_a_key_wins_and_its_writer_is_told, |url: String| async move {
+    let store = Store::open(&url).await.unwrap();
+    let reply = |n: i64| wasmtx::store::IdempotentReply { request_hash: format!("h{n}"), status: 201, body: json!({ "n": n }) };
+    let racing = (0..6).map(|n| {
+        let (store, reply) = (store.clone(), reply(n));
+        async move { store.remember_reply("t", "order-1", &reply, now_ms()).await.unwrap() }
+    });
+    let stored = futures::future::join_all(racing).await;
+    let won: Vec<i64> = (0..6).filter(|&n| stored[n as usize]).collect();
+    assert_eq!(won.len(), 1, "{stored:?}");
+    let kept = store.idempotent_reply("t", "order-1").await.unwrap().unwrap();
+    assert_eq!((kept.request_hash, kept.body), (format!("h{}", won[0]), json!({ "n": won[0] })));
+    assert!(store.remember_reply("other-tenant", "order-1", &reply(9), now_ms()).await.unwrap(), "keys are per tenant");
+});
+
 on_every_durable_store!(two_writers_of_one_revision_one_wins, |url: String| async move {
     // Submitted together they can land in one batch; set-based statements must still apply
     // exactly one of them.

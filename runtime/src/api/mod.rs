@@ -590,15 +590,16 @@ where
     let id = key.as_deref().map(|k| resource_id(tenant, k));
     // Audited by the create's own write (a retry that finds it created records nothing more).
     let body = create(s.clone(), tenant.to_string(), Asked::new(actor, "created"), bytes, id).await?;
-    if let Some(key) = &key {
-        let reply = IdempotentReply { request_hash, status: 201, body: body.clone() };
-        s.inner.store.remember_reply(tenant, key, &reply, now_ms()).await?;
-        // A concurrent request with the same key may have won; answer what was stored.
-        if let Some(first) = s.inner.store.idempotent_reply(tenant, key).await? {
-            return Ok((StatusCode::CREATED, Json(first.body)).into_response());
-        }
+    let Some(key) = &key else {
+        return Ok((StatusCode::CREATED, Json(body)).into_response());
+    };
+    let reply = IdempotentReply { request_hash, status: 201, body };
+    if s.inner.store.remember_reply(tenant, key, &reply, now_ms()).await? {
+        return Ok((StatusCode::CREATED, Json(reply.body)).into_response());
     }
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    // A concurrent request with the same key won: answer what it stored.
+    let first = s.inner.store.idempotent_reply(tenant, key).await?.map_or(reply.body, |first| first.body);
+    Ok((StatusCode::CREATED, Json(first)).into_response())
 }
 
 /// The id part of a resource created under `key`: the same for the same tenant and key.

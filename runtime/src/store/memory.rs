@@ -313,9 +313,14 @@ impl IdempotencyStore for MemoryStore {
         Ok(self.inner.lock().unwrap().replies.get(&(tenant.to_string(), key.to_string())).map(|(r, _)| r.clone()))
     }
 
-    async fn remember_reply(&self, tenant: &str, key: &str, reply: &IdempotentReply, now_ms: i64) -> Result<()> {
-        self.inner.lock().unwrap().replies.entry((tenant.to_string(), key.to_string())).or_insert_with(|| (reply.clone(), now_ms));
-        Ok(())
+    async fn remember_reply(&self, tenant: &str, key: &str, reply: &IdempotentReply, now_ms: i64) -> Result<bool> {
+        match self.inner.lock().unwrap().replies.entry((tenant.to_string(), key.to_string())) {
+            std::collections::hash_map::Entry::Occupied(_) => Ok(false),
+            std::collections::hash_map::Entry::Vacant(vacant) => {
+                vacant.insert((reply.clone(), now_ms));
+                Ok(true)
+            }
+        }
     }
 }
 

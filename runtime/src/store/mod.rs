@@ -293,8 +293,8 @@ pub trait TenantStore: Send + Sync {
 pub trait IdempotencyStore: Send + Sync {
     async fn idempotent_reply(&self, tenant: &str, key: &str) -> Result<Option<IdempotentReply>>;
 
-    /// Remembers a reply; the first one stored for a key wins.
-    async fn remember_reply(&self, tenant: &str, key: &str, reply: &IdempotentReply, now_ms: i64) -> Result<()>;
+    /// Remembers a reply; the first one stored for a key wins. `true` if it was this one.
+    async fn remember_reply(&self, tenant: &str, key: &str, reply: &IdempotentReply, now_ms: i64) -> Result<bool>;
 }
 
 /// Per-tenant settings (the default policy).

@@ -876,11 +876,11 @@ impl IdempotencyStore for RedisStore {
         text.map(|t| decode(key, &t)).transpose()
     }
 
-    async fn remember_reply(&self, tenant: &str, key: &str, reply: &IdempotentReply, now_ms: i64) -> Result<()> {
+    async fn remember_reply(&self, tenant: &str, key: &str, reply: &IdempotentReply, now_ms: i64) -> Result<bool> {
         let (at, register) = self.keys.reply(tenant, key);
         let body = serde_json::to_string(reply).expect("replies serialise");
-        let _: i64 = SCRIPTS.remember_reply.key(at).key(register).arg(body).arg(key).arg(now_ms).arg(self.retention_ms).invoke_async(&mut self.conn()).await?;
-        Ok(())
+        let stored: i64 = SCRIPTS.remember_reply.key(at).key(register).arg(body).arg(key).arg(now_ms).arg(self.retention_ms).invoke_async(&mut self.conn()).await?;
+        Ok(stored == 1)
     }
 }
 

@@ -599,8 +599,8 @@ impl IdempotencyStore for SqlStore {
         .transpose()
     }
 
-    async fn remember_reply(&self, tenant: &str, key: &str, reply: &IdempotentReply, now_ms: i64) -> Result<()> {
-        sqlx::query(
+    async fn remember_reply(&self, tenant: &str, key: &str, reply: &IdempotentReply, now_ms: i64) -> Result<bool> {
+        let done = sqlx::query(
             "INSERT INTO idempotency (tenant_id, key, request_hash, status, response, created_at)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, key) DO NOTHING",
         )
@@ -612,7 +612,7 @@ impl IdempotencyStore for SqlStore {
         .bind(now_ms)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 }
 
