@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyPool, Connection, Row};
 
 use super::commit;
 use super::{
@@ -85,6 +85,9 @@ impl Dialect {
 /// grow (measured: 228 sagas/s in `bench saga`, PostgreSQL spending 78% of the CPU in index scans;
 /// and the group committer's statement, planned once per connection with sequential scans
 /// ruled out, scanned the whole table through an index for each batch: 250 ms a batch).
+/// A PostgreSQL connection idle this long is pinged before it is used again.
+pub(super) const IDLE_CHECK: Duration = Duration::from_secs(1);
+
 pub(super) const PG_SESSION: &str = "SET plan_cache_mode = force_custom_plan";
 
 /// A store on SQLite or PostgreSQL.
@@ -141,6 +144,17 @@ impl SqlStore {
                 AnyPoolOptions::new()
                     .max_connections(16)
                     .acquire_timeout(Duration::from_secs(10))
+                    // sqlx pings every connection it hands out; only one idle for a while
+                    // (the database may have restarted meanwhile) is worth that round trip.
+                    .test_before_acquire(false)
+                    .before_acquire(|conn, meta| {
+                        Box::pin(async move {
+                            if meta.idle_for >= IDLE_CHECK {
+                                conn.ping().await?;
+                            }
+                            Ok(true)
+                        })
+                    })
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             sqlx::query(PG_SESSION).execute(&mut *conn).await?;
@@ -773,7 +787,6 @@ fn plugin_row(r: &AnyRow) -> Result<PluginRow> {
 /// Creates database `name` (letters, digits, `_`) on the PostgreSQL server at `admin_url`;
 /// returns its URL.
 pub(crate) async fn create_database(admin_url: &str, name: &str) -> Result<String> {
-    use sqlx::Connection;
     debug_assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
     let mut conn = sqlx::PgConnection::connect(admin_url).await?;
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
@@ -784,7 +797,6 @@ pub(crate) async fn create_database(admin_url: &str, name: &str) -> Result<Strin
 
 /// Drops database `name` on the PostgreSQL server at `admin_url`, closing its connections.
 pub(crate) async fn drop_database(admin_url: &str, name: &str) -> Result<()> {
-    use sqlx::Connection;
     debug_assert!(name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
     let mut conn = sqlx::PgConnection::connect(admin_url).await?;
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await?;

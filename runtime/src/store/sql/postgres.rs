@@ -21,14 +21,12 @@ pub(crate) struct PostgresWriter {
     /// one for a batch and puts it back unless it may be broken (then it is closed, and the
     /// next batch opens another). No pool: sqlx's pings a connection when it is taken and again
     /// when it is given back, two round trips beside the batch's one; here only a connection
-    /// idle for `IDLE_CHECK` is pinged first (the database may have restarted meanwhile).
+    /// idle for `super::IDLE_CHECK` is pinged first (the database may have restarted meanwhile).
     idle: Mutex<Vec<(PgConnection, Instant)>>,
 }
 
 /// Longest wait for a new connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// A connection idle this long is pinged before a batch is sent on it.
-const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 impl PostgresWriter {
     /// Connects once, so a database that cannot be reached fails the store's opening.
@@ -43,7 +41,7 @@ impl PostgresWriter {
     async fn connection(&self) -> Result<PgConnection> {
         loop {
             let Some((mut conn, used)) = self.idle.lock().unwrap().pop() else { break };
-            if used.elapsed() < IDLE_CHECK || conn.ping().await.is_ok() {
+            if used.elapsed() < super::IDLE_CHECK || conn.ping().await.is_ok() {
                 return Ok(conn);
             }
         }
