@@ -260,4 +260,3 @@ impl<'a> JournalEntry<'a> {
 pub(crate) fn events_json(events: &[NewEvent]) -> String {
     serde_json::to_string(events).expect("events serialise")
 }
-

@@ -80,15 +80,15 @@ impl Dialect {
     }
 }
 
-/// Every Postgres session plans each execution with what the tables hold now. A generic plan
-/// cached while a fresh database's tables were nearly empty keeps scanning whole tables as they
-/// grow (measured: 228 sagas/s in `bench saga`, PostgreSQL spending 78% of the CPU in index scans;
-/// and the group committer's statement, planned once per connection with sequential scans
-/// ruled out, scanned the whole table through an index for each batch: 250 ms a batch).
-/// A PostgreSQL connection idle this long is pinged before it is used again.
-pub(super) const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// Every Postgres reader session plans each execution with what the tables hold now. A generic
+/// plan cached while a fresh database's tables were nearly empty keeps scanning whole tables as
+/// they grow (measured: 228 sagas/s in `bench saga`, PostgreSQL spending 78% of the CPU in index
+/// scans). The group committer's statement is the exception: see `postgres::APPLY`.
+const PG_SESSION: &str = "SET plan_cache_mode = force_custom_plan";
 
-pub(super) const PG_SESSION: &str = "SET plan_cache_mode = force_custom_plan";
+/// A PostgreSQL connection idle this long is pinged before it is used again (the database may
+/// have restarted meanwhile): the readers' pool and the group committer's connections alike.
+pub(super) const IDLE_CHECK: Duration = Duration::from_secs(1);
 
 /// A store on SQLite or PostgreSQL.
 pub struct SqlStore {

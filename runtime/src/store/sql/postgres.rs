@@ -221,7 +221,6 @@ impl<'a> Columns<'a> {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
