@@ -148,6 +148,26 @@ on_every_store!(a_save_of_a_transaction_that_is_not_stored_is_a_conflict_and_sto
     }
 });
 
+on_every_store!(a_save_naming_another_tenants_transaction_is_a_conflict_and_changes_nothing, |url: String| async move {
+    // Alone and beside a save of the tenant's own that shares its batch.
+    let store = Store::open(&url).await.unwrap();
+    store.insert_tx(&row("theirs", 0, "pending"), &events(1), None).await.unwrap();
+    store.insert_tx(&row("mine", 0, "pending"), &events(1), None).await.unwrap();
+    let intruder = TxRow { tenant: "intruder".into(), ..row("theirs", 0, "running") };
+    let asked = Audit { actor: "key:9".into(), action: "saga_execute".into(), detail: json!({ "id": "theirs" }) };
+    let alone = store.save_tx(&intruder, &events(1), Some(&asked)).await;
+    assert!(matches!(alone, Err(StoreError::Conflict { .. })), "{alone:?}");
+    let (one, own) = (events(1), row("mine", 0, "running"));
+    let (theirs, mine) = futures::join!(store.save_tx(&intruder, &one, Some(&asked)), store.save_tx(&own, &one, None));
+    assert!(matches!(theirs, Err(StoreError::Conflict { .. })), "{theirs:?}");
+    assert_eq!(mine.unwrap(), 1);
+    let stored = store.get_tx("t", "saga", "theirs").await.unwrap().unwrap();
+    assert_eq!((stored.state.as_str(), stored.rev), ("pending", 0), "the other tenant's save changed nothing");
+    assert_eq!(store.events("theirs").await.unwrap().len(), 1, "nor wrote a journal entry");
+    assert!(store.get_tx("intruder", "saga", "theirs").await.unwrap().is_none());
+    assert!(store.audit_log("intruder", 100).await.unwrap().is_empty(), "nor an audit entry");
+});
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_postgres_writes_go_on_after_the_stores_connections_were_cut() {
     // As after a database restart: every connection the store holds is closed by the server.
