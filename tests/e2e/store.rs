@@ -207,6 +207,35 @@ on_every_store!(the_first_reply_remembered_for_a_key_wins_and_its_writer_is_told
     assert!(store.remember_reply("other-tenant", "order-1", &reply(9), now_ms()).await.unwrap(), "keys are per tenant");
 });
 
+on_every_store!(replies_remembered_beside_transaction_writes_are_each_stored_once, |url: String| async move {
+    // Replies share batches with transaction writes: each distinct key is stored with its own
+    // answer, a key stored before answers `false` and keeps its first answer, and the
+    // transactions written beside them are not disturbed.
+    let store = Store::open(&url).await.unwrap();
+    let reply = |n: i64| wasmtx::store::IdempotentReply { request_hash: format!("h{n}"), status: 201, body: json!({ "n": n }) };
+    assert!(store.remember_reply("t", "taken", &reply(100), now_ms()).await.unwrap());
+    let replies = (0..20).map(|n| {
+        let (store, reply) = (store.clone(), reply(n));
+        async move { store.remember_reply("t", &format!("key-{n}"), &reply, now_ms()).await.unwrap() }
+    });
+    let second = reply(101);
+    let again = store.remember_reply("t", "taken", &second, now_ms());
+    let writes = (0..20).map(|n| {
+        let store = store.clone();
+        async move { store.insert_tx(&row(&format!("tx-{n}"), 0, "pending"), &events(1), None).await.unwrap() }
+    });
+    let (stored, again, _) = futures::join!(futures::future::join_all(replies), again, futures::future::join_all(writes));
+    assert!(stored.iter().all(|&s| s), "{stored:?}");
+    assert!(!again.unwrap(), "a key that has an answer keeps it");
+    for n in 0..20 {
+        let kept = store.idempotent_reply("t", &format!("key-{n}")).await.unwrap().unwrap();
+        assert_eq!((kept.request_hash, kept.status, kept.body), (format!("h{n}"), 201, json!({ "n": n })));
+        assert_eq!(store.get_tx("t", "saga", &format!("tx-{n}")).await.unwrap().unwrap().rev, 0);
+    }
+    assert_eq!(store.idempotent_reply("t", "taken").await.unwrap().unwrap().body, json!({ "n": 100 }));
+    assert!(store.idempotent_reply("other-tenant", "key-1").await.unwrap().is_none(), "keys are per tenant");
+});
+
 on_every_durable_store!(two_writers_of_one_revision_one_wins, |url: String| async move {
     // Submitted together they can land in one batch; set-based statements must still apply
     // exactly one of them.

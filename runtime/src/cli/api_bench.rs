@@ -43,6 +43,10 @@ pub struct ApiArgs {
     /// API key of the tenant to run as, with `--server` (not needed in single-tenant mode).
     #[arg(long, env = "WASMTX_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// Every create carries an `Idempotency-Key` of its own, as a client that retries safely
+    /// sends it (the server remembers each create's answer).
+    #[arg(long)]
+    idempotency_keys: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -116,10 +120,16 @@ pub async fn bench_api(report: &mut Report, args: ApiArgs) -> anyhow::Result<()>
         _ => None,
     };
     report.add("mode", args.mode.name(), args.mode.name());
+    if args.idempotency_keys {
+        report.add("idempotency_keys", true, "every create carries its own Idempotency-Key");
+    }
     eprintln!("running {} {}, {} clients…", args.count, args.mode.name(), args.concurrency);
     let server_pid = target.child.as_ref().and_then(|c| c.id()).map(|pid| pid.to_string());
     let (cpu_before, client_cpu_before) = (server_pid.as_deref().and_then(cpu_time_of), cpu_time_of("self"));
-    let bodies = std::sync::Arc::new(Bodies::of(args.mode, participant.as_deref(), args.api_key.as_deref()));
+    let mut bodies = Bodies::of(args.mode, participant.as_deref(), args.api_key.as_deref());
+    // Keys unique to this run, so a server that ran the bench before answers nothing old.
+    bodies.keys = args.idempotency_keys.then(|| Keys { run: uuid::Uuid::new_v4().simple().to_string(), next: Default::default() });
+    let bodies = std::sync::Arc::new(bodies);
     let pool = Pool::new(&target.url)?;
     let (latencies, wall) = run_load(args.concurrency, args.count, move || {
         let (pool, bodies) = (pool.clone(), bodies.clone());
@@ -188,6 +198,20 @@ struct Bodies {
     adds: Vec<bytes::Bytes>,
     /// `Bearer <key>`, when the client runs as a tenant.
     authorization: Option<String>,
+    /// Where each create's `Idempotency-Key` comes from, when creates carry one.
+    keys: Option<Keys>,
+}
+
+/// `Idempotency-Key`s: the run's prefix and a counter.
+struct Keys {
+    run: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Keys {
+    fn next(&self) -> String {
+        format!("bench-{}-{}", self.run, self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 impl Bodies {
@@ -214,7 +238,7 @@ impl Bodies {
             _ => Vec::new(),
         };
         let authorization = api_key.map(|k| format!("Bearer {k}"));
-        Bodies { mode, create: bytes_of(&create), execute: bytes_of(&execute), adds, authorization }
+        Bodies { mode, create: bytes_of(&create), execute: bytes_of(&execute), adds, authorization, keys: None }
     }
 
     /// The headers every request carries.
@@ -248,7 +272,10 @@ async fn one(conn: &mut Conn, bodies: &Bodies) -> anyhow::Result<()> {
         Mode::Managed => "/v1/transactions",
     };
     let headers = bodies.headers();
-    let created = conn.post(base, bodies.create.clone(), &headers).await?;
+    let key = bodies.keys.as_ref().map(Keys::next);
+    let mut create_headers = headers.clone();
+    create_headers.extend(key.as_deref().map(|k| ("idempotency-key", k)));
+    let created = conn.post(base, bodies.create.clone(), &create_headers).await?;
     let answer: Answer = serde_json::from_slice(&created).context("reading the create's answer")?;
     if bodies.mode == Mode::SagaOne {
         anyhow::ensure!(answer.state == Some("completed"), "saga {:?} ended {:?}", answer.saga_id, answer.state);

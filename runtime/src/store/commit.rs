@@ -4,8 +4,8 @@
 //! Writers queue a `Write`; a committer task takes what is queued (at most `MAX_BATCH`, with
 //! no artificial wait: the commit in progress is the batching window), applies it — insert the
 //! new transactions, update the revised ones where the revision still matches, append each
-//! write's events as one journal entry, and the audit entries — then commits once and answers
-//! each writer. How a batch reaches a database is its backend's `BatchWriter` (on PostgreSQL
+//! write's events as one journal entry, the audit entries and the replies remembered for
+//! `Idempotency-Key`s — then commits once and answers each writer. How a batch reaches a database is its backend's `BatchWriter` (on PostgreSQL
 //! rows travel as typed arrays, unpacked by set-based statements; on SQLite, which runs
 //! in-process, cached prepared statements apply them row by row on a blocking thread).
 //! A write is acknowledged only after its commit. A revision conflict fails that write alone;
@@ -26,7 +26,7 @@ const MAX_BATCH: usize = 512;
 const QUEUE: usize = 8192;
 
 /// One change to commit: a revision-checked change of a transaction with its history
-/// events, or an audit entry.
+/// events, an audit entry, or the answer remembered for an `Idempotency-Key`.
 pub(crate) enum Write {
     /// A new transaction (revision 0), with the audit entry of who asked for it; conflicts if
     /// the id exists (and then writes no entry).
@@ -37,6 +37,37 @@ pub(crate) enum Write {
     /// Who did what, appended (API requests write one each; batching them spares a commit per
     /// request).
     Audit(AuditRow),
+    /// The answer to a keyed create, stored unless the key has one already (the first
+    /// remembered wins). Batched like the rest: on its own it was a commit per keyed create,
+    /// and on SQLite a second writer contending with the committer for the file's lock.
+    Reply(ReplyRow),
+}
+
+/// An answer remembered for a tenant's `Idempotency-Key`.
+pub(crate) struct ReplyRow {
+    /// What a batch holds at most once: the tenant and the key, spelt as no transaction id is
+    /// (and without NUL, which PostgreSQL's text refuses: the batch key travels with the row).
+    pub batch_key: String,
+    pub tenant: String,
+    pub key: String,
+    pub request_hash: String,
+    pub status: i64,
+    pub body: String,
+    pub created_at_ms: i64,
+}
+
+impl ReplyRow {
+    pub(crate) fn new(tenant: &str, key: &str, reply: &crate::store::IdempotentReply, now_ms: i64) -> Self {
+        ReplyRow {
+            batch_key: format!("reply\u{1f}{tenant}\u{1f}{key}"),
+            tenant: tenant.to_string(),
+            key: key.to_string(),
+            request_hash: reply.request_hash.clone(),
+            status: i64::from(reply.status),
+            body: reply.body.to_string(),
+            created_at_ms: now_ms,
+        }
+    }
 }
 
 /// An entry of the audit trail.
@@ -74,6 +105,7 @@ impl Write {
     pub(crate) fn audit_row(&self, took_effect: bool) -> Option<&AuditRow> {
         match self {
             Write::Audit(a) => Some(a),
+            Write::Reply(_) => None,
             Write::Insert(_, _, audit) | Write::Save(_, _, audit) => audit.as_ref().filter(|_| took_effect),
         }
     }
@@ -83,6 +115,7 @@ impl Write {
         match self {
             Write::Insert(row, ..) | Write::Save(row, ..) => &row.id,
             Write::Audit(a) => &a.id,
+            Write::Reply(r) => &r.batch_key,
         }
     }
 
@@ -90,23 +123,25 @@ impl Write {
     pub(crate) fn row(&self) -> &TxRow {
         match self {
             Write::Insert(row, ..) | Write::Save(row, ..) => row,
-            Write::Audit(_) => unreachable!("an audit entry has no transaction row"),
+            Write::Audit(_) | Write::Reply(_) => unreachable!("only inserts and saves have a transaction row"),
         }
     }
 
     pub(crate) fn events(&self) -> &[NewEvent] {
         match self {
             Write::Insert(_, events, _) | Write::Save(_, events, _) => events,
-            Write::Audit(_) => &[],
+            Write::Audit(_) | Write::Reply(_) => &[],
         }
     }
 
     /// This write's result once the database has said whether it took effect — `last_seq`: the
     /// transaction's last event number after it; `None`: its id or revision was taken. (An
-    /// audit entry always takes effect.)
+    /// audit entry always takes effect; a reply answers 1 when it was stored, 0 when the key
+    /// had one.)
     pub(crate) fn result(&self, last_seq: Option<i64>) -> Result<i64> {
         match (self, last_seq) {
             (Write::Audit(_), _) => Ok(0),
+            (Write::Reply(_), stored) => Ok(i64::from(stored.is_some())),
             (Write::Insert(row, ..) | Write::Save(row, ..), None) => Err(StoreError::Conflict { kind: "transaction", id: row.id.clone() }),
             (Write::Insert(row, ..), Some(_)) => Ok(row.rev),
             (Write::Save(row, ..), Some(_)) => Ok(row.rev + 1),

@@ -614,19 +614,8 @@ impl IdempotencyStore for SqlStore {
     }
 
     async fn remember_reply(&self, tenant: &str, key: &str, reply: &IdempotentReply, now_ms: i64) -> Result<bool> {
-        let done = sqlx::query(
-            "INSERT INTO idempotency (tenant_id, key, request_hash, status, response, created_at)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, key) DO NOTHING",
-        )
-        .bind(tenant)
-        .bind(key)
-        .bind(&reply.request_hash)
-        .bind(reply.status as i64)
-        .bind(reply.body.to_string())
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let write = commit::Write::Reply(commit::ReplyRow::new(tenant, key, reply, now_ms));
+        Ok(self.commits.submit(write).await? == 1)
     }
 }
 

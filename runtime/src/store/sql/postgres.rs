@@ -12,7 +12,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection};
 use sqlx::{Connection, Row};
 
 use crate::store::{Result, StoreError};
-use crate::store::commit::{AuditRow, BatchWriter, Write, events_json};
+use crate::store::commit::{AuditRow, BatchWriter, ReplyRow, Write, events_json};
 
 /// Writes batches through connections of its own, one per committer at most.
 pub(crate) struct PostgresWriter {
@@ -85,9 +85,10 @@ impl BatchWriter for PostgresWriter {
 
 /// A whole batch in one statement, so in one round trip and one implicit transaction: the new
 /// transactions, the revision-checked updates, a journal entry for each of them that took
-/// effect (numbered from the `last_seq` it returned), and the audit entries (standalone ones
-/// always, those riding on a write only when it took effect). It answers the ids that took
-/// effect with their `last_seq`. (Five round trips — `BEGIN`, three statements, `COMMIT` —
+/// effect (numbered from the `last_seq` it returned), the audit entries (standalone ones
+/// always, those riding on a write only when it took effect) and the remembered replies. It
+/// answers the ids that took effect with their `last_seq`, and the batch keys of the replies
+/// stored. (Five round trips — `BEGIN`, three statements, `COMMIT` —
 /// were most of a commit's latency at one client.)
 ///
 /// The statement reads the table through its primary key alone, so its plan does not depend on
@@ -129,8 +130,18 @@ audited AS (
     SELECT a.id, a.tenant_id, a.at, a.actor, a.action, a.detail
     FROM UNNEST($26::text[], $27::text[], $28::int8[], $29::text[], $30::text[], $31::text[], $32::text[])
          AS a(id, tenant_id, at, actor, action, detail, tx_id)
-    WHERE a.tx_id IS NULL OR a.tx_id IN (SELECT id FROM done))
-SELECT id, last_seq FROM done UNION ALL SELECT NULL, last_seq FROM missing";
+    WHERE a.tx_id IS NULL OR a.tx_id IN (SELECT id FROM done)),
+replied AS (
+    INSERT INTO idempotency (tenant_id, key, request_hash, status, response, created_at)
+    SELECT r.tenant_id, r.key, r.request_hash, r.status, r.response, r.created_at
+    FROM UNNEST($33::text[], $34::text[], $35::text[], $36::int8[], $37::text[], $38::int8[])
+         AS r(tenant_id, key, request_hash, status, response, created_at)
+    ON CONFLICT (tenant_id, key) DO NOTHING
+    RETURNING tenant_id, key)
+SELECT id, last_seq FROM done
+UNION ALL SELECT NULL, last_seq FROM missing
+UNION ALL SELECT b.batch_key, 0 FROM replied JOIN UNNEST($39::text[], $33::text[], $34::text[]) AS b(batch_key, tenant_id, key)
+    USING (tenant_id, key)";
 
 /// What `APPLY` fails with when a save found no row to update.
 const NO_TRANSACTION: &str = "wasmtx: a save found no transaction";
@@ -150,10 +161,13 @@ async fn apply_postgres(conn: &mut PgConnection, writes: &[Write]) -> Result<Vec
         .iter()
         .filter_map(|w| match w {
             Write::Audit(a) => Some((a, None)),
+            Write::Reply(_) => None,
             Write::Insert(row, _, audit) | Write::Save(row, _, audit) => audit.as_ref().map(|a| (a, Some(row.id.as_str()))),
         })
         .collect();
     let audit = |f: fn(&AuditRow) -> &str| audits.iter().map(|(a, _)| f(a)).collect::<Vec<&str>>();
+    let replies: Vec<&ReplyRow> = writes.iter().filter_map(|w| if let Write::Reply(r) = w { Some(r) } else { None }).collect();
+    let reply = |f: fn(&ReplyRow) -> &str| replies.iter().map(|r| f(r)).collect::<Vec<&str>>();
     let rows = sqlx::query(APPLY)
         .bind(&ins.tenant).bind(&ins.id).bind(&ins.kind).bind(&ins.name).bind(&ins.state).bind(&ins.doc).bind(&ins.rev)
         .bind(&ins.owner).bind(&ins.lease_until).bind(&ins.created_at).bind(&ins.updated_at).bind(&ins.n)
@@ -166,6 +180,9 @@ async fn apply_postgres(conn: &mut PgConnection, writes: &[Write]) -> Result<Vec
         .bind(audit(|a| &a.id)).bind(audit(|a| &a.tenant)).bind(audits.iter().map(|(a, _)| a.at_ms).collect::<Vec<_>>())
         .bind(audit(|a| &a.actor)).bind(audit(|a| &a.action)).bind(audit(|a| &a.detail))
         .bind(audits.iter().map(|(_, tx)| *tx).collect::<Vec<_>>())
+        .bind(reply(|r| &r.tenant)).bind(reply(|r| &r.key)).bind(reply(|r| &r.request_hash))
+        .bind(replies.iter().map(|r| r.status).collect::<Vec<_>>()).bind(reply(|r| &r.body))
+        .bind(replies.iter().map(|r| r.created_at_ms).collect::<Vec<_>>()).bind(reply(|r| &r.batch_key))
         .fetch_all(conn)
         .await;
     let rows = match rows {

@@ -56,6 +56,14 @@ fn apply_sqlite(conn: &mut rusqlite::Connection, writes: &[Write]) -> Result<Vec
         for w in writes {
             let last_seq = match w {
                 Write::Audit(_) => None,
+                Write::Reply(r) => {
+                    let mut remember = tx.prepare_cached(
+                        "INSERT INTO idempotency (tenant_id, key, request_hash, status, response, created_at)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (tenant_id, key) DO NOTHING",
+                    )?;
+                    let stored = remember.execute(rusqlite::params![r.tenant, r.key, r.request_hash, r.status, r.body, r.created_at_ms])?;
+                    (stored == 1).then_some(0)
+                }
                 Write::Insert(row, events, _) => {
                     let n = events.len() as i64;
                     let inserted = insert.execute(rusqlite::params![
