@@ -98,7 +98,7 @@ impl Pool {
 
 /// Serves `app` on a free loopback port in the background; its `http://` URL.
 pub async fn serve_on_loopback(app: axum::Router) -> anyhow::Result<String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = super::serve::listen(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
     let url = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;

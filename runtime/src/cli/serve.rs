@@ -296,9 +296,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         }))
     };
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("listening on {}", args.listen))?;
+    let listener = listen(args.listen).with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
     let max_connections = fit_connections(args.max_connections);
     // Tests and scripts read this line to find the port.
@@ -490,6 +488,21 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Stalling<T> {
 /// `wanted` connections, if the process's file limit allows them with room for the store,
 /// the compiled-component cache and outbound calls: the soft limit is raised towards the
 /// hard one when needed, and the connection cap lowered to fit otherwise.
+/// Connections the kernel queues for `accept` (it caps this at `net.core.somaxconn`).
+/// `TcpListener::bind` asks for 128: a burst of new clients beyond that — 256 connecting at
+/// once in `bench api` — overflowed the queue, and each dropped SYN cost its client the kernel's
+/// one-second retransmission (p99 ≈ 1.05 s).
+const ACCEPT_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` whose accept queue holds `ACCEPT_BACKLOG` connections.
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    // As `TcpListener::bind` does: a restarted server binds its port again at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
+
 fn fit_connections(wanted: usize) -> usize {
     const RESERVE: u64 = 512;
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
@@ -509,4 +522,25 @@ fn fit_connections(wanted: usize) -> usize {
         tracing::warn!("the file limit ({}) allows {fits} connections, not {wanted}", limit.rlim_cur);
     }
     wanted.min(fits)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_burst_of_clients_beyond_128_is_queued_for_accept_not_dropped() {
+        // Nothing accepts: each connection completes only if the accept queue holds it (a
+        // dropped SYN leaves its client retrying, and with nothing accepting it never lands).
+        let listener = super::listen(([127, 0, 0, 1], 0).into()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The kernel caps the queue at `net.core.somaxconn` (4096 on current kernels).
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(4096);
+        let clients: usize = 300.min(somaxconn);
+        let burst = (0..clients).map(|_| tokio::time::timeout(Duration::from_secs(20), tokio::net::TcpStream::connect(addr)));
+        let connected = futures::future::join_all(burst).await;
+        let queued = connected.iter().filter(|c| matches!(c, Ok(Ok(_)))).count();
+        assert_eq!(queued, clients, "connections queued for accept");
+        drop(listener);
+    }
 }
