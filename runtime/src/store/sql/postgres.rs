@@ -88,8 +88,8 @@ impl BatchWriter for PostgresWriter {
 /// effect (numbered from the `last_seq` it returned), the audit entries (standalone ones
 /// always, those riding on a write only when it took effect) and the remembered replies. It
 /// answers the ids that took effect with their `last_seq`, and the batch keys of the replies
-/// stored. (Five round trips — `BEGIN`, three statements, `COMMIT` —
-/// were most of a commit's latency at one client.)
+/// stored. (Five round trips — `BEGIN`, three statements, `COMMIT` — were most of a commit's
+/// latency at one client.)
 ///
 /// The statement reads the table through its primary key alone, so its plan does not depend on
 /// how many rows the table holds, and the writer plans it once per connection

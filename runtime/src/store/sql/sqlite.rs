@@ -53,14 +53,14 @@ fn apply_sqlite(conn: &mut rusqlite::Connection, writes: &[Write]) -> Result<Vec
         let mut journal = tx.prepare_cached("INSERT INTO journal (tx_id, seq, at, events) VALUES (?1, ?2, ?3, ?4)")?;
         let mut audit =
             tx.prepare_cached("INSERT INTO audit (id, tenant_id, at, actor, action, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
+        let mut remember = tx.prepare_cached(
+            "INSERT INTO idempotency (tenant_id, key, request_hash, status, response, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (tenant_id, key) DO NOTHING",
+        )?;
         for w in writes {
             let last_seq = match w {
                 Write::Audit(_) => None,
                 Write::Reply(r) => {
-                    let mut remember = tx.prepare_cached(
-                        "INSERT INTO idempotency (tenant_id, key, request_hash, status, response, created_at)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (tenant_id, key) DO NOTHING",
-                    )?;
                     let stored = remember.execute(rusqlite::params![r.tenant, r.key, r.request_hash, r.status, r.body, r.created_at_ms])?;
                     (stored == 1).then_some(0)
                 }
