@@ -900,6 +900,69 @@ on_every_store!(nul_bytes_and_out_of_range_numbers_are_the_callers_errors, |url:
     server.kill().await;
 });
 
+on_every_store!(hostile_idempotency_keys_are_refused_or_kept_apart_and_each_answers_once, |url: String| async move {
+    // The key becomes a stored row (its answer, written in the group commit beside other
+    // writes): malformed keys are the caller's error and store nothing; a key full of quotes
+    // and SQL is only text; two tenants' equal keys are two requests; keys racing each other
+    // create one saga each.
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), database(&url), &["--admin-token", ADMIN]).await;
+    let (acme, other) = (tenant(&server, "acme", json!({})).await, tenant(&server, "other", json!({})).await);
+    let create = |caller: &Caller, key: reqwest::header::HeaderValue, name: &str| {
+        client()
+            .post(format!("{}/v1/sagas", server.url))
+            .bearer_auth(caller.key.as_deref().unwrap())
+            .header("idempotency-key", key)
+            .json(&json!({"saga_name": name}))
+            .send()
+    };
+    let text = |k: &str| reqwest::header::HeaderValue::from_str(k).unwrap();
+    let malformed = [
+        text(&"k".repeat(256)),
+        text(""),
+        text("a\tb"),
+        reqwest::header::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+    ];
+    for key in malformed {
+        let r = create(&acme, key.clone(), "s").await.unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{key:?}");
+        let err: Value = r.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "invalid_idempotency_key", "{key:?}: {err}");
+    }
+    let (_, listed) = acme.get("/v1/sagas").await;
+    assert_eq!(listed["sagas"].as_array().unwrap().len(), 0, "a refused key created nothing");
+
+    let prefix = "x'); DELETE FROM idempotency; --\"";
+    let sly = format!("{prefix}{}", "%".repeat(255 - prefix.len()));
+    assert_eq!(sly.len(), 255);
+    let first: Value = create(&acme, text(&sly), "s").await.unwrap().json().await.unwrap();
+    let again = create(&acme, text(&sly), "s").await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.json::<Value>().await.unwrap(), first, "the longest key answers its first answer again");
+    let theirs = create(&other, text(&sly), "s").await.unwrap();
+    assert_eq!(theirs.status(), StatusCode::CREATED);
+    let theirs: Value = theirs.json().await.unwrap();
+    assert_ne!(theirs["saga_id"], first["saga_id"], "another tenant's equal key is another request");
+    let (status, _) = other.get(&format!("/v1/sagas/{}", first["saga_id"].as_str().unwrap())).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "and never reaches the first tenant's saga");
+
+    // Twenty keys, each sent twice at once: their answers share commits.
+    let racing = (0..40).map(|i| create(&acme, text(&format!("race-{}", i / 2)), "r"));
+    let mut answers = Vec::new();
+    for r in futures::future::join_all(racing).await {
+        let r = r.unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        answers.push(r.json::<Value>().await.unwrap());
+    }
+    for pair in answers.chunks(2) {
+        assert_eq!(pair[0]["saga_id"], pair[1]["saga_id"], "{pair:?}");
+    }
+    let (_, listed) = acme.get("/v1/sagas?limit=100").await;
+    let names: Vec<&str> = listed["sagas"].as_array().unwrap().iter().map(|s| s["saga_name"].as_str().unwrap()).collect();
+    assert_eq!((names.iter().filter(|n| **n == "r").count(), names.len()), (20, 21), "one saga per key");
+    server.kill().await;
+});
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_names_one_request_per_endpoint() {
     let dir = tempfile::tempdir().unwrap();

@@ -126,10 +126,7 @@ pub async fn bench_api(report: &mut Report, args: ApiArgs) -> anyhow::Result<()>
     eprintln!("running {} {}, {} clients…", args.count, args.mode.name(), args.concurrency);
     let server_pid = target.child.as_ref().and_then(|c| c.id()).map(|pid| pid.to_string());
     let (cpu_before, client_cpu_before) = (server_pid.as_deref().and_then(cpu_time_of), cpu_time_of("self"));
-    let mut bodies = Bodies::of(args.mode, participant.as_deref(), args.api_key.as_deref());
-    // Keys unique to this run, so a server that ran the bench before answers nothing old.
-    bodies.keys = args.idempotency_keys.then(|| Keys { run: uuid::Uuid::new_v4().simple().to_string(), next: Default::default() });
-    let bodies = std::sync::Arc::new(bodies);
+    let bodies = std::sync::Arc::new(Bodies::of(args.mode, participant.as_deref(), args.api_key.as_deref(), args.idempotency_keys));
     let pool = Pool::new(&target.url)?;
     let (latencies, wall) = run_load(args.concurrency, args.count, move || {
         let (pool, bodies) = (pool.clone(), bodies.clone());
@@ -215,7 +212,7 @@ impl Keys {
 }
 
 impl Bodies {
-    fn of(mode: Mode, participant: Option<&str>, api_key: Option<&str>) -> Bodies {
+    fn of(mode: Mode, participant: Option<&str>, api_key: Option<&str>, keyed: bool) -> Bodies {
         let context = json!({"amount": 10, "quantity": 1});
         let steps: Vec<Value> = ["payment", "inventory", "shipping"]
             .iter()
@@ -238,7 +235,9 @@ impl Bodies {
             _ => Vec::new(),
         };
         let authorization = api_key.map(|k| format!("Bearer {k}"));
-        Bodies { mode, create: bytes_of(&create), execute: bytes_of(&execute), adds, authorization, keys: None }
+        // Keys unique to this run, so a server that ran the bench before answers nothing old.
+        let keys = keyed.then(|| Keys { run: uuid::Uuid::new_v4().simple().to_string(), next: Default::default() });
+        Bodies { mode, create: bytes_of(&create), execute: bytes_of(&execute), adds, authorization, keys }
     }
 
     /// The headers every request carries.

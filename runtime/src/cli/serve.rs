@@ -485,9 +485,6 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Stalling<T> {
     }
 }
 
-/// `wanted` connections, if the process's file limit allows them with room for the store,
-/// the compiled-component cache and outbound calls: the soft limit is raised towards the
-/// hard one when needed, and the connection cap lowered to fit otherwise.
 /// Connections the kernel queues for `accept` (it caps this at `net.core.somaxconn`).
 /// `TcpListener::bind` asks for 128: a burst of new clients beyond that — 256 connecting at
 /// once in `bench api` — overflowed the queue, and each dropped SYN cost its client the kernel's
@@ -503,6 +500,9 @@ pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListene
     socket.listen(ACCEPT_BACKLOG)
 }
 
+/// `wanted` connections, if the process's file limit allows them with room for the store,
+/// the compiled-component cache and outbound calls: the soft limit is raised towards the
+/// hard one when needed, and the connection cap lowered to fit otherwise.
 fn fit_connections(wanted: usize) -> usize {
     const RESERVE: u64 = 512;
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };

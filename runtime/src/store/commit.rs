@@ -5,9 +5,10 @@
 //! no artificial wait: the commit in progress is the batching window), applies it — insert the
 //! new transactions, update the revised ones where the revision still matches, append each
 //! write's events as one journal entry, the audit entries and the replies remembered for
-//! `Idempotency-Key`s — then commits once and answers each writer. How a batch reaches a database is its backend's `BatchWriter` (on PostgreSQL
-//! rows travel as typed arrays, unpacked by set-based statements; on SQLite, which runs
-//! in-process, cached prepared statements apply them row by row on a blocking thread).
+//! `Idempotency-Key`s — then commits once and answers each writer. How a batch reaches a
+//! database is its backend's `BatchWriter` (on PostgreSQL rows travel as typed arrays, unpacked
+//! by set-based statements; on SQLite, which runs in-process, cached prepared statements apply
+//! them row by row on a blocking thread).
 //! A write is acknowledged only after its commit. A revision conflict fails that write alone;
 //! a database error fails the batch, whose writes are then retried one by one so that one bad
 //! write never takes its neighbours down with it.
