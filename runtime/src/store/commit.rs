@@ -2,7 +2,9 @@
 //! transaction, so durable throughput is not one fsync per state change.
 //!
 //! Writers queue a `Write`; a committer task takes what is queued (at most `MAX_BATCH`, with
-//! no artificial wait: the commit in progress is the batching window), applies it — insert the
+//! no artificial wait: the commit in progress is the batching window; where several
+//! committers run, a batch smaller than `PARALLEL_MIN` waits for the commit in flight rather
+//! than commit beside it), applies it — insert the
 //! new transactions, update the revised ones where the revision still matches, append each
 //! write's events as one journal entry, the audit entries and the replies remembered for
 //! `Idempotency-Key`s — then commits once and answers each writer. How a batch reaches a
@@ -16,8 +18,9 @@
 use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 
 use super::{NewEvent, Result, StoreError, TxRow};
 
@@ -25,6 +28,14 @@ use super::{NewEvent, Result, StoreError, TxRow};
 const MAX_BATCH: usize = 512;
 /// Writes waiting for a committer; beyond this, writers wait to queue (back-pressure).
 const QUEUE: usize = 8192;
+/// Fewest writes a commit starts with beside one in flight; fewer wait for the commit in flight
+/// to end, gathering what arrives meanwhile. Under a light load (a coordinator of a fleet sees
+/// a share of the clients) two committers otherwise each committed a handful of writes at a
+/// time, and PostgreSQL paid its cost per statement and per commit for every handful; under a
+/// heavy one a batch this big is queued at once and commits beside the other. (On 2 cores: a
+/// fleet of 3 ran 17% more transactions with 32 than with 1, the sagas of `bench saga` at 256
+/// clients 3% more; never waiting beside a commit in flight cost those sagas 9%.)
+const PARALLEL_MIN: usize = 32;
 
 /// One change to commit: a revision-checked change of a transaction with its history
 /// events, an audit entry, or the answer remembered for an `Idempotency-Key`.
@@ -189,8 +200,9 @@ impl GroupCommit {
     pub(crate) fn start(db: Arc<dyn BatchWriter>) -> GroupCommit {
         let (queue, jobs) = mpsc::channel(QUEUE);
         let jobs = Arc::new(Mutex::new(jobs));
+        let committing = Arc::new(Committing::default());
         for _ in 0..db.committers() {
-            tokio::spawn(run(db.clone(), jobs.clone()));
+            tokio::spawn(run(db.clone(), jobs.clone(), committing.clone()));
         }
         GroupCommit { queue }
     }
@@ -203,46 +215,88 @@ impl GroupCommit {
     }
 }
 
-async fn run(db: Arc<dyn BatchWriter>, jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
+/// The commits in flight, shared by the committers.
+#[derive(Default)]
+struct Committing {
+    in_flight: AtomicUsize,
+    /// Told whenever a commit ends.
+    ended: Notify,
+}
+
+/// A batch being assembled: its jobs, each id at most once; a job whose id it holds already
+/// is `held` for the next.
+#[derive(Default)]
+struct Batch {
+    jobs: Vec<Job>,
+    ids: HashSet<String>,
+}
+
+impl Batch {
+    fn add(&mut self, job: Job, held: &mut Vec<Job>) {
+        if self.ids.insert(job.write.key().to_string()) {
+            self.jobs.push(job);
+        } else {
+            held.push(job);
+        }
+    }
+
+    /// Takes what is queued, up to `MAX_BATCH`, without waiting.
+    fn take_queued(&mut self, queue: &mut mpsc::Receiver<Job>, held: &mut Vec<Job>) {
+        while self.jobs.len() < MAX_BATCH {
+            let Ok(job) = queue.try_recv() else { break };
+            self.add(job, held);
+        }
+    }
+}
+
+async fn run(db: Arc<dyn BatchWriter>, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, committing: Arc<Committing>) {
     // A write for a transaction already in the batch waits for the next one: within a batch
     // every id appears once, so set-based statements cannot apply two revisions at once.
     let mut held: Vec<Job> = Vec::new();
     loop {
         // Held writes first, in their order, still at most one per id.
-        let mut batch: Vec<Job> = Vec::new();
-        let mut ids: HashSet<String> = HashSet::new();
+        let mut batch = Batch::default();
         for job in std::mem::take(&mut held) {
-            if ids.insert(job.write.key().to_string()) {
-                batch.push(job);
-            } else {
-                held.push(job);
-            }
+            batch.add(job, &mut held);
         }
         // With held writes in hand, never wait for the queue: another committer may be
         // parked on it (holding the lock) while these writes' writers wait for them.
-        let queue = match batch.is_empty() {
+        let mut queue = match batch.jobs.is_empty() {
             true => Some(jobs.lock().await),
             false => jobs.try_lock().ok(),
         };
-        if let Some(mut queue) = queue {
-            if batch.is_empty() {
+        if let Some(queue) = queue.as_mut() {
+            if batch.jobs.is_empty() {
                 match queue.recv().await {
-                    Some(job) => {
-                        ids.insert(job.write.key().to_string());
-                        batch.push(job);
-                    }
+                    Some(job) => batch.add(job, &mut held),
                     None => return,
                 }
             }
-            while batch.len() < MAX_BATCH {
-                let Ok(job) = queue.try_recv() else { break };
-                if ids.insert(job.write.key().to_string()) {
-                    batch.push(job);
-                } else {
-                    held.push(job);
+            batch.take_queued(queue, &mut held);
+            // Beside a commit in flight, only a batch worth a commit of its own starts; a
+            // smaller one gathers what arrives until that commit ends. (Never a wait on a
+            // clock: the commits in flight are the batching window.)
+            while batch.jobs.len() < PARALLEL_MIN {
+                let ended = committing.ended.notified();
+                let mut ended = std::pin::pin!(ended);
+                ended.as_mut().enable();
+                if committing.in_flight.load(Ordering::SeqCst) == 0 {
+                    break;
                 }
+                tokio::select! {
+                    () = &mut ended => {}
+                    job = queue.recv() => match job {
+                        Some(job) => batch.add(job, &mut held),
+                        None => break,
+                    },
+                }
+                batch.take_queued(queue, &mut held);
             }
         }
+        // Counted before the queue is let go, so the next committer sees this commit.
+        committing.in_flight.fetch_add(1, Ordering::SeqCst);
+        drop(queue);
+        let batch = batch.jobs;
         let (writes, replies): (Vec<Write>, Vec<_>) = batch.into_iter().map(|j| (j.write, j.reply)).unzip();
         let writes = Arc::new(writes);
         let started = std::time::Instant::now();
@@ -261,6 +315,8 @@ async fn run(db: Arc<dyn BatchWriter>, jobs: Arc<Mutex<mpsc::Receiver<Job>>>) {
                 one_by_one
             }
         };
+        committing.in_flight.fetch_sub(1, Ordering::SeqCst);
+        committing.ended.notify_waiters();
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);
         }
@@ -295,4 +351,74 @@ impl<'a> JournalEntry<'a> {
 /// A write's events as its journal entry stores them: one JSON array.
 pub(crate) fn events_json(events: &[NewEvent]) -> String {
     serde_json::to_string(events).expect("events serialise")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use super::*;
+
+    /// A database whose first commit lasts until it is released; it logs each commit's size
+    /// and how many others were in flight when it started.
+    #[derive(Default)]
+    struct Recorder {
+        first: Mutex<Option<oneshot::Receiver<()>>>,
+        in_flight: AtomicUsize,
+        log: StdMutex<Vec<(usize, usize)>>,
+    }
+
+    #[async_trait::async_trait]
+    impl BatchWriter for Recorder {
+        async fn apply(&self, _all: &Arc<Vec<Write>>, range: Range<usize>) -> Result<Vec<Result<i64>>> {
+            let beside = self.in_flight.fetch_add(1, Ordering::SeqCst);
+            self.log.lock().unwrap().push((range.len(), beside));
+            let first = self.first.lock().await.take();
+            if let Some(released) = first {
+                let _ = released.await;
+            }
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            Ok(range.map(|_| Ok(0)).collect())
+        }
+
+        fn committers(&self) -> usize {
+            2
+        }
+    }
+
+    fn submit(commits: &GroupCommit) -> tokio::task::JoinHandle<Result<i64>> {
+        let commits = commits.clone();
+        let entry = AuditRow::new("t", "test", "wrote", &serde_json::json!({}));
+        tokio::spawn(async move { commits.submit(Write::Audit(entry)).await })
+    }
+
+    /// Returns once every task is blocked: with the clock paused, a sleep ends only when
+    /// nothing else can run.
+    async fn until_idle() {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handful_of_writes_waits_for_the_commit_in_flight_and_a_full_batch_commits_beside_it() {
+        for (queued, beside) in [(5, false), (PARALLEL_MIN + 8, true)] {
+            let (release, first_commit) = oneshot::channel();
+            let db = Arc::new(Recorder { first: Mutex::new(Some(first_commit)), ..Default::default() });
+            let commits = GroupCommit::start(db.clone());
+            let first = submit(&commits);
+            until_idle().await;
+            let rest: Vec<_> = (0..queued).map(|_| submit(&commits)).collect();
+            until_idle().await;
+            let while_first_commits = db.log.lock().unwrap().clone();
+            let expected = if beside { vec![(1, 0), (queued, 1)] } else { vec![(1, 0)] };
+            assert_eq!(while_first_commits, expected, "{queued} writes queued behind a commit in flight");
+            release.send(()).unwrap();
+            first.await.unwrap().unwrap();
+            for write in rest {
+                write.await.unwrap().unwrap();
+            }
+            // The handful went in one commit once the first had ended.
+            let expected = if beside { vec![(1, 0), (queued, 1)] } else { vec![(1, 0), (queued, 0)] };
+            assert_eq!(*db.log.lock().unwrap(), expected);
+        }
+    }
 }
