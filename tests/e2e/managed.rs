@@ -210,7 +210,9 @@ on_every_store!(abort_and_recover_in_each_pattern, |url: String| async move {
         }
     }
     let aborted = n.manager.abort(TENANT, &id).await.unwrap();
-    exec.await.unwrap().expect("the interrupted execution settles without error");
+    let interrupted = exec.await.unwrap().expect("the interrupted execution settles without error");
+    // Whichever settled second lost its write and answers what the first recorded.
+    assert_eq!((interrupted.state, aborted.state), (Status::Compensated, Status::Compensated));
     let m = n.manager.get(TENANT, &id).await.unwrap();
     assert_eq!(m.state, Status::Compensated, "{:?}", aborted.state);
     let doc = n.manager.document(TENANT, &m).await.unwrap();
@@ -260,11 +262,16 @@ on_every_store!(the_default_policy_hot_swaps_on_a_running_server, |url: String| 
     let first = new_transaction(&server, body.clone(), &parts).await;
     let (_, doc) = post(&server, &format!("/v1/transactions/{first}/execute"), json!({})).await;
     assert_eq!((doc["selected_pattern"].clone(), doc["policy"].clone()), (json!("saga"), json!("house-policy@1")), "{doc}");
+    // The execution answers from what it ended with; the store holds the same.
+    let stored: Value = client().get(format!("{}/v1/transactions/{first}", server.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!((doc["transaction_status"].clone(), &doc), (json!("committed"), &stored));
 
     assert_eq!(put_plugin(&server, "house-policy", plugins::COST_AWARE).await["version"], 2);
     let second = new_transaction(&server, body.clone(), &parts).await;
     let (_, doc) = post(&server, &format!("/v1/transactions/{second}/execute"), json!({})).await;
     assert_eq!((doc["selected_pattern"].clone(), doc["policy"].clone()), (json!("two_phase_commit"), json!("house-policy@2")), "{doc}");
+    let stored: Value = client().get(format!("{}/v1/transactions/{second}", server.url)).send().await.unwrap().json().await.unwrap();
+    assert_eq!((doc["transaction_status"].clone(), &doc), (json!("committed"), &stored));
 
     let r = client().put(format!("{}/v1/settings/default-policy", server.url)).json(&json!({"policy": "payment"})).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "a plugin without `policy` cannot be the default");

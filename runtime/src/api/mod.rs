@@ -861,8 +861,9 @@ async fn execute_managed(
         let (manager, tenant, id, asked) = (s.inner.manager.clone(), tenant.clone(), id.clone(), Asked::new(&actor, "transaction_execute"));
         async move { Ok(manager.execute_asked(&tenant, &id, req.pattern.as_deref(), Some(&asked)).await?) }
     };
-    let m = s.execution(&tenant, Admit::UntilRunning(&id), None, run).await?;
-    managed_document(&s, &tenant, m).await
+    // The document of the transaction and its delegate as the execution ended them (no read).
+    let ended = s.execution(&tenant, Admit::UntilRunning(&id), None, run).await?;
+    Ok(Json(ended.document()))
 }
 
 #[utoipa::path(get, path = "/v1/transactions/{id}", tag = "transactions", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "The transaction (get_status)", body = openapi::TransactionDocument), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]

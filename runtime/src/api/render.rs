@@ -236,7 +236,14 @@ fn participant(p: &ParticipantRecord) -> Value {
 impl Manager {
     /// The transaction document of API.md, with each participant's state from its delegate.
     pub async fn document(&self, tenant: &str, m: &Managed) -> Result<Value, ManagerError> {
-        Ok(managed(&self.view(tenant, m).await?))
+        Ok(self.view(tenant, m).await?.document())
+    }
+}
+
+impl ManagedView {
+    /// The transaction document of API.md, of the transaction and its delegate as viewed.
+    pub fn document(&self) -> Value {
+        managed(self)
     }
 }
 

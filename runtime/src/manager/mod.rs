@@ -207,11 +207,40 @@ pub struct ManagedView {
     pub status: Status,
 }
 
+impl ManagedView {
+    /// `managed` with `delegate` as it is now: while the record says `running`, its status is
+    /// the delegate's progress.
+    fn of(managed: Managed, delegate: Option<Delegate>) -> ManagedView {
+        let status = match (&delegate, managed.state) {
+            (Some(d), Status::Running) => d.status(),
+            (_, recorded) => recorded,
+        };
+        ManagedView { managed, delegate, status }
+    }
+}
+
 /// The saga or 2PC transaction a managed transaction runs as.
 #[derive(Debug, Clone)]
 pub enum Delegate {
     Saga(crate::saga::Saga),
     Tpc(crate::tpc::Tpc),
+}
+
+impl Delegate {
+    /// The managed transaction's status its state stands for.
+    fn status(&self) -> Status {
+        match self {
+            Delegate::Saga(saga) => saga_status(saga.state),
+            Delegate::Tpc(tx) => tpc_status(tx.state),
+        }
+    }
+
+    fn error(&self) -> Option<String> {
+        match self {
+            Delegate::Saga(saga) => saga.doc.error.clone(),
+            Delegate::Tpc(tx) => tx.doc.error.clone(),
+        }
+    }
 }
 
 crate::txn::tx_state!(Status);
@@ -355,11 +384,12 @@ impl Manager {
 
     /// Selects the pattern (or honours a forced one), then runs the transaction to its end.
     pub async fn execute(&self, tenant: &str, id: &str, pattern: Option<&str>) -> Result<Managed, ManagerError> {
-        self.execute_asked(tenant, id, pattern, None).await
+        Ok(self.execute_asked(tenant, id, pattern, None).await?.managed)
     }
 
-    /// `execute`, who `asked` audited by the write that selects the pattern (or rejects).
-    pub async fn execute_asked(&self, tenant: &str, id: &str, pattern: Option<&str>, asked: Option<&Asked>) -> Result<Managed, ManagerError> {
+    /// `execute`, who `asked` audited by the write that selects the pattern (or rejects); the
+    /// transaction with its delegate as they ended (what its document shows).
+    pub async fn execute_asked(&self, tenant: &str, id: &str, pattern: Option<&str>, asked: Option<&Asked>) -> Result<ManagedView, ManagerError> {
         // Read from the store, not from memory: the delegate is created before this
         // transaction's write, so that write must not fail for a stale starting point.
         let mut m = self.get(tenant, id).await?;
@@ -396,7 +426,7 @@ impl Manager {
                 m.doc.reason = Some(reason.clone());
                 events.push(NewEvent::new("rejected", None, json!({"reason": reason})));
                 self.persist(&mut m, events).await?;
-                return Ok(m);
+                return Ok(ManagedView::of(m, None));
             }
             Selection::Choose(p, why) => {
                 m.doc.reason = Some(why.to_string());
@@ -415,15 +445,11 @@ impl Manager {
         ));
         self.persist(&mut m, events).await?;
         let _renewal = self.inner.keep_lease(&m.row.id);
-        match pattern {
-            Pattern::Saga => {
-                self.sagas.execute(tenant, &delegate_id, true).await?;
-            }
-            Pattern::TwoPhaseCommit => {
-                self.tpc.execute(tenant, &delegate_id).await?;
-            }
-        }
-        self.settle(tenant, m).await
+        let ended = match pattern {
+            Pattern::Saga => Delegate::Saga(self.sagas.execute(tenant, &delegate_id, true).await?),
+            Pattern::TwoPhaseCommit => Delegate::Tpc(self.tpc.execute(tenant, &delegate_id).await?),
+        };
+        self.settle(tenant, m, Some(ended)).await
     }
 
     /// Chooses by policy plugin, falling back to the built-in rules (recorded) when the
@@ -569,11 +595,11 @@ impl Manager {
             }
             (Status::Running, Some(Pattern::Saga), Some(d)) => {
                 self.sagas.cancel(tenant, &d).await?;
-                self.settle(tenant, m).await
+                Ok(self.settle(tenant, m, None).await?.managed)
             }
             (Status::Running, Some(Pattern::TwoPhaseCommit), Some(d)) => {
                 self.tpc.abort(tenant, &d).await?;
-                self.settle(tenant, m).await
+                Ok(self.settle(tenant, m, None).await?.managed)
             }
             (Status::Committed, _, _) => {
                 Err(ManagerError::WrongState { id: id.into(), state: "committed", action: "abort" })
@@ -608,31 +634,30 @@ impl Manager {
                 },
             },
         }
-        self.settle(tenant, m).await
+        Ok(self.settle(tenant, m, None).await?.managed)
     }
 
-    /// Records the delegate's end state as the transaction's status, when it has one.
-    /// Several callers may settle one transaction at once (an abort racing the execution that
-    /// it interrupts): whoever loses the write re-reads and finds the work done.
-    async fn settle(&self, tenant: &str, m: Managed) -> Result<Managed, ManagerError> {
-        let (Some(pattern), Some(d)) = (m.doc.selected_pattern, m.doc.delegate_id.clone()) else { return Ok(m) };
+    /// Records the delegate's end state as the transaction's status, when it has one; returns
+    /// the transaction with its delegate. Several callers may settle one transaction at once
+    /// (an abort racing the execution that it interrupts): whoever loses the write re-reads and
+    /// finds the work done. With `ended` (the delegate as its engine just returned it), the
+    /// first try starts from what the caller has in hand, `m` as it last wrote it; only a lost
+    /// write reads both from the store.
+    async fn settle(&self, tenant: &str, m: Managed, ended: Option<Delegate>) -> Result<ManagedView, ManagerError> {
+        let (Some(pattern), Some(d)) = (m.doc.selected_pattern, m.doc.delegate_id.clone()) else { return Ok(ManagedView::of(m, None)) };
+        let id = m.row.id.clone();
+        let mut in_hand = ended.map(|delegate| (m, delegate));
         loop {
-            let mut m = self.get(tenant, m.id()).await?;
-            let (status, error) = match pattern {
-                Pattern::Saga => {
-                    let s = self.sagas.get(tenant, &d).await?;
-                    (saga_status(s.state), s.doc.error)
-                }
-                Pattern::TwoPhaseCommit => {
-                    let t = self.tpc.get(tenant, &d).await?;
-                    (tpc_status(t.state), t.doc.error)
-                }
+            let (mut m, delegate) = match in_hand.take() {
+                Some(known) => known,
+                None => (self.get(tenant, &id).await?, self.delegate(tenant, pattern, &d).await?),
             };
+            let status = delegate.status();
             if status == m.state {
-                return Ok(m);
+                return Ok(ManagedView::of(m, Some(delegate)));
             }
             m.state.become_(status)?;
-            m.doc.error = error;
+            m.doc.error = delegate.error();
             if status.is_terminal() {
                 m.row.owner = None;
             }
@@ -641,31 +666,29 @@ impl Manager {
             }
             let event = NewEvent::new(&format!("transaction_{}", status.as_str()), None, json!({}));
             match self.persist(&mut m, vec![event]).await {
-                Ok(()) => return Ok(m),
+                Ok(()) => return Ok(ManagedView::of(m, Some(delegate))),
                 Err(ManagerError::Store(StoreError::Conflict { .. })) => continue,
                 Err(e) => return Err(e),
             }
         }
     }
 
+    /// Delegate `id`, run as `pattern`, as stored.
+    async fn delegate(&self, tenant: &str, pattern: Pattern, id: &str) -> Result<Delegate, ManagerError> {
+        Ok(match pattern {
+            Pattern::Saga => Delegate::Saga(self.sagas.get(tenant, id).await?),
+            Pattern::TwoPhaseCommit => Delegate::Tpc(self.tpc.get(tenant, id).await?),
+        })
+    }
 
     /// The transaction with its delegate as stored now, and its status as the delegate says
     /// it is: what its document shows.
     pub async fn view(&self, tenant: &str, m: &Managed) -> Result<ManagedView, ManagerError> {
-        let (delegate, status) = match (m.doc.selected_pattern, &m.doc.delegate_id) {
-            (Some(Pattern::Saga), Some(d)) => {
-                let saga = self.sagas.get(tenant, d).await?;
-                let now = if m.state == Status::Running { saga_status(saga.state) } else { m.state };
-                (Some(Delegate::Saga(saga)), now)
-            }
-            (Some(Pattern::TwoPhaseCommit), Some(d)) => {
-                let tx = self.tpc.get(tenant, d).await?;
-                let now = if m.state == Status::Running { tpc_status(tx.state) } else { m.state };
-                (Some(Delegate::Tpc(tx)), now)
-            }
-            _ => (None, m.state),
+        let delegate = match (m.doc.selected_pattern, &m.doc.delegate_id) {
+            (Some(pattern), Some(d)) => Some(self.delegate(tenant, pattern, d).await?),
+            _ => None,
         };
-        Ok(ManagedView { managed: m.clone(), delegate, status })
+        Ok(ManagedView::of(m.clone(), delegate))
     }
 
     /// Sets (or, with `builtin`, clears) the tenant's default policy; it must export `policy`.
