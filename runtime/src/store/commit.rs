@@ -36,6 +36,10 @@ const QUEUE: usize = 8192;
 /// fleet of 3 ran 17% more transactions with 32 than with 1, the sagas of `bench saga` at 256
 /// clients 3% more; never waiting beside a commit in flight cost those sagas 9%.)
 const PARALLEL_MIN: usize = 32;
+/// Longest a smaller batch waits for the commit in flight: one still running after this is
+/// presumed stuck (a connection gone silent), and the batch commits beside it rather than
+/// stall every writer behind it.
+const WAIT_BESIDE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// One change to commit: a revision-checked change of a transaction with its history
 /// events, an audit entry, or the answer remembered for an `Idempotency-Key`.
@@ -274,8 +278,9 @@ async fn run(db: Arc<dyn BatchWriter>, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, co
             }
             batch.take_queued(queue, &mut held);
             // Beside a commit in flight, only a batch worth a commit of its own starts; a
-            // smaller one gathers what arrives until that commit ends. (Never a wait on a
-            // clock: the commits in flight are the batching window.)
+            // smaller one gathers what arrives until that commit ends (the commits in flight
+            // are the batching window), or `WAIT_BESIDE` has passed.
+            let mut give_up_at = None;
             while batch.jobs.len() < PARALLEL_MIN {
                 let ended = committing.ended.notified();
                 let mut ended = std::pin::pin!(ended);
@@ -283,8 +288,10 @@ async fn run(db: Arc<dyn BatchWriter>, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, co
                 if committing.in_flight.load(Ordering::SeqCst) == 0 {
                     break;
                 }
+                let give_up_at = *give_up_at.get_or_insert_with(|| tokio::time::Instant::now() + WAIT_BESIDE);
                 tokio::select! {
                     () = &mut ended => {}
+                    () = tokio::time::sleep_until(give_up_at) => break,
                     job = queue.recv() => match job {
                         Some(job) => batch.add(job, &mut held),
                         None => break,
@@ -393,9 +400,9 @@ mod tests {
     }
 
     /// Returns once every task is blocked: with the clock paused, a sleep ends only when
-    /// nothing else can run.
+    /// nothing else can run (and, being shorter than `WAIT_BESIDE`, before that passes).
     async fn until_idle() {
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        tokio::time::sleep(WAIT_BESIDE / 10).await;
     }
 
     #[tokio::test(start_paused = true)]
@@ -420,5 +427,20 @@ mod tests {
             let expected = if beside { vec![(1, 0), (queued, 1)] } else { vec![(1, 0), (queued, 0)] };
             assert_eq!(*db.log.lock().unwrap(), expected);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_behind_a_commit_that_never_ends_commit_beside_it_after_a_while() {
+        let (_never_released, first_commit) = oneshot::channel();
+        let db = Arc::new(Recorder { first: Mutex::new(Some(first_commit)), ..Default::default() });
+        let commits = GroupCommit::start(db.clone());
+        let _stuck = submit(&commits);
+        until_idle().await;
+        let rest: Vec<_> = (0..3).map(|_| submit(&commits)).collect();
+        for write in rest {
+            let committed = tokio::time::timeout(WAIT_BESIDE * 100, write).await;
+            committed.expect("committed beside the stuck commit, not stalled behind it").unwrap().unwrap();
+        }
+        assert_eq!(*db.log.lock().unwrap(), vec![(1, 0), (3, 1)]);
     }
 }
