@@ -121,6 +121,10 @@ impl SqlStore {
                 let options = AnyConnectOptions::from_str(&url)?;
                 AnyPoolOptions::new()
                     .max_connections(8)
+                    // A file does not go away under its connection: the ping sqlx sends before
+                    // handing one out (a round trip to the connection's own thread) buys
+                    // nothing here.
+                    .test_before_acquire(false)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             // WAL lets readers run beside the writer; FULL sync makes every
