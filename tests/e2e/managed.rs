@@ -211,7 +211,7 @@ on_every_store!(abort_and_recover_in_each_pattern, |url: String| async move {
     }
     let aborted = n.manager.abort(TENANT, &id).await.unwrap();
     let interrupted = exec.await.unwrap().expect("the interrupted execution settles without error");
-    // Whichever settled second lost its write and answers what the first recorded.
+    // Both answer the compensated state, whichever settled first.
     assert_eq!((interrupted.state, aborted.state), (Status::Compensated, Status::Compensated));
     let m = n.manager.get(TENANT, &id).await.unwrap();
     assert_eq!(m.state, Status::Compensated, "{:?}", aborted.state);
@@ -296,6 +296,35 @@ on_every_store!(the_default_policy_hot_swaps_on_a_running_server, |url: String| 
     let all: Value = client().get(format!("{}/v1/transactions", server.url)).send().await.unwrap().json().await.unwrap();
     assert_eq!(all["transactions"].as_array().unwrap().len(), 2);
     server.kill().await;
+});
+
+on_every_store!(an_execution_whose_record_was_written_meanwhile_settles_from_the_stored_one, |url: String| async move {
+    let n = with_plugins(&url).await;
+    let id = managed(&n, json!({}), vec![
+        json!({"participant_id": "slow", "plugin": "scripted", "parameters": {"script": {"execute": {"do": "sleep", "ms": 300}}}}),
+    ]).await;
+    let mut progress = n.sagas.subscribe();
+    let exec = {
+        let (manager, id) = (n.manager.clone(), id.clone());
+        tokio::spawn(async move { manager.execute(TENANT, &id, Some("saga")).await })
+    };
+    loop {
+        let p = progress.recv().await.unwrap();
+        if p.event.kind == "step_started" && p.event.step.as_deref() == Some("slow") {
+            break;
+        }
+    }
+    // Another writer moves the record a revision on while its delegate runs: the execution's
+    // own write of the outcome, from the record it holds, is refused, and it settles again
+    // from the stored one.
+    let row = n.store.get_tx(TENANT, "transaction", &id).await.unwrap().unwrap();
+    n.store.save_tx(&row, &[wasmtx::store::NewEvent::new("touched", None, json!({}))], None).await.unwrap();
+    let ended = exec.await.unwrap().unwrap();
+    let stored = n.manager.get(TENANT, &id).await.unwrap();
+    assert_eq!((ended.state, stored.state), (Status::Committed, Status::Committed));
+    assert_eq!(ended.row.rev, stored.row.rev, "answered what was written after the re-read");
+    let kinds: Vec<String> = events(&n, &id).await.into_iter().map(|e| e.kind).collect();
+    assert_eq!(kinds[kinds.len() - 2..], ["touched", "transaction_committed"], "{kinds:?}");
 });
 
 on_every_durable_store!(a_managed_2pc_killed_during_prepare_is_recovered_to_aborted, |url: String| async move {

@@ -18,7 +18,6 @@
 use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 
@@ -36,9 +35,9 @@ const QUEUE: usize = 8192;
 /// fleet of 3 ran 17% more transactions with 32 than with 1, the sagas of `bench saga` at 256
 /// clients 3% more; never waiting beside a commit in flight cost those sagas 9%.)
 const PARALLEL_MIN: usize = 32;
-/// Longest a smaller batch waits for the commit in flight: one still running after this is
-/// presumed stuck (a connection gone silent), and the batch commits beside it rather than
-/// stall every writer behind it.
+/// Longest a smaller batch waits for the commits in flight, counted from the last of them
+/// started: one still running after this is presumed stuck (a connection gone silent), and
+/// batches commit beside it, without waiting for it again, rather than stall every writer.
 const WAIT_BESIDE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// One change to commit: a revision-checked change of a transaction with its history
@@ -219,12 +218,42 @@ impl GroupCommit {
     }
 }
 
-/// The commits in flight, shared by the committers.
+/// The commits in flight, shared by the committers: when each started.
 #[derive(Default)]
 struct Committing {
-    in_flight: AtomicUsize,
+    started: std::sync::Mutex<Vec<tokio::time::Instant>>,
     /// Told whenever a commit ends.
     ended: Notify,
+}
+
+impl Committing {
+    /// Counts a commit in flight until the guard drops, however the commit ends (a panic too).
+    fn begin(&self) -> InFlight<'_> {
+        let at = tokio::time::Instant::now();
+        self.started.lock().unwrap().push(at);
+        InFlight(self, at)
+    }
+
+    /// How long a batch smaller than `PARALLEL_MIN` waits: until `WAIT_BESIDE` after the last
+    /// commit in flight started; `None` when none is in flight. (A commit older than that is
+    /// presumed stuck for good: no later batch waits for it.)
+    fn wait_until(&self) -> Option<tokio::time::Instant> {
+        self.started.lock().unwrap().iter().max().map(|started| *started + WAIT_BESIDE)
+    }
+}
+
+/// One commit in flight (see `Committing::begin`).
+struct InFlight<'a>(&'a Committing, tokio::time::Instant);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut started = self.0.started.lock().unwrap();
+        if let Some(i) = started.iter().position(|at| *at == self.1) {
+            started.swap_remove(i);
+        }
+        drop(started);
+        self.0.ended.notify_waiters();
+    }
 }
 
 /// A batch being assembled: its jobs, each id at most once; a job whose id it holds already
@@ -278,17 +307,13 @@ async fn run(db: Arc<dyn BatchWriter>, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, co
             }
             batch.take_queued(queue, &mut held);
             // Beside a commit in flight, only a batch worth a commit of its own starts; a
-            // smaller one gathers what arrives until that commit ends (the commits in flight
-            // are the batching window), or `WAIT_BESIDE` has passed.
-            let mut give_up_at = None;
+            // smaller one gathers what arrives until the commits in flight end (they are the
+            // batching window), or `WAIT_BESIDE` after the last of them started.
             while batch.jobs.len() < PARALLEL_MIN {
                 let ended = committing.ended.notified();
                 let mut ended = std::pin::pin!(ended);
                 ended.as_mut().enable();
-                if committing.in_flight.load(Ordering::SeqCst) == 0 {
-                    break;
-                }
-                let give_up_at = *give_up_at.get_or_insert_with(|| tokio::time::Instant::now() + WAIT_BESIDE);
+                let Some(give_up_at) = committing.wait_until().filter(|at| *at > tokio::time::Instant::now()) else { break };
                 tokio::select! {
                     () = &mut ended => {}
                     () = tokio::time::sleep_until(give_up_at) => break,
@@ -301,7 +326,7 @@ async fn run(db: Arc<dyn BatchWriter>, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, co
             }
         }
         // Counted before the queue is let go, so the next committer sees this commit.
-        committing.in_flight.fetch_add(1, Ordering::SeqCst);
+        let in_flight = committing.begin();
         drop(queue);
         let batch = batch.jobs;
         let (writes, replies): (Vec<Write>, Vec<_>) = batch.into_iter().map(|j| (j.write, j.reply)).unzip();
@@ -322,8 +347,7 @@ async fn run(db: Arc<dyn BatchWriter>, jobs: Arc<Mutex<mpsc::Receiver<Job>>>, co
                 one_by_one
             }
         };
-        committing.in_flight.fetch_sub(1, Ordering::SeqCst);
-        committing.ended.notify_waiters();
+        drop(in_flight);
         for (reply, result) in replies.into_iter().zip(results) {
             let _ = reply.send(result);
         }
@@ -363,6 +387,7 @@ pub(crate) fn events_json(events: &[NewEvent]) -> String {
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex as StdMutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
 
@@ -434,13 +459,21 @@ mod tests {
         let (_never_released, first_commit) = oneshot::channel();
         let db = Arc::new(Recorder { first: Mutex::new(Some(first_commit)), ..Default::default() });
         let commits = GroupCommit::start(db.clone());
+        let stuck_since = tokio::time::Instant::now();
         let _stuck = submit(&commits);
         until_idle().await;
         let rest: Vec<_> = (0..3).map(|_| submit(&commits)).collect();
+        until_idle().await;
+        assert_eq!(*db.log.lock().unwrap(), vec![(1, 0)], "a handful waits for the commit in flight at first");
         for write in rest {
             let committed = tokio::time::timeout(WAIT_BESIDE * 100, write).await;
             committed.expect("committed beside the stuck commit, not stalled behind it").unwrap().unwrap();
         }
+        assert!(stuck_since.elapsed() >= WAIT_BESIDE, "after {:?}", stuck_since.elapsed());
         assert_eq!(*db.log.lock().unwrap(), vec![(1, 0), (3, 1)]);
+        // The stuck commit is not waited for again.
+        let later = tokio::time::Instant::now();
+        submit(&commits).await.unwrap().unwrap();
+        assert_eq!(later.elapsed(), std::time::Duration::ZERO);
     }
 }
