@@ -6,7 +6,7 @@ mod common;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use wasmtx::manager::{CreateManaged, ManagerError, Status};
+use wasmtx::manager::{CreateManaged, Managed, ManagerError, Status};
 use wasmtx::model::Pattern;
 use wasmtx_testkit::{plugin_bytes, plugins};
 
@@ -47,6 +47,21 @@ async fn run(n: &Node, id: &str, pattern: Option<&str>) -> Value {
 
 async fn events(n: &Node, id: &str) -> Vec<wasmtx::store::EventRow> {
     n.manager.history(TENANT, id).await.unwrap()
+}
+
+/// Executes `id` as a saga in a task of its own, once its delegate's `step` has started.
+async fn execute_as_saga_until_started(n: &Node, id: &str, step: &str) -> tokio::task::JoinHandle<Result<Managed, ManagerError>> {
+    let mut progress = n.sagas.subscribe();
+    let exec = {
+        let (manager, id) = (n.manager.clone(), id.to_string());
+        tokio::spawn(async move { manager.execute(TENANT, &id, Some("saga")).await })
+    };
+    loop {
+        let p = progress.recv().await.unwrap();
+        if p.event.kind == "step_started" && p.event.step.as_deref() == Some(step) {
+            return exec;
+        }
+    }
 }
 
 on_every_store!(the_seed_examples_pick_their_patterns_and_report_one_document, |url: String| async move {
@@ -198,17 +213,7 @@ on_every_store!(abort_and_recover_in_each_pattern, |url: String| async move {
         json!({"participant_id": "slow", "plugin": "scripted", "parameters": {"script": {"execute": {"do": "sleep", "ms": 500}}}}),
         json!({"participant_id": "never", "plugin": "scripted"}),
     ]).await;
-    let mut progress = n.sagas.subscribe();
-    let exec = {
-        let (manager, id) = (n.manager.clone(), id.clone());
-        tokio::spawn(async move { manager.execute(TENANT, &id, Some("saga")).await })
-    };
-    loop {
-        let p = progress.recv().await.unwrap();
-        if p.event.kind == "step_started" && p.event.step.as_deref() == Some("slow") {
-            break;
-        }
-    }
+    let exec = execute_as_saga_until_started(&n, &id, "slow").await;
     let aborted = n.manager.abort(TENANT, &id).await.unwrap();
     let interrupted = exec.await.unwrap().expect("the interrupted execution settles without error");
     // Both answer the compensated state, whichever settled first.
@@ -303,17 +308,7 @@ on_every_store!(an_execution_whose_record_was_written_meanwhile_settles_from_the
     let id = managed(&n, json!({}), vec![
         json!({"participant_id": "slow", "plugin": "scripted", "parameters": {"script": {"execute": {"do": "sleep", "ms": 300}}}}),
     ]).await;
-    let mut progress = n.sagas.subscribe();
-    let exec = {
-        let (manager, id) = (n.manager.clone(), id.clone());
-        tokio::spawn(async move { manager.execute(TENANT, &id, Some("saga")).await })
-    };
-    loop {
-        let p = progress.recv().await.unwrap();
-        if p.event.kind == "step_started" && p.event.step.as_deref() == Some("slow") {
-            break;
-        }
-    }
+    let exec = execute_as_saga_until_started(&n, &id, "slow").await;
     // Another writer moves the record a revision on while its delegate runs: the execution's
     // own write of the outcome, from the record it holds, is refused, and it settles again
     // from the stored one.
