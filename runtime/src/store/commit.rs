@@ -3,14 +3,14 @@
 //!
 //! Writers queue a `Write`; a committer task takes what is queued (at most `MAX_BATCH`, with
 //! no artificial wait: the commit in progress is the batching window; where several
-//! committers run, a batch smaller than `PARALLEL_MIN` waits for the commit in flight rather
-//! than commit beside it), applies it — insert the
-//! new transactions, update the revised ones where the revision still matches, append each
-//! write's events as one journal entry, the audit entries and the replies remembered for
-//! `Idempotency-Key`s — then commits once and answers each writer. How a batch reaches a
-//! database is its backend's `BatchWriter` (on PostgreSQL rows travel as typed arrays, unpacked
-//! by set-based statements; on SQLite, which runs in-process, cached prepared statements apply
-//! them row by row on a blocking thread).
+//! committers run, a batch smaller than `PARALLEL_MIN` waits for the commits in flight, up to
+//! `WAIT_BESIDE`, rather than commit beside them), applies it — insert the new transactions,
+//! update the revised ones where the revision still matches, append each write's events as
+//! one journal entry, the audit entries and the replies remembered for `Idempotency-Key`s —
+//! then commits once and answers each writer. How a batch reaches a database is its backend's
+//! `BatchWriter` (on PostgreSQL rows travel as typed arrays, unpacked by set-based statements;
+//! on SQLite, which runs in-process, cached prepared statements apply them row by row on a
+//! blocking thread).
 //! A write is acknowledged only after its commit. A revision conflict fails that write alone;
 //! a database error fails the batch, whose writes are then retried one by one so that one bad
 //! write never takes its neighbours down with it.
