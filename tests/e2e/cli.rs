@@ -101,10 +101,14 @@ fn bench_api_drives_a_server_of_its_own_in_every_mode() {
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(report["transactions"], 12, "{mode}: {report}");
         assert!(report["tx_per_s"].as_f64().unwrap() > 0.0 && report["server_cpu_ms_per_tx"].is_number(), "{mode}: {report}");
+        // The baseline (the same requests answered 404) ran, and bounds the ratio from above.
+        assert!(report["baseline_tx_per_s"].as_f64().is_some_and(|r| r > 0.0), "{mode}: {report}");
         // The engine's figure beside it, where the engine bench has the same transactions.
         let twin = matches!(mode, "saga" | "saga-one" | "2pc" | "managed");
         assert_eq!(report["engine_tx_per_s"].as_f64().is_some_and(|r| r > 0.0), twin, "{mode}: {report}");
         assert_eq!(report["api_over_engine"].is_number(), twin, "{mode}: {report}");
+        let ceiling = report["ceiling_over_engine"].as_f64();
+        assert_eq!(ceiling.is_some_and(|c| c > 0.0 && c < 1.0), twin, "{mode}: {report}");
         assert_eq!(report["engine_cpu_ms_per_tx"].is_number(), twin, "{mode}: {report}");
     }
 }

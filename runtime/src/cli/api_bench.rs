@@ -2,6 +2,12 @@
 //! `wasmtx serve` of its own (or targets `--server`), uploads the example plugins, and drives
 //! it with keep-alive clients in one of the modes a user has; prints transactions/s, p50/p99,
 //! and the server's CPU time per transaction and peak memory when it started the server.
+//!
+//! Then the baseline: the same requests, sent the same way to a path the server has no route
+//! for, so it answers 404 at once — what the HTTP exchange alone costs on these cores (client,
+//! kernel and server). With the engine's own figure it bounds what the API can reach here:
+//! a transaction through the API costs at least the engine's work plus its requests'
+//! exchanges, so it reaches at most 1 / (1/engine + 1/baseline) transactions/s.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -128,16 +134,7 @@ pub async fn bench_api(report: &mut Report, args: ApiArgs) -> anyhow::Result<()>
     let (cpu_before, client_cpu_before) = (server_pid.as_deref().and_then(cpu_time_of), cpu_time_of("self"));
     let bodies = std::sync::Arc::new(Bodies::of(args.mode, participant.as_deref(), args.api_key.as_deref(), args.idempotency_keys));
     let pool = Pool::new(&target.url)?;
-    let (latencies, wall) = run_load(args.concurrency, args.count, move || {
-        let (pool, bodies) = (pool.clone(), bodies.clone());
-        async move {
-            let mut conn = pool.take().await?;
-            one(&mut conn, &bodies).await?;
-            pool.give_back(conn);
-            anyhow::Ok(())
-        }
-    })
-    .await?;
+    let (latencies, wall) = drive(&pool, &bodies, Exchange::Whole, args.concurrency, args.count).await?;
     let rate = latencies.len() as f64 / wall.as_secs_f64();
     report.add("transactions", latencies.len(), latencies.len());
     report.add("tx_per_s", rate.round(), format!("{rate:.0}"));
@@ -158,6 +155,17 @@ pub async fn bench_api(report: &mut Report, args: ApiArgs) -> anyhow::Result<()>
             report.add("server_peak_rss_mib", round1(kib as f64 / 1024.0), format!("{:.1} MiB", kib as f64 / 1024.0));
         }
     }
+    eprintln!("baseline: the same requests to a path without a route ({BASELINE_PATH}, answered 404)…");
+    let baseline = {
+        let (answered, wall) = drive(&pool, &bodies, Exchange::Baseline, args.concurrency, args.count).await?;
+        answered.len() as f64 / wall.as_secs_f64()
+    };
+    let requests = bodies.requests().count();
+    report.add(
+        "baseline_tx_per_s",
+        baseline.round(),
+        format!("{baseline:.0} (the same {requests} requests per transaction, answered 404 at once: the HTTP exchange alone)"),
+    );
     if let Some(mut child) = target.child.take() {
         let _ = child.kill().await;
     }
@@ -175,6 +183,20 @@ pub async fn bench_api(report: &mut Report, args: ApiArgs) -> anyhow::Result<()>
         report.add("engine_p50_ms", round2(ms(engine.p50)), format!("{:.2} ms", ms(engine.p50)));
         let ratio = rate / engine.rate;
         report.add("api_over_engine", round2(ratio), format!("{:.0}% of the engine's throughput", ratio * 100.0));
+        let ceiling = baseline / (engine.rate + baseline);
+        report.add(
+            "ceiling_over_engine",
+            round2(ceiling),
+            format!("{:.0}%: the most the API can reach here, its requests costing no more than the baseline's", ceiling * 100.0),
+        );
+        // The machine time (both cores) per transaction that neither the engine's work nor
+        // the exchange explains: what making the API faster can still win here.
+        let beyond_us = (1.0 / rate - 1.0 / engine.rate - 1.0 / baseline) * 1e6;
+        report.add(
+            "api_beyond_us_per_tx",
+            round1(beyond_us),
+            format!("{beyond_us:.0} µs of machine time per transaction beyond the engine's work and the exchange"),
+        );
         if let Some(engine_cpu) = engine.cpu_ms_per_tx {
             report.add("engine_cpu_ms_per_tx", round2(engine_cpu), format!("{engine_cpu:.3} ms of CPU per transaction (in process)"));
             if let Some(server_cpu) = server_cpu.filter(|_| engine_cpu > 0.0) {
@@ -240,6 +262,12 @@ impl Bodies {
         Bodies { mode, create: bytes_of(&create), execute: bytes_of(&execute), adds, authorization, keys }
     }
 
+    /// The bodies of one transaction's requests, in the order they are sent.
+    fn requests(&self) -> impl Iterator<Item = &bytes::Bytes> {
+        let execute = (self.mode != Mode::SagaOne).then_some(&self.execute);
+        std::iter::once(&self.create).chain(&self.adds).chain(execute)
+    }
+
     /// The headers every request carries.
     fn headers(&self) -> Vec<(&str, &str)> {
         self.authorization.as_deref().map(|a| ("authorization", a)).into_iter().collect()
@@ -261,6 +289,48 @@ struct Answer<'a> {
     state: Option<&'a str>,
     #[serde(borrow, default)]
     transaction_status: Option<&'a str>,
+}
+
+/// Where the baseline's requests go: no route, so the router answers 404 without any work.
+const BASELINE_PATH: &str = "/v1/bench-baseline";
+
+/// What each transaction of a run sends.
+#[derive(Clone, Copy)]
+enum Exchange {
+    /// Its requests, to the API (`one`).
+    Whole,
+    /// The same requests to `BASELINE_PATH` (`exchange_only`).
+    Baseline,
+}
+
+/// Runs `count` transactions, `concurrency` at a time, each over a pooled keep-alive
+/// connection; their latencies (sorted) and the wall time.
+async fn drive(pool: &Pool, bodies: &std::sync::Arc<Bodies>, exchange: Exchange, concurrency: usize, count: usize) -> anyhow::Result<(Vec<Duration>, Duration)> {
+    let (pool, bodies) = (pool.clone(), bodies.clone());
+    run_load(concurrency, count, move || {
+        let (pool, bodies) = (pool.clone(), bodies.clone());
+        async move {
+            let mut conn = pool.take().await?;
+            match exchange {
+                Exchange::Whole => one(&mut conn, &bodies).await?,
+                Exchange::Baseline => exchange_only(&mut conn, &bodies).await?,
+            }
+            pool.give_back(conn);
+            anyhow::Ok(())
+        }
+    })
+    .await
+}
+
+/// The requests of one transaction, as `one` sends them (create, adds, execute), each
+/// answered 404 at once (see the module's doc).
+async fn exchange_only(conn: &mut Conn, bodies: &Bodies) -> anyhow::Result<()> {
+    let headers = bodies.headers();
+    for body in bodies.requests() {
+        let (status, answer) = conn.send(hyper::Method::POST, BASELINE_PATH, Some(body.clone()), &headers).await?;
+        anyhow::ensure!(status == hyper::StatusCode::NOT_FOUND, "the baseline's request answered {status}: {}", String::from_utf8_lossy(&answer));
+    }
+    Ok(())
 }
 
 /// One transaction, every request of it; fails unless it ends successfully.
