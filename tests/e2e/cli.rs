@@ -109,6 +109,7 @@ fn bench_api_drives_a_server_of_its_own_in_every_mode() {
         assert_eq!(report["api_over_engine"].is_number(), twin, "{mode}: {report}");
         let ceiling = report["ceiling_over_engine"].as_f64();
         assert_eq!(ceiling.is_some_and(|c| c > 0.0 && c < 1.0), twin, "{mode}: {report}");
+        assert_eq!(report["api_beyond_us_per_tx"].is_number(), twin, "{mode}: {report}");
         assert_eq!(report["engine_cpu_ms_per_tx"].is_number(), twin, "{mode}: {report}");
     }
 }
