@@ -202,17 +202,18 @@ impl AppState {
         }
         // Subscribed before the run starts, so its first announcement cannot be missed.
         let progress = match admit {
-            Admit::UntilRunning(_) => vec![self.inner.sagas.subscribe(), self.inner.tpc.subscribe(), self.inner.manager.subscribe()],
-            _ => Vec::new(),
+            // The engines announce on one channel: subscribing to one hears all three.
+            Admit::UntilRunning(_) => Some(self.inner.sagas.subscribe()),
+            _ => None,
         };
         let mut task = tokio::spawn(run);
-        let done = match admit {
-            Admit::UntilRunning(id) => tokio::select! {
+        let done = match (admit, progress) {
+            (Admit::UntilRunning(id), Some(progress)) => tokio::select! {
                 done = &mut task => Some(done),
                 // Missed announcements (a lagging receiver): keep the admission to the end.
                 true = running_announced(progress, id) => None,
             },
-            Admit::No | Admit::UntilDone => Some((&mut task).await),
+            _ => Some((&mut task).await),
         };
         let done = match done {
             Some(done) => done,
@@ -242,21 +243,15 @@ fn internal(e: tokio::task::JoinError) -> ApiError {
 /// Waits until transaction `id` is announced in a running state (or ended); a managed
 /// transaction's delegate, named when its pattern is selected, stands for it. `false` if
 /// announcements were missed, so the wait proves nothing.
-async fn running_announced(progress: Vec<broadcast::Receiver<Progress>>, id: &str) -> bool {
-    use futures::StreamExt;
+async fn running_announced(mut progress: broadcast::Receiver<Progress>, id: &str) -> bool {
     const RUNNING: &[&str] = &["running", "compensating", "preparing", "committing", "aborting"];
-    let mut announced = futures::stream::select_all(progress.into_iter().map(|rx| {
-        Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-            match rx.recv().await {
-                Ok(p) => Some((Some(p), rx)),
-                Err(broadcast::error::RecvError::Lagged(_)) => Some((None, rx)),
-                Err(broadcast::error::RecvError::Closed) => None,
-            }
-        }))
-    }));
     let mut watched = vec![id.to_string()];
-    while let Some(p) = announced.next().await {
-        let Some(p) = p else { return false };
+    loop {
+        let p = match progress.recv().await {
+            Ok(p) => p,
+            Err(broadcast::error::RecvError::Lagged(_)) => return false,
+            Err(broadcast::error::RecvError::Closed) => break,
+        };
         if !watched.contains(&p.tx_id) {
             continue;
         }

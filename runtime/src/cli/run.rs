@@ -134,8 +134,9 @@ async fn run_managed(node: Node, spec: ManagedSpec, started: Instant) -> anyhow:
         node.manager.add_participant(tenant, m.id(), p).await?;
     }
     eprintln!("transaction {} created", m.id());
-    // The delegate's id is known only once the pattern is chosen: follow both engines.
-    let follow = print_progress(vec![node.sagas.subscribe(), node.tpc.subscribe()], None);
+    // The delegate's id is known only once the pattern is chosen: follow every transaction
+    // (the engines announce on one channel) until the first end, the delegate's.
+    let follow = print_progress(node.manager.subscribe(), None);
     let done = node.manager.execute(tenant, m.id(), spec.pattern.as_deref()).await?;
     let doc = node.manager.document(tenant, &done).await?;
     if done.state.is_terminal() && done.doc.delegate_id.is_some() {
@@ -175,14 +176,12 @@ async fn start(args: &RunArgs, base: &std::path::Path, plugins: &BTreeMap<String
     Ok(node)
 }
 
-/// Prints each durable change announced on `streams` (of transaction `id`, if given) as it is
-/// committed, until a transaction it follows ends.
-fn print_progress(streams: Vec<tokio::sync::broadcast::Receiver<Progress>>, id: Option<String>) -> tokio::task::JoinHandle<()> {
-    use futures::StreamExt;
+/// Prints each durable change announced on `progress` (of transaction `id`, if given) as it
+/// is committed, until a transaction it follows ends.
+fn print_progress(mut progress: tokio::sync::broadcast::Receiver<Progress>, id: Option<String>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let t0 = Instant::now();
-        let mut merged = crate::txn::journal::merged(streams);
-        while let Some(p) = merged.next().await {
+        while let Some(p) = crate::txn::journal::next_announced(&mut progress).await {
             if id.as_ref().is_some_and(|id| *id != p.tx_id) {
                 continue;
             }
@@ -215,7 +214,7 @@ async fn run_tpc(node: Node, spec: TpcSpec, started: Instant) -> anyhow::Result<
         node.tpc.add_participant(tenant, tx.id(), p).await?;
     }
     eprintln!("2PC transaction {} created", tx.id());
-    let printer = print_progress(vec![node.tpc.subscribe()], Some(tx.id().to_string()));
+    let printer = print_progress(node.tpc.subscribe(), Some(tx.id().to_string()));
     let done = node.tpc.execute(tenant, tx.id()).await?;
     let _ = printer.await;
     println!("{}", serde_json::to_string_pretty(&done.document())?);
@@ -234,7 +233,7 @@ async fn run_saga(node: Node, spec: SagaSpec, started: Instant) -> anyhow::Resul
     }
     eprintln!("saga {} created with {} steps", saga.id(), node.sagas.get(tenant, saga.id()).await?.doc.steps.len());
 
-    let printer = print_progress(vec![node.sagas.subscribe()], Some(saga.id().to_string()));
+    let printer = print_progress(node.sagas.subscribe(), Some(saga.id().to_string()));
     let done = node.sagas.execute(tenant, saga.id(), true).await?;
     let _ = printer.await;
     println!("{}", serde_json::to_string_pretty(&done.document())?);

@@ -257,31 +257,21 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
         }))
     };
-    // Announcements that are alert events become deliveries (each stored before it is sent).
-    let _alerting = {
-        let alerts = node.alerts.clone();
-        let streams = vec![node.sagas.subscribe(), node.tpc.subscribe(), node.manager.subscribe()];
+    // Every durable event of the three engines (one channel) is counted for /metrics; those
+    // that are alert events become deliveries (each stored before it is sent).
+    let _observer = {
+        let (alerts, metrics) = (node.alerts.clone(), node.invoker.metrics().clone());
+        let mut announced = node.sagas.subscribe();
         crate::txn::recovery::AbortOnDrop(tokio::spawn(async move {
-            let mut merged = crate::txn::journal::merged(streams);
-            while let Some(p) = futures::StreamExt::next(&mut merged).await {
+            while let Some(p) = crate::txn::journal::next_announced(&mut announced).await {
                 if crate::alert::event_of(&p).is_some() {
-                    let alerts = alerts.clone();
+                    let (alerts, p) = (alerts.clone(), p.clone());
                     tokio::spawn(async move {
                         if let Err(e) = alerts.raise(&p).await {
                             tracing::warn!(transaction_id = %p.tx_id, "raising an alert failed: {e}");
                         }
                     });
                 }
-            }
-        }))
-    };
-    // Count every durable event of the three engines for /metrics.
-    let _event_counter = {
-        let metrics = node.invoker.metrics().clone();
-        let streams = vec![node.sagas.subscribe(), node.tpc.subscribe(), node.manager.subscribe()];
-        crate::txn::recovery::AbortOnDrop(tokio::spawn(async move {
-            let mut merged = crate::txn::journal::merged(streams);
-            while let Some(p) = futures::StreamExt::next(&mut merged).await {
                 metrics.count_event(&p.event.kind);
                 if p.terminal {
                     // The kind, from the id's prefix (saga-, tpc-, tx-).

@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tokio::sync::broadcast;
 
 use super::{Record, TxError, TxState};
+use crate::model::Progress;
 use crate::participant::{Invoker, Target};
 use crate::plugin::{Catalog, Role};
 use crate::store::{EventRow, NewEvent, Store};
@@ -37,11 +39,24 @@ pub struct EngineConfig {
     pub lease: Duration,
     /// The time and new ids (default: the system's).
     pub clock: Arc<dyn super::Clock>,
+    /// Where the engines built with this configuration (or a clone of it) announce every
+    /// durable change: one channel for all of them, so an observer of a node's transactions
+    /// subscribes once and sees them in the order they were committed.
+    pub announcements: broadcast::Sender<Progress>,
 }
+
+/// Announcements a channel keeps for its slowest observer before that observer lags (and
+/// skips what it missed).
+const ANNOUNCEMENTS_KEPT: usize = 16_384;
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { node_id: uuid::Uuid::new_v4().to_string(), lease: Duration::from_secs(10), clock: Arc::new(super::SystemClock) }
+        EngineConfig {
+            node_id: uuid::Uuid::new_v4().to_string(),
+            lease: Duration::from_secs(10),
+            clock: Arc::new(super::SystemClock),
+            announcements: broadcast::channel(ANNOUNCEMENTS_KEPT).0,
+        }
     }
 }
 
@@ -57,7 +72,7 @@ pub(crate) struct EngineCore {
 
 impl EngineCore {
     pub(crate) fn new(store: Store, catalog: Catalog, invoker: Invoker, config: EngineConfig) -> Arc<Self> {
-        let journal = Journal::new(store.clone(), config.lease, config.clock.clone());
+        let journal = Journal::new(store.clone(), config.lease, config.clock.clone(), config.announcements.clone());
         Arc::new(EngineCore { store, catalog, invoker, config, journal, driving: Arc::default() })
     }
 

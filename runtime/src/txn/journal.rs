@@ -112,8 +112,8 @@ pub struct Journal {
 }
 
 impl Journal {
-    pub fn new(store: Store, lease: Duration, clock: std::sync::Arc<dyn super::Clock>) -> Self {
-        let (progress, _) = broadcast::channel(4096);
+    /// A journal announcing on `progress` (shared by a node's engines: `EngineConfig`).
+    pub fn new(store: Store, lease: Duration, clock: std::sync::Arc<dyn super::Clock>, progress: broadcast::Sender<Progress>) -> Self {
         Journal { store, lease, clock, progress, written: Default::default() }
     }
 
@@ -147,7 +147,8 @@ impl Journal {
         self.lease
     }
 
-    /// Every durable change written through this journal, as it is committed.
+    /// Every durable change written through this journal and those sharing its channel (a
+    /// node's engines), as it is committed.
     pub fn subscribe(&self) -> broadcast::Receiver<Progress> {
         self.progress.subscribe()
     }
@@ -225,17 +226,14 @@ pub async fn wait_for_end(progress: &mut broadcast::Receiver<Progress>, id: &str
     let _ = tokio::time::timeout(Duration::from_secs(60), wait).await;
 }
 
-/// Several journals' announcements as one stream (a lagging receiver skips what it missed).
-pub fn merged(streams: Vec<broadcast::Receiver<Progress>>) -> impl futures::Stream<Item = Progress> + Send + Unpin {
-    futures::stream::select_all(streams.into_iter().map(|rx| {
-        Box::pin(futures::stream::unfold(rx, |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(p) => return Some((p, rx)),
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
-            }
-        }))
-    }))
+/// The next announcement on `progress`, skipping what a lagging receiver missed; `None` once
+/// the engines are gone.
+pub async fn next_announced(progress: &mut broadcast::Receiver<Progress>) -> Option<Progress> {
+    loop {
+        match progress.recv().await {
+            Ok(p) => return Some(p),
+            Err(broadcast::error::RecvError::Lagged(_)) => continue,
+            Err(broadcast::error::RecvError::Closed) => return None,
+        }
+    }
 }

@@ -37,7 +37,7 @@ pub use clock::{Clock, SystemClock};
 pub use core::EngineConfig;
 pub(crate) use core::Recovers;
 pub use error::TxError;
-pub use journal::{Asked, Journal, Record, TxState, merged, wait_for_end};
+pub use journal::{Asked, Journal, Record, TxState, next_announced, wait_for_end};
 pub use transition::{IllegalTransition, Transition};
 
 /// Tries of one compensation or 2PC decision after which its transaction needs an

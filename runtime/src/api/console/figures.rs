@@ -45,11 +45,11 @@ impl Figures {
     /// Figures filled from `app`'s engines from now on.
     pub fn listen(app: &AppState) -> Arc<Figures> {
         let figures = Arc::new(Figures { rings: Mutex::default(), _listener: Mutex::new(None) });
-        let streams = vec![app.inner.sagas.subscribe(), app.inner.tpc.subscribe(), app.inner.manager.subscribe()];
+        // The engines announce on one channel: subscribing to one hears all three.
+        let mut announced = app.inner.sagas.subscribe();
         let weak = Arc::downgrade(&figures);
         let task = tokio::spawn(async move {
-            let mut merged = crate::txn::journal::merged(streams);
-            while let Some(p) = futures::StreamExt::next(&mut merged).await {
+            while let Some(p) = crate::txn::journal::next_announced(&mut announced).await {
                 let Some(figures) = weak.upgrade() else { return };
                 if p.terminal {
                     let now = crate::store::now_ms();
