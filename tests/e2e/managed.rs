@@ -110,6 +110,36 @@ on_every_store!(the_seed_examples_pick_their_patterns_and_report_one_document, |
     assert_eq!(listed.len(), 2, "the integration and the failing order");
 });
 
+on_every_store!(one_subscription_hears_every_engine_of_a_node_once_in_commit_order, |url: String| async move {
+    let n = with_plugins(&url).await;
+    // Subscribed through the 2PC engine: the managed transaction and its saga delegate are
+    // announced on the same channel, each change once.
+    let mut progress = n.tpc.subscribe();
+    let id = managed(&n, json!({"context": {"amount": 5}}), vec![json!({"participant_id": "payment", "plugin": "payment"}), json!({"participant_id": "shipping", "plugin": "shipping"})]).await;
+    let done = n.manager.execute(TENANT, &id, Some("saga")).await.unwrap();
+    let delegate = done.doc.delegate_id.clone().unwrap();
+    let mut heard: Vec<(String, String)> = Vec::new();
+    loop {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(10), progress.recv()).await;
+        let p = next.unwrap_or_else(|_| panic!("the managed transaction's end was never heard: {heard:?}")).expect("no announcement missed");
+        heard.push((p.tx_id.clone(), p.event.kind.clone()));
+        if p.tx_id == id && p.terminal {
+            break;
+        }
+    }
+    let kinds_of = |tx: &str| heard.iter().filter(|(t, _)| t == tx).map(|(_, k)| k.as_str()).collect::<Vec<_>>();
+    let saga = kinds_of(&delegate);
+    assert_eq!(saga.iter().filter(|k| **k == "saga_completed").count(), 1, "{heard:?}");
+    assert_eq!(saga.iter().filter(|k| **k == "step_completed").count(), 2, "{heard:?}");
+    let own = kinds_of(&id);
+    assert_eq!(own.iter().filter(|k| **k == "pattern_selected").count(), 1, "{heard:?}");
+    // Commit order: the selection before the delegate's first change, its end before ours.
+    let at = |tx: &str, kind: &str| heard.iter().position(|(t, k)| t == tx && k == kind).unwrap();
+    assert!(at(&id, "pattern_selected") < at(&delegate, "saga_started"), "{heard:?}");
+    assert_eq!(own.last(), Some(&"transaction_committed"), "{heard:?}");
+    assert!(at(&delegate, "saga_completed") < at(&id, "transaction_committed"), "{heard:?}");
+});
+
 on_every_store!(immediate_consistency_without_2pc_is_rejected_naming_the_participants, |url: String| async move {
     let n = with_plugins(&url).await;
     let id = managed(&n, json!({"requirements": {"consistency": "immediate"}}), vec![
