@@ -215,11 +215,9 @@ impl Journal {
 /// Waits (at most a minute) until `id` reaches an end state, as announced by a journal.
 pub async fn wait_for_end(progress: &mut broadcast::Receiver<Progress>, id: &str) {
     let wait = async {
-        loop {
-            match progress.recv().await {
-                Ok(p) if p.tx_id == id && p.terminal => return,
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => return,
+        while let Some(p) = next_announced(progress).await {
+            if p.tx_id == id && p.terminal {
+                return;
             }
         }
     };
