@@ -90,6 +90,15 @@ const PG_SESSION: &str = "SET plan_cache_mode = force_custom_plan";
 /// have restarted meanwhile): the readers' pool and the group committer's connections alike.
 pub(super) const IDLE_CHECK: Duration = Duration::from_secs(1);
 
+/// Connections of a coordinator's PostgreSQL pool (its reads; the committers have their own):
+/// four per core, 8 to 32. Only a few run at once (a read is one short statement), and each
+/// one more is a server process PostgreSQL forks and warms up: a fleet of three on 2 cores
+/// held 53 (16 each with their committers') where snapshots found 2 at work, and restarting
+/// one opened its share again.
+fn pg_readers() -> u32 {
+    std::thread::available_parallelism().map_or(2, |n| n.get() as u32).saturating_mul(4).clamp(8, 32)
+}
+
 /// A store on SQLite or PostgreSQL.
 pub struct SqlStore {
     pool: AnyPool,
@@ -146,7 +155,7 @@ impl SqlStore {
             Dialect::Postgres => {
                 let options = AnyConnectOptions::from_str(url)?;
                 AnyPoolOptions::new()
-                    .max_connections(16)
+                    .max_connections(pg_readers())
                     .acquire_timeout(Duration::from_secs(10))
                     // sqlx pings every connection it hands out; only one idle for a while
                     // (the database may have restarted meanwhile) is worth that round trip.
