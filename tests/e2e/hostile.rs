@@ -963,6 +963,49 @@ on_every_store!(hostile_idempotency_keys_are_refused_or_kept_apart_and_each_answ
     server.kill().await;
 });
 
+on_every_store!(a_keyed_retry_answers_the_first_answer_whatever_its_own_create_runs_into, |url: String| async move {
+    // A keyed create goes to the store first and reads the stored answer only when the id is
+    // taken or the create fails: a retry refused for the tenant's limit (its first create is
+    // still running) or sent with a body that does not parse must still get the first
+    // answer, or be told the key was used with another body, and create nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), database(&url), &["--admin-token", ADMIN]).await;
+    let one = tenant(&server, "one", json!({"limits": {"max_concurrent": 1}})).await;
+    assert_eq!(one.push("scripted", plugins::SCRIPTED).await.0, StatusCode::CREATED);
+    let slow = json!({"saga_name": "s", "execute": true,
+        "steps": [{"name": "slow", "plugin": "scripted", "parameters": {"script": {"execute": {"do": "sleep", "ms": 1500}}}}]});
+    let send = |body: Vec<u8>| {
+        client()
+            .post(format!("{}/v1/sagas", server.url))
+            .bearer_auth(one.key.as_deref().unwrap())
+            .header("idempotency-key", "order-1")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let first = send(slow.to_string().into_bytes()).await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["state"], "running", "{first}");
+
+    // The tenant runs its one transaction: a create that starts another is refused, but this
+    // is the same request again.
+    let (refused, _) = one.post("/v1/sagas", json!({"saga_name": "other", "execute": true})).await;
+    assert_eq!(refused, StatusCode::TOO_MANY_REQUESTS);
+    let again = send(slow.to_string().into_bytes()).await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(again.json::<Value>().await.unwrap(), first, "the retry answers the first answer");
+
+    for other in [b"{not json".to_vec(), json!({"saga_name": "t"}).to_string().into_bytes()] {
+        let r = send(other.clone()).await.unwrap();
+        assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY, "{}", String::from_utf8_lossy(&other));
+        assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "idempotency_key_reused");
+    }
+    let (_, listed) = one.get("/v1/sagas?limit=100").await;
+    assert_eq!(listed["sagas"].as_array().unwrap().len(), 1, "one saga for the key: {listed}");
+    server.kill().await;
+});
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idempotency_key_names_one_request_per_endpoint() {
     let dir = tempfile::tempdir().unwrap();

@@ -497,20 +497,20 @@ async fn create_saga(
             let (s, tenant) = (s.clone(), tenant.clone());
             async move {
                 Ok(match s.inner.sagas.create_with_id(&tenant, req, id, Some(&asked)).await {
-                    Err(SagaError::Store(StoreError::Conflict { id, .. })) => s.inner.sagas.get(&tenant, &id).await?,
-                    created => created?,
+                    Err(SagaError::Store(StoreError::Conflict { id, .. })) => (s.inner.sagas.get(&tenant, &id).await?, false),
+                    created => (created?, true),
                 })
             }
         };
-        let saga = if starts { s.execution(&tenant, Admit::UntilDone, None, create).await? } else { create.await? };
+        let (saga, new) = if starts { s.execution(&tenant, Admit::UntilDone, None, create).await? } else { create.await? };
         if let Some(progress) = ended.as_mut() {
             let saga = until_ended(&s, progress, &tenant, saga).await?;
-            return Ok(saga.document());
+            return Ok(Created { body: saga.document(), new });
         }
         if waits {
-            return Ok(saga.document());
+            return Ok(Created { body: saga.document(), new });
         }
-        Ok(json!({"status": "success", "saga_id": saga.id(), "state": saga.state.as_str()}))
+        Ok(Created { body: json!({"status": "success", "saga_id": saga.id(), "state": saga.state.as_str()}), new })
     })
     .await
 }
@@ -536,13 +536,6 @@ async fn until_ended(s: &AppState, progress: &mut broadcast::Receiver<Progress>,
     Ok(s.inner.sagas.get(tenant, saga.id()).await?)
 }
 
-/// Runs `create` once per `Idempotency-Key`: the same key and body answer the first
-/// response again; the same key with another body is refused.
-///
-/// The resource's id is derived from the tenant and the key, so the guarantee holds across a
-/// crash between creating the resource and remembering the answer: the retry's create finds
-/// the id taken (`Conflict`) and answers with the existing resource. (Only then can a retry
-/// with another body not be told apart: the first body's hash was never stored.)
 /// The `traceparent` a transaction created by this request keeps (see
 /// `trace::of_request`): the request's, if it has a valid one (an invalid one is ignored, as
 /// the specification says), or its `create` span's when spans are exported.
@@ -551,6 +544,24 @@ fn traceparent(headers: &HeaderMap, kind: &'static str) -> Option<String> {
     crate::trace::of_request(header, kind)
 }
 
+/// What a create made of its request: the answer, and whether it created the resource
+/// (`new: false`: the id was taken, by an earlier request with the same key, and the answer
+/// shows what exists).
+struct Created {
+    body: Value,
+    new: bool,
+}
+
+/// Runs `create` once per `Idempotency-Key`: the same key and body answer the first
+/// response again; the same key with another body is refused.
+///
+/// The resource's id is derived from the tenant and the key, so the create itself finds an
+/// earlier request's resource (`Conflict`): it goes first, and the stored answer is read only
+/// when the id was taken or the create failed (a retry refused for the tenant's limit, say,
+/// still gets the first answer). A new key, nearly every key, costs no read. The guarantee
+/// holds across a crash between creating the resource and remembering the answer: the retry
+/// finds the resource and no answer, and answers with the resource as it is. (Only then can a
+/// retry with another body not be told apart: the first body's hash was never stored.)
 async fn idempotent_create<F, Fut>(
     s: &AppState,
     scope: &str,
@@ -562,39 +573,45 @@ async fn idempotent_create<F, Fut>(
 ) -> Result<Response, ApiError>
 where
     F: FnOnce(AppState, String, Asked, axum::body::Bytes, Option<uuid::Uuid>) -> Fut,
-    Fut: std::future::Future<Output = Result<Value, ApiError>>,
+    Fut: std::future::Future<Output = Result<Created, ApiError>>,
 {
     let bytes = body.0;
     // Keys are scoped per endpoint: the same key on `POST /v1/sagas` and `POST /v1/2pc`
     // names two requests.
     let key = idempotency_key(headers)?.map(|k| format!("{scope}:{k}"));
-    let request_hash = key.as_ref().map(|_| hex::encode(Sha256::digest(&bytes))).unwrap_or_default();
-    if let Some(key) = &key
-        && let Some(reply) = s.inner.store.idempotent_reply(tenant, key).await?
-    {
-        if reply.request_hash != request_hash {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                "this Idempotency-Key was used with a different body",
-            ));
-        }
-        let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
-        return Ok((status, Json(reply.body)).into_response());
-    }
-    let id = key.as_deref().map(|k| resource_id(tenant, k));
     // Audited by the create's own write (a retry that finds it created records nothing more).
-    let body = create(s.clone(), tenant.to_string(), Asked::new(actor, "created"), bytes, id).await?;
-    let Some(key) = &key else {
-        return Ok((StatusCode::CREATED, Json(body)).into_response());
+    let asked = Asked::new(actor, "created");
+    let Some(key) = key else {
+        let created = create(s.clone(), tenant.to_string(), asked, bytes, None).await?;
+        return Ok((StatusCode::CREATED, Json(created.body)).into_response());
+    };
+    let request_hash = hex::encode(Sha256::digest(&bytes));
+    let body = match create(s.clone(), tenant.to_string(), asked, bytes, Some(resource_id(tenant, &key))).await {
+        Ok(Created { body, new: true }) => body,
+        taken_or_failed => {
+            if let Some(first) = s.inner.store.idempotent_reply(tenant, &key).await? {
+                return replayed(first, &request_hash);
+            }
+            taken_or_failed?.body
+        }
     };
     let reply = IdempotentReply { request_hash, status: 201, body };
-    if s.inner.store.remember_reply(tenant, key, &reply, now_ms()).await? {
+    if s.inner.store.remember_reply(tenant, &key, &reply, now_ms()).await? {
         return Ok((StatusCode::CREATED, Json(reply.body)).into_response());
     }
     // A concurrent request with the same key won: answer what it stored.
-    let first = s.inner.store.idempotent_reply(tenant, key).await?.map_or(reply.body, |first| first.body);
+    let first = s.inner.store.idempotent_reply(tenant, &key).await?.map_or(reply.body, |first| first.body);
     Ok((StatusCode::CREATED, Json(first)).into_response())
+}
+
+/// The answer stored for a key, to a request with the body hashed `request_hash`: the same
+/// answer for the same body, a refusal for another.
+fn replayed(first: IdempotentReply, request_hash: &str) -> Result<Response, ApiError> {
+    if first.request_hash != request_hash {
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused", "this Idempotency-Key was used with a different body"));
+    }
+    let status = StatusCode::from_u16(first.status).unwrap_or(StatusCode::OK);
+    Ok((status, Json(first.body)).into_response())
 }
 
 /// The id part of a resource created under `key`: the same for the same tenant and key.
@@ -747,11 +764,11 @@ async fn create_tpc(
     idempotent_create(&s, "2pc", &tenant, &actor, &headers, body, move |s, tenant, asked, bytes, id| async move {
         let mut req: CreateTpc = parse_bytes(&bytes)?;
         req.traceparent = trace;
-        let tx = match s.inner.tpc.create_with_id(&tenant, req, id, Some(&asked)).await {
-            Err(TpcError::Store(StoreError::Conflict { id, .. })) => s.inner.tpc.get(&tenant, &id).await?,
-            created => created?,
+        let (tx, new) = match s.inner.tpc.create_with_id(&tenant, req, id, Some(&asked)).await {
+            Err(TpcError::Store(StoreError::Conflict { id, .. })) => (s.inner.tpc.get(&tenant, &id).await?, false),
+            created => (created?, true),
         };
-        Ok(json!({"status": "success", "transaction_id": tx.id(), "state": "init"}))
+        Ok(Created { body: json!({"status": "success", "transaction_id": tx.id(), "state": "init"}), new })
     })
     .await
 }
@@ -812,11 +829,11 @@ async fn create_managed(
     idempotent_create(&s, "transactions", &tenant, &actor, &headers, body, move |s, tenant, asked, bytes, id| async move {
         let mut req: CreateManaged = parse_bytes(&bytes)?;
         req.traceparent = trace;
-        let m = match s.inner.manager.create_with_id(&tenant, req, id, Some(&asked)).await {
-            Err(ManagerError::Store(StoreError::Conflict { id, .. })) => s.inner.manager.get(&tenant, &id).await?,
-            created => created?,
+        let (m, new) = match s.inner.manager.create_with_id(&tenant, req, id, Some(&asked)).await {
+            Err(ManagerError::Store(StoreError::Conflict { id, .. })) => (s.inner.manager.get(&tenant, &id).await?, false),
+            created => (created?, true),
         };
-        Ok(json!({"status": "success", "transaction_id": m.id(), "transaction_status": "pending"}))
+        Ok(Created { body: json!({"status": "success", "transaction_id": m.id(), "transaction_status": "pending"}), new })
     })
     .await
 }
@@ -840,8 +857,9 @@ struct ExecuteManaged {
     pattern: Option<String>,
 }
 
-async fn managed_document(s: &AppState, tenant: &str, m: crate::manager::Managed) -> Result<Json<Value>, ApiError> {
-    Ok(Json(s.inner.manager.document(&tenant, &m).await?))
+async fn managed_document(s: &AppState, tenant: &str, m: crate::manager::Managed) -> Result<Response, ApiError> {
+    let view = s.inner.manager.view(tenant, &m).await?;
+    Ok(Json(view.as_document()).into_response())
 }
 
 #[utoipa::path(post, path = "/v1/transactions/{id}/execute", tag = "transactions", params(("id" = String, Path, description = "The transaction's id")), request_body = Option<openapi::ExecuteTransaction>, responses((status = 200, description = "Ran to its end under the pattern selected", body = openapi::TransactionDocument), (status = 400, description = "Malformed request (bad JSON, bad query)", body = openapi::ErrorBody), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 409, description = "Not in a state that allows this", body = openapi::ErrorBody), (status = 413, description = "Body too large", body = openapi::ErrorBody), (status = 422, description = "Invalid content", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody), (status = 429, description = "The tenant's max_concurrent executions are running", body = openapi::ErrorBody)))]
@@ -850,7 +868,7 @@ async fn execute_managed(
     Tenant(tenant, actor): Tenant,
     Id(id): Id,
     body: JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let req: ExecuteManaged = parse_optional(body)?;
     let run = {
         let (manager, tenant, id, asked) = (s.inner.manager.clone(), tenant.clone(), id.clone(), Asked::new(&actor, "transaction_execute"));
@@ -858,11 +876,11 @@ async fn execute_managed(
     };
     // The document of the transaction and its delegate as the execution ended them (no read).
     let ended = s.execution(&tenant, Admit::UntilRunning(&id), None, run).await?;
-    Ok(Json(ended.document()))
+    Ok(Json(ended.as_document()).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/transactions/{id}", tag = "transactions", params(("id" = String, Path, description = "The transaction's id")), responses((status = 200, description = "The transaction (get_status)", body = openapi::TransactionDocument), (status = 401, description = "Missing or wrong key", body = openapi::ErrorBody), (status = 404, description = "Unknown, or another tenant's", body = openapi::ErrorBody), (status = 500, description = "The server's own fault", body = openapi::ErrorBody), (status = 503, description = "The store does not answer, or the request outlived the server's limit", body = openapi::ErrorBody)))]
-async fn get_managed(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Id(id): Id) -> Result<Json<Value>, ApiError> {
+async fn get_managed(State(s): State<AppState>, Tenant(tenant, _actor): Tenant, Id(id): Id) -> Result<Response, ApiError> {
     let m = s.inner.manager.get(&tenant, &id).await?;
     managed_document(&s, &tenant, m).await
 }

@@ -3,10 +3,10 @@
 //! JSON for callers is decided here, once.
 
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use crate::manager::{Delegate, Managed, ManagedView, Manager, ManagerError, Status};
-use crate::model::Vote;
+use crate::manager::{Delegate, Managed, ManagedView, Manager, ManagerError, Requirements, Status};
+use crate::model::{Pattern, Vote};
 use crate::saga::{Saga, SagaState, StepRecord, StepState};
 use crate::tpc::{Decision, ParticipantRecord, ParticipantState, Tpc, TpcState};
 use crate::txn::{Record, TxState, rfc3339};
@@ -223,16 +223,6 @@ impl<'a> ParticipantDocument<'a> {
     }
 }
 
-/// A saga step's or 2PC participant's document as a JSON value, for the managed document to
-/// pick its fields from.
-fn step(s: &StepRecord) -> Value {
-    to_json(StepDocument::of(s))
-}
-
-fn participant(p: &ParticipantRecord) -> Value {
-    to_json(ParticipantDocument::of(p))
-}
-
 impl Manager {
     /// The transaction document of API.md, with each participant's state from its delegate.
     pub async fn document(&self, tenant: &str, m: &Managed) -> Result<Value, ManagerError> {
@@ -240,95 +230,150 @@ impl Manager {
     }
 }
 
-impl ManagedView {
-    /// The transaction document of API.md, of the transaction and its delegate as viewed.
-    pub fn document(&self) -> Value {
-        managed(self)
+/// A managed transaction's document as API.md gives it, borrowed from the transaction and its
+/// delegate as viewed: its own fields, and each participant as its delegate's step or
+/// participant of the same name shows it.
+#[derive(Serialize)]
+pub struct ManagedDocument<'a> {
+    status: &'static str,
+    transaction_id: &'a str,
+    transaction_name: &'a str,
+    selected_pattern: Option<Pattern>,
+    transaction_status: Status,
+    requirements: &'a Requirements,
+    context: &'a Map<String, Value>,
+    participants: Vec<ShownParticipant<'a>>,
+    policy: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    execution_time_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delegate_id: Option<&'a str>,
+    /// The delegate, as its own engine has it now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    coordinator_status: Option<CoordinatorStatus<'a>>,
+    /// Failed, or its delegate needs attention.
+    needs_attention: bool,
+    #[serde(flatten)]
+    times: Times,
+}
+
+/// A managed transaction's participant: pending until its delegate shows it.
+#[derive(Serialize)]
+struct ShownParticipant<'a> {
+    participant_id: &'a str,
+    state: ShownState,
+    attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vote: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plugin_version: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ShownState {
+    Pending(&'static str),
+    Step(StepState),
+    Participant(ParticipantState),
+}
+
+impl<'a> ShownParticipant<'a> {
+    fn pending(id: &'a str) -> Self {
+        ShownParticipant { participant_id: id, state: ShownState::Pending("pending"), attempts: 0, output: None, vote: None, error: None, plugin_version: None }
+    }
+
+    /// Participant `id` as `delegate` shows it.
+    fn of(id: &'a str, delegate: Option<&'a Delegate>) -> Self {
+        match delegate {
+            Some(Delegate::Saga(saga)) => match saga.doc.steps.iter().find(|s| s.spec.name == id) {
+                Some(s) => ShownParticipant {
+                    state: ShownState::Step(s.state),
+                    attempts: s.attempts,
+                    output: s.output.as_ref(),
+                    error: s.error.as_deref(),
+                    plugin_version: s.plugin_version.as_deref(),
+                    ..ShownParticipant::pending(id)
+                },
+                None => ShownParticipant::pending(id),
+            },
+            Some(Delegate::Tpc(tx)) => match tx.doc.participants.iter().find(|p| p.spec.participant_id == id) {
+                Some(p) => {
+                    let shown = ParticipantDocument::of(p);
+                    ShownParticipant {
+                        state: ShownState::Participant(shown.state),
+                        attempts: shown.attempts,
+                        vote: shown.vote,
+                        error: shown.error,
+                        plugin_version: shown.plugin_version,
+                        ..ShownParticipant::pending(id)
+                    }
+                }
+                None => ShownParticipant::pending(id),
+            },
+            None => ShownParticipant::pending(id),
+        }
     }
 }
 
-/// A managed transaction's document: its own fields, and each participant as its delegate's
-/// step or participant of the same name shows it.
-fn managed(view: &ManagedView) -> Value {
-    let m = &view.managed;
-    let shown = |id: &str, keys: &[&str]| -> Option<Value> {
-        let delegate = match &view.delegate {
-            Some(Delegate::Saga(saga)) => saga.doc.steps.iter().find(|s| s.spec.name == id).map(step),
-            Some(Delegate::Tpc(tx)) => tx.doc.participants.iter().find(|p| p.spec.participant_id == id).map(participant),
-            None => None,
-        }?;
-        let mut v = json!({"participant_id": id, "state": "pending", "attempts": 0});
-        for k in keys {
-            if let Some(x) = delegate.get(*k) {
-                v[*k] = x.clone();
+#[derive(Serialize)]
+struct CoordinatorStatus<'a> {
+    kind: &'static str,
+    id: &'a str,
+    state: &'static str,
+}
+
+impl ManagedView {
+    /// The transaction document of API.md, of the transaction and its delegate as viewed.
+    pub fn as_document(&self) -> ManagedDocument<'_> {
+        let m = &self.managed;
+        let status = if m.doc.rejected {
+            "error"
+        } else {
+            match self.status {
+                Status::Committed => "success",
+                Status::Aborted => "aborted",
+                Status::Compensated | Status::Failed => "failed",
+                _ => "success",
             }
-        }
-        Some(v)
-    };
-    let keys: &[&str] = match view.delegate {
-        Some(Delegate::Saga(_)) => &["state", "attempts", "output", "error", "plugin_version"],
-        _ => &["state", "attempts", "vote", "error", "plugin_version"],
-    };
-    let participants: Vec<Value> = m
-        .doc
-        .participants
-        .iter()
-        .map(|p| {
-            let id = &p.spec.participant_id;
-            shown(id, keys).unwrap_or_else(|| json!({"participant_id": id, "state": "pending", "attempts": 0}))
-        })
-        .collect();
-    let status = if m.doc.rejected {
-        "error"
-    } else {
-        match view.status {
-            Status::Committed => "success",
-            Status::Aborted => "aborted",
-            Status::Compensated | Status::Failed => "failed",
-            _ => "success",
-        }
-    };
-    let mut doc = json!({
-        "status": status,
-        "transaction_id": m.row.id,
-        "transaction_name": m.row.name,
-        "selected_pattern": m.doc.selected_pattern,
-        "transaction_status": view.status,
-        "requirements": m.doc.requirements,
-        "context": m.doc.context,
-        "participants": participants,
-        "policy": m.doc.policy_used.clone().or(m.doc.policy.clone()).unwrap_or_else(|| "builtin".into()),
-    });
-    let optional = [
-        ("execution_time_ms", m.doc.execution_time_ms.map(Value::from)),
-        ("error", m.doc.error.clone().map(Value::from)),
-        ("reason", m.doc.reason.clone().map(Value::from)),
-        ("delegate_id", m.doc.delegate_id.clone().map(Value::from)),
-    ];
-    for (k, v) in optional {
-        if let Some(v) = v {
-            doc[k] = v;
+        };
+        let (coordinator_status, delegate_attention) = match &self.delegate {
+            Some(Delegate::Saga(saga)) => {
+                (Some(CoordinatorStatus { kind: "saga", id: &saga.row.id, state: saga.state.as_str() }), saga.doc.needs_attention(saga.state))
+            }
+            Some(Delegate::Tpc(tx)) => (Some(CoordinatorStatus { kind: "2pc", id: &tx.row.id, state: tx.state.as_str() }), tx.doc.needs_attention(tx.state)),
+            None => (None, false),
+        };
+        let ended = self.status.is_terminal().then(|| m.doc.started_at_ms.zip(m.doc.execution_time_ms).map(|(s, d)| s + d)).flatten();
+        ManagedDocument {
+            status,
+            transaction_id: &m.row.id,
+            transaction_name: &m.row.name,
+            selected_pattern: m.doc.selected_pattern,
+            transaction_status: self.status,
+            requirements: &m.doc.requirements,
+            context: &m.doc.context,
+            participants: m.doc.participants.iter().map(|p| ShownParticipant::of(&p.spec.participant_id, self.delegate.as_ref())).collect(),
+            policy: m.doc.policy_used.as_deref().or(m.doc.policy.as_deref()).unwrap_or("builtin"),
+            execution_time_ms: m.doc.execution_time_ms,
+            error: m.doc.error.as_deref(),
+            reason: m.doc.reason.as_deref(),
+            delegate_id: m.doc.delegate_id.as_deref(),
+            coordinator_status,
+            needs_attention: self.status == Status::Failed || delegate_attention,
+            times: Times::of(m.doc.started_at_ms, ended),
         }
     }
-    // The delegate, as its own engine has it now.
-    let delegate = match &view.delegate {
-        Some(Delegate::Saga(saga)) => Some(("saga", saga.row.id.as_str(), saga.state.as_str())),
-        Some(Delegate::Tpc(tx)) => Some(("2pc", tx.row.id.as_str(), tx.state.as_str())),
-        None => None,
-    };
-    if let Some((kind, id, state)) = delegate {
-        doc["coordinator_status"] = json!({"kind": kind, "id": id, "state": state});
+
+    /// The transaction document of API.md, as a JSON value.
+    pub fn document(&self) -> Value {
+        to_json(self.as_document())
     }
-    // Failed, or its delegate needs attention.
-    let delegate_attention = match &view.delegate {
-        Some(Delegate::Saga(saga)) => saga.doc.needs_attention(saga.state),
-        Some(Delegate::Tpc(tx)) => tx.doc.needs_attention(tx.state),
-        None => false,
-    };
-    doc["needs_attention"] = json!(view.status == Status::Failed || delegate_attention);
-    let ended = view.status.is_terminal().then(|| m.doc.started_at_ms.zip(m.doc.execution_time_ms).map(|(s, d)| s + d)).flatten();
-    if let (Value::Object(doc), Value::Object(times)) = (&mut doc, to_json(Times::of(m.doc.started_at_ms, ended))) {
-        doc.extend(times);
-    }
-    doc
 }
