@@ -290,18 +290,22 @@ impl<'a> ShownParticipant<'a> {
         ShownParticipant { participant_id: id, state: ShownState::Pending("pending"), attempts: 0, output: None, vote: None, error: None, plugin_version: None }
     }
 
-    /// Participant `id` as `delegate` shows it.
+    /// Participant `id` as `delegate` shows it: the fields its step's or participant's own
+    /// document shows, so both read the same.
     fn of(id: &'a str, delegate: Option<&'a Delegate>) -> Self {
         match delegate {
             Some(Delegate::Saga(saga)) => match saga.doc.steps.iter().find(|s| s.spec.name == id) {
-                Some(s) => ShownParticipant {
-                    state: ShownState::Step(s.state),
-                    attempts: s.attempts,
-                    output: s.output.as_ref(),
-                    error: s.error.as_deref(),
-                    plugin_version: s.plugin_version.as_deref(),
-                    ..ShownParticipant::pending(id)
-                },
+                Some(s) => {
+                    let shown = StepDocument::of(s);
+                    ShownParticipant {
+                        state: ShownState::Step(shown.state),
+                        attempts: shown.attempts,
+                        output: shown.output,
+                        error: shown.error,
+                        plugin_version: shown.plugin_version,
+                        ..ShownParticipant::pending(id)
+                    }
+                }
                 None => ShownParticipant::pending(id),
             },
             Some(Delegate::Tpc(tx)) => match tx.doc.participants.iter().find(|p| p.spec.participant_id == id) {
