@@ -51,8 +51,9 @@ class Server:
     def __init__(self, store: str):
         self.dir = tempfile.mkdtemp(prefix="wasmtx-py-")
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "WASMTX_ADMIN_TOKEN")}
+        self.database = None
         if store == "postgres":
-            env["DATABASE_URL"] = fresh_postgres()
+            env["DATABASE_URL"] = self.database = fresh_postgres()
         self.log = open(os.path.join(self.dir, "serve.log"), "wb")
         self.process = subprocess.Popen(
             [str(binary()), "serve", "--listen", "127.0.0.1:0", "--data-dir", self.dir],
@@ -70,6 +71,10 @@ class Server:
         self.process.wait()
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+        if self.database:
+            # The machine's PostgreSQL outlives the run: leave nothing behind.
+            name = self.database.rsplit("/", 1)[1]
+            subprocess.run(["psql", POSTGRES, "-q", "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], capture_output=True, timeout=30)
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgres"])

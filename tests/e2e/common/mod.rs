@@ -45,18 +45,54 @@ pub async fn fresh_store_url(kind: &str) -> (String, Option<tempfile::TempDir>) 
     }
 }
 
-/// Creates a new database on the local Postgres. Fails (never skips): CI must have it, and
-/// `.ci/run` starts it.
+/// Creates a new database on the local Postgres, named with the second it was made. Fails
+/// (never skips): CI must have it, and `.ci/run` starts it.
+///
+/// A test leaves its database behind, and the machine's PostgreSQL outlives the runs (a run
+/// made ~115, 7 MB or more each): the first call of each test process drops the test
+/// databases older than `STALE_AFTER`, those of test processes that have ended (cargo runs
+/// the test binaries one after the other, none for that long).
 pub async fn fresh_postgres() -> String {
     use sqlx::Connection;
     let admin = std::env::var("WASMTX_TEST_POSTGRES").unwrap_or_else(|_| ADMIN_URL.to_string());
     let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap_or_else(|e| {
         panic!("PostgreSQL is required for these tests and is not reachable at {admin}: {e} (start it, see README)")
     });
-    let name = format!("wasmtx_test_{}", uuid::Uuid::new_v4().simple());
+    static SWEPT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !SWEPT.swap(true, Ordering::SeqCst) {
+        drop_stale_databases(&mut conn).await;
+    }
+    let name = format!("{TEST_DATABASE}{}_{}", unix_secs(), uuid::Uuid::new_v4().simple());
     sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.unwrap();
     let base = admin.rsplit_once('/').unwrap().0;
     format!("{base}/{name}")
+}
+
+/// What every test database's name starts with.
+const TEST_DATABASE: &str = "wasmtx_test_";
+/// Age past which a test database is an earlier process's.
+const STALE_AFTER: Duration = Duration::from_secs(15 * 60);
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Drops the test databases made more than `STALE_AFTER` ago, and those whose name carries
+/// no time (made before names had one).
+async fn drop_stale_databases(conn: &mut sqlx::PgConnection) {
+    let names: Vec<String> = sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+        .bind(TEST_DATABASE)
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap_or_default();
+    let now = unix_secs();
+    for name in names {
+        let made = name.strip_prefix(TEST_DATABASE).and_then(|rest| rest.split_once('_')).and_then(|(secs, _)| secs.parse::<u64>().ok());
+        if made.is_none_or(|made| now.saturating_sub(made) > STALE_AFTER.as_secs()) {
+            // Another process sweeping at once may have dropped it: that is fine.
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).execute(&mut *conn).await;
+        }
+    }
 }
 
 pub struct Node {
