@@ -200,20 +200,20 @@ impl AppState {
                 format!("tenant {tenant} already runs its maximum of {max} transactions"),
             ));
         }
-        // Subscribed before the run starts, so its first announcement cannot be missed.
-        let progress = match admit {
-            // The engines announce on one channel: subscribing to one hears all three.
-            Admit::UntilRunning(_) => Some(self.inner.sagas.subscribe()),
-            _ => None,
+        // Subscribed before the run starts, so its first announcement cannot be missed. The
+        // engines announce on one channel: subscribing to one hears all three.
+        let watched = match admit {
+            Admit::UntilRunning(id) => Some((id, self.inner.sagas.subscribe())),
+            Admit::No | Admit::UntilDone => None,
         };
         let mut task = tokio::spawn(run);
-        let done = match (admit, progress) {
-            (Admit::UntilRunning(id), Some(progress)) => tokio::select! {
+        let done = match watched {
+            Some((id, progress)) => tokio::select! {
                 done = &mut task => Some(done),
                 // Missed announcements (a lagging receiver): keep the admission to the end.
                 true = running_announced(progress, id) => None,
             },
-            _ => Some((&mut task).await),
+            None => Some((&mut task).await),
         };
         let done = match done {
             Some(done) => done,

@@ -293,37 +293,32 @@ impl<'a> ShownParticipant<'a> {
     /// Participant `id` as `delegate` shows it: the fields its step's or participant's own
     /// document shows, so both read the same.
     fn of(id: &'a str, delegate: Option<&'a Delegate>) -> Self {
-        match delegate {
-            Some(Delegate::Saga(saga)) => match saga.doc.steps.iter().find(|s| s.spec.name == id) {
-                Some(s) => {
-                    let shown = StepDocument::of(s);
-                    ShownParticipant {
-                        state: ShownState::Step(shown.state),
-                        attempts: shown.attempts,
-                        output: shown.output,
-                        error: shown.error,
-                        plugin_version: shown.plugin_version,
-                        ..ShownParticipant::pending(id)
-                    }
+        let shown = match delegate {
+            Some(Delegate::Saga(saga)) => saga.doc.steps.iter().find(|s| s.spec.name == id).map(|s| {
+                let step = StepDocument::of(s);
+                ShownParticipant {
+                    state: ShownState::Step(step.state),
+                    attempts: step.attempts,
+                    output: step.output,
+                    error: step.error,
+                    plugin_version: step.plugin_version,
+                    ..ShownParticipant::pending(id)
                 }
-                None => ShownParticipant::pending(id),
-            },
-            Some(Delegate::Tpc(tx)) => match tx.doc.participants.iter().find(|p| p.spec.participant_id == id) {
-                Some(p) => {
-                    let shown = ParticipantDocument::of(p);
-                    ShownParticipant {
-                        state: ShownState::Participant(shown.state),
-                        attempts: shown.attempts,
-                        vote: shown.vote,
-                        error: shown.error,
-                        plugin_version: shown.plugin_version,
-                        ..ShownParticipant::pending(id)
-                    }
+            }),
+            Some(Delegate::Tpc(tx)) => tx.doc.participants.iter().find(|p| p.spec.participant_id == id).map(|p| {
+                let participant = ParticipantDocument::of(p);
+                ShownParticipant {
+                    state: ShownState::Participant(participant.state),
+                    attempts: participant.attempts,
+                    vote: participant.vote,
+                    error: participant.error,
+                    plugin_version: participant.plugin_version,
+                    ..ShownParticipant::pending(id)
                 }
-                None => ShownParticipant::pending(id),
-            },
-            None => ShownParticipant::pending(id),
-        }
+            }),
+            None => None,
+        };
+        shown.unwrap_or_else(|| ShownParticipant::pending(id))
     }
 }
 
