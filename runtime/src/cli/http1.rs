@@ -161,11 +161,17 @@ impl Conn {
         Ok(n > 0)
     }
 
+    /// Reads more of an answer that has not ended: the end of the connection is an error.
+    async fn more(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.fill().await?, "the server closed the connection within an answer");
+        Ok(())
+    }
+
     /// The next `n` bytes of the answer.
     async fn take(&mut self, n: usize) -> anyhow::Result<Bytes> {
         anyhow::ensure!(n <= MAX_ANSWER_BYTES, "the answer is larger than {MAX_ANSWER_BYTES} bytes");
         while self.read.len() < n {
-            anyhow::ensure!(self.fill().await?, "the server closed the connection within an answer");
+            self.more().await?;
         }
         Ok(self.read.split_to(n).freeze())
     }
@@ -177,7 +183,7 @@ impl Conn {
             let (len, size) = loop {
                 match httparse::parse_chunk_size(&self.read) {
                     Ok(httparse::Status::Complete(sized)) => break sized,
-                    Ok(httparse::Status::Partial) => anyhow::ensure!(self.fill().await?, "the server closed the connection within an answer"),
+                    Ok(httparse::Status::Partial) => self.more().await?,
                     Err(_) => anyhow::bail!("the answer's chunk size is not valid"),
                 }
             };
@@ -189,13 +195,13 @@ impl Conn {
             if size == 0 {
                 // Trailer lines, up to an empty one.
                 loop {
-                    while !self.read.windows(2).any(|w| w == b"\r\n") {
-                        anyhow::ensure!(self.fill().await?, "the server closed the connection within an answer");
-                    }
-                    let line = self.read.windows(2).position(|w| w == b"\r\n").unwrap_or(0);
-                    self.read.advance(line + 2);
-                    if line == 0 {
-                        return Ok(body.freeze());
+                    match self.read.windows(2).position(|w| w == b"\r\n") {
+                        Some(0) => {
+                            self.read.advance(2);
+                            return Ok(body.freeze());
+                        }
+                        Some(line) => self.read.advance(line + 2),
+                        None => self.more().await?,
                     }
                 }
             }
