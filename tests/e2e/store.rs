@@ -393,7 +393,8 @@ async fn a_redis_that_could_lose_acknowledged_writes_is_refused_with_what_to_set
 async fn on_redis_ended_transactions_and_replies_expire_after_the_retention_and_running_ones_stay() {
     let url = format!("{}&retention=1s", common::redis::standalone_url());
     let store = Store::open(&url).await.unwrap();
-    let ended = TxRow { ended: true, ..row("done", 0, "completed") };
+    // Created an hour ago: once its row has expired, its list entry is stale for any reader.
+    let ended = TxRow { ended: true, created_at_ms: now_ms() - 3_600_000, ..row("done", 0, "completed") };
     store.insert_tx(&ended, &events(2), None).await.unwrap();
     store.insert_tx(&row("busy", 0, "running"), &events(1), None).await.unwrap();
     store.insert_tx(&TxRow { ended: true, ..row("resumed", 0, "failed") }, &events(1), None).await.unwrap();
@@ -450,6 +451,35 @@ async fn on_redis_an_index_entry_without_its_row_is_never_claimed_and_is_cleaned
     assert_eq!(store.count_active("t").await.unwrap(), 1, "the claim removed both stale entries");
     let again = store.claim_expired("saga", &["running"], &wasmtx::store::Lease { owner: "node-b".into(), ..lease.clone() }, now_ms(), 64, false).await.unwrap();
     assert!(again.is_empty(), "a live lease is not claimed again");
+}
+
+#[tokio::test]
+async fn on_redis_a_reader_beside_a_create_leaves_its_list_entry_and_drops_only_stale_ones() {
+    // A create writes the list entry, then the row: a search or a purge that runs between
+    // the two must not take the entry, or the transaction would never be listed again.
+    use wasmtx::store::redis::Keys;
+    let url = common::redis::standalone_url();
+    let store = Store::open(&url).await.unwrap();
+    let keys = Keys::new(&prefix(&url));
+    let mut conn = raw(&url).get_multiplexed_async_connection().await.unwrap();
+    let (now, hour_ago) = (now_ms(), now_ms() - 3_600_000);
+    for (id, created) in [("coming", now), ("crashed", hour_ago)] {
+        let _: () = redis::cmd("SADD").arg(keys.tenants_in(Keys::bucket(id))).arg("t").query_async(&mut conn).await.unwrap();
+        let _: () = redis::cmd("ZADD").arg(keys.listed(Keys::bucket(id), "t", "saga")).arg(created).arg(id).query_async(&mut conn).await.unwrap();
+    }
+    let entry = |id: &'static str| {
+        let mut conn = conn.clone();
+        let key = keys.listed(Keys::bucket(id), "t", "saga");
+        async move { redis::cmd("ZSCORE").arg(key).arg(id).query_async::<Option<f64>>(&mut conn).await.unwrap() }
+    };
+    assert!(store.list_tx("t", "saga", None, 10).await.unwrap().is_empty(), "no row, nothing listed");
+    assert_eq!(store.purge_ended("t", "saga", &["completed"], now + 1, 10).await.unwrap(), 0);
+    assert!(entry("coming").await.is_some(), "the entry of a create in progress stays");
+    assert!(entry("crashed").await.is_none(), "an hour-old entry without a row was left by a crash");
+    // The create's row lands: it is listed.
+    store.insert_tx(&TxRow { created_at_ms: now, ..row("coming", 0, "running") }, &events(1), None).await.unwrap();
+    let listed: Vec<String> = store.list_tx("t", "saga", None, 10).await.unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(listed, vec!["coming"]);
 }
 
 /// A "Redis" that answers every command with bytes that are no RESP reply, or with an error

@@ -10,7 +10,9 @@
 //!   is kept a superset of the truth: an entry is written *before* the row that needs it and
 //!   removed *after* the row has left it, and readers check each entry against its row. A
 //!   crash between the two leaves an entry too many (cleaned by the next reader), never a
-//!   transaction nobody can find or claim.
+//!   transaction nobody can find or claim. A reader drops an entry without a row only once
+//!   it is older than a create can take ([`ROW_PENDING_MS`]): a search running beside a
+//!   create must not unlist it between its two writes.
 //! - **Claims** visit every bucket's index of the claimable states and take each candidate
 //!   with a script on its own row that checks state and lease again, so two coordinators can
 //!   never both win one.
@@ -219,6 +221,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reconnection attempts (with backoff) before a command fails.
 const CONNECT_RETRIES: usize = 3;
+
+/// How long after its creation time a list entry may still wait for its row: a create writes
+/// the entry first and the row a moment later, so a reader that finds no row drops the entry
+/// only once it is older than this (left by a crash between the two, or by a row that
+/// expired), never while a create is between its two writes.
+const ROW_PENDING_MS: i64 = 10 * 60 * 1000;
+
+/// Whether a list entry without a row, for a transaction created at `created_at_ms`, is
+/// stale rather than a create in progress.
+fn orphaned(created_at_ms: i64) -> bool {
+    created_at_ms < super::now_ms() - ROW_PENDING_MS
+}
 
 /// Transactions whose state `RedisStore::known` keeps, at most.
 const MAX_KNOWN: usize = 100_000;
@@ -445,8 +459,8 @@ impl RedisStore {
                 let Some(next) = cursors.iter_mut().filter(|c| !c.buffer.is_empty()).max_by(|a, b| a.buffer[0].cmp(&b.buffer[0])) else {
                     break;
                 };
-                let (_, id) = next.buffer.pop_front().expect("not empty");
-                batch.push((next.key.clone(), id));
+                let (score, id) = next.buffer.pop_front().expect("not empty");
+                batch.push((next.key.clone(), score, id));
                 if next.buffer.is_empty() && !next.done {
                     break; // refill it before going on, or order could be lost
                 }
@@ -454,12 +468,13 @@ impl RedisStore {
             if batch.is_empty() {
                 break;
             }
-            let ids: Vec<String> = batch.iter().map(|(_, id)| id.clone()).collect();
-            for ((key, id), row) in batch.iter().zip(self.rows(&ids).await?) {
+            let ids: Vec<String> = batch.iter().map(|(_, _, id)| id.clone()).collect();
+            for ((key, created_at_ms, id), row) in batch.iter().zip(self.rows(&ids).await?) {
                 match row {
-                    None => {
+                    None if orphaned(*created_at_ms) => {
                         let _: i64 = self.conn().zrem(key, id).await?;
                     }
+                    None => {}
                     Some(row) if row.tenant == tenant && query.matches(&row) => found.push(row),
                     Some(_) => {}
                 }
@@ -927,11 +942,12 @@ impl Retention for RedisStore {
         let mut purged = 0;
         for bucket in 0..BUCKETS {
             let listed = self.keys.listed(bucket, tenant, kind);
-            let ids: Vec<String> = self.conn().zrangebyscore_limit(&listed, "-inf", format!("({before_ms}"), 0, limit.max(0) as isize).await?;
-            for id in ids {
+            let entries: Vec<(String, f64)> =
+                self.conn().zrangebyscore_limit_withscores(&listed, "-inf", format!("({before_ms}"), 0, limit.max(0) as isize).await?;
+            for (id, created_at_ms) in entries {
                 match self.row(&id).await? {
                     // Expired already: only its list entry was left.
-                    None => {
+                    None if orphaned(created_at_ms as i64) => {
                         let _: i64 = self.conn().zrem(&listed, &id).await?;
                     }
                     Some(row) if row.tenant == tenant && row.updated_at_ms < before_ms && states.contains(&row.state.as_str()) => {
@@ -942,7 +958,7 @@ impl Retention for RedisStore {
                             purged += 1;
                         }
                     }
-                    Some(_) => {}
+                    None | Some(_) => {}
                 }
             }
         }
