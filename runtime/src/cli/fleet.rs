@@ -143,6 +143,7 @@ async fn run(report: &mut Report, args: &FleetArgs, scratch: &std::path::Path, d
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let killed_at = started.elapsed();
+        let done_before = done.load(Ordering::Relaxed);
         servers_cpu = add_spent(servers_cpu, cpu_since[victim], cpu_of(&children[victim]));
         fleet.urls.write().unwrap()[victim] = None;
         if let Some(mut child) = children[victim].take() {
@@ -154,7 +155,7 @@ async fn run(report: &mut Report, args: &FleetArgs, scratch: &std::path::Path, d
         cpu_since[victim] = cpu_of(&children[victim]);
         let restarted_at = started.elapsed();
         eprintln!("  restarted coordinator {victim} at {:.2} s", restarted_at.as_secs_f64());
-        crash = Some((killed_at, restarted_at));
+        crash = Some((killed_at, restarted_at, done_before));
     }
 
     let mut latencies = Vec::with_capacity(args.count);
@@ -173,7 +174,10 @@ async fn run(report: &mut Report, args: &FleetArgs, scratch: &std::path::Path, d
     report.add("tx_per_s", rate.round(), format!("{rate:.0}{}", if crash.is_some() { " (through the crash)" } else { " (one coordinator, not killed)" }));
     report.add("p50_ms", round1(percentile(&latencies, 0.5).as_secs_f64() * 1e3), format!("{:.1} ms", percentile(&latencies, 0.5).as_secs_f64() * 1e3));
     report.add("p99_ms", round1(percentile(&latencies, 0.99).as_secs_f64() * 1e3), format!("{:.1} ms", percentile(&latencies, 0.99).as_secs_f64() * 1e3));
-    if let Some((killed_at, restarted_at)) = crash {
+    if let Some((killed_at, restarted_at, done_before)) = crash {
+        // Every coordinator up, nothing lost yet: the fleet's own pace, apart from the crash's.
+        let before = done_before as f64 / killed_at.as_secs_f64();
+        report.add("tx_per_s_before_kill", before.round(), format!("{before:.0} (all {} coordinators up, until the kill)", args.servers));
         report.add("killed_at_s", round1(killed_at.as_secs_f64()), format!("{:.2} s: coordinator {victim} SIGKILLed", killed_at.as_secs_f64()));
         report.add("restarted_at_s", round1(restarted_at.as_secs_f64()), format!("{:.2} s: coordinator {victim} restarted", restarted_at.as_secs_f64()));
     }
