@@ -137,18 +137,29 @@ impl Conn {
             return Ok(None);
         };
         let status = StatusCode::from_u16(answer.code.unwrap_or(0)).context("the answer's status is not valid")?;
-        let (mut framing, mut closing) = (Framing::UntilClose, answer.version == Some(0));
+        let (mut length, mut coding, mut closing) = (None::<usize>, None::<bool>, answer.version == Some(0));
         for h in answer.headers.iter() {
             let value = std::str::from_utf8(h.value).unwrap_or("").trim();
             if h.name.eq_ignore_ascii_case("content-length") {
-                framing = Framing::Length(value.parse().context("the answer's Content-Length is not a number")?);
-            } else if h.name.eq_ignore_ascii_case("transfer-encoding") && value.to_ascii_lowercase().ends_with("chunked") {
-                framing = Framing::Chunked;
+                let n = value.parse().context("the answer's Content-Length is not a number")?;
+                anyhow::ensure!(length.is_none_or(|l| l == n), "the answer has conflicting Content-Lengths");
+                length = Some(n);
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                // The last coding decides: chunked, or anything else (the body runs to the end).
+                coding = Some(value.rsplit(',').next().is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked")));
             } else if h.name.eq_ignore_ascii_case("connection") {
-                closing = value.split(',').any(|v| v.trim().eq_ignore_ascii_case("close"));
+                closing = closing || value.split(',').any(|v| v.trim().eq_ignore_ascii_case("close"));
             }
         }
-        self.closing = closing;
+        // RFC 9112 6.3: a Transfer-Encoding overrides a Content-Length, in whichever order they
+        // came; an answer with both is suspect, so its connection is not used again.
+        let framing = match (coding, length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::UntilClose,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::UntilClose,
+        };
+        self.closing = closing || (coding.is_some() && length.is_some());
         self.read.advance(len);
         Ok(Some((status, framing)))
     }
@@ -352,14 +363,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_transfer_encoding_overrides_a_content_length_and_ends_the_connections_use() {
+        let both: [&'static [u8]; 2] = [
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ];
+        for answer in both {
+            let (url, _, _) = canned(vec![vec![vec![answer]]]).await;
+            let pool = Pool::new(&url).unwrap();
+            let mut conn = pool.take().await.unwrap();
+            let (status, body) = conn.send(Method::GET, "/", None, &[]).await.unwrap();
+            assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]), "{}", String::from_utf8_lossy(answer));
+            assert!(conn.closing, "an answer framed two ways is not followed by another on its connection");
+        }
+    }
+
+    #[tokio::test]
     async fn garbage_oversized_or_cut_answers_fail_their_request() {
-        let cases: [(&[u8], &str); 6] = [
+        let cases: [(&[u8], &str); 7] = [
             (b"SMTP ready\r\n\r\n", "not HTTP"),
             (b"HTTP/1.1 200 OK\r\ncontent-length: 99999999999\r\n\r\n", "larger than"),
             (b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort", "closed the connection within an answer"),
             (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n", "chunk size"),
             (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nffffffffffffffff\r\n", "larger than"),
             (b"", "without answering"),
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab", "conflicting Content-Lengths"),
         ];
         for (answer, expected) in cases {
             let (url, _, _) = canned(vec![vec![vec![answer]]]).await;
