@@ -482,6 +482,25 @@ async fn on_redis_a_reader_beside_a_create_leaves_its_list_entry_and_drops_only_
     assert_eq!(listed, vec!["coming"]);
 }
 
+#[tokio::test]
+async fn on_redis_a_claim_of_every_entry_beside_a_create_leaves_its_state_entry() {
+    // A coordinator that starts claims every entry of its own; it meets another's create
+    // between the create's state entry (scored by the lease it takes) and its row.
+    use wasmtx::store::redis::Keys;
+    let url = common::redis::standalone_url();
+    let store = Store::open(&url).await.unwrap();
+    let keys = Keys::new(&prefix(&url));
+    let mut conn = raw(&url).get_multiplexed_async_connection().await.unwrap();
+    let running = keys.in_state(Keys::bucket("coming"), "t", "saga", "running");
+    let _: () = redis::cmd("SADD").arg(keys.tenants_in(Keys::bucket("coming"))).arg("t").query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("ZADD").arg(&running).arg(now_ms() + 30_000).arg("coming").query_async(&mut conn).await.unwrap();
+    let lease = wasmtx::store::Lease { owner: "node-a".into(), until_ms: now_ms() + 30_000 };
+    let claimed = store.claim_expired("saga", &["running"], &lease, now_ms(), 64, true).await.unwrap();
+    assert!(claimed.is_empty(), "no row, nothing to claim");
+    let score: Option<f64> = redis::cmd("ZSCORE").arg(&running).arg("coming").query_async(&mut conn).await.unwrap();
+    assert!(score.is_some(), "the entry of a create in progress stays, so the transaction stays claimable");
+}
+
 /// A "Redis" that answers every command with bytes that are no RESP reply, or with an error
 /// reply, or closes the connection: opening a store on it fails with an error, in bounded
 /// time, and never panics.
