@@ -483,9 +483,9 @@ async fn on_redis_a_reader_beside_a_create_leaves_its_list_entry_and_drops_only_
 }
 
 #[tokio::test]
-async fn on_redis_a_claim_of_every_entry_beside_a_create_leaves_its_state_entry() {
-    // A coordinator that starts claims every entry of its own; it meets another's create
-    // between the create's state entry (scored by the lease it takes) and its row.
+async fn on_redis_a_claim_of_every_entry_leaves_the_state_entries_of_writes_in_progress() {
+    // A coordinator that starts claims every entry of its own; it meets another's writes
+    // between a state entry (scored by the lease the writer holds) and the row.
     use wasmtx::store::redis::Keys;
     let url = common::redis::standalone_url();
     let store = Store::open(&url).await.unwrap();
@@ -494,11 +494,20 @@ async fn on_redis_a_claim_of_every_entry_beside_a_create_leaves_its_state_entry(
     let running = keys.in_state(Keys::bucket("coming"), "t", "saga", "running");
     let _: () = redis::cmd("SADD").arg(keys.tenants_in(Keys::bucket("coming"))).arg("t").query_async(&mut conn).await.unwrap();
     let _: () = redis::cmd("ZADD").arg(&running).arg(now_ms() + 30_000).arg("coming").query_async(&mut conn).await.unwrap();
+    // And a change of state between its new state's entry and its row.
+    store.insert_tx(&TxRow { owner: Some("node-b".into()), lease_until_ms: now_ms() + 30_000, ..row("moving", 0, "running") }, &events(1), None).await.unwrap();
+    let compensating = keys.in_state(Keys::bucket("moving"), "t", "saga", "compensating");
+    let _: () = redis::cmd("ZADD").arg(&compensating).arg(now_ms() + 30_000).arg("moving").query_async(&mut conn).await.unwrap();
     let lease = wasmtx::store::Lease { owner: "node-a".into(), until_ms: now_ms() + 30_000 };
-    let claimed = store.claim_expired("saga", &["running"], &lease, now_ms(), 64, true).await.unwrap();
-    assert!(claimed.is_empty(), "no row, nothing to claim");
-    let score: Option<f64> = redis::cmd("ZSCORE").arg(&running).arg("coming").query_async(&mut conn).await.unwrap();
-    assert!(score.is_some(), "the entry of a create in progress stays, so the transaction stays claimable");
+    // One state at a time, so the row still running is elsewhere for the claim of the other.
+    for state in ["running", "compensating"] {
+        let claimed = store.claim_expired("saga", &[state], &lease, now_ms(), 64, true).await.unwrap();
+        assert!(claimed.is_empty(), "nothing of node-a's, nothing expired: {:?}", claimed.iter().map(|r| &r.id).collect::<Vec<_>>());
+    }
+    for (key, id) in [(&running, "coming"), (&compensating, "moving")] {
+        let score: Option<f64> = redis::cmd("ZSCORE").arg(key).arg(id).query_async(&mut conn).await.unwrap();
+        assert!(score.is_some(), "{id}: the entry of a write in progress stays, so the transaction stays claimable");
+    }
 }
 
 /// A "Redis" that answers every command with bytes that are no RESP reply, or with an error

@@ -222,17 +222,16 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reconnection attempts (with backoff) before a command fails.
 const CONNECT_RETRIES: usize = 3;
 
-/// How long past its score an index entry may still wait for its row: a create writes its
-/// entries first and the row a moment later, so a reader that finds no row drops the entry
-/// only once its score (a creation time in a list, the lease taken at creation in a state's
-/// index) is older than this — left by a crash between the two, or by a row that expired —
-/// never while a create is between its two writes.
+/// How long after its creation time a list entry may still wait for its row: a create writes
+/// the entry first and the row a moment later, so a reader that finds no row drops the entry
+/// only once it is older than this (left by a crash between the two, or by a row that
+/// expired), never while a create is between its two writes.
 const ROW_PENDING_MS: i64 = 10 * 60 * 1000;
 
-/// Whether an index entry without a row, scored `score_ms`, is stale rather than a create in
-/// progress.
-fn orphaned(score_ms: i64) -> bool {
-    score_ms < super::now_ms() - ROW_PENDING_MS
+/// Whether a list entry without a row, for a transaction created at `created_at_ms`, is
+/// stale rather than a create in progress.
+fn orphaned(created_at_ms: i64) -> bool {
+    created_at_ms < super::now_ms() - ROW_PENDING_MS
 }
 
 /// Transactions whose state `RedisStore::known` keeps, at most.
@@ -509,9 +508,11 @@ impl RedisStore {
                 }
                 Ok(None)
             }
-            // Gone, but its entry is young: a create (another coordinator's, seen by a claim
-            // of every entry at start) between its index entry and its row.
-            "gone" if !orphaned(candidate.score) => Ok(None),
+            // Gone or elsewhere, but scored by a lease not yet over (only a claim of every
+            // entry, at start, meets these): a writer at work — a create between its entry and
+            // its row, a change of state between its new entry and its row. Left alone: once
+            // the lease is over, a claim that finds the same cleans it.
+            _ if candidate.score >= now_ms => Ok(None),
             // Gone (expired) or no longer in that state: the entry is stale.
             _ => {
                 let max = candidate.score.to_string();
