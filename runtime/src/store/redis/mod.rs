@@ -10,9 +10,10 @@
 //!   is kept a superset of the truth: an entry is written *before* the row that needs it and
 //!   removed *after* the row has left it, and readers check each entry against its row. A
 //!   crash between the two leaves an entry too many (cleaned by the next reader), never a
-//!   transaction nobody can find or claim. A reader drops an entry without a row only once
-//!   it is older than a create can take ([`ROW_PENDING_MS`]): a search running beside a
-//!   create must not unlist it between its two writes.
+//!   transaction nobody can find or claim. A reader must not take an entry from a writer
+//!   between its two writes: a search or purge drops an entry without a row only once it is
+//!   older than a create can take ([`ROW_PENDING_MS`]), and a claim of every entry (at a
+//!   coordinator's start) leaves alone an entry whose lease is not over.
 //! - **Claims** visit every bucket's index of the claimable states and take each candidate
 //!   with a script on its own row that checks state and lease again, so two coordinators can
 //!   never both win one.
