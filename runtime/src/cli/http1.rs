@@ -34,6 +34,8 @@ pub struct Conn {
     write: Vec<u8>,
     /// The server said it closes the connection after this answer.
     closing: bool,
+    /// How long an answer may take, from the request sent to its last byte.
+    answer_within: Duration,
 }
 
 /// What an answer's head says about its body.
@@ -45,10 +47,10 @@ enum Framing {
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr) -> anyhow::Result<Conn> {
+    async fn open(addr: SocketAddr, answer_within: Duration) -> anyhow::Result<Conn> {
         let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
-        Ok(Conn { stream, read: BytesMut::with_capacity(8 << 10), write: Vec::with_capacity(2 << 10), closing: false })
+        Ok(Conn { stream, read: BytesMut::with_capacity(8 << 10), write: Vec::with_capacity(2 << 10), closing: false, answer_within })
     }
 
     /// Whether the connection can carry another request: the server has not closed it (nor
@@ -71,7 +73,8 @@ impl Conn {
     /// HTTP, or the time ran out); the connection is then not to be used again.
     pub async fn send(&mut self, method: Method, path: &str, body: Option<Bytes>, headers: &[(&str, &str)]) -> anyhow::Result<(StatusCode, Bytes)> {
         self.encode(&method, path, body.as_deref(), headers)?;
-        tokio::time::timeout(ANSWER_WITHIN, self.exchange(&method)).await.context("no answer within 120 s")?
+        let within = self.answer_within;
+        tokio::time::timeout(within, self.exchange(&method)).await.with_context(|| format!("no answer within {} ms", within.as_millis()))?
     }
 
     /// POSTs `body` (JSON) to `path` with `headers`; the answer's body, unless its status is
@@ -227,6 +230,7 @@ impl Conn {
 pub struct Pool {
     addr: SocketAddr,
     idle: Arc<Mutex<Vec<Conn>>>,
+    answer_within: Duration,
 }
 
 impl Pool {
@@ -234,14 +238,21 @@ impl Pool {
     pub fn new(url: &str) -> anyhow::Result<Pool> {
         let authority = url.strip_prefix("http://").context("the server's URL must be http://host:port")?;
         let addr = std::net::ToSocketAddrs::to_socket_addrs(authority.trim_end_matches('/'))?.next().context("the server's address does not resolve")?;
-        Ok(Pool { addr, idle: Default::default() })
+        Ok(Pool { addr, idle: Default::default(), answer_within: ANSWER_WITHIN })
+    }
+
+    /// The same pool, its answers allowed `within` each (instead of `ANSWER_WITHIN`): for
+    /// tests, which cannot wait that out.
+    #[cfg(test)]
+    pub fn answering_within(self, within: Duration) -> Pool {
+        Pool { answer_within: within, ..self }
     }
 
     pub async fn take(&self) -> anyhow::Result<Conn> {
         let idle = self.idle.lock().unwrap().pop();
         match idle {
             Some(conn) if conn.reusable() => Ok(conn),
-            _ => Conn::open(self.addr).await,
+            _ => Conn::open(self.addr, self.answer_within).await,
         }
     }
 
@@ -375,6 +386,30 @@ mod tests {
             let (status, body) = conn.send(Method::GET, "/", None, &[]).await.unwrap();
             assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]), "{}", String::from_utf8_lossy(answer));
             assert!(conn.closing, "an answer framed two ways is not followed by another on its connection");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_that_never_answers_or_stalls_within_an_answer_fails_the_request_in_time() {
+        // One connection is read and never answered; the other gets half an answer.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            for half in [&b""[..], b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf"] {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                read_request(&mut stream).await;
+                stream.write_all(half).await.unwrap();
+                held.push(stream);
+            }
+            std::future::pending::<()>().await;
+        });
+        let pool = Pool::new(&url).unwrap().answering_within(Duration::from_millis(200));
+        for _ in 0..2 {
+            let started = std::time::Instant::now();
+            let err = pool.send(Method::GET, "/", None, &[]).await.unwrap_err();
+            assert!(format!("{err:#}").contains("no answer within 200 ms"), "{err:#}");
+            assert!(started.elapsed() < Duration::from_secs(5), "it waited {:?}", started.elapsed());
         }
     }
 
