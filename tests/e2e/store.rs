@@ -427,21 +427,54 @@ async fn on_redis_ended_transactions_and_replies_expire_after_the_retention_and_
     assert!(listed <= 1, "the list dropped the expired entry when it met it");
 }
 
+/// A Redis store of its own prefix, and a raw connection to its server: to leave index
+/// entries as a writer does between its two writes, or as a crash between them does.
+struct RawRedis {
+    store: Store,
+    keys: wasmtx::store::redis::Keys,
+    conn: redis::aio::MultiplexedConnection,
+}
+
+impl RawRedis {
+    async fn open() -> RawRedis {
+        let url = common::redis::standalone_url();
+        let store = Store::open(&url).await.unwrap();
+        let conn = raw(&url).get_multiplexed_async_connection().await.unwrap();
+        RawRedis { store, keys: wasmtx::store::redis::Keys::new(&prefix(&url)), conn }
+    }
+
+    /// `key`, an index of tenant `t` in the bucket of `id`, with `id` scored `score`.
+    async fn add_entry(&mut self, key: &str, id: &str, score: i64) {
+        let tenants = self.keys.tenants_in(wasmtx::store::redis::Keys::bucket(id));
+        let _: () = redis::cmd("SADD").arg(tenants).arg("t").query_async(&mut self.conn).await.unwrap();
+        let _: () = redis::cmd("ZADD").arg(key).arg(score).arg(id).query_async(&mut self.conn).await.unwrap();
+    }
+
+    async fn has_entry(&mut self, key: &str, id: &str) -> bool {
+        redis::cmd("ZSCORE").arg(key).arg(id).query_async::<Option<f64>>(&mut self.conn).await.unwrap().is_some()
+    }
+
+    /// Tenant `t`'s index of `state` (of sagas) in the bucket of `id`.
+    fn in_state(&self, id: &str, state: &str) -> String {
+        self.keys.in_state(wasmtx::store::redis::Keys::bucket(id), "t", "saga", state)
+    }
+
+    /// Tenant `t`'s list of sagas in the bucket of `id`.
+    fn listed(&self, id: &str) -> String {
+        self.keys.listed(wasmtx::store::redis::Keys::bucket(id), "t", "saga")
+    }
+}
+
 #[tokio::test]
 async fn on_redis_an_index_entry_without_its_row_is_never_claimed_and_is_cleaned_by_the_claim() {
     // What a coordinator killed between indexing and writing a row leaves behind.
-    let url = common::redis::standalone_url();
-    let store = Store::open(&url).await.unwrap();
-    let keys = wasmtx::store::redis::Keys::new(&prefix(&url));
-    let mut conn = raw(&url).get_multiplexed_async_connection().await.unwrap();
-    let bucket = wasmtx::store::redis::Keys::bucket("ghost");
-    let _: () = redis::cmd("SADD").arg(keys.tenants_in(bucket)).arg("t").query_async(&mut conn).await.unwrap();
-    let _: () = redis::cmd("ZADD").arg(keys.in_state(bucket, "t", "saga", "running")).arg(1).arg("ghost").query_async(&mut conn).await.unwrap();
+    let mut redis = RawRedis::open().await;
+    redis.add_entry(&redis.in_state("ghost", "running"), "ghost", 1).await;
     // And one whose row moved on without the entry being removed.
+    let store = redis.store.clone();
     store.insert_tx(&row("moved", 0, "running"), &events(1), None).await.unwrap();
     store.save_tx(&TxRow { ended: true, ..row("moved", 0, "completed") }, &events(1), None).await.unwrap();
-    let moved_bucket = wasmtx::store::redis::Keys::bucket("moved");
-    let _: () = redis::cmd("ZADD").arg(keys.in_state(moved_bucket, "t", "saga", "running")).arg(2).arg("moved").query_async(&mut conn).await.unwrap();
+    redis.add_entry(&redis.in_state("moved", "running"), "moved", 2).await;
     store.insert_tx(&row("real", 0, "running"), &events(1), None).await.unwrap();
     assert_eq!(store.count_active("t").await.unwrap(), 3, "a superset until someone looks");
 
@@ -457,25 +490,16 @@ async fn on_redis_an_index_entry_without_its_row_is_never_claimed_and_is_cleaned
 async fn on_redis_a_reader_beside_a_create_leaves_its_list_entry_and_drops_only_stale_ones() {
     // A create writes the list entry, then the row: a search or a purge that runs between
     // the two must not take the entry, or the transaction would never be listed again.
-    use wasmtx::store::redis::Keys;
-    let url = common::redis::standalone_url();
-    let store = Store::open(&url).await.unwrap();
-    let keys = Keys::new(&prefix(&url));
-    let mut conn = raw(&url).get_multiplexed_async_connection().await.unwrap();
+    let mut redis = RawRedis::open().await;
     let (now, hour_ago) = (now_ms(), now_ms() - 3_600_000);
     for (id, created) in [("coming", now), ("crashed", hour_ago)] {
-        let _: () = redis::cmd("SADD").arg(keys.tenants_in(Keys::bucket(id))).arg("t").query_async(&mut conn).await.unwrap();
-        let _: () = redis::cmd("ZADD").arg(keys.listed(Keys::bucket(id), "t", "saga")).arg(created).arg(id).query_async(&mut conn).await.unwrap();
+        redis.add_entry(&redis.listed(id), id, created).await;
     }
-    let entry = |id: &'static str| {
-        let mut conn = conn.clone();
-        let key = keys.listed(Keys::bucket(id), "t", "saga");
-        async move { redis::cmd("ZSCORE").arg(key).arg(id).query_async::<Option<f64>>(&mut conn).await.unwrap() }
-    };
+    let store = redis.store.clone();
     assert!(store.list_tx("t", "saga", None, 10).await.unwrap().is_empty(), "no row, nothing listed");
     assert_eq!(store.purge_ended("t", "saga", &["completed"], now + 1, 10).await.unwrap(), 0);
-    assert!(entry("coming").await.is_some(), "the entry of a create in progress stays");
-    assert!(entry("crashed").await.is_none(), "an hour-old entry without a row was left by a crash");
+    assert!(redis.has_entry(&redis.listed("coming"), "coming").await, "the entry of a create in progress stays");
+    assert!(!redis.has_entry(&redis.listed("crashed"), "crashed").await, "an hour-old entry without a row was left by a crash");
     // The create's row lands: it is listed.
     store.insert_tx(&TxRow { created_at_ms: now, ..row("coming", 0, "running") }, &events(1), None).await.unwrap();
     let listed: Vec<String> = store.list_tx("t", "saga", None, 10).await.unwrap().into_iter().map(|r| r.id).collect();
@@ -485,28 +509,21 @@ async fn on_redis_a_reader_beside_a_create_leaves_its_list_entry_and_drops_only_
 #[tokio::test]
 async fn on_redis_a_claim_of_every_entry_leaves_the_state_entries_of_writes_in_progress() {
     // A coordinator that starts claims every entry of its own; it meets another's writes
-    // between a state entry (scored by the lease the writer holds) and the row.
-    use wasmtx::store::redis::Keys;
-    let url = common::redis::standalone_url();
-    let store = Store::open(&url).await.unwrap();
-    let keys = Keys::new(&prefix(&url));
-    let mut conn = raw(&url).get_multiplexed_async_connection().await.unwrap();
-    let running = keys.in_state(Keys::bucket("coming"), "t", "saga", "running");
-    let _: () = redis::cmd("SADD").arg(keys.tenants_in(Keys::bucket("coming"))).arg("t").query_async(&mut conn).await.unwrap();
-    let _: () = redis::cmd("ZADD").arg(&running).arg(now_ms() + 30_000).arg("coming").query_async(&mut conn).await.unwrap();
-    // And a change of state between its new state's entry and its row.
+    // between a state entry (scored by the lease the writer holds) and the row: a create,
+    let mut redis = RawRedis::open().await;
+    redis.add_entry(&redis.in_state("coming", "running"), "coming", now_ms() + 30_000).await;
+    // and a change of state between its new state's entry and its row.
+    let store = redis.store.clone();
     store.insert_tx(&TxRow { owner: Some("node-b".into()), lease_until_ms: now_ms() + 30_000, ..row("moving", 0, "running") }, &events(1), None).await.unwrap();
-    let compensating = keys.in_state(Keys::bucket("moving"), "t", "saga", "compensating");
-    let _: () = redis::cmd("ZADD").arg(&compensating).arg(now_ms() + 30_000).arg("moving").query_async(&mut conn).await.unwrap();
+    redis.add_entry(&redis.in_state("moving", "compensating"), "moving", now_ms() + 30_000).await;
     let lease = wasmtx::store::Lease { owner: "node-a".into(), until_ms: now_ms() + 30_000 };
     // One state at a time, so the row still running is elsewhere for the claim of the other.
     for state in ["running", "compensating"] {
         let claimed = store.claim_expired("saga", &[state], &lease, now_ms(), 64, true).await.unwrap();
         assert!(claimed.is_empty(), "nothing of node-a's, nothing expired: {:?}", claimed.iter().map(|r| &r.id).collect::<Vec<_>>());
     }
-    for (key, id) in [(&running, "coming"), (&compensating, "moving")] {
-        let score: Option<f64> = redis::cmd("ZSCORE").arg(key).arg(id).query_async(&mut conn).await.unwrap();
-        assert!(score.is_some(), "{id}: the entry of a write in progress stays, so the transaction stays claimable");
+    for (id, state) in [("coming", "running"), ("moving", "compensating")] {
+        assert!(redis.has_entry(&redis.in_state(id, state), id).await, "{id}: the entry of a write in progress stays, so the transaction stays claimable");
     }
 }
 
