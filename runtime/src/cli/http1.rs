@@ -158,9 +158,8 @@ impl Conn {
         // came; an answer with both is suspect, so its connection is not used again.
         let framing = match (coding, length) {
             (Some(true), _) => Framing::Chunked,
-            (Some(false), _) => Framing::UntilClose,
             (None, Some(n)) => Framing::Length(n),
-            (None, None) => Framing::UntilClose,
+            (Some(false), _) | (None, None) => Framing::UntilClose,
         };
         self.closing = closing || (coding.is_some() && length.is_some());
         self.read.advance(len);
