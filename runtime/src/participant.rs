@@ -255,7 +255,13 @@ impl Invoker {
                     other => other.as_str().to_string(),
                 };
                 match self.post(endpoint, &path, phase, &ctx, timeout).await {
-                    // Refused by the outbound policy: nothing was sent, a definite no.
+                    // Refused by the outbound policy: nothing was sent this time, a definite no —
+                    // unless an earlier attempt at the step (unanswered, or cut short by a crash)
+                    // may have done its work: then its outcome stays unknown, and a step that
+                    // runs out of attempts so is compensated.
+                    Err(NoAnswer::Refused(e)) if phase == Phase::Execute && ctx.attempt > 1 => {
+                        Outcome::Retry(format!("{e} (an earlier attempt may have reached it)"))
+                    }
                     Err(NoAnswer::Refused(e)) => Outcome::Failure(e),
                     Err(NoAnswer::Unclear(e)) => Outcome::Retry(e),
                     Ok((status, body)) if (200..300).contains(&status) => {

@@ -82,7 +82,7 @@ fn database(url: &str) -> Option<&str> {
 /// answers after `ms` milliseconds, anything else
 /// (`/secret/…`) answers `{"secret": true}`. `GET /hold/{ms}` (what a plugin's `http_get`
 /// sends) answers after `ms` milliseconds and is not counted as a call: it tells how many
-/// plugin calls wait on it at once.
+/// plugin calls wait on it at once; `GET /endless` answers at once with a body that never ends.
 #[derive(Clone)]
 struct Misbehaving {
     url: String,
@@ -157,6 +157,7 @@ impl Misbehaving {
         let holding = Arc::new(Holding::default());
         let app = axum::Router::new()
             .route("/hold/{ms}", axum::routing::get(hold).with_state(holding.clone()))
+            .route("/endless", axum::routing::get(endless))
             .route("/huge/{mb}/{declared}/{action}", post(huge))
             .route("/redirect/{code}/{port}/{action}", post(redirect))
             .route("/sized/{bytes}/{action}", post(sized))
@@ -1334,5 +1335,82 @@ async fn another_tenants_transactions_are_not_listed() {
     assert_eq!(theirs["sagas"], json!([]), "{theirs}");
     let (_, mine) = acme.get("/v1/2pc").await;
     assert_eq!(mine["transactions"].as_array().unwrap().len(), 1);
+    server.kill().await;
+}
+
+on_every_store!(json_as_deeply_nested_as_a_body_may_be_is_stored_and_read_back, |url: String| async move {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), database(&url), &[]).await;
+    let anyone = anonymous(&server);
+    assert_eq!(anyone.push("payment", plugins::PAYMENT).await.0, StatusCode::CREATED);
+    // The body nests 126 levels, within serde_json's 128; the saga's document keeps the
+    // parameters 3 levels deeper, which must not make the saga unreadable once stored.
+    let deep: Value = serde_json::from_str(&format!("{}{}", "[".repeat(124), "]".repeat(124))).unwrap();
+    let (_, created) = anyone.post("/v1/sagas", json!({"saga_name": "deep"})).await;
+    let id = created["saga_id"].as_str().unwrap().to_string();
+    let (status, added) = anyone.post(&format!("/v1/sagas/{id}/steps"), json!({"name": "s", "plugin": "payment", "parameters": {"a": deep}})).await;
+    assert_eq!(status, StatusCode::OK, "{added}");
+    for path in [format!("/v1/sagas/{id}"), format!("/v1/sagas/{id}/history"), "/v1/sagas".to_string(), "/v1/search".to_string()] {
+        let answer = client().get(format!("{}{path}", server.url)).send().await.unwrap();
+        assert_eq!(answer.status().as_u16(), 200, "{path}: {}", answer.text().await.unwrap());
+    }
+    server.kill().await;
+});
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shapes_that_once_broke_the_server_are_answered_as_the_callers_mistakes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None, &[]).await;
+    let anyone = anonymous(&server);
+    // A chain of 15,000 dependencies (about 630 KB, within the body cap): refused for its
+    // number of steps before anything walks it, and the server lives on.
+    let steps: Vec<Value> = (0..15_000).map(|i| json!({"name": format!("a{i}"), "depends_on": [format!("a{}", i + 1)]})).collect();
+    let (status, err) = anyone.post("/v1/sagas", json!({"saga_name": "chain", "steps": steps})).await;
+    assert_eq!((status, err["error"]["code"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("invalid_request")), "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("at most 100 steps"), "{err}");
+    // A managed participant two-phase commit could not take is refused when added, not when
+    // the pattern is chosen.
+    let (_, m) = anyone.post("/v1/transactions", json!({"transaction_name": "m"})).await;
+    let managed = m["transaction_id"].as_str().unwrap().to_string();
+    let spaced = json!({"participant_id": "bank a", "endpoint": "https://bank.example/", "supports_2pc": true});
+    let (status, err) = anyone.post(&format!("/v1/transactions/{managed}/participants"), spaced).await;
+    assert_eq!((status, err["error"]["code"].clone()), (StatusCode::UNPROCESSABLE_ENTITY, json!("invalid_request")), "{err}");
+    assert!(err["error"]["message"].as_str().unwrap().contains("without spaces"), "{err}");
+    // A cursor whose second pair of bytes cuts a character in two.
+    let (status, err) = anyone.get("/v1/search?cursor=a%C3%A9a").await;
+    assert_eq!((status, err["error"]["code"].clone()), (StatusCode::BAD_REQUEST, json!("invalid_cursor")), "{err}");
+    // Methods a client makes up are counted as one series, not one each.
+    for i in 0..5 {
+        let answer = client().request(format!("X{i:04}").parse().unwrap(), format!("{}/healthz", server.url)).send().await.unwrap();
+        assert!(answer.status().is_client_error(), "{}", answer.status());
+    }
+    let metrics = client().get(format!("{}/metrics", server.url)).send().await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains("X0001") && metrics.contains("method=\"other\""), "{metrics}");
+    let (status, _) = anyone.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK, "the server lives on");
+    server.kill().await;
+}
+
+/// `GET /endless`: its head and a first byte at once, then a body that never ends.
+async fn endless() -> Response {
+    let first = futures::stream::once(async { Ok::<_, Infallible>(Bytes::from_static(b"[")) });
+    Body::from_stream(first.chain(futures::stream::pending())).into_response()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_keeping_answers_whose_bodies_never_end_holds_eight_at_most() {
+    let dir = tempfile::tempdir().unwrap();
+    let endless = Misbehaving::start().await;
+    let server = Server::start(dir.path(), None, &["--admin-token", ADMIN, "--allow-private-endpoints"]).await;
+    let anyone = tenant(&server, "keeper", json!({"allowed_hosts": [format!("127.0.0.1:{}", endless.port())]})).await;
+    assert_eq!(anyone.push("scripted", plugins::SCRIPTED).await.0, StatusCode::CREATED);
+    let keep = json!({"do": "http_keep", "times": 12, "url": format!("{}/endless", endless.url)});
+    let id = anyone.saga(json!([{"name": "keep", "plugin": "scripted", "retry_count": 0, "parameters": {"script": {"execute": keep}}}])).await;
+    let (_, doc) = anyone.post(&format!("/v1/sagas/{id}/execute"), json!({})).await;
+    assert_eq!(doc["state"], "completed", "{doc}");
+    // An answer counts against the call's 8 requests in flight until its body is dropped.
+    let output = &doc["steps"][0]["output"];
+    assert_eq!((output["answered"].clone(), output["denied"].clone()), (json!(8), json!(4)), "{doc}");
+    assert!(output["first_denial"].as_str().unwrap().contains("HttpRequestDenied"), "{doc}");
     server.kill().await;
 }

@@ -416,3 +416,29 @@ on_every_store!(parallel_runs_participants_of_equal_priority_at_once_under_the_s
     let sequential = n.sagas.get(TENANT, doc["delegate_id"].as_str().unwrap()).await.unwrap();
     assert!(sequential.doc.steps.iter().all(|s| s.spec.depends_on.is_none()));
 });
+
+on_every_store!(two_executes_racing_for_one_transaction_run_it_once_through_one_delegate, |url: String| async move {
+    let n = with_plugins(&url).await;
+    for pattern in ["saga", "two_phase_commit"] {
+        let name = format!("race-{pattern}");
+        let id = managed(&n, json!({"transaction_name": name, "context": {"amount": 5}}), vec![json!({"participant_id": "pay", "plugin": "payment"})]).await;
+        // Both read the transaction pending before either records its pattern.
+        let (a, b) = tokio::join!(n.manager.execute(TENANT, &id, Some(pattern)), n.manager.execute(TENANT, &id, Some(pattern)));
+        let (won, lost) = match (a, b) {
+            (Ok(m), Err(e)) | (Err(e), Ok(m)) => (m, e),
+            (a, b) => {
+                let shown = |r: Result<Managed, ManagerError>| r.map(|m| m.state.as_str()).map_err(|e| e.to_string());
+                panic!("{pattern}: one execute must win and one lose, got {:?} and {:?}", shown(a), shown(b))
+            }
+        };
+        assert_eq!(won.state, Status::Committed, "{pattern}");
+        // The loser's is the caller's race: 409 (busy, or already running), never a store error.
+        assert!(matches!(lost, ManagerError::Busy(_) | ManagerError::WrongState { .. }), "{pattern}: {lost}");
+        let sagas = n.sagas.list(TENANT, None, 1000).await.unwrap();
+        let tpcs = n.tpc.list(TENANT, None, 1000).await.unwrap();
+        let delegates: Vec<String> = sagas.iter().filter(|s| s.row.name == name).map(|s| s.id().to_string())
+            .chain(tpcs.iter().filter(|t| t.row.name == name).map(|t| t.id().to_string()))
+            .collect();
+        assert_eq!(delegates, vec![won.doc.delegate_id.clone().unwrap()], "{pattern}: one delegate, the one that ran");
+    }
+});

@@ -305,6 +305,12 @@ async fn garbage_is_refused_with_a_reason() {
                  (instance $i) (export "wasmtx:plugin/step@0.1.0" (instance $i)))"#),
             |e| matches!(e, LoadError::UnsupportedImport(m) if m.contains("acme:secret/db")),
         ),
+        (
+            // Memories take slots of the pool every tenant shares: one component has 16 at most.
+            "seventeen memories",
+            wat(&format!("(component (core module $m (memory 0)) {})", "(core instance (instantiate $m)) ".repeat(17))),
+            |e| matches!(e, LoadError::Invalid(why) if why.contains("more than one component may") && why.contains("memories")),
+        ),
     ];
     for (what, bytes, expected) in cases {
         let err = registry.add(TENANT, "garbage", &bytes).await.map_err(load_error).expect_err(what);

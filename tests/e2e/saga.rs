@@ -797,3 +797,29 @@ on_every_store!(a_failed_saga_resumed_to_its_end_says_again_why_it_was_undone, |
     let error = done.doc.error.as_deref().unwrap();
     assert!(error.contains("bill") && error.contains("card expired") && !error.contains("compensation of"), "the reason it was undone, not the failure resume fixed: {error}");
 });
+
+#[tokio::test]
+async fn a_call_the_outbound_policy_refuses_is_a_definite_no_only_on_a_steps_first_attempt() {
+    use wasmtx::model::{CallContext, Outcome};
+    use wasmtx::participant::{Invoker, Phase, Target};
+    // A tenant this process has not loaded may reach nothing: every call is refused unsent.
+    let invoker = Invoker::new(common::host(), wasmtx::plugin::CallLimits::default());
+    let target = Target::Http { endpoint: "http://203.0.113.9/".into() };
+    let ctx = |attempt| CallContext {
+        tenant: "unloaded".into(),
+        transaction_id: "saga-1".into(),
+        step: "pay".into(),
+        action: "pay".into(),
+        attempt,
+        idempotency_key: "saga-1:pay".into(),
+        input: "{}".into(),
+        deadline_ms: 1_000,
+        traceparent: None,
+    };
+    let timeout = std::time::Duration::from_secs(1);
+    let first = invoker.outcome(&target, Phase::Execute, ctx(1), timeout).await;
+    assert!(matches!(first, Outcome::Failure(_)), "{first:?}");
+    // The first attempt may have done the step's work before this one was refused: unknown.
+    let again = invoker.outcome(&target, Phase::Execute, ctx(2), timeout).await;
+    assert!(matches!(&again, Outcome::Retry(why) if why.contains("an earlier attempt may have reached it")), "{again:?}");
+}

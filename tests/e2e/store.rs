@@ -579,3 +579,27 @@ on_every_store!(a_tenants_live_keys_are_listed_newest_first_without_revoked_or_o
     assert_eq!(ids, ["acme-k3", "acme-k1"], "live ones, newest first, none of another tenant's");
     assert!(store.live_keys("nobody").await.unwrap().is_empty());
 });
+
+#[test]
+fn sqlite_writes_do_not_wait_for_tokios_blocking_threads() {
+    // One blocking thread, held as a DNS lookup that its name server never answers holds one:
+    // the SQLite writer has a thread of its own, so a durable write still goes through.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).max_blocking_threads(1).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}", dir.path().join("wasmtx.db").display())).await.unwrap();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (taken, blocked) = tokio::sync::oneshot::channel();
+        let lookup = tokio::task::spawn_blocking(move || {
+            let _ = taken.send(());
+            let _ = held.recv();
+        });
+        blocked.await.unwrap();
+        let (beside, started) = (row("beside-a-stuck-lookup", 0, "pending"), events(1));
+        let written = tokio::time::timeout(std::time::Duration::from_secs(30), store.insert_tx(&beside, &started, None)).await;
+        release.send(()).unwrap();
+        lookup.await.unwrap();
+        assert!(matches!(written, Ok(Ok(_))), "the write waited for the blocking pool: {written:?}");
+        assert!(store.get_tx("t", "saga", "beside-a-stuck-lookup").await.unwrap().is_some());
+    });
+}

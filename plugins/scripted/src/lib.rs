@@ -20,6 +20,7 @@
 //! | `env` | tries to read environment variable `name` |
 //! | `connect` | tries to open a TCP connection to `addr` |
 //! | `http_get` | GETs `url` over wasi:http; success with `status` and `body` if allowed |
+//! | `http_keep` | GETs `url` `times` times, keeping each answer unread; success with how many were `answered` and `denied`, and why the first was denied |
 //! | `print` | prints `lines` lines of 100 bytes to stdout with `println!`, then succeeds |
 //! | `big_output` | succeeds with a JSON string of `bytes` bytes |
 //! | `echo_input` | succeeds with its input and `forward_outcome` as the SDK reads it |
@@ -121,6 +122,16 @@ fn run(call: &Call, phase: &str) -> Outcome {
             }
             Err(e) => Outcome::failure(format!("http_get denied or failed: {e:?}")),
         },
+        "http_keep" => {
+            let (mut kept, mut denied) = (Vec::new(), Vec::new());
+            for _ in 0..number("times") {
+                match waki::Client::new().get(&text(&instr, "url", "http://127.0.0.1/")).send() {
+                    Ok(response) => kept.push(response),
+                    Err(e) => denied.push(format!("{e:?}")),
+                }
+            }
+            Outcome::success(&json!({ "answered": kept.len(), "denied": denied.len(), "first_denial": denied.first() }))
+        }
         "print" => {
             for i in 0..number("lines") {
                 println!("{i:>10} {}", "x".repeat(89));

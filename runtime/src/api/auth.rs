@@ -38,6 +38,7 @@ impl FromRequestParts<AppState> for Tenant {
                     "no tenant exists yet: an operator creates one with the admin API (this server does not serve single-tenant mode beyond loopback)",
                 ));
             }
+            parts.extensions.insert(super::input::Uploader(crate::api_tenant().to_string()));
             return Ok(Tenant(crate::api_tenant().to_string(), "anonymous".into()));
         }
         let token = bearer(&parts.headers)
@@ -51,6 +52,7 @@ impl FromRequestParts<AppState> for Tenant {
         if let Some(max) = limits.max_component_bytes {
             parts.extensions.insert(super::input::TenantUploadCap(max));
         }
+        parts.extensions.insert(super::input::Uploader(key.tenant_id.clone()));
         Ok(Tenant(key.tenant_id, format!("key:{}", key.key_id)))
     }
 }

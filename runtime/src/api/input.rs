@@ -48,9 +48,34 @@ pub(crate) struct TenantUploadCap(pub usize);
 /// while it is hashed and compiled), so a flood of uploads waits here instead of in memory.
 static UPLOADS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 
+/// Per tenant, one upload read and compiled at a time: a tenant trickling its uploads holds
+/// one of the server's slots at most, and every other tenant has the other.
+static UPLOADERS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<tokio::sync::Semaphore>>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Whose upload a request carries, left in the request by the `Tenant` extractor.
+#[derive(Debug, Clone)]
+pub(crate) struct Uploader(pub String);
+
 /// A component upload: at most 64 MiB, and at most the tenant's `max_component_bytes`; held
-/// with one of the server's upload slots until the request is answered.
-pub(crate) struct UploadBody(pub Bytes, pub tokio::sync::SemaphorePermit<'static>);
+/// with one of the server's upload slots (and its tenant's one) until the request is answered.
+pub(crate) struct UploadBody(pub Bytes, pub UploadSlot);
+
+/// The slots an upload holds.
+pub(crate) struct UploadSlot {
+    _tenant: Option<tokio::sync::OwnedSemaphorePermit>,
+    _server: tokio::sync::SemaphorePermit<'static>,
+}
+
+/// Waits for `tenant`'s upload slot, then for one of the server's.
+pub(crate) async fn upload_slot(tenant: Option<&str>) -> UploadSlot {
+    let own = tenant.map(|t| UPLOADERS.lock().unwrap().entry(t.to_string()).or_insert_with(|| std::sync::Arc::new(tokio::sync::Semaphore::new(1))).clone());
+    let _tenant = match own {
+        Some(gate) => Some(gate.acquire_owned().await.expect("never closed")),
+        None => None,
+    };
+    UploadSlot { _tenant, _server: UPLOADS.acquire().await.expect("never closed") }
+}
 
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
@@ -65,7 +90,7 @@ impl<S: Send + Sync> FromRequest<S> for UploadBody {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
-        let permit = UPLOADS.acquire().await.expect("never closed");
+        let permit = upload_slot(req.extensions().get::<Uploader>().map(|u| u.0.as_str())).await;
         let cap = req.extensions().get::<TenantUploadCap>().map_or(MAX_COMPONENT_BODY, |c| c.0.min(MAX_COMPONENT_BODY));
         Ok(UploadBody(read_body(req, cap).await?, permit))
     }
@@ -203,4 +228,24 @@ pub(crate) async fn as_json(response: Response) -> Response {
         rewritten.headers_mut().insert(name, value);
     }
     rewritten
+}
+
+#[cfg(test)]
+mod tests {
+    use super::upload_slot;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_tenant_holds_one_of_the_servers_upload_slots_at_most() {
+        let first = upload_slot(Some("slots-a")).await;
+        // The same tenant's second upload runs until it waits: for its tenant's slot, not
+        // the server's second one...
+        let second = tokio::spawn(async { upload_slot(Some("slots-a")).await });
+        tokio::task::yield_now().await;
+        assert!(!second.is_finished(), "a tenant's second upload waits for its first");
+        // ...which another tenant's upload takes at once.
+        let other = tokio::time::timeout(std::time::Duration::from_secs(30), upload_slot(Some("slots-b"))).await;
+        assert!(other.is_ok(), "another tenant's upload waited for the first tenant's");
+        drop((first, other));
+        second.await.unwrap();
+    }
 }

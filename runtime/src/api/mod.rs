@@ -321,13 +321,17 @@ pub async fn deadline(State(limits): State<Deadlines>, mut req: axum::extract::R
 }
 
 /// The one layer around every API route (one, not three: each layer boxes a future per
-/// request): refuses oversized headers and URIs, counts the request, and answers the router's
-/// own errors as JSON.
+/// request): refuses oversized headers and URIs, counts the request, answers the router's own
+/// errors as JSON, and a handler that panicked with a 500 rather than a dropped connection.
 async fn guard(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use futures::FutureExt;
     if let Some(refused) = input::oversized(&req) {
         return refused;
     }
-    input::as_json(count_request(req, next).await).await
+    match std::panic::AssertUnwindSafe(count_request(req, next)).catch_unwind().await {
+        Ok(answer) => input::as_json(answer).await,
+        Err(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the server failed while answering this request").into_response(),
+    }
 }
 
 /// Counts each request by method, route pattern (never the ids in its path) and status.
@@ -974,5 +978,27 @@ fn parse_limit(limit: Option<&str>) -> Result<i64, ApiError> {
         Some(l) => l.parse::<i64>().ok().filter(|l| (1..=1000).contains(l)).ok_or_else(|| {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "limit must be a number from 1 to 1000")
         }),
+    }
+}
+
+#[cfg(test)]
+mod guard_tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_handler_that_panics_is_answered_500_as_json() {
+        async fn panics() -> &'static str {
+            panic!("a bug in a handler")
+        }
+        let app = axum::Router::new().route("/p", axum::routing::get(panics)).layer(axum::middleware::from_fn(super::guard));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        conn.write_all(b"GET /p HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
+        assert!(answer.contains(r#""code":"internal""#), "{answer}");
     }
 }

@@ -160,7 +160,13 @@ fn decode_cursor(cursor: &str) -> Result<(i64, String), ApiError> {
     if cursor.len() % 2 != 0 || cursor.len() > 512 {
         return Err(invalid());
     }
-    let bytes: Vec<u8> = (0..cursor.len()).step_by(2).map(|i| u8::from_str_radix(&cursor[i..i + 2], 16)).collect::<Result<_, _>>().map_err(|_| invalid())?;
+    // Pairs of bytes, not of characters: a cursor with a multi-byte character is refused, not
+    // sliced inside it.
+    let hex = |pair: &[u8]| match pair {
+        [hi, lo] if hi.is_ascii_hexdigit() && lo.is_ascii_hexdigit() => u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok(),
+        _ => None,
+    };
+    let bytes: Vec<u8> = cursor.as_bytes().chunks(2).map(hex).collect::<Option<_>>().ok_or_else(invalid)?;
     let text = String::from_utf8(bytes).map_err(|_| invalid())?;
     let (at, id) = text.split_once(':').ok_or_else(invalid)?;
     crate::text::check("id", id, MAX_ID_LEN).map_err(|_| invalid())?;
@@ -176,7 +182,8 @@ mod tests {
         let position = (1_764_590_000_123, "saga-0193".to_string());
         assert_eq!(decode_cursor(&encode_cursor(&position)).unwrap(), position);
         let nul = encode_cursor(&(1, "a\0b".to_string()));
-        for garbage in ["zz", "abc", "", "3a", &"00".repeat(300), &nul] {
+        // "aéa" is 4 bytes with the "é" across the second pair.
+        for garbage in ["zz", "abc", "", "3a", &"00".repeat(300), &nul, "aéa", "a\u{e9}a0", "+a"] {
             assert!(decode_cursor(garbage).is_err(), "{garbage}");
         }
         assert_eq!(instant("2026-12-01T10:00:00Z").unwrap(), 1_796_119_200_000);

@@ -347,8 +347,9 @@ impl Manager {
             return Err(ManagerError::WrongState { id: id.into(), state: m.state.as_str(), action: "adding a participant" });
         }
         let pid = spec.participant_id.clone();
-        // The same checks the engines make, before anything is stored.
+        // The same checks the engines make, before anything is stored: either may run it.
         as_step(&spec).validate().map_err(ManagerError::Invalid)?;
+        as_participant(&spec).validate().map_err(ManagerError::Invalid)?;
         self.sagas.check_endpoint(tenant, &spec.endpoint)?;
         if m.doc.participants.len() >= 100 {
             return Err(ManagerError::Invalid("a transaction has at most 100 participants".into()));
@@ -443,7 +444,12 @@ impl Manager {
             None,
             json!({"pattern": pattern, "reason": m.doc.reason, "policy": m.doc.policy_used, "delegate": delegate_id}),
         ));
-        self.persist(&mut m, events).await?;
+        // Another execute of the same transaction got here first (it runs the delegate both
+        // made): this one is too late, the caller's race and not the server's fault.
+        self.persist(&mut m, events).await.map_err(|e| match e.is_conflict() {
+            true => ManagerError::Busy(id.into()),
+            false => e,
+        })?;
         let _renewal = self.inner.keep_lease(&m.row.id);
         let ended = match pattern {
             Pattern::Saga => Delegate::Saga(self.sagas.execute(tenant, &delegate_id, true).await?),
@@ -526,7 +532,18 @@ impl Manager {
         Ok((format!("{}@{}", row.name, row.version), component))
     }
 
+    /// Creates the transaction that runs `m` by `pattern`, pending. Its id follows from `m`'s id
+    /// and revision, so executes that race for one revision of `m` (or one that a crash cut
+    /// short before `m` recorded it) make one delegate, not one each: the first creates it, the
+    /// others name it, and only the execute whose write of `m` wins runs it.
     async fn create_delegate(&self, tenant: &str, m: &Managed, pattern: Pattern) -> Result<String, ManagerError> {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(format!("delegate of {} at revision {}", m.row.id, m.row.rev));
+        let id = Some(uuid::Uuid::from_bytes(digest[..16].try_into().expect("16 bytes")));
+        let made = |created: Result<String, ManagerError>| match created {
+            Err(ManagerError::Store(StoreError::Conflict { id, .. })) => Ok(id),
+            created => created,
+        };
         let mut participants: Vec<&ParticipantRecord> = m.doc.participants.iter().collect();
         match pattern {
             Pattern::Saga => {
@@ -553,20 +570,10 @@ impl Manager {
                     wait: false,
                     traceparent: m.doc.traceparent.clone(),
                 };
-                let saga = self.sagas.create(tenant, req).await?;
-                Ok(saga.id().to_string())
+                made(self.sagas.create_with_id(tenant, req, id, None).await.map(|saga| saga.id().to_string()))
             }
             Pattern::TwoPhaseCommit => {
-                let specs = participants
-                    .iter()
-                    .map(|p| ParticipantSpec {
-                        participant_id: p.spec.participant_id.clone(),
-                        plugin: p.spec.plugin.clone(),
-                        endpoint: p.spec.endpoint.clone(),
-                        parameters: p.spec.parameters.clone(),
-                        timeout_ms: p.spec.timeout_ms,
-                    })
-                    .collect();
+                let specs = participants.iter().map(|p| as_participant(&p.spec)).collect();
                 let req = CreateTpc {
                     transaction_name: m.row.name.clone(),
                     context: Some(m.doc.context.clone()),
@@ -576,8 +583,7 @@ impl Manager {
                     participants: Some(specs),
                     traceparent: m.doc.traceparent.clone(),
                 };
-                let tx = self.tpc.create(tenant, req).await?;
-                Ok(tx.id().to_string())
+                made(self.tpc.create_with_id(tenant, req, id, None).await.map(|tx| tx.id().to_string()))
             }
         }
     }
@@ -763,6 +769,17 @@ fn tpc_status(state: TpcState) -> Status {
 }
 
 /// A managed participant as a saga step.
+/// The 2PC participant a managed one becomes when two-phase commit is selected.
+fn as_participant(p: &ManagedParticipant) -> ParticipantSpec {
+    ParticipantSpec {
+        participant_id: p.participant_id.clone(),
+        plugin: p.plugin.clone(),
+        endpoint: p.endpoint.clone(),
+        parameters: p.parameters.clone(),
+        timeout_ms: p.timeout_ms,
+    }
+}
+
 fn as_step(p: &ManagedParticipant) -> StepSpec {
     StepSpec {
         name: p.participant_id.clone(),

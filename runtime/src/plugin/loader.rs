@@ -164,10 +164,10 @@ fn compile_cached(
     }
     let compiled = component::Component::new(engine, bytes).map_err(|e| {
         let message = format!("{e:#}");
-        // More core instances, memories or tables than the whole pool holds: it could never
-        // be instantiated (and a call would wait for room for ever).
+        // More core instances, memories or tables than one component may have (or the whole
+        // pool holds): it could never be instantiated (and a call would wait for room for ever).
         if message.contains("in the pooling allocator") {
-            LoadError::Invalid(format!("the component needs more than the Wasm host's whole instance pool: {message}"))
+            LoadError::Invalid(format!("the component needs more than one component may have of the Wasm host's instance pool: {message}"))
         } else if message.contains("core module") || message.contains("component version") {
             LoadError::NotWasm
         } else {

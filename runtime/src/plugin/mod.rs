@@ -197,6 +197,11 @@ enum Reply {
     Decision(Decision),
 }
 
+/// The most of each a component may instantiate in one call (and less in a smaller pool).
+const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 64;
+const MAX_MEMORIES_PER_COMPONENT: u32 = 16;
+const MAX_TABLES_PER_COMPONENT: u32 = 64;
+
 impl PluginHost {
     pub fn new(config: HostConfig) -> wasmtime::Result<Self> {
         let mut pool = PoolingAllocationConfig::default();
@@ -211,9 +216,11 @@ impl PluginHost {
             .total_tables(tables)
             // A component that would not fit an empty pool is refused when it is loaded, so a
             // call that finds the pool full only waits for other calls to end (`invoke`).
-            .max_core_instances_per_component(core_instances)
-            .max_memories_per_component(memories)
-            .max_tables_per_component(tables)
+            // Per component, no more than a plugin needs (a componentize-py one makes under 16
+            // core instances): one tenant's component cannot hold the slots of the whole pool.
+            .max_core_instances_per_component(core_instances.min(MAX_CORE_INSTANCES_PER_COMPONENT))
+            .max_memories_per_component(memories.min(MAX_MEMORIES_PER_COMPONENT))
+            .max_tables_per_component(tables.min(MAX_TABLES_PER_COMPONENT))
             .total_stacks(config.max_concurrent_instances)
             .max_memory_size(config.max_memory_bytes)
             // Reset the first MiB of a reused slot with memset instead of madvise: a typical

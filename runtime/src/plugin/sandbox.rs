@@ -85,7 +85,7 @@ impl CallState {
             http: WasiHttpCtx::new(),
             hooks: Allowlist { tags: tags.clone(), in_flight: Arc::default() },
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { cap: memory_cap, hit: false },
+            limiter: MemoryLimiter::new(memory_cap),
             stdout,
             stderr,
             tags,
@@ -182,12 +182,22 @@ impl WasiHttpView for CallState {
 /// Outbound HTTP through the one outbound policy (`crate::outbound`); every refusal is logged.
 struct Allowlist {
     tags: CallTags,
-    /// Requests of this call in flight (their bodies are held on the host).
+    /// Requests of this call in flight (sent and not answered, or answered with a body the
+    /// plugin still holds).
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// Outbound requests one call may have in flight at once.
+/// Outbound requests one call may have in flight at once, each until its answer is dropped.
 const MAX_REQUESTS_IN_FLIGHT: usize = 8;
+
+/// One request counted in a call's `in_flight`, until dropped.
+struct Counted(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
 
 type SendFuture = Box<
     dyn std::future::Future<
@@ -211,11 +221,13 @@ impl WasiHttpHooks for Allowlist {
             request.headers_mut().entry("traceparent").or_insert(tp);
         }
         use std::sync::atomic::Ordering;
-        let in_flight = self.in_flight.clone();
-        if in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_REQUESTS_IN_FLIGHT {
-            in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_REQUESTS_IN_FLIGHT {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
+        // Counted until the answer's body is dropped, not only until its head arrives: a
+        // plugin keeping answers whose bodies never end keeps their connections open.
+        let in_flight = Counted(self.in_flight.clone());
         // The whole exchange gets the plugin's first-byte timeout, or the call's own deadline
         // ends it first.
         let timeout = options.and_then(|o| o.first_byte_timeout).unwrap_or(std::time::Duration::from_secs(600));
@@ -225,7 +237,6 @@ impl WasiHttpHooks for Allowlist {
                 Some(grant) => grant.outbound.send_plugin_request(&grant.scope, request, timeout).await,
                 None => Err(wasmtime_wasi_http::Error::HttpRequestDenied),
             };
-            in_flight.fetch_sub(1, Ordering::SeqCst);
             if let Err(e @ (wasmtime_wasi_http::Error::HttpRequestDenied | wasmtime_wasi_http::Error::DestinationIpProhibited)) = &result {
                 tracing::warn!(
                     target: "wasmtx::plugin::http",
@@ -236,7 +247,8 @@ impl WasiHttpHooks for Allowlist {
                     "outbound HTTP denied by the outbound policy: {e}"
                 );
             }
-            let response = result?;
+            use http_body_util::BodyExt;
+            let response = result?.map(|body| body.map_frame(move |frame| { let _ = &in_flight; frame }).boxed_unsync());
             Ok((response, Box::new(async { Ok(()) }) as Box<dyn std::future::Future<Output = _> + Send>))
         })
     }
@@ -353,24 +365,37 @@ impl wit_host::Host for CallState {
     }
 }
 
-/// Caps linear memory per call and remembers whether the cap was what stopped the plugin, so
-/// the resulting trap is reported as `MemoryLimit` rather than as the allocator's abort.
+/// Caps the linear memory of a call — all of its memories together, however many instances
+/// the component makes — and remembers whether the cap was what stopped the plugin, so the
+/// resulting trap is reported as `MemoryLimit` rather than as the allocator's abort.
 pub(crate) struct MemoryLimiter {
     cap: usize,
+    /// The bytes of every memory of the call so far (a growth that then failed for another
+    /// reason stays counted: the cap errs on the safe side).
+    used: usize,
     pub(crate) hit: bool,
+}
+
+impl MemoryLimiter {
+    pub(crate) fn new(cap: usize) -> MemoryLimiter {
+        MemoryLimiter { cap, used: 0, hit: false }
+    }
 }
 
 impl wasmtime::ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.cap {
+        // Called for each memory as it is created (from 0) and each time it grows.
+        let used = self.used.saturating_sub(current).saturating_add(desired);
+        if used > self.cap {
             self.hit = true;
             return Ok(false);
         }
+        self.used = used;
         Ok(true)
     }
 
@@ -386,7 +411,24 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
 
 #[cfg(test)]
 mod tests {
-    use super::explain_failure;
+    use super::{MemoryLimiter, explain_failure};
+
+    #[test]
+    fn the_memory_cap_holds_for_all_the_memories_of_a_call_together() {
+        use wasmtime::ResourceLimiter;
+        const MIB: usize = 1 << 20;
+        let mut limiter = MemoryLimiter::new(10 * MIB);
+        // A component whose instances each make a memory under the cap: the second would take
+        // the call to 12 MiB.
+        assert!(limiter.memory_growing(0, 6 * MIB, None).unwrap());
+        assert!(!limiter.memory_growing(0, 6 * MIB, None).unwrap());
+        assert!(limiter.hit);
+        // What was refused is not counted: the first memory may still grow within the cap,
+        // and a small second one fit beside it.
+        assert!(limiter.memory_growing(6 * MIB, 9 * MIB, None).unwrap());
+        assert!(limiter.memory_growing(0, MIB, None).unwrap());
+        assert!(!limiter.memory_growing(MIB, 2 * MIB, None).unwrap());
+    }
 
     #[test]
     fn a_python_traceback_is_explained_by_its_exception_line() {

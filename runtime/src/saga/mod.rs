@@ -178,6 +178,9 @@ impl SagaEngine {
         };
         let mut events = vec![NewEvent::new("saga_created", None, json!({ "saga_name": req.saga_name }))];
         let steps = req.steps.unwrap_or_default();
+        if steps.len() > MAX_STEPS {
+            return Err(SagaError::Invalid(format!("a saga has at most {MAX_STEPS} steps")));
+        }
         // The steps given together may name each other in any order; check them as a whole.
         check_dag(&steps.iter().collect::<Vec<_>>()).map_err(SagaError::Invalid)?;
         for spec in steps {

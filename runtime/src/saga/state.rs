@@ -275,43 +275,43 @@ pub fn check_dag(steps: &[&StepSpec]) -> Result<(), String> {
             }
         }
     }
-    // Depth-first search; a node met again while on the path closes a cycle.
+    // Depth-first search, on a stack of its own (a chain of dependencies as long as a body
+    // allows must not exhaust the thread's): a node met again while on the path closes a cycle.
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
         New,
         OnPath,
         Done,
     }
-    fn visit(i: usize, edges: &[Vec<usize>], marks: &mut [Mark], path: &mut Vec<usize>) -> Option<Vec<usize>> {
-        marks[i] = Mark::OnPath;
-        path.push(i);
-        for &j in &edges[i] {
+    let mut marks = vec![Mark::New; steps.len()];
+    for root in 0..steps.len() {
+        if marks[root] != Mark::New {
+            continue;
+        }
+        // The path from `root`, each node with the next of its edges to follow.
+        let mut path: Vec<(usize, usize)> = vec![(root, 0)];
+        marks[root] = Mark::OnPath;
+        while let Some((i, next)) = path.last_mut() {
+            let Some(&j) = edges[*i].get(*next) else {
+                marks[*i] = Mark::Done;
+                path.pop();
+                continue;
+            };
+            *next += 1;
             match marks[j] {
                 Mark::OnPath => {
-                    let start = path.iter().position(|&p| p == j).expect("on the path");
-                    let mut cycle = path[start..].to_vec();
+                    let start = path.iter().position(|&(p, _)| p == j).expect("on the path");
+                    let mut cycle: Vec<usize> = path[start..].iter().map(|&(p, _)| p).collect();
                     cycle.push(j);
-                    return Some(cycle);
+                    let names: Vec<&str> = cycle.iter().rev().map(|&k| steps[k].name.as_str()).collect();
+                    return Err(format!("the steps' dependencies form a cycle: {}", names.join(" → ")));
                 }
                 Mark::New => {
-                    if let Some(cycle) = visit(j, edges, marks, path) {
-                        return Some(cycle);
-                    }
+                    marks[j] = Mark::OnPath;
+                    path.push((j, 0));
                 }
                 Mark::Done => {}
             }
-        }
-        path.pop();
-        marks[i] = Mark::Done;
-        None
-    }
-    let mut marks = vec![Mark::New; steps.len()];
-    for i in 0..steps.len() {
-        if marks[i] == Mark::New
-            && let Some(cycle) = visit(i, &edges, &mut marks, &mut Vec::new())
-        {
-            let names: Vec<&str> = cycle.iter().rev().map(|&k| steps[k].name.as_str()).collect();
-            return Err(format!("the steps' dependencies form a cycle: {}", names.join(" → ")));
         }
     }
     Ok(())
@@ -641,6 +641,34 @@ mod tests {
         let cycle = [with("a", &["c"]), with("b", &["a"]), with("c", &["b"])];
         let err = check_dag(&cycle.iter().collect::<Vec<_>>()).unwrap_err();
         assert!(err.contains("cycle") && err.contains("a") && err.contains("b") && err.contains("c"), "{err}");
+    }
+
+    #[test]
+    fn a_chain_of_dependencies_as_long_as_a_body_allows_is_checked_without_deep_recursion() {
+        // 20,000 steps each depending on the next fit in a 1 MiB body; checked on a thread with
+        // a small stack, which a recursive search would overflow (aborting the process).
+        let chain = |closed: bool| -> Vec<StepSpec> {
+            let n = 20_000;
+            (0..n)
+                .map(|i| {
+                    let mut s = spec(&format!("s{i}"));
+                    s.depends_on = (i + 1 < n || closed).then(|| vec![format!("s{}", (i + 1) % n)]);
+                    s
+                })
+                .collect()
+        };
+        let checked = std::thread::Builder::new()
+            .stack_size(128 * 1024)
+            .spawn(move || {
+                let (open, closed) = (chain(false), chain(true));
+                (check_dag(&open.iter().collect::<Vec<_>>()), check_dag(&closed.iter().collect::<Vec<_>>()))
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(checked.0, Ok(()));
+        let err = checked.1.unwrap_err();
+        assert!(err.contains("cycle") && err.starts_with("the steps' dependencies form a cycle: s0 → s19999 → s19998"), "{}", err.chars().take(200).collect::<String>());
     }
 
     #[test]

@@ -452,6 +452,18 @@ pub mod prelude {
 }
 
 /// Milliseconds since the Unix epoch.
+/// Parses JSON the coordinator stored itself (documents, journal entries, replies). Whatever
+/// entered was parsed within serde_json's nesting limit of 128, but is stored a few levels
+/// deeper (a step's output inside its document), so reading it back within that same limit
+/// could fail for good; its depth is bounded by what was parsed, so the stack is not at risk.
+pub fn parse_stored<T: serde::de::DeserializeOwned>(text: &str) -> serde_json::Result<T> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    de.disable_recursion_limit();
+    let value = T::deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }

@@ -35,7 +35,7 @@ impl<S: TxState, D: Serialize + DeserializeOwned> Record<S, D> {
     pub fn from_row(row: TxRow) -> Result<Self, StoreError> {
         let corrupt = |reason: String| StoreError::Corrupt { id: row.id.clone(), reason };
         let state = S::parse(&row.state).ok_or_else(|| corrupt(format!("unknown state {}", row.state)))?;
-        let doc = serde_json::from_str(&row.doc).map_err(|e| corrupt(e.to_string()))?;
+        let doc = crate::store::parse_stored(&row.doc).map_err(|e| corrupt(e.to_string()))?;
         let row = TxRow { ended: state.is_terminal(), ..row };
         Ok(Record { row, state, doc, pending: Vec::new(), audit: None })
     }

@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
-use axum::body::Body;
 use axum::extract::multipart::MultipartRejection;
 use axum::extract::{FromRequest, Multipart, Query, Request, State};
 use axum::http::StatusCode;
@@ -224,7 +223,7 @@ pub async fn upload(
     };
     check_csrf(current.as_ref(), &csrf).map_err(shown)?;
     // Taken before the component is read, so uploads wait here rather than in memory.
-    let UploadBody(_, slot) = UploadBody::from_request(Request::new(Body::empty()), &()).await.map_err(|e| shown(e.into()))?;
+    let slot = crate::api::input::upload_slot(Some(&tenant)).await;
     let (mut name, mut component) = (None, None);
     while let Some(field) = form.next_field().await.map_err(|e| shown(multipart_problem(e)))? {
         match field.name() {

@@ -579,7 +579,7 @@ fn events_json(events: &[NewEvent]) -> String {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(what: &str, text: &str) -> Result<T> {
-    serde_json::from_str(text).map_err(|e| StoreError::Corrupt { id: what.into(), reason: e.to_string() })
+    super::parse_stored(text).map_err(|e| StoreError::Corrupt { id: what.into(), reason: e.to_string() })
 }
 
 impl RedisStore {

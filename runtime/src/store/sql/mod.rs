@@ -232,7 +232,7 @@ impl Inspect for SqlStore {
         let mut found = Vec::new();
         for r in &rows {
             let (tx, at, text): (String, i64, String) = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
-            let events: Vec<NewEvent> = serde_json::from_str(&text)
+            let events: Vec<NewEvent> = super::parse_stored(&text)
                 .map_err(|e| StoreError::Corrupt { id: tx.clone(), reason: format!("journal entry: {e}") })?;
             found.extend(events.into_iter().filter(|e| e.kind == event).map(|e| (tx.clone(), at, e)));
         }
@@ -309,7 +309,7 @@ impl TxStore for SqlStore {
         for r in &rows {
             let (first, at_ms): (i64, i64) = (r.try_get(0)?, r.try_get(1)?);
             let text: String = r.try_get(2)?;
-            let stored: Vec<NewEvent> = serde_json::from_str(&text)
+            let stored: Vec<NewEvent> = super::parse_stored(&text)
                 .map_err(|e| StoreError::Corrupt { id: id.to_string(), reason: format!("journal entry {first}: {e}") })?;
             history.extend(stored.into_iter().zip(first..).map(|(e, seq)| EventRow {
                 seq,
@@ -620,7 +620,7 @@ impl IdempotencyStore for SqlStore {
             Ok(IdempotentReply {
                 request_hash: r.try_get(0)?,
                 status: r.try_get::<i64, _>(1)? as u16,
-                body: serde_json::from_str(&body).unwrap_or(Value::Null),
+                body: super::parse_stored(&body).unwrap_or(Value::Null),
             })
         })
         .transpose()

@@ -1,30 +1,35 @@
 //! SQLite's batch writer: the committer's own connection (beside the pool's readers), driven
-//! through cached prepared statements on a blocking thread. Binding rows directly replaced a
+//! through cached prepared statements on a thread of its own. Binding rows directly replaced a
 //! JSON array unpacked with `json_each`, whose parsing was half of the writer thread's time.
 
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rusqlite::OptionalExtension;
 
 use crate::store::commit::{BatchWriter, Write};
 use crate::store::{Result, StoreError};
 
-/// Writes batches through one connection (SQLite has one writer at a time anyway).
+/// Writes batches through one connection (SQLite has one writer at a time anyway), on its own
+/// thread rather than tokio's blocking pool: what else waits there (a DNS lookup an endpoint's
+/// name server never answers, a component compiling) must not hold up durable writes.
 pub(crate) struct SqliteWriter {
-    conn: Arc<Mutex<rusqlite::Connection>>,
+    batches: std::sync::mpsc::Sender<Batch>,
+}
+
+/// One batch for the writer's thread, and where its results go.
+struct Batch {
+    writes: Arc<Vec<Write>>,
+    range: Range<usize>,
+    done: tokio::sync::oneshot::Sender<Result<Vec<Result<i64>>>>,
 }
 
 #[async_trait::async_trait]
 impl BatchWriter for SqliteWriter {
     async fn apply(&self, all: &Arc<Vec<Write>>, range: Range<usize>) -> Result<Vec<Result<i64>>> {
-        let (conn, all) = (self.conn.clone(), all.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            apply_sqlite(&mut conn, &all[range])
-        })
-        .await
-        .map_err(|_| StoreError::Closed)?
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.batches.send(Batch { writes: all.clone(), range, done }).map_err(|_| StoreError::Closed)?;
+        result.await.map_err(|_| StoreError::Closed)?
     }
 
     fn committers(&self) -> usize {
@@ -96,15 +101,29 @@ fn apply_sqlite(conn: &mut rusqlite::Connection, writes: &[Write]) -> Result<Vec
     Ok(results)
 }
 
-/// Opens the committer's connection to the SQLite file at `path`, with the pool's settings.
 impl SqliteWriter {
+    /// Opens the committer's connection to the SQLite file at `path`, with the pool's settings,
+    /// and starts its thread (which ends, closing the connection, when the writer is dropped).
     pub(crate) fn open(path: &std::path::Path) -> Result<SqliteWriter> {
-    let conn = rusqlite::Connection::open(path)?;
-    // WAL is a property of the file (the pool set it); FULL sync makes every commit survive
-    // power loss, and waiting out a pool connection's write beats failing the batch.
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    Ok(SqliteWriter { conn: Arc::new(Mutex::new(conn)) })
-}
+        let mut conn = rusqlite::Connection::open(path)?;
+        // WAL is a property of the file (the pool set it); FULL sync makes every commit survive
+        // power loss, and waiting out a pool connection's write beats failing the batch.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let (batches, received) = std::sync::mpsc::channel::<Batch>();
+        std::thread::Builder::new()
+            .name("wasmtx-sqlite-writer".into())
+            .spawn(move || {
+                for batch in received {
+                    // A batch that panics fails alone (its waiter hears `Closed`); the next runs.
+                    let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| apply_sqlite(&mut conn, &batch.writes[batch.range.clone()])));
+                    if let Ok(result) = applied {
+                        let _ = batch.done.send(result);
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Database(format!("starting the SQLite writer's thread: {e}")))?;
+        Ok(SqliteWriter { batches })
+    }
 }
