@@ -197,6 +197,14 @@ pub async fn bench_api(report: &mut Report, args: ApiArgs) -> anyhow::Result<()>
             round1(beyond_us),
             format!("{beyond_us:.0} µs of machine time per transaction beyond the engine's work and the exchange"),
         );
+        // What 80% of the engine's throughput would leave for the same: the bar,
+        // in the same unit, so a run shows whether it can be met here at all.
+        let room_us = (1.0 / (0.8 * engine.rate) - 1.0 / engine.rate - 1.0 / baseline) * 1e6;
+        report.add(
+            "room_at_80_us_per_tx",
+            round1(room_us),
+            format!("{room_us:.0} µs: what 80% of the engine's throughput would leave for that (the client's own CPU included in both)"),
+        );
         if let Some(engine_cpu) = engine.cpu_ms_per_tx {
             report.add("engine_cpu_ms_per_tx", round2(engine_cpu), format!("{engine_cpu:.3} ms of CPU per transaction (in process)"));
             if let Some(server_cpu) = server_cpu.filter(|_| engine_cpu > 0.0) {
