@@ -319,7 +319,8 @@ impl Invoker {
         timeout: Duration,
     ) -> Result<(u16, String), NoAnswer> {
         let url = format!("{}/{}", endpoint.trim_end_matches('/'), path.trim_start_matches('/'));
-        let input: Value = serde_json::from_str(&ctx.input).unwrap_or(Value::Null);
+        // The input may hold stored outputs as deep as they were accepted.
+        let input: Value = crate::store::parse_stored(&ctx.input).unwrap_or(Value::Null);
         let mut body = json!({
             "transaction_id": ctx.transaction_id,
             "step": ctx.step,

@@ -716,7 +716,7 @@ async fn connections_that_never_finish_their_request_are_closed_and_the_server_k
     let mut sockets = Vec::new();
     for _ in 0..600 {
         let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n").await.unwrap();
         sockets.push(s);
     }
     let open = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count();
@@ -1305,7 +1305,7 @@ async fn a_body_that_never_finishes_gets_408_and_a_client_that_never_reads_is_di
     let addr = server.url.trim_start_matches("http://").to_string();
     // Headers promise 100 bytes; 10 arrive.
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    slow.write_all(b"POST /v1/sagas HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"saga_na").await.unwrap();
+    slow.write_all(b"POST /v1/sagas HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"saga_na").await.unwrap();
     let mut answer = Vec::new();
     tokio::time::timeout(Duration::from_secs(60), slow.read_to_end(&mut answer)).await.expect("answered").unwrap();
     let answer = String::from_utf8_lossy(&answer);
@@ -1313,7 +1313,7 @@ async fn a_body_that_never_finishes_gets_408_and_a_client_that_never_reads_is_di
     // Requests pipelined without ever reading an answer: once the answers fill the socket, the
     // server's writes stall and it closes the connection, which fails the writer.
     let mut greedy = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let requests = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".repeat(400_000);
+    let requests = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n".repeat(400_000);
     let wrote = tokio::time::timeout(Duration::from_secs(60), greedy.write_all(&requests)).await.expect("the server closed the connection");
     assert!(wrote.is_err(), "the server disconnected a client that does not read");
     let (status, _) = anonymous(&server).get("/healthz").await;
@@ -1412,5 +1412,46 @@ async fn a_plugin_keeping_answers_whose_bodies_never_end_holds_eight_at_most() {
     let output = &doc["steps"][0]["output"];
     assert_eq!((output["answered"].clone(), output["denied"].clone()), (json!(8), json!(4)), "{doc}");
     assert!(output["first_denial"].as_str().unwrap().contains("HttpRequestDenied"), "{doc}");
+    server.kill().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_of_another_site_cannot_use_a_server_without_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), None, &["--admin-token", ADMIN]).await;
+    let port = server.url.rsplit(':').next().unwrap().to_string();
+    // What a page may send without asking: a `text/plain` POST, with its own origin.
+    let post = |origin: Option<String>, host: Option<String>| {
+        let mut r = client().post(format!("{}/v1/sagas", server.url)).header("content-type", "text/plain").body(r#"{"saga_name": "csrf"}"#);
+        if let Some(origin) = origin {
+            r = r.header("origin", origin);
+        }
+        if let Some(host) = host {
+            r = r.header("host", host);
+        }
+        r.send()
+    };
+    let code = |r: reqwest::Response| async move { (r.status(), r.json::<Value>().await.unwrap_or_default()["error"]["code"].clone()) };
+    let refused = post(Some("https://evil.example".into()), None).await.unwrap();
+    assert_eq!(code(refused).await, (StatusCode::FORBIDDEN, json!("cross_origin")));
+    // A page that re-pointed its own name at 127.0.0.1 is same-origin with it: its Host
+    // gives it away.
+    let rebound = post(Some(format!("http://evil.example:{port}")), Some(format!("evil.example:{port}"))).await.unwrap();
+    assert_eq!(code(rebound).await, (StatusCode::FORBIDDEN, json!("foreign_host")));
+    // An opaque origin (a sandboxed frame) the browser does not vouch for as same-origin.
+    let sandboxed = client().post(format!("{}/v1/sagas", server.url)).header("origin", "null").header("sec-fetch-site", "cross-site").body("{}").send().await.unwrap();
+    assert_eq!(code(sandboxed).await, (StatusCode::FORBIDDEN, json!("cross_origin")));
+    // The server's own pages (a form posted under `no-referrer` has origin `null`, vouched for
+    // as same-origin), and clients that are not browsers, are served.
+    for origin in [Some(server.url.clone()), None] {
+        let served = post(origin.clone(), None).await.unwrap();
+        assert_eq!(served.status(), StatusCode::CREATED, "{origin:?}");
+    }
+    let own_form = client().post(format!("{}/v1/sagas", server.url)).header("origin", "null").header("sec-fetch-site", "same-origin").body(r#"{"saga_name": "own"}"#).send().await.unwrap();
+    assert_eq!(own_form.status(), StatusCode::CREATED);
+    // Once a tenant exists every request needs its key, which a page does not hold.
+    tenant(&server, "acme", json!({})).await;
+    let keyless = post(Some("https://evil.example".into()), None).await.unwrap();
+    assert_eq!(code(keyless).await, (StatusCode::UNAUTHORIZED, json!("unauthorized")));
     server.kill().await;
 }

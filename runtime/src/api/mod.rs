@@ -303,12 +303,30 @@ pub struct Deadlines {
     pub body: std::time::Duration,
 }
 
+/// What the outermost layer holds: the deadlines, and what it needs to tell a browser acting
+/// for another site from the operator.
+#[derive(Clone)]
+pub struct Edge {
+    pub deadlines: Deadlines,
+    pub app: AppState,
+    /// The server listens on a loopback address.
+    pub loopback: bool,
+}
+
 /// Leaves the body's deadline in every request (`BodyTimeout`) and answers 503
 /// `request_timeout` for a request still running after its own (what it started keeps
-/// running: engines drive transactions in their own tasks).
-pub async fn deadline(State(limits): State<Deadlines>, mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    req.extensions_mut().insert(BodyTimeout(limits.body));
-    let limit = limits.request;
+/// running: engines drive transactions in their own tasks). Before that, `foreign_browser`.
+pub async fn deadline(State(edge): State<Edge>, mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    // Owned before any await: the request's body is not `Sync`, so no borrow of it may be held.
+    let (origin, host, site) = {
+        let named = |name: &str| req.headers().get(name).map(|v: &axum::http::HeaderValue| v.to_str().unwrap_or("null").to_string());
+        (named("origin"), named("host"), named("sec-fetch-site"))
+    };
+    if let Some(refused) = foreign_browser(&edge, origin, host, site).await {
+        return refused;
+    }
+    req.extensions_mut().insert(BodyTimeout(edge.deadlines.body));
+    let limit = edge.deadlines.request;
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
         Err(_) => ApiError::new(
@@ -318,6 +336,62 @@ pub async fn deadline(State(limits): State<Deadlines>, mut req: axum::extract::R
         )
         .into_response(),
     }
+}
+
+/// A server without API keys (single-tenant mode, before any tenant exists) serves whoever
+/// reaches it, and a browser reaches loopback for any page it shows: a page may POST a
+/// `text/plain` body without asking, or re-point its own name at 127.0.0.1. So while there
+/// are no keys, a request is refused (403) when the browser says it comes from another site
+/// (`Sec-Fetch-Site`, or an `Origin` other than the `Host` it names; an opaque `null` origin
+/// only when the browser vouches for it as same-origin), or — listening on loopback — when
+/// its `Host` is not a loopback name (which a page re-pointing its name cannot change). With
+/// keys, a page holds none to send.
+async fn foreign_browser(edge: &Edge, origin: Option<String>, host: Option<String>, site: Option<String>) -> Option<Response> {
+    if origin.is_none() && site.is_none() && !edge.loopback {
+        return None;
+    }
+    if edge.app.has_tenants().await.unwrap_or(true) {
+        return None;
+    }
+    let host = host.unwrap_or_default();
+    let refused = |code: &'static str, message: String| Some(ApiError::new(StatusCode::FORBIDDEN, code, message).into_response());
+    if edge.loopback && !is_loopback_name(&host) {
+        return refused("foreign_host", format!("this server without API keys answers only to a loopback name (localhost, 127.0.0.1, [::1]), not to Host {host:?}"));
+    }
+    let vouched = matches!(site.as_deref(), Some("same-origin" | "none"));
+    let foreign = match (origin.as_deref(), site.as_deref()) {
+        (_, Some("cross-site" | "same-site")) => true,
+        (Some("null"), _) => !vouched,
+        (Some(origin), _) => !same_origin(origin, &host),
+        (None, _) => false,
+    };
+    if foreign {
+        let from = origin.unwrap_or_else(|| "another site".into());
+        return refused("cross_origin", format!("a page of {from} may not use this server without API keys"));
+    }
+    None
+}
+
+/// Whether `host` (a `Host` header: a name or address, and perhaps a port) names loopback.
+fn is_loopback_name(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether `origin` (`scheme://authority`) names the same authority as `host`, a default
+/// port written or not.
+fn same_origin(origin: &str, host: &str) -> bool {
+    let Some((scheme, authority)) = origin.split_once("://") else { return false };
+    let default = match scheme {
+        "http" => ":80",
+        "https" => ":443",
+        _ => return false,
+    };
+    let bare = |a: &str| a.strip_suffix(default).unwrap_or(a).to_ascii_lowercase();
+    !authority.is_empty() && bare(authority) == bare(host)
 }
 
 /// The one layer around every API route (one, not three: each layer boxes a future per
@@ -978,6 +1052,27 @@ fn parse_limit(limit: Option<&str>) -> Result<i64, ApiError> {
         Some(l) => l.parse::<i64>().ok().filter(|l| (1..=1000).contains(l)).ok_or_else(|| {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "limit must be a number from 1 to 1000")
         }),
+    }
+}
+
+#[cfg(test)]
+mod edge_tests {
+    use super::{is_loopback_name, same_origin};
+
+    #[test]
+    fn loopback_names_and_origins_are_read_as_a_browser_writes_them() {
+        for host in ["localhost", "localhost:8080", "LOCALHOST", "127.0.0.1", "127.0.0.1:8080", "127.9.9.9:1", "[::1]", "[::1]:8080"] {
+            assert!(is_loopback_name(host), "{host}");
+        }
+        for host in ["", "evil.example", "evil.example:8080", "localhost.evil.example", "10.0.0.1:8080", "[::2]:80", "0.0.0.0:8080"] {
+            assert!(!is_loopback_name(host), "{host}");
+        }
+        assert!(same_origin("http://127.0.0.1:8080", "127.0.0.1:8080"));
+        assert!(same_origin("http://Example.com", "example.com:80"));
+        assert!(same_origin("https://example.com", "example.com"));
+        for (origin, host) in [("https://evil.example", "127.0.0.1:8080"), ("null", "127.0.0.1:8080"), ("http://127.0.0.1:9", "127.0.0.1:8080"), ("file://", "")] {
+            assert!(!same_origin(origin, host), "{origin} {host}");
+        }
     }
 }
 

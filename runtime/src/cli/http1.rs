@@ -36,6 +36,8 @@ pub struct Conn {
     closing: bool,
     /// How long an answer may take, from the request sent to its last byte.
     answer_within: Duration,
+    /// The server's `host:port`, as the `Host` header names it.
+    host: Arc<str>,
 }
 
 /// What an answer's head says about its body.
@@ -47,10 +49,10 @@ enum Framing {
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr, answer_within: Duration) -> anyhow::Result<Conn> {
+    async fn open(addr: SocketAddr, host: Arc<str>, answer_within: Duration) -> anyhow::Result<Conn> {
         let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
-        Ok(Conn { stream, read: BytesMut::with_capacity(8 << 10), write: Vec::with_capacity(2 << 10), closing: false, answer_within })
+        Ok(Conn { stream, read: BytesMut::with_capacity(8 << 10), write: Vec::with_capacity(2 << 10), closing: false, answer_within, host })
     }
 
     /// Whether the connection can carry another request: the server has not closed it (nor
@@ -92,7 +94,7 @@ impl Conn {
         anyhow::ensure!(path.starts_with('/') && visible(path) && !path.contains(' '), "not a request path: {path:?}");
         let w = &mut self.write;
         w.clear();
-        write!(w, "{method} {path} HTTP/1.1\r\nhost: wasmtx\r\n")?;
+        write!(w, "{method} {path} HTTP/1.1\r\nhost: {}\r\n", self.host)?;
         for (name, value) in headers {
             anyhow::ensure!(http::HeaderName::from_bytes(name.as_bytes()).is_ok() && visible(value), "not a valid header: {name}");
             write!(w, "{name}: {value}\r\n")?;
@@ -228,6 +230,7 @@ impl Conn {
 #[derive(Clone)]
 pub struct Pool {
     addr: SocketAddr,
+    host: Arc<str>,
     idle: Arc<Mutex<Vec<Conn>>>,
     answer_within: Duration,
 }
@@ -237,7 +240,8 @@ impl Pool {
     pub fn new(url: &str) -> anyhow::Result<Pool> {
         let authority = url.strip_prefix("http://").context("the server's URL must be http://host:port")?;
         let addr = std::net::ToSocketAddrs::to_socket_addrs(authority.trim_end_matches('/'))?.next().context("the server's address does not resolve")?;
-        Ok(Pool { addr, idle: Default::default(), answer_within: ANSWER_WITHIN })
+        let host = authority.trim_end_matches('/').into();
+        Ok(Pool { addr, host, idle: Default::default(), answer_within: ANSWER_WITHIN })
     }
 
     /// The same pool, its answers allowed `within` each (instead of `ANSWER_WITHIN`): for
@@ -251,7 +255,7 @@ impl Pool {
         let idle = self.idle.lock().unwrap().pop();
         match idle {
             Some(conn) if conn.reusable() => Ok(conn),
-            _ => Conn::open(self.addr, self.answer_within).await,
+            _ => Conn::open(self.addr, self.host.clone(), self.answer_within).await,
         }
     }
 

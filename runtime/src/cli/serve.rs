@@ -295,7 +295,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         request: Duration::from_millis(args.request_timeout_ms.max(1)),
         body: Duration::from_millis(args.body_timeout_ms.max(1)),
     };
-    let app = router(state).layer(axum::middleware::from_fn_with_state(deadlines, crate::api::deadline));
+    let edge = crate::api::Edge { deadlines, app: state.clone(), loopback: addr.ip().is_loopback() };
+    let app = router(state).layer(axum::middleware::from_fn_with_state(edge, crate::api::deadline));
     let limits = Connections {
         max: max_connections,
         header_timeout: Duration::from_millis(args.header_timeout_ms.max(1)),

@@ -337,7 +337,7 @@ impl Manager {
     /// `add_participant`, who `asked` audited by its own write.
     pub async fn add_participant_asked(&self, tenant: &str, id: &str, spec: ManagedParticipant, asked: Option<&Asked>) -> Result<usize, ManagerError> {
         let added = from_remembered_row(|cached| self.add_participant_once(tenant, id, spec.clone(), cached, asked)).await;
-        added.map_err(|e| if e.is_conflict() { ManagerError::Busy(id.into()) } else { e })
+        added.map_err(|e| busy_if_conflict(e, id))
     }
 
     async fn add_participant_once(&self, tenant: &str, id: &str, spec: ManagedParticipant, cached: bool, asked: Option<&Asked>) -> Result<usize, ManagerError> {
@@ -347,9 +347,8 @@ impl Manager {
             return Err(ManagerError::WrongState { id: id.into(), state: m.state.as_str(), action: "adding a participant" });
         }
         let pid = spec.participant_id.clone();
-        // The same checks the engines make, before anything is stored: either may run it.
+        // The same checks the engines make, before anything is stored.
         as_step(&spec).validate().map_err(ManagerError::Invalid)?;
-        as_participant(&spec).validate().map_err(ManagerError::Invalid)?;
         self.sagas.check_endpoint(tenant, &spec.endpoint)?;
         if m.doc.participants.len() >= 100 {
             return Err(ManagerError::Invalid("a transaction has at most 100 participants".into()));
@@ -375,6 +374,10 @@ impl Manager {
         let supports_saga = spec.supports_saga.unwrap_or(exports_saga);
         if !supports_2pc && !supports_saga {
             return Err(ManagerError::Invalid(format!("participant {pid:?} supports neither saga nor 2PC")));
+        }
+        // One that two-phase commit may run must also pass as a 2PC participant.
+        if supports_2pc {
+            as_participant(&spec).validate().map_err(ManagerError::Invalid)?;
         }
         m.doc.participants.push(ParticipantRecord { spec, supports_2pc, supports_saga });
         let total = m.doc.participants.len();
@@ -426,7 +429,7 @@ impl Manager {
                 m.doc.error = Some(reason.clone());
                 m.doc.reason = Some(reason.clone());
                 events.push(NewEvent::new("rejected", None, json!({"reason": reason})));
-                self.persist(&mut m, events).await?;
+                self.persist(&mut m, events).await.map_err(|e| busy_if_conflict(e, id))?;
                 return Ok(ManagedView::of(m, None));
             }
             Selection::Choose(p, why) => {
@@ -446,10 +449,7 @@ impl Manager {
         ));
         // Another execute of the same transaction got here first (it runs the delegate both
         // made): this one is too late, the caller's race and not the server's fault.
-        self.persist(&mut m, events).await.map_err(|e| match e.is_conflict() {
-            true => ManagerError::Busy(id.into()),
-            false => e,
-        })?;
+        self.persist(&mut m, events).await.map_err(|e| busy_if_conflict(e, id))?;
         let _renewal = self.inner.keep_lease(&m.row.id);
         let ended = match pattern {
             Pattern::Saga => Delegate::Saga(self.sagas.execute(tenant, &delegate_id, true).await?),
@@ -540,8 +540,16 @@ impl Manager {
         use sha2::{Digest, Sha256};
         let digest = Sha256::digest(format!("delegate of {} at revision {}", m.row.id, m.row.rev));
         let id = Some(uuid::Uuid::from_bytes(digest[..16].try_into().expect("16 bytes")));
-        let made = |created: Result<String, ManagerError>| match created {
-            Err(ManagerError::Store(StoreError::Conflict { id, .. })) => Ok(id),
+        // One that exists already is named only while it is pending: one the tenant started or
+        // cancelled meanwhile (it is a transaction of theirs) makes this execute too late.
+        let made = async |created: Result<String, ManagerError>| match created {
+            Err(ManagerError::Store(StoreError::Conflict { id: made, .. })) => {
+                let pending = match pattern {
+                    Pattern::Saga => self.sagas.get(tenant, &made).await?.state == SagaState::Pending,
+                    Pattern::TwoPhaseCommit => self.tpc.get(tenant, &made).await?.state == TpcState::Init,
+                };
+                if pending { Ok(made) } else { Err(ManagerError::Busy(m.row.id.clone())) }
+            }
             created => created,
         };
         let mut participants: Vec<&ParticipantRecord> = m.doc.participants.iter().collect();
@@ -570,7 +578,7 @@ impl Manager {
                     wait: false,
                     traceparent: m.doc.traceparent.clone(),
                 };
-                made(self.sagas.create_with_id(tenant, req, id, None).await.map(|saga| saga.id().to_string()))
+                made(self.sagas.create_with_id(tenant, req, id, None).await.map(|saga| saga.id().to_string())).await
             }
             Pattern::TwoPhaseCommit => {
                 let specs = participants.iter().map(|p| as_participant(&p.spec)).collect();
@@ -583,7 +591,7 @@ impl Manager {
                     participants: Some(specs),
                     traceparent: m.doc.traceparent.clone(),
                 };
-                made(self.tpc.create_with_id(tenant, req, id, None).await.map(|tx| tx.id().to_string()))
+                made(self.tpc.create_with_id(tenant, req, id, None).await.map(|tx| tx.id().to_string())).await
             }
         }
     }
@@ -769,6 +777,12 @@ fn tpc_status(state: TpcState) -> Status {
 }
 
 /// A managed participant as a saga step.
+/// A write of transaction `id` that lost to another request's (a conflict): 409 `busy`, the
+/// caller's race rather than the server's fault.
+fn busy_if_conflict(e: ManagerError, id: &str) -> ManagerError {
+    if e.is_conflict() { ManagerError::Busy(id.into()) } else { e }
+}
+
 /// The 2PC participant a managed one becomes when two-phase commit is selected.
 fn as_participant(p: &ManagedParticipant) -> ParticipantSpec {
     ParticipantSpec {

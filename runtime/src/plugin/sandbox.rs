@@ -370,15 +370,17 @@ impl wit_host::Host for CallState {
 /// resulting trap is reported as `MemoryLimit` rather than as the allocator's abort.
 pub(crate) struct MemoryLimiter {
     cap: usize,
-    /// The bytes of every memory of the call so far (a growth that then failed for another
-    /// reason stays counted: the cap errs on the safe side).
+    /// The bytes of every memory of the call so far.
     used: usize,
+    /// `used` before the last growth allowed, for when wasmtime then fails it (a memory's own
+    /// declared maximum is checked after the limiter).
+    before: usize,
     pub(crate) hit: bool,
 }
 
 impl MemoryLimiter {
     pub(crate) fn new(cap: usize) -> MemoryLimiter {
-        MemoryLimiter { cap, used: 0, hit: false }
+        MemoryLimiter { cap, used: 0, before: 0, hit: false }
     }
 }
 
@@ -395,8 +397,13 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
             self.hit = true;
             return Ok(false);
         }
-        self.used = used;
+        (self.before, self.used) = (self.used, used);
         Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.used = self.before;
+        Ok(())
     }
 
     fn table_growing(
@@ -428,6 +435,13 @@ mod tests {
         assert!(limiter.memory_growing(6 * MIB, 9 * MIB, None).unwrap());
         assert!(limiter.memory_growing(0, MIB, None).unwrap());
         assert!(!limiter.memory_growing(MIB, 2 * MIB, None).unwrap());
+        // A growth allowed here that wasmtime then fails (past the memory's own maximum) is
+        // not counted.
+        let mut limiter = MemoryLimiter::new(10 * MIB);
+        assert!(limiter.memory_growing(0, 2 * MIB, None).unwrap());
+        assert!(limiter.memory_growing(2 * MIB, 9 * MIB, None).unwrap());
+        limiter.memory_grow_failed(wasmtime::Error::msg("past its maximum")).unwrap();
+        assert!(limiter.memory_growing(0, 8 * MIB, None).unwrap(), "2 MiB in use, not 9");
     }
 
     #[test]
