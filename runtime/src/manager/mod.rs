@@ -337,7 +337,7 @@ impl Manager {
     /// `add_participant`, who `asked` audited by its own write.
     pub async fn add_participant_asked(&self, tenant: &str, id: &str, spec: ManagedParticipant, asked: Option<&Asked>) -> Result<usize, ManagerError> {
         let added = from_remembered_row(|cached| self.add_participant_once(tenant, id, spec.clone(), cached, asked)).await;
-        added.map_err(|e| busy_if_conflict(e, id))
+        added.map_err(|e| e.busy_if_conflict(id))
     }
 
     async fn add_participant_once(&self, tenant: &str, id: &str, spec: ManagedParticipant, cached: bool, asked: Option<&Asked>) -> Result<usize, ManagerError> {
@@ -429,7 +429,7 @@ impl Manager {
                 m.doc.error = Some(reason.clone());
                 m.doc.reason = Some(reason.clone());
                 events.push(NewEvent::new("rejected", None, json!({"reason": reason})));
-                self.persist(&mut m, events).await.map_err(|e| busy_if_conflict(e, id))?;
+                self.persist(&mut m, events).await.map_err(|e| e.busy_if_conflict(id))?;
                 return Ok(ManagedView::of(m, None));
             }
             Selection::Choose(p, why) => {
@@ -449,7 +449,7 @@ impl Manager {
         ));
         // Another execute of the same transaction got here first (it runs the delegate both
         // made): this one is too late, the caller's race and not the server's fault.
-        self.persist(&mut m, events).await.map_err(|e| busy_if_conflict(e, id))?;
+        self.persist(&mut m, events).await.map_err(|e| e.busy_if_conflict(id))?;
         let _renewal = self.inner.keep_lease(&m.row.id);
         let ended = match pattern {
             Pattern::Saga => Delegate::Saga(self.sagas.execute(tenant, &delegate_id, true).await?),
@@ -777,12 +777,6 @@ fn tpc_status(state: TpcState) -> Status {
 }
 
 /// A managed participant as a saga step.
-/// A write of transaction `id` that lost to another request's (a conflict): 409 `busy`, the
-/// caller's race rather than the server's fault.
-fn busy_if_conflict(e: ManagerError, id: &str) -> ManagerError {
-    if e.is_conflict() { ManagerError::Busy(id.into()) } else { e }
-}
-
 /// The 2PC participant a managed one becomes when two-phase commit is selected.
 fn as_participant(p: &ManagedParticipant) -> ParticipantSpec {
     ParticipantSpec {

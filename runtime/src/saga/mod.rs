@@ -227,7 +227,7 @@ impl SagaEngine {
     pub async fn add_step_asked(&self, tenant: &str, id: &str, spec: StepSpec, asked: Option<&Asked>) -> Result<(usize, usize), SagaError> {
         spec.validate().map_err(SagaError::Invalid)?;
         let added = from_remembered_row(|cached| self.add_step_once(tenant, id, spec.clone(), cached, asked)).await;
-        added.map_err(|e| if e.is_conflict() { SagaError::Busy(id.into()) } else { e })
+        added.map_err(|e| e.busy_if_conflict(id))
     }
 
     /// Whether `spec` may follow `steps`: room left, a new name, dependencies on steps that

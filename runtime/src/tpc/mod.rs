@@ -182,7 +182,7 @@ impl TpcEngine {
     pub async fn add_participant_asked(&self, tenant: &str, id: &str, spec: ParticipantSpec, asked: Option<&Asked>) -> Result<usize, TpcError> {
         spec.validate().map_err(TpcError::Invalid)?;
         let added = from_remembered_row(|cached| self.add_participant_once(tenant, id, spec.clone(), cached, asked)).await;
-        added.map_err(|e| if e.is_conflict() { TpcError::Busy(id.into()) } else { e })
+        added.map_err(|e| e.busy_if_conflict(id))
     }
 
     /// A transaction to change (see `EngineCore::get_for_update`).

@@ -38,6 +38,12 @@ impl TxError {
     pub fn is_conflict(&self) -> bool {
         matches!(self, TxError::Store(StoreError::Conflict { .. }))
     }
+
+    /// A write of transaction `id` that lost to another request's (a conflict) is `Busy` (409),
+    /// the caller's race rather than the server's fault; any other error stays as it is.
+    pub fn busy_if_conflict(self, id: &str) -> TxError {
+        if self.is_conflict() { TxError::Busy(id.into()) } else { self }
+    }
 }
 
 impl From<super::IllegalTransition> for TxError {
